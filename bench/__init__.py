@@ -1,0 +1,1 @@
+"""How the suite measures (memory, FLOPs, timing, baselines, report) and what must hold."""

@@ -1,0 +1,151 @@
+"""Analytic model: bytes saved for backward and FLOPs, predicted from the shape alone.
+
+In the spirit of Korthikanti et al. 2022 ("Reducing Activation Recomputation in Large
+Transformer Models", who count s*b*h*(34 + 5*a*s/h) bytes per GPT layer in 16-bit with dropout
+and GeLU), counted for this block: pre-LN, ReLU, no dropout. Notation: b batch, s sequence,
+d model width, h heads, e bytes per element, t bytes per LayerNorm statistic. One ``bsd``
+is one activation of the residual stream.
+
+Attention sublayer ``x + out_proj(attn(in_proj(LN1(x))))``, tensors kept for backward:
+    x (LN1 input) 1 bsd, LN1 mean+rstd 2*b*s*t, LN1 output (in_proj input) 1 bsd,
+    the packed q|k|v projection (kept by the attention matmuls through views) 3 bsd,
+    out_proj's input (heads merged) 1 bsd, and
+      eager: q*scale (QK^T input) 1 bsd + the softmax probabilities b*h*s^2*e;
+      sdpa:  logsumexp b*h*s*4 (always fp32); the kernel's output is laid out so that
+             merging the heads is a view, so it is the same storage as out_proj's input.
+    => eager 7*bsd*e + 2*b*s*t + b*h*s^2*e;  sdpa 6*bsd*e + 2*b*s*t + 4*b*h*s
+MLP sublayer ``x + fc2(relu(fc1(LN2(x))))``:
+    x 1 bsd, LN2 mean+rstd, LN2 output (fc1 input) 1 bsd, ReLU output (kept by ReLU's backward
+    and as fc2's input: one storage) 4 bsd.  => 6*bsd*e + 2*b*s*t
+A checkpointed sublayer keeps only its input, 1 bsd (``torch.utils.checkpoint`` saves the
+inputs of the region for recomputation). The model input is not counted (it is the user's
+tensor, not an activation), so block 0's attention sublayer counts one bsd less.
+
+FLOPs follow FlopCounterMode's convention (2*m*n*k per matmul, only matmul-like ops):
+forward attention 8*b*s*d^2 (in_proj 6, out_proj 2) + 4*b*s^2*d (QK^T, PV);
+forward MLP 16*b*s*d^2. Backward of a linear layer costs twice its forward; backward of eager
+attention's two bmms twice theirs; the fused SDPA backward counts 2.5 times its forward (it
+recomputes the scores). Checkpointing adds one forward of each checkpointed sublayer, less its
+last matmul: non-reentrant checkpointing stops recomputing as soon as every tensor backward
+needs is back (``torch.utils.checkpoint``'s early stop, on by default), and the output of
+out_proj or fc2 is not needed by any backward. So attention recomputes 6*b*s*d^2 + 4*b*s^2*d
+and the MLP only fc1's 8*b*s*d^2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from models import SUBLAYERS, Flavor, Strategy, get_strategy
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Everything the prediction depends on."""
+
+    batch: int
+    seq_len: int
+    d_model: int
+    n_heads: int
+    depth: int
+    elem_bytes: int
+    ln_stat_bytes: int
+
+    @classmethod
+    def of(cls, flavor: Flavor, dtype: torch.dtype, device_type: str) -> "Shape":
+        """The flavor's shape at ``dtype``; LayerNorm keeps fp32 statistics on CUDA and
+        statistics in the input dtype on the CPU (and under fake CPU tensors)."""
+        elem = torch.empty((), dtype=dtype).element_size()
+        return cls(flavor.batch, flavor.seq_len, flavor.d_model, flavor.n_heads, flavor.depth,
+                   elem_bytes=elem, ln_stat_bytes=4 if device_type == "cuda" else elem)
+
+    @property
+    def residual_bytes(self) -> int:
+        """One activation of the residual stream, b*s*d*e."""
+        return self.batch * self.seq_len * self.d_model * self.elem_bytes
+
+    @property
+    def ln_stats_bytes(self) -> int:
+        """LayerNorm's saved mean and rstd."""
+        return 2 * self.batch * self.seq_len * self.ln_stat_bytes
+
+
+def attention_score_bytes(shape: Shape, attention: str) -> int:
+    """The attention-specific term: eager's b*h*s^2 probabilities or sdpa's logsumexp."""
+    if attention == "eager":
+        return shape.batch * shape.n_heads * shape.seq_len ** 2 * shape.elem_bytes
+    return shape.batch * shape.n_heads * shape.seq_len * 4
+
+
+def sublayer_saved_bytes(shape: Shape, sublayer: str, attention: str) -> int:
+    """Bytes a sublayer keeps for backward without checkpointing, its input included."""
+    if sublayer == "attn":
+        projections = 7 if attention == "eager" else 6
+        return (projections * shape.residual_bytes + shape.ln_stats_bytes
+                + attention_score_bytes(shape, attention))
+    if sublayer == "mlp":
+        return 6 * shape.residual_bytes + shape.ln_stats_bytes
+    raise ValueError(f"unknown sublayer {sublayer!r}; valid: {SUBLAYERS}")
+
+
+def saved_bytes(shape: Shape, strategy: Strategy | str, attention: str) -> int:
+    """Predicted ``saved_bytes`` at the end of the forward for one variant."""
+    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    total = 0
+    for block in range(shape.depth):
+        for sublayer in SUBLAYERS:
+            if strategy.is_checkpointed(block, sublayer, shape.depth):
+                total += shape.residual_bytes
+            else:
+                total += sublayer_saved_bytes(shape, sublayer, attention)
+    return total - shape.residual_bytes  # the model input is excluded
+
+
+def sublayer_forward_flops(shape: Shape, sublayer: str) -> int:
+    """Matmul FLOPs of one sublayer's forward (identical for eager and sdpa)."""
+    b, s, d = shape.batch, shape.seq_len, shape.d_model
+    if sublayer == "attn":
+        return 8 * b * s * d * d + 4 * b * s * s * d
+    if sublayer == "mlp":
+        return 16 * b * s * d * d
+    raise ValueError(f"unknown sublayer {sublayer!r}; valid: {SUBLAYERS}")
+
+
+def sublayer_backward_flops(shape: Shape, sublayer: str, attention: str) -> int:
+    """Matmul FLOPs of one sublayer's backward."""
+    b, s, d = shape.batch, shape.seq_len, shape.d_model
+    if sublayer == "mlp":
+        return 2 * sublayer_forward_flops(shape, "mlp")
+    linear = 2 * 8 * b * s * d * d
+    scores = 4 * b * s * s * d
+    return linear + (2 * scores if attention == "eager" else 5 * scores // 2)
+
+
+def sublayer_recompute_flops(shape: Shape, sublayer: str) -> int:
+    """FLOPs recomputed for one checkpointed sublayer: its forward up to, not including,
+    the last matmul (out_proj / fc2), whose output no backward needs (early stop)."""
+    b, s, d = shape.batch, shape.seq_len, shape.d_model
+    last_matmul = 2 * b * s * d * d if sublayer == "attn" else 8 * b * s * d * d
+    return sublayer_forward_flops(shape, sublayer) - last_matmul
+
+
+def recompute_flops(shape: Shape, strategy: Strategy | str) -> int:
+    """FLOPs of the forward passes the strategy recomputes during backward."""
+    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
+    return sum(
+        sublayer_recompute_flops(shape, sublayer)
+        for block in range(shape.depth)
+        for sublayer in SUBLAYERS
+        if strategy.is_checkpointed(block, sublayer, shape.depth)
+    )
+
+
+def step_flops(shape: Shape, strategy: Strategy | str, attention: str) -> int:
+    """Matmul FLOPs of one forward + backward, recomputation included."""
+    base = shape.depth * sum(
+        sublayer_forward_flops(shape, sl) + sublayer_backward_flops(shape, sl, attention)
+        for sl in SUBLAYERS
+    )
+    return base + recompute_flops(shape, strategy)

@@ -1,0 +1,130 @@
+"""Memory probes behind one interface: the CUDA caching allocator, or MemTracker.
+
+A probe measures phases of a training step: the bytes allocated at a phase's start and the
+phase's peak. ``CudaAllocatorProbe`` is the only CUDA-specific code in the suite;
+``MemTrackerProbe`` works on real CPU tensors and on fake tensors alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.distributed._tools.mem_tracker import MemTracker
+
+#: MemTracker's categories, named in this suite's words.
+CATEGORY_NAMES: dict[str, str] = {
+    "Parameter": "parameters",
+    "Buffer": "buffers",
+    "Gradient": "gradients",
+    "Optstate": "optimizer_state",
+    "Activation": "activations",
+    "Temp": "temporaries",
+    "Other": "input",
+}
+
+
+@dataclass
+class Phase:
+    """What a probe saw during one phase: bytes at its start, its peak, and the
+    breakdown by category at the peak (None where the method gives none)."""
+
+    start_bytes: int = 0
+    peak_bytes: int = 0
+    breakdown: dict[str, int] | None = field(default=None)
+
+
+class CudaAllocatorProbe:
+    """The CUDA caching allocator's statistics, relative to what was allocated at creation.
+
+    Creation collects garbage and empties the cache, so the figures belong to the variant
+    alone; ``foreign_bytes`` records anything else still allocated (should be 0).
+    """
+
+    method = "cuda-allocator"
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        gc.collect()
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        self.foreign_bytes = torch.cuda.memory_allocated(device)
+
+    def current(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device) - self.foreign_bytes
+
+    @contextlib.contextmanager
+    def phase(self) -> Iterator[Phase]:
+        result = Phase(start_bytes=self.current())
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield result
+        torch.cuda.synchronize(self.device)
+        result.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.foreign_bytes
+
+
+class MemTrackerProbe:
+    """``torch.distributed._tools.mem_tracker.MemTracker``: exact storage bytes by category.
+
+    Each phase re-enters the tracker, which resets its peak to the current total.
+    """
+
+    def __init__(self, device: torch.device, *tracked: nn.Module | torch.optim.Optimizer | torch.Tensor,
+                 fake: bool = False) -> None:
+        self.device = device
+        self.method = "fake-memtracker" if fake else "memtracker"
+        self.foreign_bytes = 0
+        self.tracker = MemTracker()
+        self.tracker.track_external(*tracked)
+
+    def _total(self, kind: str) -> tuple[int, dict[str, int]]:
+        snap = self.tracker.get_tracker_snapshot(kind).get(self.device, {})
+        breakdown = {CATEGORY_NAMES.get(str(getattr(k, "value", k)), str(k)): v
+                     for k, v in snap.items() if str(k) != "Total" and v}
+        return snap.get("Total", 0), breakdown
+
+    def current(self) -> int:
+        return self._total("current")[0]
+
+    @contextlib.contextmanager
+    def phase(self) -> Iterator[Phase]:
+        result = Phase(start_bytes=self.current())
+        self.tracker.reset_mod_stats()
+        with self.tracker:
+            yield result
+        result.peak_bytes, result.breakdown = self._total("peak")
+
+
+class SavedTensorCounter:
+    """Bytes saved for backward during a forward, deduplicated by storage.
+
+    ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor autograd keeps, including
+    the inputs that non-reentrant checkpointing keeps for recomputation (tensors saved inside
+    a checkpointed region are not kept, so they never reach this hook). Parameters and the
+    given inputs are excluded: they are not activations.
+    """
+
+    def __init__(self, model: nn.Module, *inputs: torch.Tensor) -> None:
+        self._excluded = {p.untyped_storage()._cdata for p in model.parameters()}
+        self._excluded.update(t.untyped_storage()._cdata for t in inputs)
+        self._storages: dict[int, int] = {}
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        key = storage._cdata
+        if key not in self._excluded and key not in self._storages:
+            self._storages[key] = storage.nbytes()
+        return tensor
+
+    @property
+    def saved_bytes(self) -> int:
+        return sum(self._storages.values())
+
+    @contextlib.contextmanager
+    def count(self) -> Iterator["SavedTensorCounter"]:
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield self
