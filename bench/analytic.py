@@ -72,6 +72,12 @@ class Shape:
         return 2 * self.batch * self.seq_len * self.ln_stat_bytes
 
 
+def parameter_bytes(shape: Shape) -> int:
+    """Per block: two LayerNorms (4d), in_proj (3d^2+3d), out_proj (d^2+d), fc1 (4d^2+4d), fc2 (4d^2+d)."""
+    d = shape.d_model
+    return shape.depth * (12 * d * d + 13 * d) * shape.elem_bytes
+
+
 def attention_score_bytes(shape: Shape, attention: str) -> int:
     """The attention-specific term: eager's b*h*s^2 probabilities or sdpa's logsumexp."""
     if attention == "eager":

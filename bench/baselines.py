@@ -1,0 +1,158 @@
+"""The deterministic gate: memory figures and FLOPs against committed baselines.
+
+One file per device key, ``baselines/<device_key>/figures.json``: a JSON document whose
+``entries`` map each case id (``small-full-sdpa``) to its figures, one entry per line, keys
+sorted, so a diff is readable. A figure that moves beyond its metric's relative tolerance,
+in either direction, fails; an intended change is accepted by rerunning with
+``--update-baselines``, which rewrites the entries of what ran, keeps the rest, and writes
+atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.record import Measurement
+
+#: Relative tolerance per metric, used when a baselines file is created. Memory figures from
+#: MemTracker and FlopCounterMode are exact on the CPU; the CUDA allocator rounds blocks, so
+#: the memory tolerances leave a little room without hiding a lost saving.
+DEFAULT_TOLERANCES: dict[str, float] = {
+    "activation_peak_bytes": 0.02,
+    "flops": 0.005,
+    "peak_bytes": 0.02,
+    "resident_bytes": 0.01,
+    "saved_bytes": 0.01,
+}
+#: Recorded with each entry, compared for identity (a different method is not comparable).
+INFO_FIELDS: tuple[str, ...] = ("memory_method", "torch_version")
+
+
+class BaselineError(Exception):
+    """A baselines file that cannot be used; the message says which file and why."""
+
+
+def baseline_path(directory: Path, device_key: str) -> Path:
+    return Path(directory) / device_key / "figures.json"
+
+
+def entry_of(record: Measurement) -> dict:
+    """The figures of one record that the gate stores and compares."""
+    data = record.as_dict()
+    return {k: data[k] for k in sorted((*DEFAULT_TOLERANCES, *INFO_FIELDS))}
+
+
+@dataclass
+class BaselineFile:
+    """The parsed contents of one device key's figures file."""
+
+    path: Path
+    tolerances: dict[str, float]
+    entries: dict[str, dict]
+
+    @classmethod
+    def load(cls, path: Path) -> "BaselineFile | None":
+        """The file's contents, None if it does not exist; a corrupt file raises BaselineError."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BaselineError(f"{path}: not a readable baselines file ({exc}); restore it with "
+                                f"`git checkout -- {path}` or delete it and rerun with --update-baselines") from None
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict) \
+                or not isinstance(data.get("tolerances"), dict):
+            raise BaselineError(f"{path}: expected a JSON object with 'tolerances' and 'entries'; restore it "
+                                f"with `git checkout -- {path}` or delete it and rerun with --update-baselines")
+        return cls(path, dict(data["tolerances"]), dict(data["entries"]))
+
+    def dumps(self) -> str:
+        """Stable text: sorted keys, one entry per line."""
+        lines = ["{", f'"tolerances": {json.dumps(self.tolerances, sort_keys=True)},', '"entries": {']
+        items = sorted(self.entries.items())
+        for i, (key, entry) in enumerate(items):
+            comma = "," if i < len(items) - 1 else ""
+            lines.append(f"{json.dumps(key)}: {json.dumps(entry, sort_keys=True)}{comma}")
+        lines += ["}", "}", ""]
+        return "\n".join(lines)
+
+    def write(self) -> None:
+        """Write atomically: a temporary file in the same folder, then rename over the target."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(self.dumps())
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def accept_command(case_id: str, device: str) -> str:
+    return f"pytest bench/ --device {device} --update-baselines -k {case_id}"
+
+
+def compare(record: Measurement, baseline: dict, tolerances: dict[str, float]) -> list[str]:
+    """One message per figure of ``record`` that moved beyond tolerance from ``baseline``."""
+    case = record.case_id
+    fix = accept_command(case, record.device.split(":")[0])
+    old_torch = baseline.get("torch_version", "unknown")
+    if baseline.get("memory_method") != record.memory_method:
+        return [f"{case}: memory_method changed from {baseline.get('memory_method')!r} to "
+                f"{record.memory_method!r}; figures from different methods are not comparable. "
+                f"Accept with: {fix}"]
+    messages = []
+    for metric, tol in sorted(tolerances.items()):
+        if metric not in baseline:
+            messages.append(f"{case}: {metric} missing from the baseline entry; add it with: {fix}")
+            continue
+        old, new = baseline[metric], getattr(record, metric)
+        change = (new - old) / old if old else (0.0 if new == old else float("inf"))
+        if abs(change) > tol:
+            messages.append(
+                f"{case}: {metric} moved {change:+.2%} (tolerance ±{tol:.2%}): "
+                f"baseline {old:,} (torch {old_torch}) -> now {new:,} (torch {record.torch_version}). "
+                f"If the change is intended, accept it with: {fix}"
+            )
+    return messages
+
+
+class BaselineGate:
+    """Compares records against one directory of baselines, or stages them for update."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._files: dict[str, BaselineFile | None] = {}
+        self._staged: dict[str, dict[str, dict]] = {}
+
+    def file_for(self, device_key: str) -> BaselineFile | None:
+        if device_key not in self._files:
+            self._files[device_key] = BaselineFile.load(baseline_path(self.directory, device_key))
+        return self._files[device_key]
+
+    def stage(self, record: Measurement) -> None:
+        """Remember ``record`` for ``write_staged``."""
+        self._staged.setdefault(record.device_key, {})[record.case_id] = entry_of(record)
+
+    def write_staged(self) -> list[Path]:
+        """Merge staged entries into their files (others kept) and write each atomically."""
+        written = []
+        for key, entries in sorted(self._staged.items()):
+            existing = self.file_for(key)
+            merged = BaselineFile(baseline_path(self.directory, key),
+                                  dict(existing.tolerances) if existing else dict(DEFAULT_TOLERANCES),
+                                  dict(existing.entries) if existing else {})
+            merged.entries.update(entries)
+            merged.write()
+            self._files[key] = merged
+            written.append(merged.path)
+        self._staged.clear()
+        return written

@@ -1,0 +1,64 @@
+"""The parametrization: device x flavor x variant, with reversible ids.
+
+``Case("cpu", small, "full-sdpa")`` has the id ``cpu-small-full-sdpa``: ``pytest -k full-sdpa``
+selects it, ``parse_case_id`` reads it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from models import FLAVORS, VARIANTS, Flavor, get_flavor, parse_variant
+
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+#: Flavors run when ``--flavor`` is not given. On the CPU: ``small`` measured for real and
+#: ``seed`` estimated on fake tensors; on CUDA: ``seed`` measured for real.
+DEFAULT_FLAVORS: dict[str, tuple[str, ...]] = {"cpu": ("small", "seed"), "cuda": ("seed",)}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One variant of one flavor on one device."""
+
+    device: str
+    flavor: Flavor
+    variant: str
+
+    @property
+    def strategy(self) -> str:
+        return parse_variant(self.variant)[0]
+
+    @property
+    def attention(self) -> str:
+        return parse_variant(self.variant)[1]
+
+    @property
+    def id(self) -> str:
+        return f"{self.device}-{self.flavor.name}-{self.variant}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def parse_case_id(case_id: str) -> Case:
+    """``cpu-small-full-sdpa`` -> Case; the inverse of ``Case.id``."""
+    device, _, rest = case_id.partition("-")
+    flavor, _, variant = rest.partition("-")
+    if device not in DEVICES:
+        raise ValueError(f"case id {case_id!r}: unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    parse_variant(variant)
+    return Case(device, get_flavor(flavor), variant)
+
+
+def parse_flavor_list(text: str) -> tuple[Flavor, ...]:
+    """``"small,seed"`` -> flavors; an unknown name raises with the valid names."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--flavor got no flavor names; valid names: {', '.join(FLAVORS)}")
+    return tuple(get_flavor(n) for n in names)
+
+
+def cases(device: str, flavors: tuple[Flavor, ...], variants: tuple[str, ...] = VARIANTS) -> list[Case]:
+    """Every variant of every flavor on ``device``, flavors outer."""
+    return [Case(device, f, v) for f in flavors for v in variants]

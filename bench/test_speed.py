@@ -1,0 +1,59 @@
+"""Speed: the whole training step per variant, timed with a device-synchronizing timer.
+
+Timed flavors are a documented choice: on the CPU only the flavors measured for real
+(``small``; ``seed`` would take minutes per step on 2 cores and is estimated instead); on
+CUDA every selected flavor (``seed`` by default).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.cases import Case
+from bench.record import make_optimizer, train_step
+from bench.timing import interleaved_medians
+from models import apply_ac, build_model, resolve_dtype
+
+pytestmark = pytest.mark.real_tensors
+
+WARMUP_ROUNDS = 2
+#: Allowed excess of time(full)/time(none) over the FLOP ratio on CUDA: recomputation also
+#: repeats LayerNorm, softmax and elementwise work that FLOP counting leaves out.
+TIME_OVER_FLOP_MARGIN = 0.25
+
+
+def _step_fn(case: Case):
+    dtype = resolve_dtype(case.flavor, case.device)
+    torch.manual_seed(0)
+    model = apply_ac(build_model(case.flavor, case.attention, case.device, dtype), case.strategy)
+    x = torch.randn(case.flavor.input_shape(), device=case.device, dtype=dtype)
+    optimizer = make_optimizer(model)
+    return lambda: train_step(model, optimizer, x)
+
+
+def test_training_step(benchmark, case, measurements, request):
+    """zero_grad, forward, loss, backward, optimizer step; variants of a flavor grouped."""
+    record = measurements.get(case)  # measured first, alone, before this model exists
+    benchmark.group = f"{case.device}-{case.flavor.name}"
+    benchmark.extra_info.update(record.as_dict())
+    step = _step_fn(case)
+    rounds = request.config.getoption("benchmark_min_rounds")  # --benchmark-min-rounds, default 5
+    benchmark.pedantic(step, rounds=rounds, warmup_rounds=WARMUP_ROUNDS, iterations=1)
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_full_vs_none_time_against_flops(flavor_on_device, attention, measurements, request):
+    """time(full)/time(none), interleaved in one process, against the FLOP ratio.
+
+    Asserted on CUDA (1 <= time ratio <= FLOP ratio + margin); reported on the CPU, where a
+    shared 2-core machine is too noisy for a time assertion."""
+    device, flavor = flavor_on_device
+    cases = {s: Case(device, flavor, f"{s}-{attention}") for s in ("none", "full")}
+    flop_ratio = measurements.get(cases["full"]).flops / measurements.get(cases["none"]).flops
+    medians = interleaved_medians({s: _step_fn(c) for s, c in cases.items()}, rounds=5, warmup=WARMUP_ROUNDS)
+    time_ratio = medians["full"] / medians["none"]
+    measurements.note_time_ratio(f"{device}-{flavor.name}-{attention}", time_ratio, flop_ratio)
+    if device == "cuda":
+        assert 1.0 <= time_ratio <= flop_ratio + TIME_OVER_FLOP_MARGIN, (
+            f"time(full)/time(none) = {time_ratio:.3f}, FLOP ratio {flop_ratio:.3f}")

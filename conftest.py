@@ -1,0 +1,209 @@
+"""Wiring: command-line options, the device x flavor x variant parametrization, the
+measure-once cache, pytest-benchmark's storage, timer, machine info and JSON hooks."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench.baselines import BaselineError, BaselineGate
+from bench.cases import DEFAULT_FLAVORS, DEVICES, Case, cases, parse_flavor_list
+from bench.record import Measurement, device_key, is_estimate, measure_variant
+from bench.timing import TIMER_NAME
+from models import FLAVORS, resolve_dtype
+
+ROOT = Path(__file__).resolve().parent
+PYTEST_BENCHMARK_DEFAULT_STORAGE = "file://./.benchmarks"
+PYTEST_BENCHMARK_DEFAULT_TIMER = "time.perf_counter"
+
+STORE_KEY = pytest.StashKey["MeasurementStore"]()
+GATE_KEY = pytest.StashKey[BaselineGate]()
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+#: Lightning's RunIf pattern: device gating as marks, so skips show their reason under -ra.
+requires_cuda = pytest.mark.skipif(not cuda_available(), reason="requires CUDA: no CUDA device is available")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("activation checkpointing suite")
+    group.addoption("--device", choices=DEVICES, default=None,
+                    help="device to measure on (default: cuda when available, else cpu)")
+    group.addoption("--flavor", default=None, metavar="NAMES",
+                    help="comma-separated flavors to run, from: " + ", ".join(FLAVORS)
+                    + "; default: " + "; ".join(f"{d}: {','.join(f)}" for d, f in DEFAULT_FLAVORS.items()))
+    group.addoption("--update-baselines", action="store_true", default=False,
+                    help="rewrite the deterministic baselines (memory, FLOPs) of the cases that ran, "
+                         "keeping the other entries, instead of comparing against them")
+    group.addoption("--baselines-dir", default=str(ROOT / "baselines"), metavar="DIR",
+                    help="folder of per-device baselines (default: %(default)s)")
+
+
+def selected_device(config: pytest.Config) -> str:
+    return config.getoption("--device") or ("cuda" if cuda_available() else "cpu")
+
+
+def selected_flavors(config: pytest.Config) -> tuple:
+    text = config.getoption("--flavor") or ",".join(DEFAULT_FLAVORS[selected_device(config)])
+    try:
+        return parse_flavor_list(text)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+def selected_device_key(config: pytest.Config) -> str:
+    device = selected_device(config)
+    return device_key(device) if device == "cpu" or cuda_available() else device
+
+
+class MeasurementStore:
+    """Session cache: each case is measured once; every test and the JSON read the record."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, Measurement] = {}
+        self.time_ratios: dict[str, dict[str, float]] = {}
+
+    def get(self, case: Case) -> Measurement:
+        if case.id not in self._records:
+            self._records[case.id] = measure_variant(case.flavor, case.variant, case.device)
+        return self._records[case.id]
+
+    def records(self) -> list[Measurement]:
+        return [self._records[k] for k in sorted(self._records)]
+
+    def note_time_ratio(self, key: str, time_ratio: float, flop_ratio: float) -> None:
+        """Record time(full)/time(none) beside the FLOP ratio, for the summary and the JSON."""
+        self.time_ratios[key] = {"time_ratio": time_ratio, "flop_ratio": flop_ratio}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "real_tensors: needs real compute; not run for flavors that "
+                            "are only estimated on this device (seed on the CPU)")
+    config.addinivalue_line("markers", "attention(name): parametrize only the variants with this "
+                            "attention implementation")
+    config.addinivalue_line("markers", "cuda_only: a CUDA measurement; parametrized on cuda and skipped "
+                            "with its reason where CUDA is unavailable")
+    selected_flavors(config)  # fail early on a bad --flavor
+    if config.getoption("--update-baselines") and (
+            config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no"):
+        raise pytest.UsageError("--update-baselines cannot be combined with pytest-xdist (-n): "
+                                "run it in one process so the baselines file is written once")
+    config.stash[STORE_KEY] = MeasurementStore()
+    config.stash[GATE_KEY] = BaselineGate(Path(config.getoption("--baselines-dir")))
+    _configure_benchmark_storage_and_timer(config)
+
+
+def _configure_benchmark_storage_and_timer(config: pytest.Config) -> None:
+    """Runs before pytest-benchmark's own pytest_configure (which is trylast).
+
+    pytest-benchmark files runs under a machine id that does not tell GPUs apart, so the
+    storage gets one folder per device key: committed baselines/<key>/timing by default,
+    or <user's storage>/<key> when --benchmark-storage is given.
+    """
+    option = config.option
+    if not hasattr(option, "benchmark_storage"):
+        return  # pytest-benchmark not active (-p no:benchmark)
+    key = selected_device_key(config)
+    if option.benchmark_storage == PYTEST_BENCHMARK_DEFAULT_STORAGE:
+        option.benchmark_storage = f"file://{Path(config.getoption('--baselines-dir')) / key / 'timing'}"
+    else:
+        option.benchmark_storage = option.benchmark_storage.rstrip("/") + f"/{key}"
+    if option.benchmark_timer == PYTEST_BENCHMARK_DEFAULT_TIMER:
+        option.benchmark_timer = TIMER_NAME
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    config = metafunc.config
+    device = selected_device(config)
+    flavors = selected_flavors(config)
+    if metafunc.definition.get_closest_marker("real_tensors"):
+        flavors = tuple(f for f in flavors if not is_estimate(f, device))
+    marks = [requires_cuda] if device == "cuda" else []
+    attention = metafunc.definition.get_closest_marker("attention")
+    if "case" in metafunc.fixturenames:
+        chosen = [c for c in cases(device, flavors) if attention is None or c.attention == attention.args[0]]
+        params = [pytest.param(c, id=c.id, marks=marks) for c in chosen]
+        metafunc.parametrize("case", params)
+    if "flavor_on_device" in metafunc.fixturenames:
+        params = [pytest.param((device, f), id=f"{device}-{f.name}", marks=marks) for f in flavors]
+        metafunc.parametrize("flavor_on_device", params)
+    if "cuda_case" in metafunc.fixturenames:
+        # Always parametrized on cuda, so on a CPU machine they show as skipped with the reason.
+        cuda_flavors = tuple(f for f in flavors if f.cpu_mode == "estimate") or flavors
+        params = [pytest.param(c, id=c.id, marks=[requires_cuda]) for c in cases("cuda", cuda_flavors)]
+        metafunc.parametrize("cuda_case", params)
+
+
+@pytest.fixture(scope="session")
+def measurements(request: pytest.FixtureRequest) -> MeasurementStore:
+    """The session's measure-once cache."""
+    return request.config.stash[STORE_KEY]
+
+
+@pytest.fixture(scope="session")
+def baseline_gate(request: pytest.FixtureRequest) -> BaselineGate:
+    return request.config.stash[GATE_KEY]
+
+
+@pytest.fixture(scope="session")
+def update_baselines(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--update-baselines"))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    config = session.config
+    if GATE_KEY in config.stash and config.getoption("--update-baselines"):
+        try:
+            written = config.stash[GATE_KEY].write_staged()
+        except BaselineError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        for path in written:
+            if reporter is not None:
+                reporter.write_line(f"baselines written: {path}")
+
+
+def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+    device = selected_device(config)
+    on_cuda = device == "cuda" and cuda_available()
+    machine_info["torch"] = {
+        "version": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": device,
+        "device_key": selected_device_key(config),
+        "device_name": torch.cuda.get_device_name() if on_cuda else "cpu",
+        "dtypes": {f.name: str(resolve_dtype(f, device)).removeprefix("torch.")
+                   for f in selected_flavors(config)},
+    }
+
+
+def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
+                                          compared_benchmark: dict) -> None:
+    """Refuse to compare timings across device keys (a GPU against the CPU, or another GPU)."""
+    saved = compared_benchmark.get("machine_info", {}).get("torch", {}).get("device_key")
+    current = machine_info.get("torch", {}).get("device_key")
+    if saved != current:
+        raise pytest.UsageError(
+            f"--benchmark-compare: the stored run was measured on device key {saved!r}, this run is on "
+            f"{current!r}; timings of different devices are not comparable. Point --benchmark-storage at "
+            f"this device's history (default: baselines/<device key>/timing).")
+
+
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+    """Every case measured this session, timed or not, as one record each."""
+    store = config.stash[STORE_KEY]
+    output_json["measurements"] = [r.as_dict() for r in store.records()]
+    output_json["time_ratios"] = dict(sorted(store.time_ratios.items()))
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    ratios = config.stash[STORE_KEY].time_ratios if STORE_KEY in config.stash else {}
+    if ratios:
+        terminalreporter.section("recompute cost: time(full)/time(none) against FLOPs(full)/FLOPs(none)")
+        for key, r in sorted(ratios.items()):
+            terminalreporter.write_line(f"{key:28} time ratio {r['time_ratio']:.3f}   FLOP ratio {r['flop_ratio']:.3f}")
