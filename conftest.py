@@ -20,6 +20,7 @@ PYTEST_BENCHMARK_DEFAULT_TIMER = "time.perf_counter"
 
 STORE_KEY = pytest.StashKey["MeasurementStore"]()
 GATE_KEY = pytest.StashKey[BaselineGate]()
+WRITTEN_KEY = pytest.StashKey[list]()
 
 
 def cuda_available() -> bool:
@@ -159,13 +160,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
     if GATE_KEY in config.stash and config.getoption("--update-baselines"):
         try:
-            written = config.stash[GATE_KEY].write_staged()
+            config.stash[WRITTEN_KEY] = config.stash[GATE_KEY].write_staged()
         except BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        for path in written:
-            if reporter is not None:
-                reporter.write_line(f"baselines written: {path}")
 
 
 def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
@@ -202,6 +199,8 @@ def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    for path in config.stash.get(WRITTEN_KEY, []):
+        terminalreporter.write_line(f"baselines written: {path}")
     ratios = config.stash[STORE_KEY].time_ratios if STORE_KEY in config.stash else {}
     if ratios:
         terminalreporter.section("recompute cost: time(full)/time(none) against FLOPs(full)/FLOPs(none)")

@@ -111,6 +111,10 @@ def compare(record: Measurement, baseline: dict, tolerances: dict[str, float]) -
                 f"Accept with: {fix}"]
     messages = []
     for metric, tol in sorted(tolerances.items()):
+        if not hasattr(record, metric):
+            messages.append(f"{case}: the baselines file has a tolerance for unknown metric {metric!r}; "
+                            f"valid metrics: {', '.join(sorted(DEFAULT_TOLERANCES))}")
+            continue
         if metric not in baseline:
             messages.append(f"{case}: {metric} missing from the baseline entry; add it with: {fix}")
             continue

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 from dataclasses import dataclass
 
 import torch
@@ -85,6 +86,18 @@ class Measurement:
         return dataclasses.asdict(self)
 
 
+def reset_collector() -> None:
+    """Collect garbage now, which also zeroes the collector's allocation counters.
+
+    Reference cycles (module hooks of the trackers among them) can hold autograd nodes and
+    with them tensors until the cyclic collector runs. When it runs is decided by counters of
+    Python allocations; starting each measured phase from zero makes that point the same in
+    every run, whatever the process measured before, while the step still runs with the
+    collector on, as in training.
+    """
+    gc.collect()
+
+
 def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) -> Measurement:
     """Build the variant alone on ``device``, take a warm-up step, then measure one step.
 
@@ -106,23 +119,32 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         model = apply_ac(build_model(flavor, attention, device, dtype), strategy)
         x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
         optimizer = make_optimizer(model)
-        train_step(model, optimizer, x)  # warm-up: gradients and optimizer state now exist
+        # Warm-up step: gradients and optimizer state now exist. Its forward and backward
+        # are the FLOP count (the same ops as every step); FlopCounterMode's module hooks
+        # would otherwise hold memory during the measured step.
+        optimizer.zero_grad(set_to_none=True)
+        with flop_counter_mode() as counter:
+            loss_fn(model(x)).backward()
+        optimizer.step()
         if probe is None:
             probe = MemTrackerProbe(device, model, optimizer, x, fake=fake)
 
         phases: list[Phase] = []
+        reset_collector()
         with probe.phase() as p:
             optimizer.zero_grad(set_to_none=True)
         phases.append(p)
         before_forward = probe.current()
         saved = SavedTensorCounter(model, x)
-        with probe.phase() as p, flop_counter_mode() as counter:
+        reset_collector()
+        with probe.phase() as p:
             with saved.count():
                 loss = loss_fn(model(x))
             loss.backward()
             del loss
         phases.append(p)
         forward_backward = p
+        reset_collector()
         with probe.phase() as p:
             optimizer.step()
         phases.append(p)

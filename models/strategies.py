@@ -34,6 +34,8 @@ class Strategy:
     first_block: int = 1
     block_step: int = 1
     use_reentrant: bool = False
+    #: Restore the RNG state before recomputing, so dropout draws the same masks.
+    preserve_rng_state: bool = True
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sublayers if s not in SUBLAYERS]
@@ -89,8 +91,8 @@ def apply_ac(model: Transformer, strategy: Strategy | str) -> Transformer:
         block = model.blocks[i]
         for sublayer in strategy.sublayers:
             module: nn.Module = getattr(block, sublayer)
-            # preserve_rng_state (the default) makes dropout draw the same mask on recompute.
-            setattr(block, sublayer, checkpoint_wrapper(module, checkpoint_impl=impl))
+            setattr(block, sublayer, checkpoint_wrapper(
+                module, checkpoint_impl=impl, preserve_rng_state=strategy.preserve_rng_state))
     return model
 
 

@@ -1,0 +1,19 @@
+# Two commands on a fresh machine, each doing its own set-up (a venv in .venv with the CPU
+# build of torch from requirements-cpu.txt; GPU users run `tox -e gpu` with their own torch):
+#   make bench   run the benchmark suite and compare against this device's committed baselines
+#   make test    run everything: the suite's checks and its self-tests (what CI runs)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: bench test
+bench: $(VENV)/.installed
+	$(PY) -m pytest bench/ --benchmark-compare
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+$(VENV)/.installed: requirements-cpu.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-cpu.txt
+	touch $@

@@ -1,0 +1,136 @@
+"""The deterministic gate: its messages, its file format, atomic writes, and that it catches
+a strategy that quietly stops checkpointing a sublayer."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import pytest
+
+from bench.baselines import DEFAULT_TOLERANCES, BaselineError, BaselineFile, BaselineGate, baseline_path, compare
+from bench.record import measure_variant
+from models import get_flavor
+from tests.helpers import run_pytest
+
+TINY = get_flavor("tiny")
+
+
+@pytest.fixture(scope="module")
+def record():
+    return measure_variant(TINY, "full-eager", "cpu")
+
+
+def _entry(record, **changes):
+    gate = BaselineGate("unused")
+    gate.stage(dataclasses.replace(record, **changes))
+    return gate._staged[record.device_key][record.case_id]
+
+
+@pytest.mark.parametrize("factor", [1.05, 0.95])
+def test_change_beyond_tolerance_fails_in_either_direction(record, factor):
+    old = int(record.saved_bytes * factor)
+    messages = compare(record, _entry(record, saved_bytes=old, torch_version="2.99.0"), DEFAULT_TOLERANCES)
+    assert len(messages) == 1
+    message = messages[0]
+    for part in ("tiny-full-eager", "saved_bytes", f"{old:,}", f"{record.saved_bytes:,}", "torch 2.99.0",
+                 f"torch {record.torch_version}", "pytest bench/ --device cpu --update-baselines -k tiny-full-eager"):
+        assert part in message, (part, message)
+
+
+def test_change_within_tolerance_passes(record):
+    assert compare(record, _entry(record, flops=int(record.flops * 1.004)), DEFAULT_TOLERANCES) == []
+    assert compare(record, _entry(record), DEFAULT_TOLERANCES) == []
+
+
+def test_other_memory_method_is_not_compared(record):
+    messages = compare(record, _entry(record, memory_method="cuda-allocator"), DEFAULT_TOLERANCES)
+    assert len(messages) == 1 and "memory_method changed" in messages[0]
+
+
+def test_file_is_sorted_one_entry_per_line_and_stable(tmp_path, record):
+    gate = BaselineGate(tmp_path)
+    for variant in ("none-eager", "full-eager"):
+        gate.stage(dataclasses.replace(record, variant=variant))
+    (path,) = gate.write_staged()
+    text = path.read_text()
+    lines = text.splitlines()
+    entry_lines = [line for line in lines if line.startswith('"tiny-')]
+    assert [line.split('"')[1] for line in entry_lines] == ["tiny-full-eager", "tiny-none-eager"]
+    for line in entry_lines:
+        entry = json.loads(line.split(": ", 1)[1].rstrip(","))
+        assert list(entry) == sorted(entry)
+    assert BaselineFile.load(path).dumps() == text
+    json.loads(text)
+
+
+def test_update_keeps_entries_that_did_not_run(tmp_path, record):
+    gate = BaselineGate(tmp_path)
+    gate.stage(dataclasses.replace(record, variant="none-eager"))
+    gate.write_staged()
+    gate = BaselineGate(tmp_path)
+    gate.stage(dataclasses.replace(record, saved_bytes=1))
+    gate.write_staged()
+    entries = BaselineFile.load(baseline_path(tmp_path, "cpu")).entries
+    assert set(entries) == {"tiny-none-eager", "tiny-full-eager"}
+    assert entries["tiny-full-eager"]["saved_bytes"] == 1
+
+
+def test_failed_write_leaves_the_old_file_intact(tmp_path, record, monkeypatch):
+    gate = BaselineGate(tmp_path)
+    gate.stage(record)
+    (path,) = gate.write_staged()
+    before = path.read_bytes()
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    gate.stage(dataclasses.replace(record, saved_bytes=1))
+    with pytest.raises(OSError, match="disk full"):
+        gate.write_staged()
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir()] == ["figures.json"]  # no temporary file left
+
+
+def test_corrupt_file_names_the_file_and_the_fix(tmp_path):
+    path = baseline_path(tmp_path, "cpu")
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(BaselineError, match="figures.json: not a readable baselines file.*--update-baselines"):
+        BaselineFile.load(path)
+    path.write_text("[]")
+    with pytest.raises(BaselineError, match="expected a JSON object"):
+        BaselineFile.load(path)
+
+
+def test_gate_catches_a_strategy_that_stops_checkpointing_the_mlp(tmp_path):
+    """End to end, as a user runs it: create baselines, break ``full``, rerun."""
+    common = ["bench/test_baselines.py", "--device", "cpu", "--flavor", "tiny", "--baselines-dir", str(tmp_path), "-q"]
+    created = run_pytest(*common, "--update-baselines")
+    assert created.returncode == 0, created.stdout + created.stderr
+    assert baseline_path(tmp_path, "cpu").exists()
+
+    unchanged = run_pytest(*common)
+    assert unchanged.returncode == 0, unchanged.stdout + unchanged.stderr
+
+    broken = run_pytest(*common, "-p", "tests.plugins.drop_mlp_checkpoint")
+    assert broken.returncode == 1, broken.stdout + broken.stderr
+    out = broken.stdout
+    assert "FAILED bench/test_baselines.py::test_figures_match_baseline[cpu-tiny-full-eager]" in out
+    assert "tiny-full-eager: saved_bytes moved +" in out
+    assert "pytest bench/ --device cpu --update-baselines -k tiny-full-eager" in out
+    assert "torch " in out
+    # Only the broken strategy's variants fail.
+    failed = sorted(line.split("[")[1].rstrip("]").split(" ")[0].rstrip("]")
+                    for line in out.splitlines() if line.startswith("FAILED"))
+    assert failed == ["cpu-tiny-full-eager", "cpu-tiny-full-sdpa"], out
+
+
+def test_missing_baselines_skip_with_instructions(tmp_path):
+    result = run_pytest("bench/test_baselines.py", "--device", "cpu", "--flavor", "tiny", "--baselines-dir",
+                        str(tmp_path), "-q", "-rs", "-k", "none-eager")
+    assert result.returncode == 0, result.stdout
+    assert "no baselines for device key 'cpu'" in result.stdout
+    assert "--update-baselines" in result.stdout

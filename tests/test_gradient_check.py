@@ -1,0 +1,45 @@
+"""The gradient check can fail: a broken strategy is caught."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.gradients import mismatches, run_step, twin_models
+from models import Strategy, get_flavor, get_strategy
+
+TINY = get_flavor("tiny")
+
+
+def test_reentrant_checkpoint_of_block0_loses_gradients():
+    """Block 0 under reentrant checkpointing, its input not requiring grad: its parameters
+    silently get no gradients, and the check names them."""
+    broken = Strategy("broken", sublayers=("attn", "mlp"), first_block=0, block_step=TINY.depth, use_reentrant=True)
+    reference, model, x = twin_models(TINY, "eager", broken, "cpu")
+    with pytest.warns(UserWarning, match="requires_grad"):
+        actual = run_step(model, x)
+    problems = mismatches(run_step(reference, x), actual)
+    assert problems
+    assert all(p.startswith("grad blocks.0.") for p in problems), problems
+    assert any("grad blocks.0.attn.mha.in_proj_weight: gradient is None" in p for p in problems)
+
+
+def test_changed_weights_are_caught():
+    """A model whose weights differ by one ulp somewhere is not bitwise equal."""
+    reference, model, x = twin_models(TINY, "sdpa", "full", "cpu")
+    with torch.no_grad():
+        w = model.blocks[2].mlp._checkpoint_wrapped_module.fc1.weight
+        w[0, 0] = w[0, 0].nextafter(w[0, 0] + 1)
+    problems = mismatches(run_step(reference, x), run_step(model, x))
+    assert any(p.startswith("output:") for p in problems)
+    assert any(p.startswith("grad blocks.0.") for p in problems)  # gradients upstream change too
+
+
+def test_dropout_without_rng_preservation_is_caught():
+    """Recomputation that does not replay the RNG state draws other dropout masks: caught."""
+    no_rng = dataclasses.replace(get_strategy("full"), name="full-no-rng", preserve_rng_state=False)
+    reference, model, x = twin_models(TINY, "eager", no_rng, "cpu", dropout=0.5)
+    problems = mismatches(run_step(reference, x, rng_seed=7), run_step(model, x, rng_seed=7))
+    assert problems and all(p.startswith("grad ") for p in problems)
