@@ -155,3 +155,48 @@ def step_flops(shape: Shape, strategy: Strategy | str, attention: str) -> int:
         for sl in SUBLAYERS
     )
     return base + recompute_flops(shape, strategy)
+
+
+def explain(flavor: Flavor, dtype: torch.dtype, device_type: str = "cuda",
+            seq_lens: tuple[int, ...] = (1024, 2048, 4096, 8192, 16384)) -> str:
+    """The README's answer, from the model: per-block saved bytes by sublayer, what
+    checkpointing each saves, and how each term grows with the sequence length."""
+    mib = 2 ** 20
+    shape = Shape.of(flavor, dtype, device_type)
+    lines = [f"flavor {flavor.name}: batch {shape.batch}, seq {shape.seq_len}, d_model {shape.d_model}, "
+             f"heads {shape.n_heads}, depth {shape.depth}, {str(dtype).removeprefix('torch.')} "
+             f"({shape.elem_bytes} B/element), LayerNorm statistics {shape.ln_stat_bytes} B ({device_type})",
+             "", "saved for backward per block, MiB (a checkpointed sublayer keeps only its input: "
+             f"{shape.residual_bytes / mib:.2f} MiB)"]
+    for attention in ("eager", "sdpa"):
+        attn = sublayer_saved_bytes(shape, "attn", attention)
+        mlp = sublayer_saved_bytes(shape, "mlp", attention)
+        saving = {s: (saved_bytes(shape, "none", attention) - saved_bytes(shape, s, attention)) / mib
+                  for s in ("attn", "mlp")}
+        lines.append(f"  {attention:5}: attention {attn / mib:8.2f} (of which scores {attention_score_bytes(shape, attention) / mib:7.2f})"
+                     f"   MLP {mlp / mib:7.2f}   -> checkpointing attention saves {saving['attn']:8.2f} MiB, "
+                     f"the MLP {saving['mlp']:7.2f} MiB ({saving['attn'] / saving['mlp']:.1f}x)")
+    lines += ["", "growth with the sequence length, per block, MiB:",
+              f"  {'seq':>6} {'eager scores':>13} {'sdpa logsumexp':>15} {'attention rest':>15} {'MLP':>8}"]
+    for s in seq_lens:
+        sh = Shape(shape.batch, s, shape.d_model, shape.n_heads, shape.depth, shape.elem_bytes, shape.ln_stat_bytes)
+        rest = sublayer_saved_bytes(sh, "attn", "eager") - attention_score_bytes(sh, "eager")
+        lines.append(f"  {s:>6} {attention_score_bytes(sh, 'eager') / mib:>13.2f} {attention_score_bytes(sh, 'sdpa') / mib:>15.3f}"
+                     f" {rest / mib:>15.2f} {sublayer_saved_bytes(sh, 'mlp', 'eager') / mib:>8.2f}")
+    crossover = 7 * shape.d_model / shape.n_heads
+    lines.append(f"  eager scores (h*s^2*e) overtake the rest of the attention sublayer (7*b*s*d*e) at s = 7*d/h = {crossover:.0f}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    from models import FLAVORS, get_flavor
+
+    parser = argparse.ArgumentParser(prog="python -m bench.analytic", description=explain.__doc__)
+    parser.add_argument("--flavor", default="seed", choices=list(FLAVORS))
+    parser.add_argument("--device-type", default="cuda", choices=["cuda", "cpu"],
+                        help="LayerNorm keeps fp32 statistics on CUDA, input-dtype ones on the CPU")
+    args = parser.parse_args()
+    chosen = get_flavor(args.flavor)
+    print(explain(chosen, getattr(torch, chosen.dtype), args.device_type))

@@ -1,0 +1,118 @@
+"""The suite's command line: collection by name, bad input, device gating, the guard that
+keeps timings of different devices apart, and the nightly workflow's schema."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+import conftest
+from bench.cases import Case, cases, parse_case_id
+from models import ATTENTIONS, FLAVORS, STRATEGIES, VARIANTS, check_attention, get_flavor, get_strategy, parse_variant
+from tests.helpers import ROOT, run_pytest
+
+NO_CUDA = not torch.cuda.is_available()
+
+
+def test_collect_lists_gradient_tests_for_all_ten_variants():
+    result = run_pytest("bench/", "--collect-only", "-q", "--device", "cpu")
+    assert result.returncode == 0, result.stdout + result.stderr
+    collected = result.stdout.splitlines()
+    assert len(VARIANTS) == 10
+    for variant in VARIANTS:
+        assert f"bench/test_gradients.py::test_gradients_bitwise_equal_to_no_checkpointing[cpu-small-{variant}]" in collected
+
+
+def test_k_selects_a_variant_by_name():
+    result = run_pytest("bench/test_gradients.py", "--collect-only", "-q", "--device", "cpu", "-k", "full-sdpa")
+    ids = [line for line in result.stdout.splitlines() if "::" in line]
+    assert ids and all("full-sdpa" in line for line in ids), result.stdout
+
+
+def test_case_ids_are_reversible():
+    all_cases = [c for d in ("cpu", "cuda") for c in cases(d, tuple(FLAVORS.values()))]
+    assert len({c.id for c in all_cases}) == len(all_cases)
+    for case in all_cases:
+        assert parse_case_id(case.id) == case
+    assert Case("cpu", get_flavor("small"), "every_other-eager").id == "cpu-small-every_other-eager"
+
+
+@pytest.mark.parametrize(("call", "bad", "valid"), [
+    (get_strategy, "selective", list(STRATEGIES)),
+    (check_attention, "flash", list(ATTENTIONS)),
+    (get_flavor, "huge", list(FLAVORS)),
+])
+def test_unknown_names_list_the_valid_ones(call, bad, valid):
+    with pytest.raises(ValueError) as info:
+        call(bad)
+    assert repr(bad) in str(info.value) and all(v in str(info.value) for v in valid)
+
+
+def test_malformed_variant_names_the_form():
+    with pytest.raises(ValueError, match="STRATEGY-ATTENTION"):
+        parse_variant("full")
+    with pytest.raises(ValueError, match="valid names"):
+        parse_variant("full-flash")
+
+
+def test_bad_flavor_option_is_a_usage_error():
+    result = run_pytest("bench/", "--collect-only", "-q", "--flavor", "small,huge")
+    assert result.returncode == 4
+    assert "unknown flavor 'huge'; valid names: seed, small, tiny" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_update_baselines_refuses_xdist():
+    result = run_pytest("bench/", "--collect-only", "-q", "--update-baselines", "-n", "2")
+    assert result.returncode == 4
+    assert "--update-baselines cannot be combined with pytest-xdist" in result.stderr
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks how CUDA-only tests show on a machine without CUDA")
+def test_cuda_only_tests_show_as_skipped_with_reason():
+    result = run_pytest("bench/test_memory.py", "-k", "fake_estimate_matches_cuda", "-ra", "-q", "--flavor", "seed")
+    assert result.returncode == 0, result.stdout
+    assert "10 skipped" in result.stdout
+    assert "requires CUDA: no CUDA device is available" in result.stdout
+
+
+@pytest.mark.skipif(not NO_CUDA, reason="checks --device cuda on a machine without CUDA")
+def test_forcing_cuda_without_cuda_skips_with_reason():
+    result = run_pytest("bench/test_gradients.py", "--device", "cuda", "-ra", "-q", "-k", "full")
+    assert result.returncode == 0, result.stdout
+    assert "passed" not in result.stdout and "requires CUDA" in result.stdout
+
+
+def test_timings_of_different_devices_are_never_compared():
+    info = {"torch": {"device_key": "nvidia-h200"}}
+    with pytest.raises(pytest.UsageError, match="device key 'cpu'.*'nvidia-h200'"):
+        conftest.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": {"torch": {"device_key": "cpu"}}})
+    conftest.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": info})
+
+
+def _check_workflow(path) -> subprocess.CompletedProcess:
+    exe = shutil.which("check-jsonschema", path=str(ROOT / ".venv" / "bin")) or shutil.which("check-jsonschema")
+    assert exe, "check-jsonschema is not installed: pip install -r requirements-cpu.txt"
+    return subprocess.run([exe, "--builtin-schema", "vendor.github-workflows", str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_nightly_workflow_is_valid():
+    result = _check_workflow(ROOT / ".github" / "workflows" / "nightly-gpu.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_workflow_check_can_fail(tmp_path):
+    text = (ROOT / ".github" / "workflows" / "nightly-gpu.yml").read_text()
+    broken = tmp_path / "broken.yml"
+    broken.write_text(text.replace("runs-on:", "runs_on:"))
+    assert _check_workflow(broken).returncode != 0
+
+
+def test_nightly_workflow_runs_tox_gpu_with_a_timing_threshold():
+    text = (ROOT / ".github" / "workflows" / "nightly-gpu.yml").read_text()
+    assert "tox -e gpu" in text and "--benchmark-compare-fail" in text and "--benchmark-autosave" in text
+    assert "schedule:" in text and "workflow_dispatch:" in text and "self-hosted" in text
