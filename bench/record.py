@@ -69,6 +69,9 @@ class Measurement:
     torch_version: str
     memory_method: str
     optimizer: str
+    #: Bytes allocated on the device by anything else when this variant was measured (0 with
+    #: MemTracker, which only sees this variant's tensors); every figure excludes them.
+    foreign_bytes: int
     resident_bytes: int
     peak_bytes: int
     activation_peak_bytes: int
@@ -155,7 +158,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
         batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
         n_heads=flavor.n_heads, depth=flavor.depth, torch_version=torch.__version__,
-        memory_method=probe.method, optimizer=OPTIMIZER,
+        memory_method=probe.method, optimizer=OPTIMIZER, foreign_bytes=probe.foreign_bytes,
         resident_bytes=phases[0].start_bytes,
         peak_bytes=peak.peak_bytes,
         activation_peak_bytes=forward_backward.peak_bytes - before_forward,

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from bench.gradients import CROSS_ATTENTION_TOLERANCES, mismatches, run_step, twin_models
 from models import resolve_dtype
 
-pytestmark = pytest.mark.real_tensors
+pytestmark = [pytest.mark.real_tensors, pytest.mark.usefixtures("deterministic_algorithms")]
+
+
+@pytest.fixture
+def deterministic_algorithms():
+    """Deterministic kernels where PyTorch has them (on CUDA, FlashAttention's backward
+    accumulates with atomics otherwise); warn_only, since bitwise equality is what is tested."""
+    enabled, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    yield
+    torch.use_deterministic_algorithms(enabled, warn_only=warn_only)
 
 
 def test_gradients_bitwise_equal_to_no_checkpointing(case):
