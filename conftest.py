@@ -63,10 +63,15 @@ def selected_device_key(config: pytest.Config) -> str:
 
 
 class MeasurementStore:
-    """Session cache: each case is measured once; every test and the JSON read the record."""
+    """Session cache: each case is measured once; every test and the JSON read the record.
+
+    Under pytest-xdist each worker measures its own cases and sends their records to the
+    controller, which writes them to the JSON (``from_workers``).
+    """
 
     def __init__(self) -> None:
         self._records: dict[str, Measurement] = {}
+        self.from_workers: dict[str, dict] = {}
         self.time_ratios: dict[str, dict[str, float]] = {}
 
     def get(self, case: Case) -> Measurement:
@@ -74,8 +79,14 @@ class MeasurementStore:
             self._records[case.id] = measure_variant(case.flavor, case.variant, case.device)
         return self._records[case.id]
 
-    def records(self) -> list[Measurement]:
-        return [self._records[k] for k in sorted(self._records)]
+    def local_json(self) -> dict[str, dict]:
+        """The records measured in this process, by case id."""
+        return {k: r.as_dict() for k, r in self._records.items()}
+
+    def as_json(self) -> list[dict]:
+        """Every record of the session, this process's and the workers', sorted by case."""
+        merged = {**self.from_workers, **self.local_json()}
+        return [merged[k] for k in sorted(merged)]
 
     def note_time_ratio(self, key: str, time_ratio: float, flop_ratio: float) -> None:
         """Record time(full)/time(none) beside the FLOP ratio, for the summary and the JSON."""
@@ -156,8 +167,42 @@ def update_baselines(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--update-baselines"))
 
 
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error) -> None:
+    """pytest-xdist controller: collect a finished worker's records."""
+    store = node.config.stash.get(STORE_KEY, None)
+    if store is not None:
+        store.from_workers.update(node.workeroutput.get("ac_measurements", {}))
+        store.time_ratios.update(node.workeroutput.get("ac_time_ratios", {}))
+
+
+def _write_json_without_timings(config: pytest.Config) -> None:
+    """pytest-benchmark writes no --benchmark-json when no benchmark ran (only estimated
+    flavors, --benchmark-skip, or xdist, which disables benchmarks); the measurements still
+    belong in it, so write it through pytest-benchmark's own hooks."""
+    bs = getattr(config, "_benchmarksession", None)
+    store = config.stash[STORE_KEY]
+    if bs is None or not getattr(bs, "json", None) or bs.benchmarks or not store.as_json():
+        return
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+    output_json = config.hook.pytest_benchmark_generate_json(
+        config=config, benchmarks=[], include_data=True, machine_info=bs.get_machine_info(),
+        commit_info=commit_info)
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=[], output_json=output_json)
+    bs.save_json(output_json)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     config = session.config
+    if STORE_KEY not in config.stash:
+        return
+    store = config.stash[STORE_KEY]
+    if hasattr(config, "workeroutput"):  # an xdist worker: hand the records to the controller
+        config.workeroutput["ac_measurements"] = store.local_json()
+        config.workeroutput["ac_time_ratios"] = store.time_ratios
+    else:
+        _write_json_without_timings(config)
     if GATE_KEY in config.stash and config.getoption("--update-baselines"):
         try:
             config.stash[WRITTEN_KEY] = config.stash[GATE_KEY].write_staged()
@@ -194,7 +239,7 @@ def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksessio
 def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
     """Every case measured this session, timed or not, as one record each."""
     store = config.stash[STORE_KEY]
-    output_json["measurements"] = [r.as_dict() for r in store.records()]
+    output_json["measurements"] = store.as_json()
     output_json["time_ratios"] = dict(sorted(store.time_ratios.items()))
 
 

@@ -16,6 +16,11 @@ import torch
 from torch import nn
 from torch.distributed._tools.mem_tracker import MemTracker
 
+#: The methods, recorded as ``memory_method`` with every figure.
+CUDA_ALLOCATOR = "cuda-allocator"
+MEMTRACKER = "memtracker"
+FAKE_MEMTRACKER = "fake-memtracker"
+
 #: MemTracker's categories, named in this suite's words.
 CATEGORY_NAMES: dict[str, str] = {
     "Parameter": "parameters",
@@ -45,7 +50,7 @@ class CudaAllocatorProbe:
     alone; ``foreign_bytes`` records anything else still allocated (should be 0).
     """
 
-    method = "cuda-allocator"
+    method = CUDA_ALLOCATOR
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -76,7 +81,7 @@ class MemTrackerProbe:
     def __init__(self, device: torch.device, *tracked: nn.Module | torch.optim.Optimizer | torch.Tensor,
                  fake: bool = False) -> None:
         self.device = device
-        self.method = "fake-memtracker" if fake else "memtracker"
+        self.method = FAKE_MEMTRACKER if fake else MEMTRACKER
         self.foreign_bytes = 0
         self.tracker = MemTracker()
         self.tracker.track_external(*tracked)

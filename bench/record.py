@@ -157,7 +157,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         variant=variant, strategy=strategy, attention=attention, flavor=flavor.name,
         device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
         batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
-        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=torch.__version__,
+        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__),
         memory_method=probe.method, optimizer=OPTIMIZER, foreign_bytes=probe.foreign_bytes,
         resident_bytes=phases[0].start_bytes,
         peak_bytes=peak.peak_bytes,

@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import NullLocator
 
+from bench.memory import FAKE_MEMTRACKER
 from bench.record import device_key, is_estimate
 from bench.sweep import DEFAULT_SEQ_LENS, BudgetFit, SweepPoint, budget_fits, run_sweep
 from models import ATTENTIONS, FLAVORS, STRATEGIES, VARIANTS, get_flavor, parse_variant, variant_id
@@ -32,7 +33,7 @@ from models import ATTENTIONS, FLAVORS, STRATEGIES, VARIANTS, get_flavor, parse_
 MIB = 2 ** 20
 GIB = 2 ** 30
 #: The memory method of figures estimated on fake tensors (``seed`` on the CPU).
-ESTIMATE_METHOD = "fake-memtracker"
+ESTIMATE_METHOD = FAKE_MEMTRACKER
 #: The benchmark whose median is a variant's step time (bench/test_speed.py).
 TIMED_TEST = "test_training_step"
 #: Speed axes of the frontier: median step time when every variant is timed, else recompute.

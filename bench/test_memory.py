@@ -85,11 +85,18 @@ def _check_chain(values: dict[str, int], chain: list[str], margin: float) -> lis
 
 
 def _require_predicted(shape: analytic.Shape, chain: list[str], attention: str, margin: float) -> None:
+    """Skip unless the model predicts the chain clearly: attention's seq^2 term dominates the
+    rest of the attention sublayer (h*s^2 > 7*s*d per batch row, i.e. s > 7*d/h; it
+    also decides the activation peak) and each predicted gap clears twice the margin."""
+    crossover = 7 * shape.d_model / shape.n_heads
+    if shape.seq_len <= crossover:
+        pytest.skip(f"seq_len {shape.seq_len} <= 7*d/h = {crossover:.0f}: attention's seq^2 term does not "
+                    f"dominate activation memory at this shape, so the model guarantees no order")
     predicted = {s: analytic.saved_bytes(shape, s, attention) for s in chain}
     weak = [f"{a}>{b}" for a, b in zip(chain, chain[1:]) if not predicted[a] > predicted[b] * (1 + 2 * margin)]
     if weak:
         pytest.skip(f"the analytic model does not predict {', '.join(weak)} by a margin above noise at this "
-                    f"shape (attention's seq^2 term does not dominate), so the order is not asserted")
+                    f"shape, so the order is not asserted")
 
 
 @pytest.mark.parametrize("metric", ["saved_bytes", "activation_peak_bytes"])
@@ -110,6 +117,7 @@ def test_sdpa_below_eager_twin(flavor_on_device, metric, measurements):
     device, flavor = flavor_on_device
     records = _records(measurements, device, flavor)
     margin = ORDER_MARGIN[records["none-eager"].memory_method]
+    _require_predicted(shape_of(records["none-eager"]), ["none", "full"], "sdpa", margin)
     values = {v: getattr(r, metric) for v, r in records.items()}
     problems = []
     for strategy in EAGER_CHAIN:
