@@ -116,3 +116,18 @@ def test_nightly_workflow_runs_tox_gpu_with_a_timing_threshold():
     text = (ROOT / ".github" / "workflows" / "nightly-gpu.yml").read_text()
     assert "tox -e gpu" in text and "--benchmark-compare-fail" in text and "--benchmark-autosave" in text
     assert "schedule:" in text and "workflow_dispatch:" in text and "self-hosted" in text
+
+
+def test_timing_storage_is_kept_per_device_key(tmp_path):
+    """Saved runs land in <baselines-dir>/<device key>/timing by default and in
+    <storage>/<device key> when --benchmark-storage is given; autosave keeps working."""
+    common = ["bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny", "-q",
+              "--baselines-dir", str(tmp_path / "baselines")]
+    saved = run_pytest(*common, "--benchmark-save", "first")
+    assert saved.returncode == 0, saved.stdout + saved.stderr
+    assert list((tmp_path / "baselines" / "cpu" / "timing").glob("*/0001_first.json"))
+    compared = run_pytest(*common, "--benchmark-compare")
+    assert compared.returncode == 0 and "(0001_first)" in compared.stdout, compared.stdout
+    own = run_pytest(*common, "--benchmark-storage", f"file://{tmp_path / 'history'}", "--benchmark-autosave")
+    assert own.returncode == 0, own.stdout + own.stderr
+    assert len(list((tmp_path / "history" / "cpu").glob("*/0001_*.json"))) == 1
