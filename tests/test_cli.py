@@ -3,6 +3,7 @@ keeps timings of different devices apart, and the nightly workflow's schema."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -131,3 +132,23 @@ def test_timing_storage_is_kept_per_device_key(tmp_path):
     own = run_pytest(*common, "--benchmark-storage", f"file://{tmp_path / 'history'}", "--benchmark-autosave")
     assert own.returncode == 0, own.stdout + own.stderr
     assert len(list((tmp_path / "history" / "cpu").glob("*/0001_*.json"))) == 1
+
+
+def test_benchmark_json_carries_every_record(tmp_path):
+    """--benchmark-json: a `measurements` record per variant, and the figures in each timed
+    variant's extra_info."""
+    out = tmp_path / "out.json"
+    result = run_pytest("bench/test_speed.py", "bench/test_flops.py", "-k", "training_step or flops", "--device", "cpu",
+                        "--flavor", "tiny", "-q", "--benchmark-json", str(out), "--baselines-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(out.read_text())
+    required = {"variant", "strategy", "attention", "flavor", "device", "dtype", "batch", "seq_len", "d_model",
+                "n_heads", "depth", "torch_version", "memory_method", "resident_bytes", "peak_bytes",
+                "activation_peak_bytes", "saved_bytes", "flops"}
+    records = data["measurements"]
+    assert sorted(r["variant"] for r in records) == sorted(VARIANTS)
+    assert all(required <= set(r) and r["flavor"] == "tiny" for r in records)
+    timed = {b["extra_info"]["variant"]: b["extra_info"] for b in data["benchmarks"]}
+    assert sorted(timed) == sorted(VARIANTS)
+    by_variant = {r["variant"]: r for r in records}
+    assert all(timed[v] == by_variant[v] for v in VARIANTS)  # one record, read twice
