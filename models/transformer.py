@@ -120,13 +120,13 @@ def _flavors(*flavors: Flavor) -> dict[str, Flavor]:
 
 
 #: One line per flavor. ``seed`` is the shape users compare against; ``small`` is the
-#: default measured flavor on the CPU (seq 1024 so that eager attention's heads*seq^2 term
+#: default measured flavor on the CPU (seq 2048 so that eager attention's heads*seq^2 term
 #: dominates activation memory, small enough for the 10-minute CPU budget); ``tiny`` is for
 #: the self-tests.
 FLAVORS: dict[str, Flavor] = _flavors(
     Flavor("seed", d_model=512, n_heads=4, depth=12, batch=1, seq_len=4096, dtype="bfloat16",
            cpu_mode="estimate"),
-    Flavor("small", d_model=128, n_heads=4, depth=4, batch=1, seq_len=1024),
+    Flavor("small", d_model=128, n_heads=4, depth=4, batch=1, seq_len=2048),
     Flavor("tiny", d_model=32, n_heads=2, depth=3, batch=2, seq_len=16),
 )
 
