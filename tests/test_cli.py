@@ -152,3 +152,6 @@ def test_benchmark_json_carries_every_record(tmp_path):
     assert sorted(timed) == sorted(VARIANTS)
     by_variant = {r["variant"]: r for r in records}
     assert all(timed[v] == by_variant[v] for v in VARIANTS)  # one record, read twice
+    # pytest-benchmark used the suite's device-synchronizing timer.
+    assert {b["options"]["timer"] for b in data["benchmarks"]} == {"device_synchronized_timer"}
+    assert data["machine_info"]["torch"]["device_key"] == "cpu"
