@@ -29,10 +29,13 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), foreach=True)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor) -> None:
-    """One whole training step: zero_grad, forward, loss, backward, optimizer step."""
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+               around_forward_backward: contextlib.AbstractContextManager | None = None) -> None:
+    """One whole training step: zero_grad, forward, loss, backward, optimizer step;
+    ``around_forward_backward`` (a FlopCounterMode, say) is entered for forward and backward."""
     optimizer.zero_grad(set_to_none=True)
-    loss_fn(model(x)).backward()
+    with around_forward_backward or contextlib.nullcontext():
+        loss_fn(model(x)).backward()
     optimizer.step()
 
 
@@ -106,7 +109,8 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
 
     Memory: resident before the step; the step's peak; the forward+backward peak above what
     was allocated just before the forward (``activation_peak_bytes``); bytes saved for
-    backward at the end of the forward. FLOPs: forward+backward under FlopCounterMode.
+    backward at the end of the forward. FLOPs: the warm-up step's forward+backward under
+    FlopCounterMode.
     On the CPU a flavor with ``cpu_mode="estimate"`` runs on fake tensors: no compute, no
     real memory, exact bytes.
     """
@@ -123,12 +127,10 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
         optimizer = make_optimizer(model)
         # Warm-up step: gradients and optimizer state now exist. Its forward and backward
-        # are the FLOP count (the same ops as every step); FlopCounterMode's module hooks
+        # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
         # would otherwise hold memory during the measured step.
-        optimizer.zero_grad(set_to_none=True)
-        with flop_counter_mode() as counter:
-            loss_fn(model(x)).backward()
-        optimizer.step()
+        counter = flop_counter_mode()
+        train_step(model, optimizer, x, around_forward_backward=counter)
         if probe is None:
             probe = MemTrackerProbe(device, model, optimizer, x, fake=fake)
 
