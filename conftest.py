@@ -147,7 +147,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "cuda_case" in metafunc.fixturenames:
         # Always parametrized on cuda, so on a CPU machine they show as skipped with the reason.
         cuda_flavors = tuple(f for f in flavors if f.cpu_mode == "estimate") or flavors
-        params = [pytest.param(c, id=c.id, marks=[requires_cuda]) for c in cases("cuda", cuda_flavors)]
+        cuda_marks = [requires_cuda]
+        if config.getoption("--device") == "cpu":
+            cuda_marks.append(pytest.mark.skip(reason="CUDA-only test, and --device cpu was given"))
+        params = [pytest.param(c, id=c.id, marks=cuda_marks) for c in cases("cuda", cuda_flavors)]
         metafunc.parametrize("cuda_case", params)
 
 
