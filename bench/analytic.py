@@ -34,6 +34,7 @@ and the MLP only fc1's 8*b*s*d^2.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -60,6 +61,14 @@ class Shape:
         elem = torch.empty((), dtype=dtype).element_size()
         return cls(flavor.batch, flavor.seq_len, flavor.d_model, flavor.n_heads, flavor.depth,
                    elem_bytes=elem, ln_stat_bytes=4 if device_type == "cuda" else elem)
+
+    @classmethod
+    def of_record(cls, record) -> "Shape":
+        """The shape a measurement record (``bench.record.Measurement``) was taken at."""
+        dtype = getattr(torch, record.dtype)
+        elem = torch.empty((), dtype=dtype).element_size()
+        return cls(record.batch, record.seq_len, record.d_model, record.n_heads, record.depth, elem_bytes=elem,
+                   ln_stat_bytes=4 if record.device.split(":")[0] == "cuda" else elem)
 
     @property
     def residual_bytes(self) -> int:
@@ -179,7 +188,7 @@ def explain(flavor: Flavor, dtype: torch.dtype, device_type: str = "cuda",
     lines += ["", "growth with the sequence length, per block, MiB:",
               f"  {'seq':>6} {'eager scores':>13} {'sdpa logsumexp':>15} {'attention rest':>15} {'MLP':>8}"]
     for s in seq_lens:
-        sh = Shape(shape.batch, s, shape.d_model, shape.n_heads, shape.depth, shape.elem_bytes, shape.ln_stat_bytes)
+        sh = dataclasses.replace(shape, seq_len=s)
         rest = sublayer_saved_bytes(sh, "attn", "eager") - attention_score_bytes(sh, "eager")
         lines.append(f"  {s:>6} {attention_score_bytes(sh, 'eager') / mib:>13.2f} {attention_score_bytes(sh, 'sdpa') / mib:>15.3f}"
                      f" {rest / mib:>15.2f} {sublayer_saved_bytes(sh, 'mlp', 'eager') / mib:>8.2f}")

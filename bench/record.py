@@ -39,6 +39,18 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tens
     optimizer.step()
 
 
+def build_training(flavor: Flavor, variant: str, device: str | torch.device
+                   ) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor]:
+    """The variant's model (seeded weights, checkpointing applied), its optimizer and an input,
+    in the flavor's dtype on ``device`` (fake tensors where a FakeTensorMode is active)."""
+    strategy, attention = parse_variant(variant)
+    dtype = resolve_dtype(flavor, device)
+    torch.manual_seed(0)
+    model = apply_ac(build_model(flavor, attention, device, dtype), strategy)
+    x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
+    return model, make_optimizer(model), x
+
+
 def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
     """True where the flavor is estimated on fake tensors rather than run (``seed`` on CPU)."""
     return torch.device(device).type == "cpu" and flavor.cpu_mode == "estimate"
@@ -122,10 +134,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
     with FakeTensorMode() if fake else contextlib.nullcontext():
         if device.type == "cuda":
             probe = CudaAllocatorProbe(device)  # before anything of this variant exists
-        torch.manual_seed(0)
-        model = apply_ac(build_model(flavor, attention, device, dtype), strategy)
-        x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
-        optimizer = make_optimizer(model)
+        model, optimizer, x = build_training(flavor, variant, device)
         # Warm-up step: gradients and optimizer state now exist. Its forward and backward
         # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
         # would otherwise hold memory during the measured step.

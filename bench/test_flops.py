@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from bench import analytic
 from bench.cases import Case
-from models import FLAVORS
 
 RECOMPUTE_TOLERANCE = 0.005
 
-
-def _shape(record) -> analytic.Shape:
-    return analytic.Shape.of(FLAVORS[record.flavor], getattr(torch, record.dtype), record.device.split(":")[0])
 
 
 def test_step_flops_match_analytic_model(case, measurements):
     """All matmul FLOPs of forward+backward are counted, the attention kernels included
     (the CPU flash SDPA kernel has no formula in PyTorch; bench/flops.py registers one)."""
     record = measurements.get(case)
-    assert record.flops == analytic.step_flops(_shape(record), case.strategy, case.attention), record.flops_by_op
+    assert record.flops == analytic.step_flops(analytic.Shape.of_record(record), case.strategy, case.attention), record.flops_by_op
 
 
 def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):
@@ -28,6 +23,6 @@ def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):
     record = measurements.get(case)
     none = measurements.get(Case(case.device, case.flavor, f"none-{case.attention}"))
     overhead = record.flops / none.flops - 1
-    predicted = analytic.recompute_flops(_shape(record), case.strategy) / none.flops
+    predicted = analytic.recompute_flops(analytic.Shape.of_record(record), case.strategy) / none.flops
     assert overhead == pytest.approx(predicted, rel=RECOMPUTE_TOLERANCE, abs=1e-12), (
         f"{case.id}: measured overhead {overhead:.4%}, predicted {predicted:.4%}")

@@ -22,12 +22,10 @@ Left out, because the model does not guarantee them:
 from __future__ import annotations
 
 import pytest
-import torch
 
 from bench import analytic
 from bench.cases import Case
 from bench.record import is_estimate, measure_variant
-from models import FLAVORS
 
 #: Relative margin each asserted inequality must clear: MemTracker counts exact storage
 #: bytes; the CUDA allocator adds block rounding and workspace noise.
@@ -40,9 +38,6 @@ RECORD_FIELDS = ("variant", "strategy", "attention", "flavor", "device", "dtype"
                  "d_model", "n_heads", "depth", "torch_version", "memory_method", "resident_bytes",
                  "peak_bytes", "activation_peak_bytes", "saved_bytes")
 
-
-def shape_of(record) -> analytic.Shape:
-    return analytic.Shape.of(FLAVORS[record.flavor], getattr(torch, record.dtype), record.device.split(":")[0])
 
 
 def expected_method(case: Case) -> str:
@@ -63,13 +58,13 @@ def test_memory_record(case, measurements):
     assert record.activation_peak_bytes >= record.saved_bytes
     if record.breakdown is not None:  # MemTracker's categories add up to the peak
         assert sum(record.breakdown.values()) == record.peak_bytes
-        assert record.breakdown["parameters"] == analytic.parameter_bytes(shape_of(record))
+        assert record.breakdown["parameters"] == analytic.parameter_bytes(analytic.Shape.of_record(record))
 
 
 def test_saved_bytes_match_analytic_model(case, measurements):
     """Measured saved_bytes within 2% of the per-op count of bench/analytic.py."""
     record = measurements.get(case)
-    predicted = analytic.saved_bytes(shape_of(record), case.strategy, case.attention)
+    predicted = analytic.saved_bytes(analytic.Shape.of_record(record), case.strategy, case.attention)
     assert record.saved_bytes == pytest.approx(predicted, rel=ANALYTIC_TOLERANCE), (
         f"{case.id}: measured {record.saved_bytes:,} B, analytic model {predicted:,} B")
 
@@ -105,7 +100,7 @@ def test_eager_strategy_ordering(flavor_on_device, metric, measurements):
     device, flavor = flavor_on_device
     records = _records(measurements, device, flavor)
     margin = ORDER_MARGIN[records["none-eager"].memory_method]
-    _require_predicted(shape_of(records["none-eager"]), list(EAGER_CHAIN), "eager", margin)
+    _require_predicted(analytic.Shape.of_record(records["none-eager"]), list(EAGER_CHAIN), "eager", margin)
     values = {s: getattr(records[f"{s}-eager"], metric) for s in EAGER_CHAIN}
     problems = _check_chain(values, list(EAGER_CHAIN), margin)
     assert not problems, f"{metric} on {device}-{flavor.name}: " + "; ".join(problems)
@@ -117,7 +112,7 @@ def test_sdpa_below_eager_twin(flavor_on_device, metric, measurements):
     device, flavor = flavor_on_device
     records = _records(measurements, device, flavor)
     margin = ORDER_MARGIN[records["none-eager"].memory_method]
-    _require_predicted(shape_of(records["none-eager"]), ["none", "full"], "sdpa", margin)
+    _require_predicted(analytic.Shape.of_record(records["none-eager"]), ["none", "full"], "sdpa", margin)
     values = {v: getattr(r, metric) for v, r in records.items()}
     problems = []
     for strategy in EAGER_CHAIN:
@@ -131,7 +126,7 @@ def test_attention_checkpointing_saves_several_times_more_than_mlp(flavor_on_dev
     """eager: (none - attn) >= 3 x (none - mlp), where the analytic model predicts it."""
     device, flavor = flavor_on_device
     records = _records(measurements, device, flavor)
-    shape = shape_of(records["none-eager"])
+    shape = analytic.Shape.of_record(records["none-eager"])
     pred = {s: analytic.saved_bytes(shape, s, "eager") for s in ("none", "attn", "mlp")}
     predicted_ratio = (pred["none"] - pred["attn"]) / (pred["none"] - pred["mlp"])
     if predicted_ratio < 2 * SEVERAL_TIMES:

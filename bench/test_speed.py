@@ -8,12 +8,10 @@ CUDA every selected flavor (``seed`` by default).
 from __future__ import annotations
 
 import pytest
-import torch
 
 from bench.cases import Case
-from bench.record import make_optimizer, train_step
+from bench.record import build_training, train_step
 from bench.timing import interleaved_medians
-from models import apply_ac, build_model, resolve_dtype
 
 pytestmark = pytest.mark.real_tensors
 
@@ -24,11 +22,7 @@ TIME_OVER_FLOP_MARGIN = 0.25
 
 
 def _step_fn(case: Case):
-    dtype = resolve_dtype(case.flavor, case.device)
-    torch.manual_seed(0)
-    model = apply_ac(build_model(case.flavor, case.attention, case.device, dtype), case.strategy)
-    x = torch.randn(case.flavor.input_shape(), device=case.device, dtype=dtype)
-    optimizer = make_optimizer(model)
+    model, optimizer, x = build_training(case.flavor, case.variant, case.device)
     return lambda: train_step(model, optimizer, x)
 
 
