@@ -3,14 +3,20 @@ measure-once cache, pytest-benchmark's storage, timer, machine info and JSON hoo
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+
+# Deterministic cuBLAS for the gradient checks (torch.use_deterministic_algorithms raises
+# without it); must be set before CUDA starts. A user's own setting wins.
+os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import pytest
 import torch
 
 from bench.baselines import BaselineError, BaselineGate
 from bench.cases import DEFAULT_FLAVORS, DEVICES, Case, cases, parse_flavor_list
-from bench.record import Measurement, device_key, is_estimate, measure_variant
+from bench.device import cuda_available, device_key, device_name
+from bench.record import Measurement, is_estimate, measure_variant
 from bench.timing import TIMER_NAME
 from models import FLAVORS, resolve_dtype
 
@@ -21,10 +27,6 @@ PYTEST_BENCHMARK_DEFAULT_TIMER = "time.perf_counter"
 STORE_KEY = pytest.StashKey["MeasurementStore"]()
 GATE_KEY = pytest.StashKey[BaselineGate]()
 WRITTEN_KEY = pytest.StashKey[list]()
-
-
-def cuda_available() -> bool:
-    return torch.cuda.is_available()
 
 
 #: Lightning's RunIf pattern: device gating as marks, so skips show their reason under -ra.
@@ -98,8 +100,6 @@ def pytest_configure(config: pytest.Config) -> None:
                             "are only estimated on this device (seed on the CPU)")
     config.addinivalue_line("markers", "attention(name): parametrize only the variants with this "
                             "attention implementation")
-    config.addinivalue_line("markers", "cuda_only: a CUDA measurement; parametrized on cuda and skipped "
-                            "with its reason where CUDA is unavailable")
     selected_flavors(config)  # fail early on a bad --flavor
     if config.getoption("--update-baselines") and (
             config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no"):
@@ -221,7 +221,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "cuda": torch.version.cuda,
         "device": device,
         "device_key": selected_device_key(config),
-        "device_name": torch.cuda.get_device_name() if on_cuda else "cpu",
+        "device_name": device_name(device) if on_cuda else "cpu",
         "dtypes": {f.name: str(resolve_dtype(f, device)).removeprefix("torch.")
                    for f in selected_flavors(config)},
     }

@@ -39,7 +39,8 @@ from dataclasses import dataclass
 
 import torch
 
-from models import SUBLAYERS, Flavor, Strategy, get_strategy
+from models import SUBLAYERS, Flavor, OffloadAC, Policy, RegionAC, SelectiveAC, SequentialAC, get_policy
+from models.ac import CORE_ATTENTION_OPS, SAC_SAVE_OPS
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,7 @@ class Shape:
     depth: int
     elem_bytes: int
     ln_stat_bytes: int
+    device_type: str = "cpu"
 
     @classmethod
     def of(cls, flavor: Flavor, dtype: torch.dtype, device_type: str) -> "Shape":
@@ -60,15 +62,16 @@ class Shape:
         statistics in the input dtype on the CPU (and under fake CPU tensors)."""
         elem = torch.empty((), dtype=dtype).element_size()
         return cls(flavor.batch, flavor.seq_len, flavor.d_model, flavor.n_heads, flavor.depth,
-                   elem_bytes=elem, ln_stat_bytes=4 if device_type == "cuda" else elem)
+                   elem_bytes=elem, ln_stat_bytes=4 if device_type == "cuda" else elem, device_type=device_type)
 
     @classmethod
     def of_record(cls, record) -> "Shape":
         """The shape a measurement record (``bench.record.Measurement``) was taken at."""
         dtype = getattr(torch, record.dtype)
         elem = torch.empty((), dtype=dtype).element_size()
+        device_type = record.device.split(":")[0]
         return cls(record.batch, record.seq_len, record.d_model, record.n_heads, record.depth, elem_bytes=elem,
-                   ln_stat_bytes=4 if record.device.split(":")[0] == "cuda" else elem)
+                   ln_stat_bytes=4 if device_type == "cuda" else elem, device_type=device_type)
 
     @property
     def residual_bytes(self) -> int:
@@ -105,17 +108,64 @@ def sublayer_saved_bytes(shape: Shape, sublayer: str, attention: str) -> int:
     raise ValueError(f"unknown sublayer {sublayer!r}; valid: {SUBLAYERS}")
 
 
-def saved_bytes(shape: Shape, strategy: Strategy | str, attention: str) -> int:
-    """Predicted ``saved_bytes`` at the end of the forward for one variant."""
-    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    total = 0
-    for block in range(shape.depth):
-        for sublayer in SUBLAYERS:
-            if strategy.is_checkpointed(block, sublayer, shape.depth):
-                total += shape.residual_bytes
-            else:
-                total += sublayer_saved_bytes(shape, sublayer, attention)
-    return total - shape.residual_bytes  # the model input is excluded
+class NotModelled(ValueError):
+    """The analytic model has no count for this policy (a user's own save list, say)."""
+
+
+def _policy(policy: Policy | str) -> Policy:
+    return get_policy(policy) if isinstance(policy, str) else policy
+
+
+def _sac_list(policy: SelectiveAC) -> str:
+    """Which of the modelled save lists ``policy`` uses: ``sac`` or ``core``."""
+    if policy.every_second_matmul and tuple(policy.save_ops) == SAC_SAVE_OPS:
+        return "sac"
+    if policy.every_second_matmul and tuple(policy.save_ops) == CORE_ATTENTION_OPS and policy.sublayers == ("attn",):
+        return "core"
+    raise NotModelled(f"policy {policy.name!r}: the analytic model covers torchtitan's save list (sac) "
+                      f"and core_attn's, not save_ops={policy.save_ops}")
+
+
+def checkpointed_sublayer_bytes(shape: Shape, policy: RegionAC, sublayer: str, attention: str) -> int:
+    """What one checkpointed sublayer keeps: its input, plus what a selective policy saves.
+
+    sac: attention keeps the packed q|k|v (in_proj, the first matmul) and, with sdpa, the fused
+    kernel's output and logsumexp; the MLP keeps fc1's output (4 bsd); the second matmul, the
+    LayerNorms and eager attention's scores are recomputed. core_attn: LayerNorm output and
+    statistics and the packed q|k|v.
+    """
+    if not isinstance(policy, SelectiveAC):
+        return shape.residual_bytes
+    if _sac_list(policy) == "core":
+        return 5 * shape.residual_bytes + shape.ln_stats_bytes
+    if sublayer == "attn":
+        kept = 4 * shape.residual_bytes
+        return kept + (shape.residual_bytes + attention_score_bytes(shape, "sdpa") if attention == "sdpa" else 0)
+    return 5 * shape.residual_bytes
+
+
+def kept_bytes(shape: Shape, policy: Policy | str, attention: str) -> int:
+    """Predicted bytes kept for backward at the end of the forward (``forward_kept_bytes``, and
+    ``saved_bytes`` where hooks can see it), the model input excluded."""
+    policy = _policy(policy)
+    full = {sl: sublayer_saved_bytes(shape, sl, attention) for sl in SUBLAYERS}
+    if isinstance(policy, OffloadAC):
+        # On CUDA everything saved goes to host memory; on the CPU the host is the device.
+        return 0 if shape.device_type == "cuda" else kept_bytes(shape, "none", attention)
+    if isinstance(policy, SequentialAC):
+        total = sum(shape.residual_bytes if checkpointed else len(blocks) * sum(full.values())
+                    for blocks, checkpointed in policy.segment_ranges(shape.depth))
+        return total - shape.residual_bytes
+    if isinstance(policy, RegionAC):
+        total = 0
+        for block in range(shape.depth):
+            for sublayer in SUBLAYERS:
+                if policy.is_checkpointed(block, sublayer, shape.depth):
+                    total += checkpointed_sublayer_bytes(shape, policy, sublayer, attention)
+                else:
+                    total += full[sublayer]
+        return total - shape.residual_bytes  # the model input is excluded
+    raise NotModelled(f"policy {policy.name!r} of kind {policy.kind!r} has no analytic model")
 
 
 def sublayer_forward_flops(shape: Shape, sublayer: str) -> int:
@@ -146,24 +196,47 @@ def sublayer_recompute_flops(shape: Shape, sublayer: str) -> int:
     return sublayer_forward_flops(shape, sublayer) - last_matmul
 
 
-def recompute_flops(shape: Shape, strategy: Strategy | str) -> int:
-    """FLOPs of the forward passes the strategy recomputes during backward."""
-    strategy = get_strategy(strategy) if isinstance(strategy, str) else strategy
-    return sum(
-        sublayer_recompute_flops(shape, sublayer)
-        for block in range(shape.depth)
-        for sublayer in SUBLAYERS
-        if strategy.is_checkpointed(block, sublayer, shape.depth)
-    )
+def checkpointed_sublayer_recompute_flops(shape: Shape, policy: RegionAC, sublayer: str, attention: str) -> int:
+    """Recompute FLOPs of one checkpointed sublayer under ``policy``. Selective policies
+    recompute no saved matmul: sac recomputes eager attention's QK^T and PV (4*b*s^2*d) and
+    nothing matmul-sized with sdpa (the fused kernel's outputs are saved); core_attn recomputes
+    the attention core, QK^T and PV or the fused kernel's forward (4*b*s^2*d)."""
+    if not isinstance(policy, SelectiveAC):
+        return sublayer_recompute_flops(shape, sublayer)
+    core = 4 * shape.batch * shape.seq_len ** 2 * shape.d_model
+    if _sac_list(policy) == "core" or (sublayer == "attn" and attention == "eager"):
+        return core
+    return 0
 
 
-def step_flops(shape: Shape, strategy: Strategy | str, attention: str) -> int:
+def recompute_flops(shape: Shape, policy: Policy | str, attention: str) -> int:
+    """FLOPs of the forward passes the policy recomputes during backward."""
+    policy = _policy(policy)
+    if isinstance(policy, OffloadAC):
+        return 0
+    if isinstance(policy, SequentialAC):
+        # A checkpointed segment recomputes all its blocks up to its last block's fc2 (early stop).
+        last_fc2 = 8 * shape.batch * shape.seq_len * shape.d_model ** 2
+        per_block = sum(sublayer_forward_flops(shape, sl) for sl in SUBLAYERS)
+        return sum(len(blocks) * per_block - last_fc2
+                   for blocks, checkpointed in policy.segment_ranges(shape.depth) if checkpointed)
+    if isinstance(policy, RegionAC):
+        return sum(
+            checkpointed_sublayer_recompute_flops(shape, policy, sublayer, attention)
+            for block in range(shape.depth)
+            for sublayer in SUBLAYERS
+            if policy.is_checkpointed(block, sublayer, shape.depth)
+        )
+    raise NotModelled(f"policy {policy.name!r} of kind {policy.kind!r} has no analytic model")
+
+
+def step_flops(shape: Shape, policy: Policy | str, attention: str) -> int:
     """Matmul FLOPs of one forward + backward, recomputation included."""
     base = shape.depth * sum(
         sublayer_forward_flops(shape, sl) + sublayer_backward_flops(shape, sl, attention)
         for sl in SUBLAYERS
     )
-    return base + recompute_flops(shape, strategy)
+    return base + recompute_flops(shape, policy, attention)
 
 
 def explain(flavor: Flavor, dtype: torch.dtype, device_type: str = "cuda",
@@ -180,7 +253,7 @@ def explain(flavor: Flavor, dtype: torch.dtype, device_type: str = "cuda",
     for attention in ("eager", "sdpa"):
         attn = sublayer_saved_bytes(shape, "attn", attention)
         mlp = sublayer_saved_bytes(shape, "mlp", attention)
-        saving = {s: (saved_bytes(shape, "none", attention) - saved_bytes(shape, s, attention)) / mib
+        saving = {s: (kept_bytes(shape, "none", attention) - kept_bytes(shape, s, attention)) / mib
                   for s in ("attn", "mlp")}
         lines.append(f"  {attention:5}: attention {attn / mib:8.2f} (of which scores {attention_score_bytes(shape, attention) / mib:7.2f})"
                      f"   MLP {mlp / mib:7.2f}   -> checkpointing attention saves {saving['attn']:8.2f} MiB, "

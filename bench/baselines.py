@@ -16,20 +16,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.record import Measurement
+import math
 
-#: Relative tolerance per metric, used when a baselines file is created. Memory figures from
-#: MemTracker and FlopCounterMode are exact on the CPU; the CUDA allocator rounds blocks, so
-#: the memory tolerances leave a little room without hiding a lost saving.
-DEFAULT_TOLERANCES: dict[str, float] = {
-    "activation_peak_bytes": 0.02,
-    "flops": 0.005,
-    "peak_bytes": 0.02,
-    "resident_bytes": 0.01,
-    "saved_bytes": 0.01,
-}
-#: Recorded with each entry, compared for identity (a different method is not comparable).
-INFO_FIELDS: tuple[str, ...] = ("memory_method", "torch_version")
+from bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, METRICS
+from bench.record import Measurement
 
 
 class BaselineError(Exception):
@@ -100,8 +90,13 @@ def accept_command(case_id: str, device: str) -> str:
     return f"pytest bench/ --device {device} --update-baselines -k {case_id}"
 
 
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def compare(record: Measurement, baseline: dict, tolerances: dict[str, float]) -> list[str]:
-    """One message per figure of ``record`` that moved beyond tolerance from ``baseline``."""
+    """One message per metric of ``record`` (every metric of ``bench.metrics.METRICS``) that
+    moved beyond tolerance from ``baseline``, or that cannot be compared."""
     case = record.case_id
     fix = accept_command(case, record.device.split(":")[0])
     old_torch = baseline.get("torch_version", "unknown")
@@ -109,16 +104,30 @@ def compare(record: Measurement, baseline: dict, tolerances: dict[str, float]) -
         return [f"{case}: memory_method changed from {baseline.get('memory_method')!r} to "
                 f"{record.memory_method!r}; figures from different methods are not comparable. "
                 f"Accept with: {fix}"]
-    messages = []
-    for metric, tol in sorted(tolerances.items()):
-        if not hasattr(record, metric):
-            messages.append(f"{case}: the baselines file has a tolerance for unknown metric {metric!r}; "
-                            f"valid metrics: {', '.join(sorted(DEFAULT_TOLERANCES))}")
+    messages = [f"{case}: the baselines file has a tolerance for unknown metric {m!r}; valid metrics: "
+                f"{', '.join(sorted(METRICS))}" for m in sorted(set(tolerances) - set(METRICS))]
+    for metric in sorted(METRICS):
+        tol = tolerances.get(metric)
+        if tol is None:
+            messages.append(f"{case}: the baselines file has no tolerance for {metric}, so it cannot be "
+                            f"gated; rewrite the file with: {fix}")
+            continue
+        if not _number(tol) or tol < 0:
+            messages.append(f"{case}: tolerance of {metric} is {tol!r}, not a finite number >= 0")
             continue
         if metric not in baseline:
             messages.append(f"{case}: {metric} missing from the baseline entry; add it with: {fix}")
             continue
         old, new = baseline[metric], getattr(record, metric)
+        if old is None or new is None:
+            if old is not new:
+                messages.append(f"{case}: {metric} was {old!r} and is now {new!r}: one of them is not "
+                                f"measurable. If intended, accept it with: {fix}")
+            continue
+        if not _number(old):
+            messages.append(f"{case}: baseline {metric} is {old!r}, not a finite number; restore the file "
+                            f"or rewrite the entry with: {fix}")
+            continue
         change = (new - old) / old if old else (0.0 if new == old else float("inf"))
         if abs(change) > tol:
             messages.append(
@@ -151,8 +160,9 @@ class BaselineGate:
         written = []
         for key, entries in sorted(self._staged.items()):
             existing = self.file_for(key)
+            # A metric new to the registry gets its default tolerance; existing ones are kept.
             merged = BaselineFile(baseline_path(self.directory, key),
-                                  dict(existing.tolerances) if existing else dict(DEFAULT_TOLERANCES),
+                                  {**DEFAULT_TOLERANCES, **(existing.tolerances if existing else {})},
                                   dict(existing.entries) if existing else {})
             merged.entries.update(entries)
             merged.write()

@@ -1,4 +1,4 @@
-"""The parametrization: device x flavor x variant, with reversible ids.
+"""The parametrization: device x flavor x variant (policy x attention), with reversible ids.
 
 ``Case("cpu", small, "full-sdpa")`` has the id ``cpu-small-full-sdpa``: ``pytest -k full-sdpa``
 selects it, ``parse_case_id`` reads it back.
@@ -26,7 +26,7 @@ class Case:
     variant: str
 
     @property
-    def strategy(self) -> str:
+    def policy(self) -> str:
         return parse_variant(self.variant)[0]
 
     @property

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 
-from models import Flavor, Strategy, apply_ac, build_model, loss_fn, resolve_dtype
+from models import Flavor, Policy, apply_policy, build_model, get_policy, loss_fn, resolve_dtype
 
 #: Tolerances for ``X-sdpa`` against ``X-eager`` (same weights, same input): the fused kernel
 #: sums QK^T and PV in another order and, on the CPU, in blocks with an online softmax.
@@ -32,12 +33,16 @@ class StepResult:
     grads: dict[str, torch.Tensor | None]
 
 
-def run_step(model: torch.nn.Module, x: torch.Tensor, rng_seed: int | None = None) -> StepResult:
-    """Forward, ``output.mean()``, backward; ``rng_seed`` reseeds first (dropout)."""
+def run_step(model: torch.nn.Module, x: torch.Tensor, rng_seed: int | None = None,
+             policy: Policy | str | None = None) -> StepResult:
+    """Forward (inside ``policy``'s forward context, if any), ``output.mean()``, backward;
+    ``rng_seed`` reseeds first (dropout)."""
     if rng_seed is not None:
         torch.manual_seed(rng_seed)
     model.zero_grad(set_to_none=True)
-    output = model(x)
+    policy = get_policy(policy) if isinstance(policy, str) else policy
+    with policy.forward_context(x.device) if policy is not None else contextlib.nullcontext():
+        output = model(x)
     loss = loss_fn(output)
     loss.backward()
     # checkpoint_wrapper inserts a prefix into parameter names (not into state-dict keys).
@@ -46,16 +51,16 @@ def run_step(model: torch.nn.Module, x: torch.Tensor, rng_seed: int | None = Non
     return StepResult(loss.detach(), output.detach(), grads)
 
 
-def twin_models(flavor: Flavor, attention: str, strategy: Strategy | str, device: str,
-                dropout: float = 0.0, reference_strategy: Strategy | str = "none",
+def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: str,
+                dropout: float = 0.0, reference_policy: Policy | str = "none",
                 reference_attention: str | None = None):
     """A reference model (default: the same attention without checkpointing) and the variant
     model, with identical weights (one state dict loaded into both), and an input."""
     dtype = resolve_dtype(flavor, device)
     torch.manual_seed(0)
-    reference = apply_ac(build_model(flavor, reference_attention or attention, device, dtype, dropout),
-                         reference_strategy)
-    model = apply_ac(build_model(flavor, attention, device, dtype, dropout), strategy)
+    reference = apply_policy(build_model(flavor, reference_attention or attention, device, dtype, dropout),
+                             reference_policy)
+    model = apply_policy(build_model(flavor, attention, device, dtype, dropout), policy)
     model.load_state_dict(reference.state_dict())
     x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
     return reference, model, x

@@ -1,23 +1,22 @@
-"""Memory probes behind one interface: the CUDA caching allocator, or MemTracker.
+"""Memory probes behind one interface: the CUDA caching allocator (``bench.device``), or MemTracker.
 
-A probe measures phases of a training step: the bytes allocated at a phase's start and the
-phase's peak. ``CudaAllocatorProbe`` is the only CUDA-specific code in the suite;
-``MemTrackerProbe`` works on real CPU tensors and on fake tensors alike.
+A probe measures phases of a training step: the bytes allocated at a phase's start, at any
+point inside it (``current``) and the phase's peak. ``MemTrackerProbe`` works on real CPU
+tensors and on fake tensors alike.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.distributed._tools.mem_tracker import MemTracker
 
-#: The methods, recorded as ``memory_method`` with every figure.
-CUDA_ALLOCATOR = "cuda-allocator"
+from bench.device import CUDA_ALLOCATOR, CudaAllocatorProbe, Phase
+
+#: The methods, recorded as ``memory_method`` with every figure (and CUDA_ALLOCATOR).
 MEMTRACKER = "memtracker"
 FAKE_MEMTRACKER = "fake-memtracker"
 
@@ -31,45 +30,6 @@ CATEGORY_NAMES: dict[str, str] = {
     "Temp": "temporaries",
     "Other": "input",
 }
-
-
-@dataclass
-class Phase:
-    """What a probe saw during one phase: bytes at its start, its peak, and the
-    breakdown by category at the peak (None where the method gives none)."""
-
-    start_bytes: int = 0
-    peak_bytes: int = 0
-    breakdown: dict[str, int] | None = field(default=None)
-
-
-class CudaAllocatorProbe:
-    """The CUDA caching allocator's statistics, relative to what was allocated at creation.
-
-    Creation collects garbage and empties the cache, so the figures belong to the variant
-    alone; ``foreign_bytes`` records anything else still allocated (should be 0).
-    """
-
-    method = CUDA_ALLOCATOR
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        gc.collect()
-        torch.cuda.synchronize(device)
-        torch.cuda.empty_cache()
-        self.foreign_bytes = torch.cuda.memory_allocated(device)
-
-    def current(self) -> int:
-        torch.cuda.synchronize(self.device)
-        return torch.cuda.memory_allocated(self.device) - self.foreign_bytes
-
-    @contextlib.contextmanager
-    def phase(self) -> Iterator[Phase]:
-        result = Phase(start_bytes=self.current())
-        torch.cuda.reset_peak_memory_stats(self.device)
-        yield result
-        torch.cuda.synchronize(self.device)
-        result.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.foreign_bytes
 
 
 class MemTrackerProbe:

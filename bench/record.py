@@ -1,4 +1,4 @@
-"""The measurement record: one training step of one variant, measured once.
+"""The measurement record (versioned): one training step of one variant, measured once.
 
 Data flows one way: a flavor and a variant go in, a model is built and stepped, a
 ``Measurement`` comes out; every test, baseline, JSON record and report reads that record.
@@ -15,9 +15,12 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from bench.device import CudaAllocatorProbe, Phase, device_key
 from bench.flops import flop_counter_mode, flops_by_op
-from bench.memory import CudaAllocatorProbe, MemTrackerProbe, Phase, SavedTensorCounter
-from models import Flavor, apply_ac, build_model, loss_fn, parse_variant, resolve_dtype
+from bench.memory import MemTrackerProbe, SavedTensorCounter
+from bench.metrics import METRICS
+from models import (Flavor, OffloadAC, Policy, SelectiveAC, build_model, get_policy, loss_fn, parse_variant,
+                    resolve_dtype)
 
 #: AdamW with the multi-tensor (foreach) implementation: what AdamW picks by default for
 #: CUDA tensors, chosen explicitly so that CPU, fake-tensor and CUDA figures agree.
@@ -29,26 +32,39 @@ def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), foreach=True)
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-               around_forward_backward: contextlib.AbstractContextManager | None = None) -> None:
-    """One whole training step: zero_grad, forward, loss, backward, optimizer step;
-    ``around_forward_backward`` (a FlopCounterMode, say) is entered for forward and backward."""
-    optimizer.zero_grad(set_to_none=True)
-    with around_forward_backward or contextlib.nullcontext():
-        loss_fn(model(x)).backward()
-    optimizer.step()
+@dataclass
+class Training:
+    """A variant ready to train: its model (seeded weights, policy applied), optimizer, input
+    and policy, in the flavor's dtype on ``device`` (fake tensors where a FakeTensorMode is active)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    x: torch.Tensor
+    policy: Policy
+    device: torch.device
+
+    def step(self, around_forward_backward: contextlib.AbstractContextManager | None = None) -> None:
+        """One whole training step: zero_grad, forward (inside the policy's context), loss,
+        backward, optimizer step; ``around_forward_backward`` (a FlopCounterMode, say) is entered
+        for forward and backward."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with around_forward_backward or contextlib.nullcontext():
+            with self.policy.forward_context(self.device):
+                loss = loss_fn(self.model(self.x))
+            loss.backward()
+        self.optimizer.step()
 
 
-def build_training(flavor: Flavor, variant: str, device: str | torch.device
-                   ) -> tuple[nn.Module, torch.optim.Optimizer, torch.Tensor]:
-    """The variant's model (seeded weights, checkpointing applied), its optimizer and an input,
-    in the flavor's dtype on ``device`` (fake tensors where a FakeTensorMode is active)."""
-    strategy, attention = parse_variant(variant)
+def build_training(flavor: Flavor, variant: str, device: str | torch.device) -> Training:
+    """The variant's model, optimizer and input (see ``Training``)."""
+    policy_name, attention = parse_variant(variant)
+    policy = get_policy(policy_name)
+    device = torch.device(device)
     dtype = resolve_dtype(flavor, device)
     torch.manual_seed(0)
-    model = apply_ac(build_model(flavor, attention, device, dtype), strategy)
+    model = policy.apply(build_model(flavor, attention, device, dtype))
     x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
-    return model, make_optimizer(model), x
+    return Training(model, make_optimizer(model), x, policy, device)
 
 
 def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
@@ -56,21 +72,22 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
     return torch.device(device).type == "cpu" and flavor.cpu_mode == "estimate"
 
 
-def device_key(device: str | torch.device) -> str:
-    """The key that separates baselines: ``cpu``, or the GPU's name (``nvidia-h200``)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-    return device.type
+#: The record's layout version, stored with every record; a reader refuses other versions.
+SCHEMA_VERSION = 2
 
 
 @dataclass(frozen=True)
 class Measurement:
-    """One variant's figures for one training step after one warm-up step."""
+    """One variant's figures for one training step after one warm-up step.
+
+    The metrics (``bench.metrics.METRICS``) are fields of the same names; everything else says
+    what was measured and how. Flat, so one record is one row of a table.
+    """
 
     variant: str
-    strategy: str
+    policy: str
+    policy_kind: str
+    policy_params: dict
     attention: str
     flavor: str
     device: str
@@ -90,10 +107,15 @@ class Measurement:
     resident_bytes: int
     peak_bytes: int
     activation_peak_bytes: int
-    saved_bytes: int
+    forward_kept_bytes: int
+    saved_bytes: int | None
+    #: Why ``saved_bytes`` is null, or None where it is valid.
+    saved_bytes_note: str | None
+    offloaded_bytes: int
     breakdown: dict[str, int] | None
     flops: int
     flops_by_op: dict[str, int]
+    schema_version: int = SCHEMA_VERSION
 
     @property
     def case_id(self) -> str:
@@ -102,6 +124,27 @@ class Measurement:
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: object) -> "Measurement":
+        """A record read back from JSON; a ValueError names what is missing or wrong."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a measurement record must be a JSON object, got {type(data).__name__}")
+        version = data.get("schema_version")
+        if version != SCHEMA_VERSION:
+            raise ValueError(f"measurement record of schema version {version!r}, this suite reads version "
+                             f"{SCHEMA_VERSION}; rerun the benchmark with this version of the suite")
+        names = {f.name for f in dataclasses.fields(cls)}
+        missing = sorted(names - set(data))
+        if missing:
+            raise ValueError(f"measurement record lacks {', '.join(missing)}")
+        for name, metric in METRICS.items():
+            value = data[name]
+            if value is None and metric.nullable:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"measurement record field {name} must be a non-negative integer, got {value!r}")
+        return cls(**{k: data[k] for k in names})
 
 
 def reset_collector() -> None:
@@ -116,17 +159,28 @@ def reset_collector() -> None:
     gc.collect()
 
 
+def _policy_notes(policy: Policy) -> str | None:
+    """Why ``saved_bytes`` cannot be measured for ``policy`` (None: it can)."""
+    if isinstance(policy, SelectiveAC):
+        return ("selective checkpointing keeps the outputs it saves in its own cache, which "
+                "saved_tensors_hooks do not see; see forward_kept_bytes")
+    if isinstance(policy, OffloadAC):
+        return ("save_on_cpu installs saved_tensors_hooks of its own and only the innermost pair "
+                "applies; see forward_kept_bytes and offloaded_bytes")
+    return None
+
+
 def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) -> Measurement:
     """Build the variant alone on ``device``, take a warm-up step, then measure one step.
 
     Memory: resident before the step; the step's peak; the forward+backward peak above what
-    was allocated just before the forward (``activation_peak_bytes``); bytes saved for
-    backward at the end of the forward. FLOPs: the warm-up step's forward+backward under
-    FlopCounterMode.
+    was allocated just before the forward (``activation_peak_bytes``); what is still allocated
+    after the forward, less the output (``forward_kept_bytes``); bytes saved for backward at
+    the end of the forward. FLOPs: the warm-up step's forward+backward under FlopCounterMode.
     On the CPU a flavor with ``cpu_mode="estimate"`` runs on fake tensors: no compute, no
     real memory, exact bytes.
     """
-    strategy, attention = parse_variant(variant)
+    policy_name, attention = parse_variant(variant)
     device = torch.device(device)
     fake = is_estimate(flavor, device)
     dtype = resolve_dtype(flavor, device)
@@ -134,12 +188,13 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
     with FakeTensorMode() if fake else contextlib.nullcontext():
         if device.type == "cuda":
             probe = CudaAllocatorProbe(device)  # before anything of this variant exists
-        model, optimizer, x = build_training(flavor, variant, device)
+        training = build_training(flavor, variant, device)
+        model, optimizer, x, policy = training.model, training.optimizer, training.x, training.policy
         # Warm-up step: gradients and optimizer state now exist. Its forward and backward
         # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
         # would otherwise hold memory during the measured step.
         counter = flop_counter_mode()
-        train_step(model, optimizer, x, around_forward_backward=counter)
+        training.step(around_forward_backward=counter)
         if probe is None:
             probe = MemTrackerProbe(device, model, optimizer, x, fake=fake)
 
@@ -152,8 +207,12 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         saved = SavedTensorCounter(model, x)
         reset_collector()
         with probe.phase() as p:
-            with saved.count():
-                loss = loss_fn(model(x))
+            # The policy's hooks inside the counter's: only the innermost pair applies.
+            with saved.count(), policy.forward_context(device) as hooks:
+                out = model(x)
+            forward_kept = probe.current() - before_forward - out.untyped_storage().nbytes()
+            loss = loss_fn(out)
+            del out
             loss.backward()
             del loss
         phases.append(p)
@@ -164,8 +223,10 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         phases.append(p)
 
     peak = max(phases, key=lambda ph: ph.peak_bytes)
+    note = _policy_notes(policy)
     return Measurement(
-        variant=variant, strategy=strategy, attention=attention, flavor=flavor.name,
+        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.params(),
+        attention=attention, flavor=flavor.name,
         device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
         batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
         n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__),
@@ -173,7 +234,10 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         resident_bytes=phases[0].start_bytes,
         peak_bytes=peak.peak_bytes,
         activation_peak_bytes=forward_backward.peak_bytes - before_forward,
-        saved_bytes=saved.saved_bytes,
+        forward_kept_bytes=forward_kept,
+        saved_bytes=None if note else saved.saved_bytes,
+        saved_bytes_note=note,
+        offloaded_bytes=getattr(hooks, "offloaded_bytes", 0),
         breakdown=peak.breakdown,
         flops=int(counter.get_total_flops()),
         flops_by_op=flops_by_op(counter),

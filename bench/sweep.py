@@ -4,7 +4,7 @@ analytic prediction, and the longest swept length that fits a memory budget.
 A sweep point is ``bench.record.measure_variant`` on ``dataclasses.replace(flavor,
 seq_len=N)``: on the CPU an ``estimate`` flavor (``seed``) runs on fake tensors, elsewhere
 the step is run for real. On CUDA a step that runs out of memory is a result ("OOM"), not a
-crash; that is the only device-specific code here (``measure_point``).
+crash (``bench.device.OutOfMemoryError``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from bench import analytic
+from bench.device import OutOfMemoryError
 from bench.record import Measurement, measure_variant
 from models import Flavor, parse_variant, resolve_dtype
 
@@ -55,16 +56,16 @@ def measure_point(flavor: Flavor, variant: str, device: str | torch.device,
     """Measure one point; a CUDA out-of-memory error becomes a point without a record."""
     strategy, attention = parse_variant(variant)
     shape = shape_at(flavor, device)
-    recomputed = analytic.recompute_flops(shape, strategy) / analytic.step_flops(shape, "none", attention)
+    recomputed = analytic.recompute_flops(shape, strategy, attention) / analytic.step_flops(shape, "none", attention)
     try:
         record: Measurement | None = measure(flavor, variant, device)
-    except torch.cuda.OutOfMemoryError:
+    except OutOfMemoryError:
         # The failed step's tensors die with the exception's frames when this block ends;
         # the next CudaAllocatorProbe collects garbage and empties the cache before measuring.
         record = None
     return SweepPoint(
         variant=variant, seq_len=flavor.seq_len, record=record,
-        predicted_saved_bytes=analytic.saved_bytes(shape, strategy, attention),
+        predicted_saved_bytes=analytic.kept_bytes(shape, strategy, attention),
         predicted_flop_overhead=recomputed,
     )
 
@@ -147,3 +148,11 @@ def budget_fits(points: Iterable[SweepPoint], budget_bytes: int) -> list[BudgetF
     for point in points:
         by_variant.setdefault(point.variant, []).append(point)
     return [longest_fitting(ps, budget_bytes) for ps in by_variant.values()]
+
+
+if __name__ == "__main__":  # python -m bench.sweep: the command line is bench/sweep_cli.py
+    import sys
+
+    from bench.sweep_cli import main
+
+    sys.exit(main())

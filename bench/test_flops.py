@@ -1,4 +1,4 @@
-"""Recompute cost in FLOPs: exactly the forward passes the strategy recomputes."""
+"""Recompute cost in FLOPs: exactly the forward passes the policy recomputes."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def test_step_flops_match_analytic_model(case, measurements):
     """All matmul FLOPs of forward+backward are counted, the attention kernels included
     (the CPU flash SDPA kernel has no formula in PyTorch; bench/flops.py registers one)."""
     record = measurements.get(case)
-    assert record.flops == analytic.step_flops(analytic.Shape.of_record(record), case.strategy, case.attention), record.flops_by_op
+    assert record.flops == analytic.step_flops(analytic.Shape.of_record(record), case.policy, case.attention), record.flops_by_op
 
 
 def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):
@@ -23,6 +23,6 @@ def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):
     record = measurements.get(case)
     none = measurements.get(Case(case.device, case.flavor, f"none-{case.attention}"))
     overhead = record.flops / none.flops - 1
-    predicted = analytic.recompute_flops(analytic.Shape.of_record(record), case.strategy) / none.flops
+    predicted = analytic.recompute_flops(analytic.Shape.of_record(record), case.policy, case.attention) / none.flops
     assert overhead == pytest.approx(predicted, rel=RECOMPUTE_TOLERANCE, abs=1e-12), (
         f"{case.id}: measured overhead {overhead:.4%}, predicted {predicted:.4%}")

@@ -12,15 +12,14 @@ import statistics
 import time
 from collections.abc import Callable
 
-import torch
+from bench.device import synchronize
 
 TIMER_NAME = "bench.timing.device_synchronized_timer"
 
 
 def device_synchronized_timer() -> float:
     """``time.perf_counter()`` after every queued CUDA kernel has finished."""
-    if torch.cuda.is_initialized():
-        torch.cuda.synchronize()
+    synchronize()
     return time.perf_counter()
 
 

@@ -1,12 +1,15 @@
-"""What is measured: the reference transformer, its flavors and the checkpointing strategies."""
+"""What is measured: the reference transformer, its flavors and the checkpointing policies."""
 
-from models.strategies import (
-    STRATEGIES,
+from models.ac import (
+    POLICIES,
     SUBLAYERS,
     VARIANTS,
-    Strategy,
-    apply_ac,
-    get_strategy,
+    OffloadAC,
+    Policy,
+    RegionAC,
+    SelectiveAC,
+    SequentialAC,
+    get_policy,
     parse_variant,
     variant_id,
 )
@@ -22,8 +25,15 @@ from models.transformer import (
     resolve_dtype,
 )
 
+
+def apply_policy(model: Transformer, policy: Policy | str) -> Transformer:
+    """``get_policy(policy).apply(model)``: the policy applied in place; returns the model."""
+    return (get_policy(policy) if isinstance(policy, str) else policy).apply(model)
+
+
 __all__ = [
-    "ATTENTIONS", "FLAVORS", "Flavor", "STRATEGIES", "SUBLAYERS", "Strategy", "Transformer",
-    "VARIANTS", "apply_ac", "build_model", "check_attention", "get_flavor", "get_strategy",
-    "loss_fn", "parse_variant", "resolve_dtype", "variant_id",
+    "ATTENTIONS", "FLAVORS", "Flavor", "OffloadAC", "POLICIES", "Policy", "RegionAC", "SUBLAYERS",
+    "SelectiveAC", "SequentialAC", "Transformer", "VARIANTS", "apply_policy", "build_model",
+    "check_attention", "get_flavor", "get_policy", "loss_fn", "parse_variant", "resolve_dtype",
+    "variant_id",
 ]

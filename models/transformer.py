@@ -1,6 +1,6 @@
 """The reference transformer: pre-LayerNorm blocks, no embedding or head, loss = output.mean().
 
-The model class never changes with the checkpointing strategy (see models/strategies.py):
+The model class never changes with the checkpointing strategy (see models/ac/):
 each block calls its two sublayers as separate modules so a strategy can wrap either one.
 """
 

@@ -1,5 +1,5 @@
 """The deterministic gate: its messages, its file format, atomic writes, and that it catches
-a strategy that quietly stops checkpointing a sublayer."""
+a policy that quietly stops checkpointing a sublayer."""
 
 from __future__ import annotations
 
@@ -134,3 +134,50 @@ def test_missing_baselines_skip_with_instructions(tmp_path):
     assert result.returncode == 0, result.stdout
     assert "no baselines for device key 'cpu'" in result.stdout
     assert "--update-baselines" in result.stdout
+
+
+def test_every_registry_metric_is_gated(record):
+    """The gate compares what bench/metrics.py declares, not a list of its own."""
+    from bench.metrics import METRICS
+    assert set(DEFAULT_TOLERANCES) == set(METRICS)
+    for metric in METRICS:
+        moved = _entry(record)
+        moved[metric] = int(getattr(record, metric) * 1.5) + 1_000_000
+        messages = compare(record, moved, DEFAULT_TOLERANCES)
+        assert len(messages) == 1 and metric in messages[0], (metric, messages)
+
+
+def test_a_file_without_a_tolerance_for_a_metric_is_an_error_not_a_pass(record):
+    tolerances = {k: v for k, v in DEFAULT_TOLERANCES.items() if k != "forward_kept_bytes"}
+    moved = _entry(record, forward_kept_bytes=record.forward_kept_bytes * 2)
+    messages = compare(record, moved, tolerances)
+    assert len(messages) == 1
+    assert "no tolerance for forward_kept_bytes" in messages[0] and "--update-baselines" in messages[0]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "123", True])
+def test_a_baseline_value_that_is_not_a_finite_number_fails(record, bad):
+    entry = _entry(record)
+    entry["flops"] = bad
+    messages = compare(record, entry, DEFAULT_TOLERANCES)
+    assert len(messages) == 1 and "flops" in messages[0] and "not a finite number" in messages[0]
+
+
+def test_null_against_a_figure_fails_and_null_against_null_passes(record):
+    assert compare(record, _entry(record, saved_bytes=None), DEFAULT_TOLERANCES)[0].startswith(
+        "tiny-full-eager: saved_bytes was None and is now")
+    unmeasurable = dataclasses.replace(record, saved_bytes=None, saved_bytes_note="not measurable")
+    assert compare(unmeasurable, _entry(unmeasurable), DEFAULT_TOLERANCES) == []
+
+
+def test_update_adds_a_new_metrics_tolerance_and_keeps_existing_ones(tmp_path, record):
+    path = baseline_path(tmp_path, record.device_key)
+    old = {k: v for k, v in DEFAULT_TOLERANCES.items() if k != "offloaded_bytes"}
+    old["flops"] = 0.001
+    BaselineFile(path, old, {}).write()
+    gate = BaselineGate(tmp_path)
+    gate.stage(record)
+    gate.write_staged()
+    written = BaselineFile.load(path)
+    assert written.tolerances["flops"] == 0.001
+    assert written.tolerances["offloaded_bytes"] == DEFAULT_TOLERANCES["offloaded_bytes"]

@@ -12,19 +12,33 @@ import torch
 
 import conftest
 from bench.cases import Case, cases, parse_case_id
-from models import ATTENTIONS, FLAVORS, STRATEGIES, VARIANTS, check_attention, get_flavor, get_strategy, parse_variant
+from bench.record import Measurement
+from models import ATTENTIONS, FLAVORS, POLICIES, VARIANTS, check_attention, get_flavor, get_policy, parse_variant
 from tests.helpers import ROOT, run_pytest
 
 NO_CUDA = not torch.cuda.is_available()
 
 
-def test_collect_lists_gradient_tests_for_all_ten_variants():
+#: One test per module that every variant must appear in (the default CPU run's ids).
+PER_VARIANT_TESTS = (
+    "bench/test_gradients.py::test_gradients_bitwise_equal_to_no_checkpointing[cpu-small-{}]",
+    "bench/test_gradients.py::test_gradients_with_dropout_equal_to_no_checkpointing[cpu-small-{}]",
+    "bench/test_memory.py::test_kept_bytes_match_analytic_model[cpu-seed-{}]",
+    "bench/test_memory.py::test_kept_bytes_match_analytic_model[cpu-small-{}]",
+    "bench/test_flops.py::test_step_flops_match_analytic_model[cpu-seed-{}]",
+    "bench/test_baselines.py::test_figures_match_baseline[cpu-seed-{}]",
+    "bench/test_baselines.py::test_figures_match_baseline[cpu-small-{}]",
+    "bench/test_speed.py::test_training_step[cpu-small-{}]",
+)
+
+
+def test_collect_lists_every_policy_with_both_attentions_in_every_module():
     result = run_pytest("bench/", "--collect-only", "-q", "--device", "cpu")
     assert result.returncode == 0, result.stdout + result.stderr
-    collected = result.stdout.splitlines()
-    assert len(VARIANTS) == 10
-    for variant in VARIANTS:
-        assert f"bench/test_gradients.py::test_gradients_bitwise_equal_to_no_checkpointing[cpu-small-{variant}]" in collected
+    collected = set(result.stdout.splitlines())
+    assert len(VARIANTS) == 2 * len(POLICIES) == 20
+    missing = [t.format(v) for v in VARIANTS for t in PER_VARIANT_TESTS if t.format(v) not in collected]
+    assert not missing, missing
 
 
 def test_k_selects_a_variant_by_name():
@@ -42,7 +56,7 @@ def test_case_ids_are_reversible():
 
 
 @pytest.mark.parametrize(("call", "bad", "valid"), [
-    (get_strategy, "selective", list(STRATEGIES)),
+    (get_policy, "selective", list(POLICIES)),
     (check_attention, "flash", list(ATTENTIONS)),
     (get_flavor, "huge", list(FLAVORS)),
 ])
@@ -53,7 +67,7 @@ def test_unknown_names_list_the_valid_ones(call, bad, valid):
 
 
 def test_malformed_variant_names_the_form():
-    with pytest.raises(ValueError, match="STRATEGY-ATTENTION"):
+    with pytest.raises(ValueError, match="POLICY-ATTENTION"):
         parse_variant("full")
     with pytest.raises(ValueError, match="valid names"):
         parse_variant("full-flash")
@@ -76,7 +90,7 @@ def test_update_baselines_refuses_xdist():
 def test_cuda_only_tests_show_as_skipped_with_reason():
     result = run_pytest("bench/test_memory.py", "-k", "fake_estimate_matches_cuda", "-ra", "-q", "--flavor", "seed")
     assert result.returncode == 0, result.stdout
-    assert "10 skipped" in result.stdout
+    assert f"{len(VARIANTS)} skipped" in result.stdout
     assert "requires CUDA: no CUDA device is available" in result.stdout
 
 
@@ -142,12 +156,9 @@ def test_benchmark_json_carries_every_record(tmp_path):
                         "--flavor", "tiny", "-q", "--benchmark-json", str(out), "--baselines-dir", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())
-    required = {"variant", "strategy", "attention", "flavor", "device", "dtype", "batch", "seq_len", "d_model",
-                "n_heads", "depth", "torch_version", "memory_method", "resident_bytes", "peak_bytes",
-                "activation_peak_bytes", "saved_bytes", "flops"}
     records = data["measurements"]
     assert sorted(r["variant"] for r in records) == sorted(VARIANTS)
-    assert all(required <= set(r) and r["flavor"] == "tiny" for r in records)
+    assert all(Measurement.from_dict(r).flavor == "tiny" for r in records)  # complete, this schema version
     timed = {b["extra_info"]["variant"]: b["extra_info"] for b in data["benchmarks"]}
     assert sorted(timed) == sorted(VARIANTS)
     by_variant = {r["variant"]: r for r in records}

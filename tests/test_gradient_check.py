@@ -1,4 +1,4 @@
-"""The gradient check can fail: a broken strategy is caught."""
+"""The gradient check can fail: a broken policy is caught."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from bench.gradients import mismatches, run_step, twin_models
-from models import Strategy, get_flavor, get_strategy
+from models import RegionAC, get_flavor, get_policy
 
 TINY = get_flavor("tiny")
 
@@ -16,7 +16,7 @@ TINY = get_flavor("tiny")
 def test_reentrant_checkpoint_of_block0_loses_gradients():
     """Block 0 under reentrant checkpointing, its input not requiring grad: its parameters
     silently get no gradients, and the check names them."""
-    broken = Strategy("broken", sublayers=("attn", "mlp"), first_block=0, block_step=TINY.depth, use_reentrant=True)
+    broken = RegionAC("broken", sublayers=("attn", "mlp"), first_block=0, block_step=TINY.depth, use_reentrant=True)
     reference, model, x = twin_models(TINY, "eager", broken, "cpu")
     with pytest.warns(UserWarning, match="requires_grad"):
         actual = run_step(model, x)
@@ -39,7 +39,7 @@ def test_changed_weights_are_caught():
 
 def test_dropout_without_rng_preservation_is_caught():
     """Recomputation that does not replay the RNG state draws other dropout masks: caught."""
-    no_rng = dataclasses.replace(get_strategy("full"), name="full-no-rng", preserve_rng_state=False)
+    no_rng = dataclasses.replace(get_policy("full"), name="full-no-rng", preserve_rng_state=False)
     reference, model, x = twin_models(TINY, "eager", no_rng, "cpu", dropout=0.5)
     problems = mismatches(run_step(reference, x, rng_seed=7), run_step(model, x, rng_seed=7))
     assert problems and all(p.startswith("grad ") for p in problems)

@@ -1,8 +1,8 @@
-"""The report (bench/report.py) and sweeps (bench/sweep.py): frontier, tables, plots, bad input,
-budget selection, OOM as a result.
+"""The report (bench/report/) and sweeps (bench/sweep.py, bench/sweep_cli.py): frontier, tables,
+plots, bad input, budget selection, OOM as a result, both command lines.
 
 ``data/cpu-small-seed.json`` is a run of ``pytest bench/ --benchmark-json`` on the CPU (``small``
-timed, ``seed`` estimated on fake tensors), trimmed; every expected figure below is derived from it.
+timed, ``seed`` estimated on fake tensors); every expected figure below is derived from it.
 """
 
 from __future__ import annotations
@@ -18,12 +18,16 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import analytic, report
+from bench import analytic, sweep_cli
+from bench.metrics import METRICS
 from bench.record import Measurement
-from bench.report import (Entry, ReportInputError, arrow_segments, load_run, main, make_group, pareto_front,
-                          report_figure, run_moves)
+from bench.report import frontier, tables
+from bench.report.cli import build_parser, main
+from bench.report.frontier import make_group, pareto_front, run_groups, run_moves
+from bench.report.load import Entry, ReportInputError, load_run
+from bench.report.plots import arrow_segments, policy_color, report_figure, save_png
 from bench.sweep import SweepPoint, budget_fits, longest_fitting, measure_point, run_sweep, shape_at
-from models import get_flavor
+from models import POLICIES, get_flavor
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = Path(__file__).parent / "data" / "cpu-small-seed.json"
@@ -68,9 +72,11 @@ def markdown_rows(text: str, heading: str) -> list[list[str]]:
 
 
 def entry(variant: str, peak: int, flops: int, median: float | None = None) -> Entry:
-    strategy, attention = variant.rsplit("-", 1)
-    return Entry(variant, strategy, attention, "tiny", "cpu", "cpu", 16, "2.13", "memtracker",
-                 peak, peak, peak, flops, median)
+    """A record of ``variant`` with the given peak and FLOPs, the rest from the fixture's first."""
+    policy, attention = variant.rsplit("-", 1)
+    record = dataclasses.replace(Measurement.from_dict(raw()["measurements"][0]), variant=variant, policy=policy,
+                                 attention=attention, flavor="tiny", peak_bytes=peak, flops=flops)
+    return Entry(record, median)
 
 
 # --- the Pareto frontier -----------------------------------------------------------------------
@@ -92,58 +98,64 @@ def test_pareto_front_ties_and_missing_costs():
 
 def test_timed_group_frontier_uses_median_time():
     data = raw()
-    group = next(g for g in report.run_groups(load_run(RUN)) if g.flavor == "small")
+    group = next(g for g in run_groups(load_run(RUN)) if g.flavor == "small")
     med, recs = medians(data, "small"), records(data, "small")
-    assert group.axis == report.TIME and set(med) == set(recs)
+    assert group.axis == frontier.TIME and set(med) == set(recs)
     expected = brute_force_front({v: (med[v], recs[v]["peak_bytes"]) for v in recs})
-    assert {r.entry.variant for r in group.rows if r.on_frontier} == expected
+    assert {r.variant for r in group.rows if r.on_frontier} == expected
     for row in group.rows:
-        v = row.entry.variant
-        none = f"none-{row.entry.attention}"
+        v = row.variant
+        none = f"none-{row.entry.record.attention}"
         assert row.time_ratio == pytest.approx(med[v] / med[none])
         assert row.flop_overhead == pytest.approx(recs[v]["flops"] / recs[none]["flops"] - 1)
 
 
 def test_untimed_group_frontier_uses_flop_overhead_and_breaks_ties_on_memory():
     """seed on the CPU is estimated, not timed: the frontier compares FLOP overhead, where
-    none-eager and none-sdpa tie at 0 and the smaller one dominates."""
+    none-eager, none-sdpa (and policies without recompute, like offload) tie at 0 and only the
+    smallest is kept."""
     data = raw()
     recs = records(data, "seed")
-    group = next(g for g in report.run_groups(load_run(RUN)) if g.flavor == "seed")
-    assert group.axis == report.FLOPS and group.estimated
+    group = next(g for g in run_groups(load_run(RUN)) if g.flavor == "seed")
+    assert group.axis == frontier.FLOPS and group.estimated
     assert all(r.entry.median_s is None and r.time_ratio is None for r in group.rows)
     overhead = {v: r["flops"] / recs[f"none-{r['attention']}"]["flops"] - 1 for v, r in recs.items()}
     expected = brute_force_front({v: (overhead[v], r["peak_bytes"]) for v, r in recs.items()})
-    assert {r.entry.variant for r in group.rows if r.on_frontier} == expected
-    # The tie the rule decides: both none variants have no overhead; only the smaller is kept.
-    assert overhead["none-eager"] == overhead["none-sdpa"] == 0
-    assert recs["none-sdpa"]["peak_bytes"] < recs["none-eager"]["peak_bytes"]
-    assert "none-sdpa" in expected and "none-eager" not in expected
+    assert {r.variant for r in group.rows if r.on_frontier} == expected
+    # The tie the rule decides: of the variants without overhead only the smallest is kept.
+    free = {v for v in recs if overhead[v] == 0}
+    assert {"none-eager", "none-sdpa"} <= free
+    assert expected & free == {min(free, key=lambda v: recs[v]["peak_bytes"])}
+    assert "none-eager" not in expected
 
 
 def test_group_with_one_untimed_variant_falls_back_to_flop_overhead():
     run = load_run(RUN)
-    entries = [dataclasses.replace(e, median_s=None) if e.variant == "full-sdpa" else e
-               for e in run.entries if e.flavor == "small"]
+    entries = [dataclasses.replace(e, median_s=None) if e.record.variant == "full-sdpa" else e
+               for e in run.entries if e.record.flavor == "small"]
     group = make_group(entries)
-    assert group.axis == report.FLOPS
-    full = next(r for r in group.rows if r.entry.variant == "full-sdpa")
+    assert group.axis == frontier.FLOPS
+    full = next(r for r in group.rows if r.variant == "full-sdpa")
     assert full.time_ratio is None and full.flop_overhead is not None
-    expected = brute_force_front({r.entry.variant: (r.flop_overhead, r.entry.peak_bytes) for r in group.rows})
-    assert {r.entry.variant for r in group.rows if r.on_frontier} == expected
+    expected = brute_force_front({r.variant: (r.flop_overhead, r.entry.record.peak_bytes) for r in group.rows})
+    assert {r.variant for r in group.rows if r.on_frontier} == expected
 
 
 def test_exact_time_and_memory_tie_keeps_both_on_the_frontier():
     group = make_group([entry("none-eager", 100, 1000, 1.0), entry("full-eager", 50, 1200, 2.0),
                         entry("attn-eager", 50, 1100, 2.0), entry("mlp-eager", 50, 1300, 2.0)])
-    on = {r.entry.variant for r in group.rows if r.on_frontier}
+    on = {r.variant for r in group.rows if r.on_frontier}
     assert on == {"none-eager", "full-eager", "attn-eager", "mlp-eager"}
     slower = make_group([entry("none-eager", 100, 1000, 1.0), entry("full-eager", 50, 1200, 2.0),
                          entry("attn-eager", 50, 1100, 2.5)])
-    assert {r.entry.variant for r in slower.rows if r.on_frontier} == {"none-eager", "full-eager"}
+    assert {r.variant for r in slower.rows if r.on_frontier} == {"none-eager", "full-eager"}
 
 
 # --- the table ---------------------------------------------------------------------------------
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / MIB:,.1f}"
 
 
 def test_table_content_against_the_fixture(tmp_path, capsys):
@@ -153,16 +165,15 @@ def test_table_content_against_the_fixture(tmp_path, capsys):
     assert capsys.readouterr().out.startswith("Activation checkpointing")
     data = raw()
     for flavor in ("small", "seed"):
-        heading = f"{flavor} on cpu" + (f" ({report.ESTIMATE_LABEL})" if flavor == "seed" else "")
+        heading = f"{flavor} on cpu" + (f" ({tables.ESTIMATE_LABEL})" if flavor == "seed" else "")
         rows = {cells[0]: cells[1:] for cells in markdown_rows(text, heading)}
         recs, med = records(data, flavor), medians(data, flavor)
         assert set(rows) == set(recs)
         for variant, r in recs.items():
-            step, ratio, peak, act, saved, overhead, frontier, figures = rows[variant]
+            step, ratio, peak, act, kept, saved, offloaded, overhead, on_front, figures = rows[variant]
             none = recs[f"none-{r['attention']}"]
-            assert peak == f"{r['peak_bytes'] / MIB:,.1f}"
-            assert act == f"{r['activation_peak_bytes'] / MIB:,.1f}"
-            assert saved == f"{r['saved_bytes'] / MIB:,.1f}"
+            assert [peak, act, kept, saved, offloaded] == [_mib(r[m]) for m in (
+                "peak_bytes", "activation_peak_bytes", "forward_kept_bytes", "saved_bytes", "offloaded_bytes")]
             assert overhead == f"{(r['flops'] / none['flops'] - 1) * 100:+.1f}%"
             if flavor == "small":
                 assert step == f"{med[variant] * 1e3:.1f}"
@@ -171,7 +182,39 @@ def test_table_content_against_the_fixture(tmp_path, capsys):
             else:
                 assert step == ratio == ""
                 assert figures == "estimate"
-    assert text.count("| yes |") == sum(r.on_frontier for g in report.run_groups(load_run(RUN)) for r in g.rows)
+    assert text.count("| yes |") == sum(r.on_frontier for g in run_groups(load_run(RUN)) for r in g.rows)
+
+
+def test_table_rows_follow_the_policy_registry():
+    """Policies in models.POLICIES order (attention inner); others after them, in natural order."""
+    for group in run_groups(load_run(RUN)):
+        order = [list(POLICIES).index(r.entry.record.policy) for r in group.rows]
+        assert order == sorted(order)
+    names = ["sequential_2-eager", "every_10-sdpa", "every_4-sdpa", "full-sdpa", "every_4-eager", "none-eager"]
+    group = make_group([entry(v, 100, 1000) for v in names])
+    assert [r.variant for r in group.rows] == ["none-eager", "full-sdpa", "every_4-eager", "every_4-sdpa",
+                                               "every_10-sdpa", "sequential_2-eager"]
+
+
+def test_null_saved_bytes_show_as_dash_with_the_note():
+    records_ = [entry("none-eager", 100, 1000), entry("sac-eager", 80, 1100)]
+    note = "selective checkpointing keeps what it saves in its own cache"
+    sac = dataclasses.replace(records_[1].record, saved_bytes=None, saved_bytes_note=note)
+    table = tables.group_table(make_group([records_[0], Entry(sac)]))
+    saved = table.header.index("saved MiB")
+    assert {row[0]: row[saved] for row in table.rows}["sac-eager"] == "-"
+    assert any("sac-eager" in n and note in n for n in table.notes)
+
+
+def test_columns_are_explained_by_the_metric_registry():
+    """The report reads the suite's record (Measurement) and explains each metric column with
+    bench.metrics' meaning: no second list of fields or definitions."""
+    run = load_run(RUN)
+    assert all(isinstance(e.record, Measurement) for e in run.entries)
+    text = tables.report_text([run], markdown=True)
+    for header, name in tables.MIB_COLUMNS.items():
+        assert name in METRICS and f"`{name}`" in text and METRICS[name].meaning in text
+    assert METRICS["flops"].meaning in text
 
 
 def test_flavor_filter_and_unknown_flavor(tmp_path, capsys):
@@ -181,11 +224,6 @@ def test_flavor_filter_and_unknown_flavor(tmp_path, capsys):
     assert main([str(RUN), "--flavor", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(RUN) in err and "tiny" in err and "seed, small" in err
-
-
-def test_record_fields_are_measurement_fields():
-    """The report reads the suite's record: every field it needs is a Measurement field."""
-    assert set(report.REQUIRED_FIELDS) <= {f.name for f in dataclasses.fields(Measurement)}
 
 
 # --- before/after plot ---------------------------------------------------------------------------
@@ -239,8 +277,15 @@ def test_before_after_plot_connects_moved_points(tmp_path, capsys):
 def test_png_is_reproducible(tmp_path):
     paths = [tmp_path / "a.png", tmp_path / "b.png"]
     for path in paths:
-        report.save_png(report_figure([load_run(RUN)]), path)
+        save_png(report_figure([load_run(RUN)]), path)
     assert paths[0].read_bytes() == paths[1].read_bytes()
+
+
+def test_every_policy_has_its_own_colour():
+    """Registry policies get distinct colours whatever their number; others a fixed one of their own."""
+    colours = [policy_color(p) for p in POLICIES]
+    assert len(set(colours)) == len(colours)
+    assert policy_color("every_4") == policy_color("every_4") and policy_color("every_4") not in colours
 
 
 # --- bad input -------------------------------------------------------------------------------------
@@ -252,15 +297,21 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     for r in no_fields["measurements"]:
         del r["peak_bytes"], r["flops"]
     plain = {k: v for k, v in data.items() if k != "measurements"}
+    old_schema = copy.deepcopy(data)
+    for r in old_schema["measurements"]:
+        del r["schema_version"]
     return {
         "missing": (tmp_path / "nowhere.json", "no such file"),
         "not json": (write(tmp_path / "notes.json", "peak: 3 GiB\n"), "not JSON"),
         "not this suite": (write(tmp_path / "plain.json", plain), "no 'measurements'"),
-        "missing fields": (write(tmp_path / "old.json", no_fields), "lack required fields: flops, peak_bytes"),
+        "missing fields": (write(tmp_path / "old.json", no_fields), "measurements[0]: measurement record lacks "
+                                                                    "flops, peak_bytes"),
+        "old schema": (write(tmp_path / "v1.json", old_schema), "measurements[0]: measurement record of schema "
+                                                                "version None"),
     }
 
 
-@pytest.mark.parametrize("bad", ["missing", "not json", "not this suite", "missing fields"])
+@pytest.mark.parametrize("bad", ["missing", "not json", "not this suite", "missing fields", "old schema"])
 def test_bad_input_is_one_line_exit_2(tmp_path, bad):
     path, says = _bad_inputs(tmp_path)[bad]
     proc = subprocess.run([sys.executable, "-m", "bench.report", "table", str(path)], cwd=ROOT,
@@ -273,7 +324,14 @@ def test_bad_input_is_one_line_exit_2(tmp_path, bad):
 
 @pytest.mark.parametrize("mutate, says", [
     (lambda d: d.update(measurements=[]), "'measurements' is empty"),
-    (lambda d: d["measurements"][0].update(peak_bytes="3 GiB"), "peak_bytes (expected int)"),
+    (lambda d: d["measurements"][0].update(peak_bytes="3 GiB"), "measurements[0]: measurement record field "
+                                                                "peak_bytes must be a non-negative integer"),
+    (lambda d: d["measurements"][1].update(variant=5), "measurements[1]: measurement record field variant must be "
+                                                       "of type str, got 5"),
+    (lambda d: d["measurements"][2].update(policy_params=[]), "measurements[2]: measurement record field "
+                                                              "policy_params must be of type dict"),
+    (lambda d: d["measurements"].__setitem__(3, "none-eager"), "measurements[3]: a measurement record must be a JSON "
+                                                                "object"),
     (lambda d: d["benchmarks"][0]["stats"].pop("median"), "lacks extra_info"),
     (lambda d: d["measurements"].append(dict(d["measurements"][0])), "two measurement records"),
 ])
@@ -286,17 +344,49 @@ def test_more_bad_input_in_process(tmp_path, capsys, mutate, says):
     assert err.count("\n") == 1 and str(path) in err and says in err
 
 
+def test_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
+    blocker = write(tmp_path / "file", "not a folder")
+    assert main([str(RUN), "--markdown", str(blocker / "report.md")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bench.report: error: ") and err.count("\n") == 1 and "cannot write" in err
+
+
 def test_load_run_raises_report_input_error(tmp_path):
     with pytest.raises(ReportInputError, match="no such file"):
         load_run(tmp_path / "nowhere.json")
 
 
-def test_help_explains_both_commands():
-    text = report.build_parser().format_help()
-    assert "table" in text and "sweep" in text
+def test_help_explains_both_commands(capsys):
+    text = build_parser().format_help()
+    assert "table" in text and "sweep" in text and "python -m bench.sweep" in text
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--help"])
     assert exit_info.value.code == 0
+    alias = capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        sweep_cli.main(["--help"])
+    assert exit_info.value.code == 0
+    own = capsys.readouterr().out
+    # The same options and text; only the program name differs.
+    assert alias.split() == own.replace("python -m bench.sweep", "python -m bench.report sweep").split()
+
+
+@pytest.mark.parametrize("command", [["bench.report", "--help"], ["bench.report", "sweep", "--help"],
+                                     ["bench.sweep", "--help"], ["bench.report", "table", str(RUN)],
+                                     ["bench.report", str(RUN)]])
+def test_commands_run_as_modules(command):
+    proc = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    assert proc.stdout.startswith("usage: python -m " if "--help" in command else "Activation checkpointing")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks --device cuda on a machine without CUDA")
+@pytest.mark.parametrize("command", [["bench.sweep"], ["bench.report", "sweep"]])
+def test_sweep_on_missing_cuda_is_one_line_exit_2(command):
+    proc = subprocess.run([sys.executable, "-m", *command, "--device", "cuda"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"{command[0]}: error: --device cuda: no CUDA device is available\n"
 
 
 # --- sweeps ------------------------------------------------------------------------------------------
@@ -316,31 +406,37 @@ def test_sweep_measures_each_variant_at_each_length(tiny_points):
     assert [(p.variant, p.seq_len) for p in tiny_points] == [(v, s) for s in TINY_SEQ_LENS for v in TINY_VARIANTS]
     for p in tiny_points:
         shaped = dataclasses.replace(tiny, seq_len=p.seq_len)
-        strategy, attention = p.variant.split("-")
+        policy, attention = p.variant.split("-")
         assert (p.record.variant, p.record.seq_len) == (p.variant, p.seq_len)
-        assert p.predicted_saved_bytes == analytic.saved_bytes(shape_at(shaped, "cpu"), strategy, attention)
+        assert p.predicted_saved_bytes == analytic.kept_bytes(shape_at(shaped, "cpu"), policy, attention)
+        assert p.record.forward_kept_bytes == pytest.approx(p.predicted_saved_bytes, rel=0.02)
         assert p.record.saved_bytes == pytest.approx(p.predicted_saved_bytes, rel=0.02)
     saved = {(p.variant, p.seq_len): p.record.saved_bytes for p in tiny_points}
     assert all(saved[(v, 32)] > saved[(v, 16)] for v in TINY_VARIANTS)
 
 
 def test_sweep_command_writes_tables_and_plot(tmp_path, monkeypatch, tiny_points, capsys):
-    monkeypatch.setattr(report, "run_sweep", lambda *args, **kwargs: tiny_points)
+    """``python -m bench.sweep`` and its alias ``python -m bench.report sweep``: same output."""
+    monkeypatch.setattr(sweep_cli, "run_sweep", lambda *args, **kwargs: tiny_points)
     budget_gib = max(p.record.peak_bytes for p in tiny_points if p.seq_len == 16) / 2 ** 30
-    md, png = tmp_path / "sweep.md", tmp_path / "sweep.png"
-    assert main(["sweep", "--flavor", "tiny", "--device", "cpu", "--seq-lens", "16,32",
-                 "--variants", ",".join(TINY_VARIANTS), "--budget-gib", repr(budget_gib),
-                 "--markdown", str(md), "--plot", str(png)]) == 0
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    text = md.read_text()
+    outputs = []
+    for command, name in ((sweep_cli.main, "own"), (lambda argv: main(["sweep", *argv]), "alias")):
+        md, png = tmp_path / f"{name}.md", tmp_path / f"{name}.png"
+        assert command(["--flavor", "tiny", "--device", "cpu", "--seq-lens", "16,32",
+                        "--variants", ",".join(TINY_VARIANTS), "--budget-gib", repr(budget_gib),
+                        "--markdown", str(md), "--plot", str(png)]) == 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        outputs.append((capsys.readouterr(), md.read_text(), png.read_bytes()))
+    assert outputs[0] == outputs[1]
+    text = outputs[0][1]
     point = {(p.variant, p.seq_len): p for p in tiny_points}
     sweep_rows = {(cells[0], int(cells[1])): cells[2:] for cells in markdown_rows(text, "Sweep: tiny on cpu")}
     assert sweep_rows.keys() == point.keys()
     for (variant, seq_len), cells in sweep_rows.items():
-        record, none = point[(variant, seq_len)].record, point[("none-eager", seq_len)].record
-        assert cells[:3] == [f"{getattr(record, f) / MIB:,.1f}" for f in ("peak_bytes", "activation_peak_bytes",
-                                                                           "saved_bytes")]
-        assert cells[4] == f"{(record.flops / none.flops - 1) * 100:+.1f}%"
+        p, none = point[(variant, seq_len)], point[("none-eager", seq_len)].record
+        measured = ("peak_bytes", "activation_peak_bytes", "forward_kept_bytes", "saved_bytes")
+        assert cells[:5] == [_mib(getattr(p.record, f)) for f in measured] + [_mib(p.predicted_saved_bytes)]
+        assert cells[5] == f"{(p.record.flops / none.flops - 1) * 100:+.1f}%"
     budget_rows = markdown_rows(text, f"Memory budget {budget_gib:g} GiB: tiny on cpu")
     fits = {f.variant: f for f in budget_fits(tiny_points, int(budget_gib * 2 ** 30))}
     assert {cells[0] for cells in budget_rows} == set(TINY_VARIANTS)
@@ -353,7 +449,8 @@ def test_sweep_command_writes_tables_and_plot(tmp_path, monkeypatch, tiny_points
 
 def _fake_point(variant: str, seq_len: int, peak: int | None, overhead: float = 0.0) -> SweepPoint:
     record = None if peak is None else SimpleNamespace(peak_bytes=peak, activation_peak_bytes=peak,
-                                                       saved_bytes=peak, flops=1000, seq_len=seq_len)
+                                                       forward_kept_bytes=peak, saved_bytes=peak, flops=1000,
+                                                       seq_len=seq_len)
     return SweepPoint(variant, seq_len, record, predicted_saved_bytes=peak or 0, predicted_flop_overhead=overhead)
 
 
@@ -382,9 +479,9 @@ def test_budget_frontier_trades_length_against_overhead():
     ] for s, peak in peaks.items()]
     fits = budget_fits(points, 4)
     assert [f.variant for f in fits] == ["none-sdpa", "full-sdpa", "full-eager", "none-eager"]
-    table = report.budget_table(fits, points, 4 / 2 ** 30, "fake")
-    frontier = {row[0] for row in table.rows if row[-1] == "yes"}
-    assert frontier == {"none-sdpa", "full-sdpa"}
+    table = tables.budget_table(fits, points, 4 / 2 ** 30, "fake")
+    front = {row[0] for row in table.rows if row[-1] == "yes"}
+    assert front == {"none-sdpa", "full-sdpa"}
     assert [row[0] for row in table.rows][-1] == "none-eager" and table.rows[-1][1] == "none fits"
 
 
@@ -394,16 +491,16 @@ def test_cuda_out_of_memory_is_a_recorded_result():
     def measure(flavor, variant, device):
         if flavor.seq_len > 16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return SimpleNamespace(peak_bytes=100, activation_peak_bytes=50, saved_bytes=40, flops=1000,
-                               seq_len=flavor.seq_len)
+        return SimpleNamespace(peak_bytes=100, activation_peak_bytes=50, forward_kept_bytes=40, saved_bytes=40,
+                               flops=1000, seq_len=flavor.seq_len)
 
     points = run_sweep(tiny, ["full-sdpa"], [16, 32, 64], "cpu", measure=measure)
     assert [p.oom for p in points] == [False, True, True]
     longer = dataclasses.replace(tiny, seq_len=32)
-    assert points[1].predicted_saved_bytes == analytic.saved_bytes(shape_at(longer, "cpu"), "full", "sdpa")
+    assert points[1].predicted_saved_bytes == analytic.kept_bytes(shape_at(longer, "cpu"), "full", "sdpa")
     fit = longest_fitting(points, 1000)
     assert fit.point is points[0] and not fit.open_ended
-    table = report.sweep_table(points, "fake")
+    table = tables.sweep_table(points, "fake")
     assert [row[2] for row in table.rows] == ["0.0", "OOM", "OOM"]
 
     def broken(flavor, variant, device):

@@ -1,8 +1,8 @@
-"""A pytest plugin for the self-tests: the ``full`` strategy quietly stops checkpointing the
+"""A pytest plugin for the self-tests: the ``full`` policy quietly stops checkpointing the
 MLP sublayer, the kind of regression the deterministic gate exists to catch."""
 
 import dataclasses
 
-from models import strategies
+from models.ac import registry
 
-strategies.STRATEGIES["full"] = dataclasses.replace(strategies.STRATEGIES["full"], sublayers=("attn",))
+registry.POLICIES["full"] = dataclasses.replace(registry.POLICIES["full"], sublayers=("attn",))

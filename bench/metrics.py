@@ -1,0 +1,42 @@
+"""The metric registry: every figure the gate compares, the JSON carries and the report shows,
+declared once (name, unit, relative tolerance, meaning). A new metric is one line here and is
+gated by default.
+
+Tolerances: MemTracker and FlopCounterMode are exact on the CPU; the CUDA allocator rounds
+blocks, so memory tolerances leave a little room without hiding a lost saving.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    tolerance: float
+    meaning: str
+    #: May be null in a record (with a ``{name}_note`` saying why): not measurable for that policy.
+    nullable: bool = False
+
+
+METRICS: dict[str, Metric] = {m.name: m for m in (
+    Metric("resident_bytes", "B", 0.01, "allocated before the step: parameters, gradients, optimizer state, input"),
+    Metric("peak_bytes", "B", 0.02, "the training step's peak allocation"),
+    Metric("activation_peak_bytes", "B", 0.02,
+           "the forward+backward peak above what was allocated just before the forward"),
+    Metric("forward_kept_bytes", "B", 0.01,
+           "device bytes still allocated after the forward minus those before it, less the output: "
+           "what the policy keeps for backward, SAC's cache included"),
+    Metric("saved_bytes", "B", 0.01,
+           "bytes autograd saved for backward (saved_tensors_hooks, by storage; parameters and input "
+           "excluded); null where hooks cannot see what is kept", nullable=True),
+    Metric("offloaded_bytes", "B", 0.01, "bytes moved from the device to host memory by save_on_cpu"),
+    Metric("flops", "FLOP", 0.005, "matmul FLOPs of forward+backward, recomputation included"),
+)}
+
+#: Recorded with each baseline entry and compared for identity (another method is not comparable).
+INFO_FIELDS: tuple[str, ...] = ("memory_method", "torch_version")
+
+DEFAULT_TOLERANCES: dict[str, float] = {m.name: m.tolerance for m in METRICS.values()}

@@ -1,0 +1,30 @@
+"""Activation-checkpointing policies as data, applied to an unmodified model.
+
+As in torchtitan's policy classes (``FullAC``, ``SelectiveAC``, ``MemoryBudgetAC``): one frozen
+dataclass per *kind* of policy, its settings as fields, ``apply(model)`` and, where a kind
+needs one, a context around the forward (``forward_context``). The model class never changes
+and state-dict keys are kept, so one state dict loads into every variant.
+
+A policy is named by its registry key (``full``, ``every_3``, ``sequential_4``); a variant is
+a policy with an attention implementation, ``{policy}-{attention}`` (``sac-sdpa``): the test
+id fragment, the baseline key and the label in the report. ``get_policy`` parses any valid
+name, parameterised ones included, and ``policy.name`` gives it back.
+"""
+
+from models.ac.base import SUBLAYERS, Policy
+from models.ac.offload import OffloadAC
+from models.ac.region import RegionAC
+from models.ac.registry import (
+    POLICIES,
+    VARIANTS,
+    get_policy,
+    parse_variant,
+    variant_id,
+)
+from models.ac.selective import CORE_ATTENTION_OPS, SAC_SAVE_OPS, SelectiveAC
+from models.ac.sequential import SequentialAC
+
+__all__ = [
+    "CORE_ATTENTION_OPS", "OffloadAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",
+    "SelectiveAC", "SequentialAC", "VARIANTS", "get_policy", "parse_variant", "variant_id",
+]

@@ -1,0 +1,49 @@
+"""The policy interface every kind implements."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+SUBLAYERS: tuple[str, ...] = ("attn", "mlp")
+
+
+@dataclass(frozen=True)
+class Policy:
+    """One activation-checkpointing policy: its name, kind and settings.
+
+    ``apply`` changes the model in place (wrapping modules or replacing its forward) and returns
+    it; ``forward_context`` is entered around every forward of a training step (a
+    ``saved_tensors_hooks`` context, say); most kinds need none.
+    """
+
+    name: str
+    #: Restore the RNG state before recomputing, so dropout draws the same masks.
+    preserve_rng_state: bool = True
+
+    kind: ClassVar[str] = "policy"
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def forward_context(self, device: str | torch.device) -> contextlib.AbstractContextManager:
+        """Entered around the forward of every step; a no-op unless the kind needs one."""
+        return contextlib.nullcontext()
+
+    def params(self) -> dict:
+        """The settings, as plain JSON-able data (the name excluded)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if f.name == "name":
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def as_record(self) -> dict:
+        """``{"name", "kind", "params"}``: the policy as the measurement record stores it."""
+        return {"name": self.name, "kind": self.kind, "params": self.params()}

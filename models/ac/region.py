@@ -1,0 +1,61 @@
+"""Region policies: whole sublayers of chosen blocks run under ``torch.utils.checkpoint``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
+
+from models.ac.base import SUBLAYERS, Policy
+
+
+@dataclass(frozen=True)
+class RegionAC(Policy):
+    """Which sublayers of which blocks are checkpointed: blocks ``range(first_block, depth,
+    block_step)``, non-reentrant unless ``use_reentrant``. The notebook's five strategies
+    (``none``, ``full``, ``attn``, ``mlp``, ``every_other``) and ``every_N`` are region policies.
+
+    Block 0 is never checkpointed by default: its input does not require grad, and recomputing
+    the first block gains nothing (its input is kept alive anyway).
+    """
+
+    sublayers: tuple[str, ...] = ()
+    first_block: int = 1
+    block_step: int = 1
+    use_reentrant: bool = False
+
+    kind: ClassVar[str] = "region"
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sublayers if s not in SUBLAYERS]
+        if bad:
+            raise ValueError(f"policy {self.name!r}: unknown sublayers {bad}; valid: {SUBLAYERS}")
+        if self.block_step < 1 or self.first_block < 0:
+            raise ValueError(f"policy {self.name!r}: block_step must be >= 1 and first_block >= 0")
+
+    def checkpointed_blocks(self, depth: int) -> range:
+        """Indices of the blocks whose ``sublayers`` are checkpointed."""
+        if not self.sublayers:
+            return range(0)
+        return range(self.first_block, depth, self.block_step)
+
+    def is_checkpointed(self, block: int, sublayer: str, depth: int) -> bool:
+        return sublayer in self.sublayers and block in self.checkpointed_blocks(depth)
+
+    def wrap_kwargs(self) -> dict:
+        """Extra keyword arguments for ``torch.utils.checkpoint.checkpoint`` (none here)."""
+        return {}
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Wrap the sublayers in place with ``checkpoint_wrapper``, which keeps state-dict keys."""
+        impl = CheckpointImpl.REENTRANT if self.use_reentrant else CheckpointImpl.NO_REENTRANT
+        for i in self.checkpointed_blocks(len(model.blocks)):
+            block = model.blocks[i]
+            for sublayer in self.sublayers:
+                module: nn.Module = getattr(block, sublayer)
+                setattr(block, sublayer, checkpoint_wrapper(
+                    module, checkpoint_impl=impl, preserve_rng_state=self.preserve_rng_state,
+                    **self.wrap_kwargs()))
+        return model

@@ -1,0 +1,69 @@
+"""The policy registry: one line per setting, parameterised names parsed both ways."""
+
+from __future__ import annotations
+
+import re
+
+from models.ac.base import Policy
+from models.ac.offload import OffloadAC
+from models.ac.region import RegionAC
+from models.ac.selective import CORE_ATTENTION_OPS, SelectiveAC
+from models.ac.sequential import SequentialAC
+from models.transformer import ATTENTIONS, check_attention
+
+#: The policies every run measures, in the order tables list them.
+POLICIES: dict[str, Policy] = {p.name: p for p in (
+    RegionAC("none"),
+    RegionAC("full", sublayers=("attn", "mlp")),
+    RegionAC("attn", sublayers=("attn",)),
+    RegionAC("mlp", sublayers=("mlp",)),
+    RegionAC("every_other", sublayers=("attn", "mlp"), block_step=2),
+    RegionAC("every_3", sublayers=("attn", "mlp"), block_step=3),
+    SequentialAC("sequential"),
+    SelectiveAC("sac", sublayers=("attn", "mlp")),
+    SelectiveAC("core_attn", sublayers=("attn",), save_ops=CORE_ATTENTION_OPS),
+    OffloadAC("offload"),
+)}
+
+#: Parameterised families: name pattern -> builder. ``every_2`` is ``every_other``.
+_FAMILIES = (
+    (re.compile(r"every_(\d+)"), lambda n: POLICIES["every_other"] if n == 2 else
+        RegionAC(f"every_{n}", sublayers=("attn", "mlp"), block_step=n), 2, "every_N needs N >= 2"),
+    (re.compile(r"sequential_(\d+)"), lambda k: SequentialAC(f"sequential_{k}", segments=k), 1,
+        "sequential_K needs K >= 1"),
+)
+
+
+def get_policy(name: str) -> Policy:
+    """A policy by name (``full``, ``every_4``, ``sequential_3``), or a ValueError naming the valid ones."""
+    if name in POLICIES:
+        return POLICIES[name]
+    for pattern, build, least, rule in _FAMILIES:
+        m = pattern.fullmatch(name)
+        if m:
+            n = int(m.group(1))
+            if n < least or m.group(1) != str(n):
+                raise ValueError(f"checkpointing policy {name!r}: {rule}")
+            return build(n)
+    raise ValueError(f"unknown checkpointing policy {name!r}; valid names: {', '.join(POLICIES)}, "
+                     f"every_N (N >= 2), sequential_K (K >= 1)")
+
+
+def variant_id(policy: Policy | str, attention: str) -> str:
+    """``full`` + ``sdpa`` -> ``full-sdpa``."""
+    policy = get_policy(policy) if isinstance(policy, str) else policy
+    return f"{policy.name}-{check_attention(attention)}"
+
+
+def parse_variant(variant: str) -> tuple[str, str]:
+    """``full-sdpa`` -> (``full``, ``sdpa``); unknown parts raise with the valid names."""
+    policy, sep, attention = variant.rpartition("-")
+    if not sep:
+        raise ValueError(f"variant {variant!r} is not of the form POLICY-ATTENTION, e.g. 'full-sdpa'")
+    get_policy(policy)
+    check_attention(attention)
+    return policy, attention
+
+
+#: Every default variant, policies outer, attention inner: none-eager, none-sdpa, full-eager, ...
+VARIANTS: tuple[str, ...] = tuple(variant_id(p, a) for p in POLICIES for a in ATTENTIONS)
