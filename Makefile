@@ -2,15 +2,21 @@
 # build of torch from requirements-cpu.txt; GPU users run `tox -e gpu` with their own torch):
 #   make bench   run the benchmark suite and compare against this device's committed baselines
 #   make test    run everything: the suite's checks and its self-tests (what CI runs)
+#   make gpu-check OUT=DIR   on a GPU machine: scripts/gpu-check DIR
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: bench test
+.PHONY: bench test gpu-check
 bench: $(VENV)/.installed
 	$(PY) -m pytest bench/ --benchmark-compare
 
 test: $(VENV)/.installed
 	$(PY) -m pytest
+
+# On a GPU machine with its own CUDA torch (no venv): the one-shot GPU check into $(OUT).
+OUT ?= gpu-check-out
+gpu-check:
+	scripts/gpu-check $(OUT)
 
 $(VENV)/.installed: requirements-cpu.txt
 	python3 -m venv $(VENV)
