@@ -28,8 +28,8 @@ def _flavor(case):
 
 @pytest.fixture
 def deterministic_algorithms():
-    """Deterministic kernels (on CUDA, FlashAttention's and the memory-efficient kernel's
-    backward accumulate with atomics otherwise). Not warn_only: with warn_only=True those
+    """Deterministic kernels (on CUDA the fused attention kernels' backward accumulates with
+    atomics otherwise). Not warn_only: with warn_only=True those
     kernels only warn and stay non-deterministic, and the first H200 run found none-sdpa not
     bitwise equal to itself. cuBLAS then needs CUBLAS_WORKSPACE_CONFIG, set in conftest.py
     before CUDA starts."""

@@ -70,10 +70,13 @@ def test_memory_record(case, measurements):
     assert record.activation_peak_bytes >= record.forward_kept_bytes
     assert (record.saved_bytes is None) == (record.saved_bytes_note is not None)
     if record.saved_bytes is not None:
-        # Where hooks see everything kept, the two figures are one: exact under MemTracker,
-        # within the allocator's block rounding on CUDA.
-        assert record.forward_kept_bytes == pytest.approx(record.saved_bytes, rel=ORDER_MARGIN[record.memory_method] / 2,
-                                                          abs=0 if record.memory_method != "cuda-allocator" else 2 ** 16)
+        # Where hooks see everything kept, the two figures are one: exact under MemTracker;
+        # on CUDA the allocator's block rounding adds to forward_kept_bytes (full-sdpa: +1.1%
+        # on the H200), so there within the analytic tolerance.
+        if record.memory_method == "cuda-allocator":
+            assert record.forward_kept_bytes == pytest.approx(record.saved_bytes, rel=ANALYTIC_TOLERANCE)
+        else:
+            assert record.forward_kept_bytes == record.saved_bytes
     if record.breakdown is not None:  # MemTracker's categories add up to the peak
         assert sum(record.breakdown.values()) == record.peak_bytes
         assert record.breakdown["parameters"] == analytic.parameter_bytes(analytic.Shape.of_record(record))
@@ -206,15 +209,36 @@ def test_offload(flavor_on_device, attention, measurements):
         assert offload.forward_kept_bytes < full.forward_kept_bytes
 
 
+#: What the CUDA backward allocates beyond the CPU fake-tensor estimate of the activation peak,
+#: per attention implementation, as measured on the H200 (torch 2.11, every seed variant):
+#: eager +128.2 to +133.1 MiB, one more heads x seq x seq probability matrix (128 MiB) and
+#: allocator rounding; sdpa (cuDNN attention there) +34.2 to +39.4 MiB, the kernel's backward
+#: workspace. A relative tolerance is the wrong shape for a fixed extra buffer (it was +5%
+#: for none-eager, +19% for full-eager), so the allowance is absolute.
+def cuda_backward_allowance(shape: analytic.Shape, attention: str) -> int:
+    if attention == "eager":
+        return analytic.attention_score_bytes(shape, "eager") + 8 * 2 ** 20
+    return 48 * 2 ** 20
+
+
 def test_fake_estimate_matches_cuda(cuda_case, measurements):
     """On CUDA, the CPU fake-tensor estimate: forward_kept_bytes within 2% (the CPU keeps
-    LayerNorm statistics in bf16, CUDA in fp32), activation_peak_bytes within 10%."""
+    LayerNorm statistics in bf16, CUDA in fp32); activation_peak_bytes no more than 2% above
+    the measurement and below it by at most the CUDA backward's extra buffers."""
     if not is_estimate(cuda_case.flavor, "cpu"):
         pytest.skip(f"{cuda_case.flavor.name} is measured for real on the CPU, not estimated")
+    if cuda_case.policy == "offload":
+        pytest.skip("offload: on the CPU the host is the device, so the estimate is none's by design; "
+                    "the CUDA figures are checked against the analytic model instead")
     measured = measurements.get(cuda_case)
     estimate = measure_variant(cuda_case.flavor, cuda_case.variant, "cpu")
-    problems = [f"{metric}: CUDA {getattr(measured, metric):,} B vs fake-tensor estimate {getattr(estimate, metric):,} B "
-                f"({getattr(estimate, metric) / getattr(measured, metric) - 1:+.1%}, tolerance {rel:.0%})"
-                for metric, rel in (("forward_kept_bytes", ANALYTIC_TOLERANCE), ("activation_peak_bytes", 0.10))
-                if getattr(estimate, metric) != pytest.approx(getattr(measured, metric), rel=rel, abs=2 ** 16)]
+    problems = []
+    if estimate.forward_kept_bytes != pytest.approx(measured.forward_kept_bytes, rel=ANALYTIC_TOLERANCE):
+        problems.append(f"forward_kept_bytes: CUDA {measured.forward_kept_bytes:,} B vs estimate "
+                        f"{estimate.forward_kept_bytes:,} B")
+    allowance = cuda_backward_allowance(analytic.Shape.of_record(measured), cuda_case.attention)
+    excess = measured.activation_peak_bytes - estimate.activation_peak_bytes
+    if not -ANALYTIC_TOLERANCE * measured.activation_peak_bytes <= excess <= allowance:
+        problems.append(f"activation_peak_bytes: CUDA {measured.activation_peak_bytes:,} B vs estimate "
+                        f"{estimate.activation_peak_bytes:,} B, {excess:+,} B (allowed 0 to {allowance:,} B)")
     assert not problems, f"{cuda_case.id}: " + "; ".join(problems)

@@ -14,7 +14,8 @@ from torch import nn
 #: Attention implementations, named as the ecosystem names them.
 #: eager: need_weights=True, the heads x seq x seq probability matrix is materialised.
 #: sdpa: need_weights=False, MultiheadAttention calls the fused scaled_dot_product_attention
-#: kernels (FlashAttention on CUDA, the flash kernel on CPU).
+#: kernels (on CUDA whichever backend PyTorch picks: cuDNN attention on the H200 with torch
+#: 2.11; the flash kernel on CPU).
 ATTENTIONS: tuple[str, ...] = ("eager", "sdpa")
 
 

@@ -137,3 +137,14 @@ def test_interleaved_timing_alternates_the_steps():
     medians = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
     assert calls == ["a", "b"] * 4
     assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
+
+
+def test_offload_context_yields_its_live_counter():
+    """The record reads offloaded_bytes from what forward_context yields (saved_tensors_hooks'
+    own __enter__ returns None, which once made every count 0). On the CPU tensors are packed
+    but none leaves the device."""
+    torch.manual_seed(0)
+    model = build_model(FLAVOR, "sdpa")
+    with get_policy("offload").forward_context("cpu") as hooks:
+        model(torch.randn(FLAVOR.input_shape())).mean()
+    assert hooks is not None and hooks.packed > 0 and hooks.offloaded_bytes == 0

@@ -22,9 +22,12 @@ class CountingOffload(save_on_cpu):
     def __init__(self, device: torch.device) -> None:
         super().__init__(pin_memory=device.type == "cuda", device_type=device.type)
         self.offloaded_bytes = 0
+        #: Tensors packed (on any device): shows that the hooks were live.
+        self.packed = 0
         inner = self.pack_hook
 
         def pack(tensor: torch.Tensor):
+            self.packed += 1
             if tensor.device.type != "cpu":
                 self.offloaded_bytes += tensor.numel() * tensor.element_size()
             return inner(tensor)
@@ -43,5 +46,6 @@ class OffloadAC(Policy):
 
     @contextlib.contextmanager
     def forward_context(self, device: str | torch.device) -> Iterator[CountingOffload]:
-        with CountingOffload(torch.device(device)) as hooks:
+        hooks = CountingOffload(torch.device(device))
+        with hooks:  # saved_tensors_hooks.__enter__ returns None, so not `as hooks`
             yield hooks
