@@ -144,6 +144,13 @@ class Measurement:
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"measurement record field {name} must be a non-negative integer, got {value!r}")
+        # The descriptive fields, by their declared plain type (readers sort and key on them).
+        kinds = {"str": str, "int": int, "dict": dict}
+        for f in dataclasses.fields(cls):
+            kind = kinds.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+            value = data[f.name]
+            if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
+                raise ValueError(f"measurement record field {f.name} must be of type {kind.__name__}, got {value!r}")
         return cls(**{k: data[k] for k in names})
 
 
