@@ -13,7 +13,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import pytest
 import torch
 
-from bench.baselines import BaselineError, BaselineGate
+from bench.baselines import DEFAULT_BASELINES_DIR, BaselineError, BaselineGate
 from bench.cases import DEFAULT_FLAVORS, DEVICES, Case, cases, parse_flavor_list
 from bench.device import cuda_available, device_key, device_name
 from bench.record import Measurement, is_estimate, measure_variant
@@ -43,7 +43,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--update-baselines", action="store_true", default=False,
                     help="rewrite the deterministic baselines (memory, FLOPs) of the cases that ran, "
                          "keeping the other entries, instead of comparing against them")
-    group.addoption("--baselines-dir", default=str(ROOT / "baselines"), metavar="DIR",
+    group.addoption("--baselines-dir", default=str(DEFAULT_BASELINES_DIR), metavar="DIR",
                     help="folder of per-device baselines (default: %(default)s)")
 
 
@@ -52,7 +52,9 @@ def selected_device(config: pytest.Config) -> str:
 
 
 def selected_flavors(config: pytest.Config) -> tuple:
-    text = config.getoption("--flavor") or ",".join(DEFAULT_FLAVORS[selected_device(config)])
+    text = config.getoption("--flavor")
+    if text is None:
+        text = ",".join(DEFAULT_FLAVORS[selected_device(config)])
     try:
         return parse_flavor_list(text)
     except ValueError as exc:
@@ -100,13 +102,26 @@ def pytest_configure(config: pytest.Config) -> None:
                             "are only estimated on this device (seed on the CPU)")
     config.addinivalue_line("markers", "attention(name): parametrize only the variants with this "
                             "attention implementation")
+    config.addinivalue_line("markers", "timing: a wall-clock timing test, skipped when pytest-benchmark is disabled")
+    if config.pluginmanager.hasplugin("benchmark"):
+        config.pluginmanager.register(BenchmarkHooks(), "ac-bench-benchmark-hooks")
     selected_flavors(config)  # fail early on a bad --flavor
     if config.getoption("--update-baselines") and (
             config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no"):
         raise pytest.UsageError("--update-baselines cannot be combined with pytest-xdist (-n): "
                                 "run it in one process so the baselines file is written once")
     config.stash[STORE_KEY] = MeasurementStore()
-    config.stash[GATE_KEY] = BaselineGate(Path(config.getoption("--baselines-dir")))
+    gate = config.stash[GATE_KEY] = BaselineGate(Path(config.getoption("--baselines-dir")))
+    # The baselines file is validated once, before anything is measured: a broken file fails
+    # the run with one message, also under --update-baselines (which would otherwise keep it).
+    try:
+        existing = gate.file_for(selected_device_key(config))
+    except BaselineError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    if existing and existing.missing_tolerances() and not config.getoption("--update-baselines"):
+        raise pytest.UsageError(
+            f"{existing.path}: no tolerance for {', '.join(existing.missing_tolerances())}, so the gate cannot "
+            f"compare them; rerun with --update-baselines, which adds the default tolerance and the figures")
     _configure_benchmark_storage_and_timer(config)
 
 
@@ -152,6 +167,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             cuda_marks.append(pytest.mark.skip(reason="CUDA-only test, and --device cpu was given"))
         params = [pytest.param(c, id=c.id, marks=cuda_marks) for c in cases("cuda", cuda_flavors)]
         metafunc.parametrize("cuda_case", params)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if not config.pluginmanager.hasplugin("benchmark"):
+        skip = pytest.mark.skip(reason="pytest-benchmark is disabled (-p no:benchmark): timing tests do not run")
+        for item in items:
+            if item.get_closest_marker("timing"):
+                item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -213,40 +236,48 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
             raise pytest.UsageError(str(exc)) from None
 
 
-def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-    device = selected_device(config)
-    on_cuda = device == "cuda" and cuda_available()
-    machine_info["torch"] = {
-        "version": torch.__version__,
-        "cuda": torch.version.cuda,
-        "device": device,
-        "device_key": selected_device_key(config),
-        "device_name": device_name(device) if on_cuda else "cpu",
-        "dtypes": {f.name: str(resolve_dtype(f, device)).removeprefix("torch.")
-                   for f in selected_flavors(config)},
-    }
+class BenchmarkHooks:
+    """pytest-benchmark's hooks, registered only when the plugin is active (``-p no:benchmark``
+    would otherwise make them unknown hooks: an INTERNALERROR)."""
 
+    @staticmethod
+    def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+        device = selected_device(config)
+        on_cuda = device == "cuda" and cuda_available()
+        machine_info["torch"] = {
+            "version": torch.__version__,
+            "cuda": torch.version.cuda,
+            "device": device,
+            "device_key": selected_device_key(config),
+            "device_name": device_name(device) if on_cuda else "cpu",
+            "dtypes": {f.name: str(resolve_dtype(f, device)).removeprefix("torch.")
+                       for f in selected_flavors(config)},
+        }
 
-def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
-                                          compared_benchmark: dict) -> None:
-    """Refuse to compare timings across device keys (a GPU against the CPU, or another GPU)."""
-    saved = compared_benchmark.get("machine_info", {}).get("torch", {}).get("device_key")
-    current = machine_info.get("torch", {}).get("device_key")
-    if saved != current:
-        raise pytest.UsageError(
-            f"--benchmark-compare: the stored run was measured on device key {saved!r}, this run is on "
-            f"{current!r}; timings of different devices are not comparable. Point --benchmark-storage at "
-            f"this device's history (default: baselines/<device key>/timing).")
+    @staticmethod
+    def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
+                                              compared_benchmark: dict) -> None:
+        """Refuse to compare timings across device keys (a GPU against the CPU, or another GPU)."""
+        saved = compared_benchmark.get("machine_info", {}).get("torch", {}).get("device_key")
+        current = machine_info.get("torch", {}).get("device_key")
+        if saved != current:
+            raise pytest.UsageError(
+                f"--benchmark-compare: the stored run was measured on device key {saved!r}, this run is on "
+                f"{current!r}; timings of different devices are not comparable. Point --benchmark-storage at "
+                f"this device's history (default: baselines/<device key>/timing).")
 
-
-def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
-    """Every case measured this session, timed or not, as one record each."""
-    store = config.stash[STORE_KEY]
-    output_json["measurements"] = store.as_json()
-    output_json["time_ratios"] = dict(sorted(store.time_ratios.items()))
+    @staticmethod
+    def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+        """Every case measured this session, timed or not, as one record each."""
+        store = config.stash[STORE_KEY]
+        output_json["measurements"] = store.as_json()
+        output_json["time_ratios"] = dict(sorted(store.time_ratios.items()))
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if GATE_KEY in config.stash:
+        for line in config.stash[GATE_KEY].repairs:
+            terminalreporter.write_line(f"baselines repaired: {line}")
     for path in config.stash.get(WRITTEN_KEY, []):
         terminalreporter.write_line(f"baselines written: {path}")
     ratios = config.stash[STORE_KEY].time_ratios if STORE_KEY in config.stash else {}

@@ -11,12 +11,13 @@ atomically (temporary file, then rename).
 from __future__ import annotations
 
 import json
+import math
 import os
+import shlex
+import stat
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import math
 
 from bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, METRICS
 from bench.record import Measurement
@@ -34,6 +35,35 @@ def entry_of(record: Measurement) -> dict:
     """The figures of one record that the gate stores and compares."""
     data = record.as_dict()
     return {k: data[k] for k in sorted((*DEFAULT_TOLERANCES, *INFO_FIELDS))}
+
+
+def schema_problems(tolerances: dict, entries: dict) -> list[str]:
+    """What makes a baselines file unusable, each naming the entry: a tolerance that is not a
+    positive finite number or names no metric; an entry that is not an object; a figure that is
+    not a finite non-negative integer (null only for a nullable metric); an info field that is
+    not a string. A missing tolerance is not here: ``missing_tolerances`` (updatable)."""
+    problems = []
+    for metric, tol in sorted(tolerances.items()):
+        if metric not in METRICS:
+            problems.append(f"tolerance for unknown metric {metric!r} (valid: {', '.join(sorted(METRICS))})")
+        elif not _number(tol) or tol <= 0:
+            problems.append(f"tolerance of {metric} is {tol!r}, not a positive finite number")
+    for key, entry in sorted(entries.items()):
+        if not isinstance(entry, dict):
+            problems.append(f"entry {key!r} is {type(entry).__name__}, not an object")
+            continue
+        for metric, spec in sorted(METRICS.items()):
+            if metric not in entry:
+                continue  # an entry older than the metric: the gate says how to add it
+            value = entry[metric]
+            if value is None and spec.nullable:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"entry {key!r}: {metric} is {value!r}, not a non-negative integer")
+        for info in INFO_FIELDS:
+            if not isinstance(entry.get(info), str):
+                problems.append(f"entry {key!r}: {info} is {entry.get(info)!r}, not a string")
+    return problems
 
 
 @dataclass
@@ -59,7 +89,16 @@ class BaselineFile:
                 or not isinstance(data.get("tolerances"), dict):
             raise BaselineError(f"{path}: expected a JSON object with 'tolerances' and 'entries'; restore it "
                                 f"with `git checkout -- {path}` or delete it and rerun with --update-baselines")
+        problems = schema_problems(data["tolerances"], data["entries"])
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise BaselineError(f"{path}: {problems[0]}{more}; restore the file with `git checkout -- {path}`, "
+                                f"or delete the entry and rerun with --update-baselines")
         return cls(path, dict(data["tolerances"]), dict(data["entries"]))
+
+    def missing_tolerances(self) -> list[str]:
+        """Registry metrics this file has no tolerance for (``--update-baselines`` adds them)."""
+        return sorted(set(METRICS) - set(self.tolerances))
 
     def dumps(self) -> str:
         """Stable text: sorted keys, one entry per line."""
@@ -72,10 +111,22 @@ class BaselineFile:
         return "\n".join(lines)
 
     def write(self) -> None:
-        """Write atomically: a temporary file in the same folder, then rename over the target."""
+        """Write atomically: a temporary file in the same folder, then rename over the target.
+
+        The file keeps its mode (a new one gets what the umask gives any new file, not
+        mkstemp's 0600); temporary files left by a killed earlier write are removed."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=self.path.name + ".", suffix=".tmp", dir=self.path.parent)
+        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
+        if self.path.exists():
+            mode = stat.S_IMODE(self.path.stat().st_mode)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            mode = 0o666 & ~umask
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         try:
+            os.fchmod(fd, mode)
             with os.fdopen(fd, "w") as f:
                 f.write(self.dumps())
                 f.flush()
@@ -86,19 +137,30 @@ class BaselineFile:
             raise
 
 
-def accept_command(case_id: str, device: str) -> str:
-    return f"pytest bench/ --device {device} --update-baselines -k {case_id}"
+#: Where baselines live unless ``--baselines-dir`` says otherwise.
+DEFAULT_BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
+
+
+def accept_command(record: Measurement, directory: Path | None = None) -> str:
+    """The command that accepts ``record``'s figures, with every option that selects what ran
+    and where the baselines live, so that it works when pasted as is."""
+    device = record.device.split(":")[0]
+    where = ""
+    if directory is not None and Path(directory).resolve() != DEFAULT_BASELINES_DIR:
+        where = f" --baselines-dir {shlex.quote(str(directory))}"
+    return (f"pytest bench/ --device {device} --flavor {record.flavor}{where} --update-baselines "
+            f"-k {record.case_id}")
 
 
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def compare(record: Measurement, baseline: dict, tolerances: dict[str, float]) -> list[str]:
+def compare(record: Measurement, baseline: dict, tolerances: dict[str, float], fix: str | None = None) -> list[str]:
     """One message per metric of ``record`` (every metric of ``bench.metrics.METRICS``) that
     moved beyond tolerance from ``baseline``, or that cannot be compared."""
     case = record.case_id
-    fix = accept_command(case, record.device.split(":")[0])
+    fix = fix or accept_command(record)
     old_torch = baseline.get("torch_version", "unknown")
     if baseline.get("memory_method") != record.memory_method:
         return [f"{case}: memory_method changed from {baseline.get('memory_method')!r} to "
@@ -145,6 +207,11 @@ class BaselineGate:
         self.directory = Path(directory)
         self._files: dict[str, BaselineFile | None] = {}
         self._staged: dict[str, dict[str, dict]] = {}
+        #: What ``write_staged`` changed beyond the entries, one line each (for the summary).
+        self.repairs: list[str] = []
+
+    def accept_command(self, record: Measurement) -> str:
+        return accept_command(record, self.directory)
 
     def file_for(self, device_key: str) -> BaselineFile | None:
         if device_key not in self._files:
@@ -161,6 +228,9 @@ class BaselineGate:
         for key, entries in sorted(self._staged.items()):
             existing = self.file_for(key)
             # A metric new to the registry gets its default tolerance; existing ones are kept.
+            if existing:
+                self.repairs += [f"{existing.path}: added the default tolerance {DEFAULT_TOLERANCES[m]} for {m}"
+                                 for m in existing.missing_tolerances()]
             merged = BaselineFile(baseline_path(self.directory, key),
                                   {**DEFAULT_TOLERANCES, **(existing.tolerances if existing else {})},
                                   dict(existing.entries) if existing else {})

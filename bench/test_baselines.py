@@ -19,12 +19,11 @@ def test_figures_match_baseline(case, measurements, baseline_gate, update_baseli
     except BaselineError as exc:
         pytest.fail(str(exc), pytrace=False)
     if baseline is None:
-        pytest.skip(f"no baselines for device key {record.device_key!r} ({path} does not exist): "
-                    f"create them with `pytest bench/ --device {case.device} --update-baselines` and commit the file")
+        pytest.skip(f"no baselines for device key {record.device_key!r} ({path} does not exist): create them "
+                    f"with `{baseline_gate.accept_command(record).rsplit(' -k ', 1)[0]}` and commit the file")
     entry = baseline.entries.get(record.case_id)
     if entry is None:
-        pytest.skip(f"{record.case_id} has no entry in {path}: add it with "
-                    f"`pytest bench/ --device {case.device} --update-baselines -k {record.case_id}`")
-    problems = compare(record, entry, baseline.tolerances)
+        pytest.skip(f"{record.case_id} has no entry in {path}: add it with `{baseline_gate.accept_command(record)}`")
+    problems = compare(record, entry, baseline.tolerances, fix=baseline_gate.accept_command(record))
     if problems:
         pytest.fail("\n".join(problems), pytrace=False)

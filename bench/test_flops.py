@@ -15,7 +15,9 @@ def test_step_flops_match_analytic_model(case, measurements):
     """All matmul FLOPs of forward+backward are counted, the attention kernels included
     (the CPU flash SDPA kernel has no formula in PyTorch; bench/flops.py registers one)."""
     record = measurements.get(case)
-    assert record.flops == analytic.step_flops(analytic.Shape.of_record(record), case.policy, case.attention), record.flops_by_op
+    predicted = analytic.step_flops(analytic.Shape.of_record(record), case.policy, case.attention)
+    assert record.flops == predicted, (f"{case.id}: measured {record.flops:,} FLOPs, analytic model {predicted:,}; "
+                                       f"by op: {record.flops_by_op}")
 
 
 def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):

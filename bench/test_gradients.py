@@ -50,10 +50,12 @@ def test_gradients_with_dropout_equal_to_no_checkpointing(case):
     """With dropout, recomputation replays the RNG state: still bitwise equal."""
     reference, model, x = twin_models(_flavor(case), case.attention, case.policy, case.device, dropout=0.1)
     expected, actual = run_step(reference, x, rng_seed=1234), run_step(model, x, rng_seed=1234, policy=case.policy)
-    assert not mismatches(expected, actual), "\n".join(mismatches(expected, actual))
+    problems = mismatches(expected, actual)
+    assert not problems, f"{case.id} with dropout differs from none-{case.attention}:\n" + "\n".join(problems)
     # Dropout really was active: a different seed gives a different output. (Not the loss: in
     # bf16 the mean of the output rounds to the same value for both seeds; seen on CUDA.)
-    assert not run_step(reference, x, rng_seed=4321).output.equal(expected.output)
+    assert not run_step(reference, x, rng_seed=4321).output.equal(expected.output), (
+        f"{case.id}: dropout 0.1 drew the same masks for two seeds: dropout is not active")
 
 
 @pytest.mark.attention("sdpa")
@@ -63,4 +65,4 @@ def test_sdpa_close_to_eager(case):
                                  reference_policy=case.policy, reference_attention="eager")
     tol = CROSS_ATTENTION_TOLERANCES[resolve_dtype(_flavor(case), case.device)]
     problems = mismatches(run_step(eager, x, policy=case.policy), run_step(sdpa, x, policy=case.policy), **tol)
-    assert not problems, "\n".join(problems)
+    assert not problems, f"{case.id} differs from {case.policy}-eager beyond {tol}:\n" + "\n".join(problems)

@@ -13,7 +13,7 @@ from bench.cases import Case
 from bench.record import build_training
 from bench.timing import interleaved_medians
 
-pytestmark = pytest.mark.real_tensors
+pytestmark = [pytest.mark.real_tensors, pytest.mark.timing]
 
 WARMUP_ROUNDS = 2
 

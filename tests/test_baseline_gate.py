@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shlex
+import stat
 
 import pytest
 
@@ -35,7 +37,7 @@ def test_change_beyond_tolerance_fails_in_either_direction(record, factor):
     assert len(messages) == 1
     message = messages[0]
     for part in ("tiny-full-eager", "saved_bytes", f"{old:,}", f"{record.saved_bytes:,}", "torch 2.99.0",
-                 f"torch {record.torch_version}", "pytest bench/ --device cpu --update-baselines -k tiny-full-eager"):
+                 f"torch {record.torch_version}", "pytest bench/ --device cpu --flavor tiny --update-baselines -k tiny-full-eager"):
         assert part in message, (part, message)
 
 
@@ -120,7 +122,7 @@ def test_gate_catches_a_strategy_that_stops_checkpointing_the_mlp(tmp_path):
     out = broken.stdout
     assert "FAILED bench/test_baselines.py::test_figures_match_baseline[cpu-tiny-full-eager]" in out
     assert "tiny-full-eager: saved_bytes moved +" in out
-    assert "pytest bench/ --device cpu --update-baselines -k tiny-full-eager" in out
+    assert f"pytest bench/ --device cpu --flavor tiny --baselines-dir {tmp_path} --update-baselines -k tiny-full-eager" in out
     assert "torch " in out
     # Only the broken strategy's variants fail.
     failed = sorted(line.split("[")[1].rstrip("]").split(" ")[0].rstrip("]")
@@ -181,3 +183,98 @@ def test_update_adds_a_new_metrics_tolerance_and_keeps_existing_ones(tmp_path, r
     written = BaselineFile.load(path)
     assert written.tolerances["flops"] == 0.001
     assert written.tolerances["offloaded_bytes"] == DEFAULT_TOLERANCES["offloaded_bytes"]
+
+
+def test_the_printed_accept_command_works_when_pasted(tmp_path):
+    """A baseline figure moved by hand: the gate fails and prints a command; that command, run
+    as printed, accepts the current figure, and the gate passes again."""
+    common = ["bench/test_baselines.py", "--device", "cpu", "--flavor", "tiny", "--baselines-dir", str(tmp_path), "-q"]
+    assert run_pytest(*common, "--update-baselines").returncode == 0
+    path = baseline_path(tmp_path, "cpu")
+    data = json.loads(path.read_text())
+    data["entries"]["tiny-mlp-sdpa"]["flops"] += 10 ** 6
+    BaselineFile(path, data["tolerances"], data["entries"]).write()
+    failed = run_pytest(*common)
+    assert failed.returncode == 1, failed.stdout
+    line = next(line for line in failed.stdout.splitlines() if "accept it with: " in line)
+    command = line.split("accept it with: ", 1)[1].strip()
+    assert command.startswith("pytest bench/ ") and "--baselines-dir" in command
+    accepted = run_pytest(*shlex.split(command)[1:], "-q")  # run_pytest adds `python -m pytest`
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert run_pytest(*common).returncode == 0
+
+
+def test_atomic_write_keeps_the_files_mode_and_leaves_no_temporary_file(tmp_path, record):
+    path = baseline_path(tmp_path, "cpu")
+    BaselineFile(path, dict(DEFAULT_TOLERANCES), {}).write()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~_umask()  # a new file: as any file made here
+    path.chmod(0o640)
+    gate = BaselineGate(tmp_path)
+    gate.stage(record)
+    gate.write_staged()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    assert sorted(p.name for p in path.parent.iterdir()) == ["figures.json"]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _corrupt(path, change) -> None:
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+@pytest.fixture(scope="module")
+def tiny_baselines(tmp_path_factory):
+    """A baselines folder for the tiny flavor, made by the suite itself."""
+    directory = tmp_path_factory.mktemp("baselines")
+    made = run_pytest("bench/test_baselines.py", "--device", "cpu", "--flavor", "tiny", "--baselines-dir",
+                      str(directory), "-q", "--update-baselines")
+    assert made.returncode == 0, made.stdout + made.stderr
+    return baseline_path(directory, "cpu").read_text()
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda d: d["tolerances"].update(flops=float("nan")), "tolerance of flops is nan, not a positive finite number"),
+    (lambda d: d["tolerances"].update(peak_bytes=0), "tolerance of peak_bytes is 0, not a positive"),
+    (lambda d: d["tolerances"].update(saved_bytes="1%"), "tolerance of saved_bytes is '1%'"),
+    (lambda d: d["tolerances"].update(latency=0.1), "tolerance for unknown metric 'latency'"),
+    (lambda d: d["entries"].update({"tiny-none-eager": [1, 2]}), "entry 'tiny-none-eager' is list, not an object"),
+    (lambda d: d["entries"]["tiny-full-sdpa"].update(flops=float("inf")), "entry 'tiny-full-sdpa': flops is inf"),
+    (lambda d: d["entries"]["tiny-full-sdpa"].update(peak_bytes="12"), "peak_bytes is '12', not a non-negative"),
+    (lambda d: d["entries"]["tiny-full-sdpa"].update(resident_bytes=-1), "resident_bytes is -1"),
+    (lambda d: d["entries"]["tiny-full-sdpa"].update(flops=None), "flops is None"),
+    (lambda d: d["entries"]["tiny-full-sdpa"].update(memory_method=3), "memory_method is 3, not a string"),
+])
+@pytest.mark.parametrize("update", [False, True], ids=["gate", "update"])
+def test_a_broken_baselines_file_fails_the_run_once_and_is_never_rewritten(tmp_path, tiny_baselines, change,
+                                                                            message, update):
+    path = baseline_path(tmp_path, "cpu")
+    path.parent.mkdir(parents=True)
+    path.write_text(tiny_baselines)
+    _corrupt(path, change)
+    before = path.read_bytes()
+    result = run_pytest("bench/", "--device", "cpu", "--flavor", "tiny", "--baselines-dir", str(tmp_path), "-q",
+                        *(["--update-baselines"] if update else []))
+    assert result.returncode == 4, result.stdout + result.stderr  # a usage error: nothing measured
+    assert message in result.stderr and str(path) in result.stderr and "git checkout" in result.stderr
+    assert result.stderr.count(str(path)) <= 2 and "Traceback" not in result.stderr  # one message
+    assert path.read_bytes() == before
+
+
+def test_a_missing_tolerance_fails_the_gate_and_update_adds_it_saying_so(tmp_path, tiny_baselines):
+    path = baseline_path(tmp_path, "cpu")
+    path.parent.mkdir(parents=True)
+    path.write_text(tiny_baselines)
+    _corrupt(path, lambda d: d["tolerances"].pop("forward_kept_bytes"))
+    common = ["bench/test_baselines.py", "--device", "cpu", "--flavor", "tiny", "--baselines-dir", str(tmp_path), "-q"]
+    gate = run_pytest(*common)
+    assert gate.returncode == 4 and "no tolerance for forward_kept_bytes" in gate.stderr, gate.stderr
+    update = run_pytest(*common, "--update-baselines")
+    assert update.returncode == 0, update.stdout + update.stderr
+    assert f"baselines repaired: {path}: added the default tolerance 0.01 for forward_kept_bytes" in update.stdout
+    assert run_pytest(*common).returncode == 0

@@ -104,8 +104,8 @@ def test_forcing_cuda_without_cuda_skips_with_reason():
 def test_timings_of_different_devices_are_never_compared():
     info = {"torch": {"device_key": "nvidia-h200"}}
     with pytest.raises(pytest.UsageError, match="device key 'cpu'.*'nvidia-h200'"):
-        conftest.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": {"torch": {"device_key": "cpu"}}})
-    conftest.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": info})
+        conftest.BenchmarkHooks.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": {"torch": {"device_key": "cpu"}}})
+    conftest.BenchmarkHooks.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": info})
 
 
 def _check_workflow(path) -> subprocess.CompletedProcess:
@@ -166,3 +166,19 @@ def test_benchmark_json_carries_every_record(tmp_path):
     # pytest-benchmark used the suite's device-synchronizing timer.
     assert {b["options"]["timer"] for b in data["benchmarks"]} == {"device_synchronized_timer"}
     assert data["machine_info"]["torch"]["device_key"] == "cpu"
+
+
+def test_empty_flavor_option_is_a_usage_error_not_the_defaults():
+    result = run_pytest("bench/", "--collect-only", "-q", "--flavor", "")
+    assert result.returncode == 4
+    assert "--flavor got no flavor names; valid names: seed, small, tiny" in result.stderr
+
+
+def test_the_suite_runs_with_pytest_benchmark_disabled():
+    """-p no:benchmark: correctness, memory and the gate run; timing tests skip with the reason."""
+    result = run_pytest("bench/", "-p", "no:benchmark", "--device", "cpu", "--flavor", "tiny", "-q", "-rs",
+                        "-k", "full-sdpa or none-sdpa")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "INTERNALERROR" not in result.stdout + result.stderr
+    assert "pytest-benchmark is disabled (-p no:benchmark): timing tests do not run" in result.stdout
+    assert " passed" in result.stdout
