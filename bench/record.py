@@ -22,14 +22,19 @@ from bench.metrics import METRICS
 from models import (Flavor, OffloadAC, Policy, SelectiveAC, build_model, get_policy, loss_fn, parse_variant,
                     resolve_dtype)
 
-#: AdamW with the multi-tensor (foreach) implementation: what AdamW picks by default for
-#: CUDA tensors, chosen explicitly so that CPU, fake-tensor and CUDA figures agree.
-OPTIMIZER = "AdamW(foreach=True)"
-
-
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    """The optimizer of every measured step (see ``OPTIMIZER``)."""
+    """The optimizer of every measured step: AdamW with the multi-tensor (foreach)
+    implementation, what AdamW picks by default for CUDA tensors, chosen explicitly so that
+    CPU, fake-tensor and CUDA figures agree."""
     return torch.optim.AdamW(model.parameters(), foreach=True)
+
+
+def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
+    """``AdamW(amsgrad=False, betas=(0.9, 0.999), ..., foreach=True, ...)``: read from the
+    optimizer object itself, so the record cannot claim settings the step did not use."""
+    settings = ", ".join(f"{k}={v!r}" for k, v in sorted(optimizer.defaults.items())
+                         if isinstance(v, (bool, int, float, str, tuple, type(None))))
+    return f"{type(optimizer).__name__}({settings})"
 
 
 @dataclass
@@ -237,7 +242,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
         batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
         n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__),
-        memory_method=probe.method, optimizer=OPTIMIZER, foreign_bytes=probe.foreign_bytes,
+        memory_method=probe.method, optimizer=describe_optimizer(optimizer), foreign_bytes=probe.foreign_bytes,
         resident_bytes=phases[0].start_bytes,
         peak_bytes=peak.peak_bytes,
         activation_peak_bytes=forward_backward.peak_bytes - before_forward,

@@ -106,16 +106,27 @@ def _check_chain(values: dict[str, int], chain: list[str], margin: float) -> lis
             for a, b in zip(chain, chain[1:]) if not values[a] > values[b] * (1 + margin)]
 
 
-def _require_predicted(shape: analytic.Shape, chain: list[str], attention: str, margin: float) -> None:
-    """Skip unless the model predicts the chain clearly: attention's seq^2 term dominates the
-    rest of the attention sublayer (h*s^2 > 7*s*d per batch row, i.e. s > 7*d/h; it
-    also decides the activation peak) and each predicted gap clears twice the margin."""
+#: Flavors whose shape makes the asserted orders facts (attention's seq^2 term dominates):
+#: there an order the analytic model stops predicting fails, since then the registry or the
+#: model drifted; elsewhere (``tiny``) the orders are not asserted.
+ORDER_FACT_FLAVORS = ("small", "seed")
+
+
+def _require_predicted(shape: analytic.Shape, chain: list[str], attention: str, margin: float,
+                       flavor: str = "") -> None:
+    """At a fact flavor, fail unless the model predicts the chain clearly (each gap above twice
+    the margin); elsewhere skip where it does not (seq <= 7*d/h: the seq^2 term does not
+    dominate, or a gap within noise)."""
+    predicted = {s: analytic.kept_bytes(shape, s, attention) for s in chain}
+    weak = [f"{a}>{b}" for a, b in zip(chain, chain[1:]) if not predicted[a] > predicted[b] * (1 + 2 * margin)]
+    if flavor in ORDER_FACT_FLAVORS:
+        assert not weak, (f"{flavor}: the analytic model no longer predicts {', '.join(weak)} for {attention}; "
+                          f"the policy registry or the model changed what is kept")
+        return
     crossover = 7 * shape.d_model / shape.n_heads
     if shape.seq_len <= crossover:
         pytest.skip(f"seq_len {shape.seq_len} <= 7*d/h = {crossover:.0f}: attention's seq^2 term does not "
                     f"dominate activation memory at this shape, so the model guarantees no order")
-    predicted = {s: analytic.kept_bytes(shape, s, attention) for s in chain}
-    weak = [f"{a}>{b}" for a, b in zip(chain, chain[1:]) if not predicted[a] > predicted[b] * (1 + 2 * margin)]
     if weak:
         pytest.skip(f"the analytic model does not predict {', '.join(weak)} by a margin above noise at this "
                     f"shape, so the order is not asserted")
@@ -127,7 +138,7 @@ def test_eager_ordering_of_the_five(flavor_on_device, metric, measurements):
     device, flavor = flavor_on_device
     records = _records(measurements, device, flavor)
     margin = ORDER_MARGIN[records["none-eager"].memory_method]
-    _require_predicted(analytic.Shape.of_record(records["none-eager"]), list(EAGER_CHAIN), "eager", margin)
+    _require_predicted(analytic.Shape.of_record(records["none-eager"]), list(EAGER_CHAIN), "eager", margin, flavor.name)
     values = {s: getattr(records[f"{s}-eager"], metric) for s in EAGER_CHAIN}
     problems = _check_chain(values, list(EAGER_CHAIN), margin)
     assert not problems, f"{metric} on {device}-{flavor.name}: " + "; ".join(problems)
@@ -139,7 +150,7 @@ def test_sdpa_below_eager_twin(flavor_on_device, metric, measurements):
     device, flavor = flavor_on_device
     records = _records(measurements, device, flavor)
     margin = ORDER_MARGIN[records["none-eager"].memory_method]
-    _require_predicted(analytic.Shape.of_record(records["none-eager"]), ["none", "full"], "sdpa", margin)
+    _require_predicted(analytic.Shape.of_record(records["none-eager"]), ["none", "full"], "sdpa", margin, flavor.name)
     values = {v: getattr(r, metric) for v, r in records.items()}
     problems = []
     for strategy in EAGER_CHAIN:
@@ -156,7 +167,11 @@ def test_attention_checkpointing_saves_several_times_more_than_mlp(flavor_on_dev
     shape = analytic.Shape.of_record(records["none-eager"])
     pred = {s: analytic.kept_bytes(shape, s, "eager") for s in ("none", "attn", "mlp")}
     predicted_ratio = (pred["none"] - pred["attn"]) / (pred["none"] - pred["mlp"])
-    if predicted_ratio < 2 * SEVERAL_TIMES:
+    if flavor.name in ORDER_FACT_FLAVORS:
+        assert predicted_ratio >= 2 * SEVERAL_TIMES, (
+            f"{flavor.name}: the analytic model now predicts attn saves only {predicted_ratio:.1f}x what mlp saves; "
+            f"the policy registry or the model changed what is kept")
+    elif predicted_ratio < 2 * SEVERAL_TIMES:
         pytest.skip(f"the analytic model predicts a ratio of {predicted_ratio:.1f} at this shape, "
                     f"not clearly several times")
     value = {s: getattr(records[f"{s}-eager"], metric) for s in ("none", "attn", "mlp")}
@@ -172,7 +187,7 @@ def test_policy_chains(flavor_on_device, chain, attention, measurements):
     device, flavor = flavor_on_device
     records = _records(measurements, device, flavor, chain)
     margin = ORDER_MARGIN[records[f"none-{attention}"].memory_method]
-    _require_predicted(analytic.Shape.of_record(records[f"none-{attention}"]), list(chain), attention, margin)
+    _require_predicted(analytic.Shape.of_record(records[f"none-{attention}"]), list(chain), attention, margin, flavor.name)
     values = {s: records[f"{s}-{attention}"].forward_kept_bytes for s in chain}
     problems = _check_chain(values, list(chain), margin)
     assert not problems, f"forward_kept_bytes on {device}-{flavor.name} {attention}: " + "; ".join(problems)

@@ -278,3 +278,16 @@ def test_a_missing_tolerance_fails_the_gate_and_update_adds_it_saying_so(tmp_pat
     assert update.returncode == 0, update.stdout + update.stderr
     assert f"baselines repaired: {path}: added the default tolerance 0.01 for forward_kept_bytes" in update.stdout
     assert run_pytest(*common).returncode == 0
+
+
+def test_the_record_states_the_optimizer_it_used(monkeypatch):
+    """The optimizer in the record is read from the optimizer object: switching the suite to
+    AdamW(foreach=False) shows in the record, it is not a constant."""
+    import torch
+
+    from bench import record as record_module
+    assert "foreach=True" in measure_variant(TINY, "none-sdpa", "cpu").optimizer
+    monkeypatch.setattr(record_module, "make_optimizer",
+                        lambda model: torch.optim.AdamW(model.parameters(), foreach=False))
+    changed = measure_variant(TINY, "none-sdpa", "cpu")
+    assert changed.optimizer.startswith("AdamW(") and "foreach=False" in changed.optimizer
