@@ -148,10 +148,10 @@ def kept_bytes(shape: Shape, policy: Policy | str, attention: str) -> int:
     """Predicted bytes kept for backward at the end of the forward (``forward_kept_bytes``, and
     ``saved_bytes`` where hooks can see it), the model input excluded."""
     policy = _policy(policy)
-    full = {sl: sublayer_saved_bytes(shape, sl, attention) for sl in SUBLAYERS}
     if isinstance(policy, OffloadAC):
         # On CUDA everything saved goes to host memory; on the CPU the host is the device.
         return 0 if shape.device_type == "cuda" else kept_bytes(shape, "none", attention)
+    full = {sl: sublayer_saved_bytes(shape, sl, attention) for sl in SUBLAYERS}
     if isinstance(policy, SequentialAC):
         total = sum(shape.residual_bytes if checkpointed else len(blocks) * sum(full.values())
                     for blocks, checkpointed in policy.segment_ranges(shape.depth))

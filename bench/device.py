@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gc
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,10 +43,6 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
-def bf16_supported(device: str | torch.device) -> bool:
-    return torch.device(device).type != "cuda" or torch.cuda.is_bf16_supported()
-
-
 def cuda_backward_allowance(score_bytes: int, attention: str) -> int:
     """Bytes the CUDA backward allocates beyond the CPU fake-tensor estimate of the activation
     peak, which cannot see allocations inside kernels. Measured on the H200 (torch 2.11, every
@@ -60,14 +57,14 @@ def cuda_backward_allowance(score_bytes: int, attention: str) -> int:
     return 48 * 2 ** 20
 
 
+@dataclass
 class Phase:
     """What a probe saw during one phase: bytes at its start, its peak, and the breakdown by
     category at the peak (None where the method gives none)."""
 
-    def __init__(self, start_bytes: int = 0) -> None:
-        self.start_bytes = start_bytes
-        self.peak_bytes = 0
-        self.breakdown: dict[str, int] | None = None
+    start_bytes: int = 0
+    peak_bytes: int = 0
+    breakdown: dict[str, int] | None = field(default=None)
 
 
 class CudaAllocatorProbe:

@@ -19,8 +19,7 @@ from bench.device import CudaAllocatorProbe, Phase, device_key
 from bench.flops import flop_counter_mode, flops_by_op
 from bench.memory import MemTrackerProbe, SavedTensorCounter
 from bench.metrics import METRICS
-from models import (Flavor, OffloadAC, Policy, SelectiveAC, build_model, get_policy, loss_fn, parse_variant,
-                    resolve_dtype)
+from models import Flavor, Policy, build_model, get_policy, loss_fn, parse_variant, resolve_dtype
 
 def make_optimizer(model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer of every measured step: AdamW with the multi-tensor (foreach)
@@ -152,6 +151,8 @@ class Measurement:
         # The descriptive fields, by their declared plain type (readers sort and key on them).
         kinds = {"str": str, "int": int, "dict": dict}
         for f in dataclasses.fields(cls):
+            if f.name in METRICS:
+                continue
             kind = kinds.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
             value = data[f.name]
             if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
@@ -169,17 +170,6 @@ def reset_collector() -> None:
     collector on, as in training.
     """
     gc.collect()
-
-
-def _policy_notes(policy: Policy) -> str | None:
-    """Why ``saved_bytes`` cannot be measured for ``policy`` (None: it can)."""
-    if isinstance(policy, SelectiveAC):
-        return ("selective checkpointing keeps the outputs it saves in its own cache, which "
-                "saved_tensors_hooks do not see; see forward_kept_bytes")
-    if isinstance(policy, OffloadAC):
-        return ("save_on_cpu installs saved_tensors_hooks of its own and only the innermost pair "
-                "applies; see forward_kept_bytes and offloaded_bytes")
-    return None
 
 
 def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) -> Measurement:
@@ -235,7 +225,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         phases.append(p)
 
     peak = max(phases, key=lambda ph: ph.peak_bytes)
-    note = _policy_notes(policy)
+    note = policy.hidden_from_saved_tensors_hooks
     return Measurement(
         variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.params(),
         attention=attention, flavor=flavor.name,

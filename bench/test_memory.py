@@ -65,7 +65,8 @@ def test_memory_record(case, measurements):
     assert Measurement.from_dict(data) == record  # what the JSON, the gate and the report read back
     assert (record.variant, record.flavor, record.memory_method) == (case.variant, case.flavor.name, expected_method(case))
     assert (record.policy, record.policy_kind) == (case.policy, POLICIES[case.policy].kind)
-    assert record.resident_bytes > 0 and record.forward_kept_bytes > 0 or record.policy == "offload"
+    assert record.resident_bytes > 0
+    assert record.forward_kept_bytes > 0 or (record.policy == "offload" and record.device != "cpu")
     assert record.peak_bytes >= record.resident_bytes
     # Everything kept for backward is alive at the end of the forward.
     assert record.activation_peak_bytes >= record.forward_kept_bytes

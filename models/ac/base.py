@@ -26,6 +26,9 @@ class Policy:
     preserve_rng_state: bool = True
 
     kind: ClassVar[str] = "policy"
+    #: Why ``saved_tensors_hooks`` cannot see what this kind keeps (None: they can), recorded
+    #: as ``saved_bytes_note`` with a null ``saved_bytes``.
+    hidden_from_saved_tensors_hooks: ClassVar[str | None] = None
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
 from typing import ClassVar
 
 import torch
@@ -56,6 +56,12 @@ def _op(name: str):
     return getattr(getattr(getattr(torch.ops, namespace), packet), overload)
 
 
+@lru_cache(maxsize=None)
+def _ops(names: tuple[str, ...]) -> frozenset:
+    """The ops of ``names``, resolved once per list (context_fn runs on every checkpointed call)."""
+    return frozenset(_op(n) for n in names)
+
+
 def _policy_fn(save: frozenset, matmuls: frozenset, every_second_matmul: bool, meta: dict,
                ctx, func, *args, **kwargs) -> CheckpointPolicy:
     mode = "recompute" if ctx.is_recompute else "forward"
@@ -77,6 +83,9 @@ class SelectiveAC(RegionAC):
     every_second_matmul: bool = True
 
     kind: ClassVar[str] = "selective"
+    hidden_from_saved_tensors_hooks: ClassVar[str | None] = (
+        "selective checkpointing keeps the outputs it saves in its own cache, which "
+        "saved_tensors_hooks do not see; see forward_kept_bytes")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,10 +98,9 @@ class SelectiveAC(RegionAC):
 
     def context_fn(self):
         """A fresh pair of SAC contexts per checkpointed call, with its own matmul counter."""
-        save = frozenset(_op(n) for n in self.save_ops)
-        matmuls = frozenset(_op(n) for n in MATMUL_OPS)
         return create_selective_checkpoint_contexts(
-            partial(_policy_fn, save, matmuls, self.every_second_matmul, defaultdict(int)))
+            partial(_policy_fn, _ops(tuple(self.save_ops)), _ops(MATMUL_OPS), self.every_second_matmul,
+                    defaultdict(int)))
 
     def wrap_kwargs(self) -> dict:
         return {"context_fn": self.context_fn}
