@@ -11,7 +11,7 @@ bench: $(VENV)/.installed
 	$(PY) -m pytest bench/ --benchmark-compare
 
 test: $(VENV)/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest --slow
 
 # On a GPU machine with its own CUDA torch (no venv): the one-shot GPU check into $(OUT).
 OUT ?= gpu-check-out

@@ -43,6 +43,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--update-baselines", action="store_true", default=False,
                     help="rewrite the deterministic baselines (memory, FLOPs) of the cases that ran, "
                          "keeping the other entries, instead of comparing against them")
+    group.addoption("--slow", action="store_true", default=False,
+                    help="also run the tests marked slow (sweeps; the README's test command, tox -e gpu "
+                         "and the nightly job pass it)")
     group.addoption("--baselines-dir", default=str(DEFAULT_BASELINES_DIR), metavar="DIR",
                     help="folder of per-device baselines (default: %(default)s)")
 
@@ -102,6 +105,8 @@ def pytest_configure(config: pytest.Config) -> None:
                             "are only estimated on this device (seed on the CPU)")
     config.addinivalue_line("markers", "attention(name): parametrize only the variants with this "
                             "attention implementation")
+    config.addinivalue_line("markers", "slow: a sweep too long for the default run of pytest bench/; "
+                            "runs with --slow")
     config.addinivalue_line("markers", "timing: a wall-clock timing test, skipped when pytest-benchmark is disabled")
     if config.pluginmanager.hasplugin("benchmark"):
         config.pluginmanager.register(BenchmarkHooks(), "ac-bench-benchmark-hooks")
@@ -159,6 +164,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if "flavor_on_device" in metafunc.fixturenames:
         params = [pytest.param((device, f), id=f"{device}-{f.name}", marks=marks) for f in flavors]
         metafunc.parametrize("flavor_on_device", params)
+    if "plan_budget" in metafunc.fixturenames:
+        # The module declares its budgets per flavor (bench/test_planner.py: budgets_for).
+        params = [pytest.param((device, f, attention, budget), id=f"{device}-{f.name}-{attention}-{budget}",
+                               marks=[*marks, *extra])
+                  for f in flavors for attention, budget, extra in metafunc.module.budgets_for(f)]
+        metafunc.parametrize("plan_budget", params)
     if "cuda_case" in metafunc.fixturenames:
         # Always parametrized on cuda, so on a CPU machine they show as skipped with the reason.
         cuda_flavors = tuple(f for f in flavors if f.cpu_mode == "estimate") or flavors
@@ -170,6 +181,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    if not config.getoption("--slow"):
+        slow = pytest.mark.skip(reason="slow: runs with --slow (make test, tox -e gpu and the nightly job pass it)")
+        for item in items:
+            if item.get_closest_marker("slow"):
+                item.add_marker(slow)
     if not config.pluginmanager.hasplugin("benchmark"):
         skip = pytest.mark.skip(reason="pytest-benchmark is disabled (-p no:benchmark): timing tests do not run")
         for item in items:
@@ -181,6 +197,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
 def measurements(request: pytest.FixtureRequest) -> MeasurementStore:
     """The session's measure-once cache."""
     return request.config.stash[STORE_KEY]
+
+
+@pytest.fixture(scope="session")
+def session_device(request: pytest.FixtureRequest) -> str:
+    """The device this session measures on (``--device``, default cuda when available)."""
+    return selected_device(request.config)
 
 
 @pytest.fixture(scope="session")

@@ -39,9 +39,50 @@ def register_missing_formulas() -> None:
 register_missing_formulas()
 
 
+class _CompileAwareInnerMode(flop_counter._FlopCounterMode):
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's ModuleTracker: every FLOP is counted under "Global"
+    only. The ModuleTracker's global module hooks are on Dynamo's skip list, so with them
+    installed a compiled model recompiles with graph breaks around every module."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return None
+
+
+class CompileAwareFlopCounterMode(FlopCounterMode):
+    """FlopCounterMode under which a compiled model runs compiled (see
+    ``bench.memory.CompileAwareMemTracker``): its dispatch mode declares that it ignores
+    compile internals, so Dynamo does not fall back to eager while it counts. Counts are
+    global only (no per-module breakdown, which the suite does not use)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mod_tracker = _GlobalOnly()
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:  # where FlopCounterMode is itself the mode
+        return True
+
+    def __enter__(self):
+        out = super().__enter__()
+        if isinstance(getattr(self, "mode", None), flop_counter._FlopCounterMode):
+            self.mode.__class__ = _CompileAwareInnerMode  # already pushed: the class is read per call
+        return out
+
+
 def flop_counter_mode() -> FlopCounterMode:
     """A silent FlopCounterMode with the suite's formulas registered."""
-    return FlopCounterMode(display=False)
+    return CompileAwareFlopCounterMode(display=False)
 
 
 def flops_by_op(counter: FlopCounterMode) -> dict[str, int]:

@@ -32,6 +32,20 @@ CATEGORY_NAMES: dict[str, str] = {
 }
 
 
+class CompileAwareMemTracker(MemTracker):
+    """MemTracker that lets a compiled model run compiled inside it.
+
+    Dynamo runs a model eagerly while a dispatch mode is on the stack, unless the mode says it
+    ignores compile internals: the mode is then off while compiling and on while the compiled
+    graph runs, whose ops (with a non-fusing backend such as ``aot_eager_decomp_partition``)
+    it sees as usual. Without this, a ``budget_B`` variant would be measured uncompiled.
+    """
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+
 class MemTrackerProbe:
     """``torch.distributed._tools.mem_tracker.MemTracker``: exact storage bytes by category.
 
@@ -43,7 +57,7 @@ class MemTrackerProbe:
         self.device = device
         self.method = FAKE_MEMTRACKER if fake else MEMTRACKER
         self.foreign_bytes = 0
-        self.tracker = MemTracker()
+        self.tracker = CompileAwareMemTracker()
         self.tracker.track_external(*tracked)
 
     def _total(self, kind: str) -> tuple[int, dict[str, int]]:

@@ -59,10 +59,12 @@ class Training:
         self.optimizer.step()
 
 
-def build_training(flavor: Flavor, variant: str, device: str | torch.device) -> Training:
-    """The variant's model, optimizer and input (see ``Training``)."""
+def build_training(flavor: Flavor, variant: str, device: str | torch.device,
+                   policy: Policy | None = None) -> Training:
+    """The variant's model, optimizer and input (see ``Training``); ``policy``, if given,
+    replaces the one the variant names (a policy object no registry name describes)."""
     policy_name, attention = parse_variant(variant)
-    policy = get_policy(policy_name)
+    policy = policy or get_policy(policy_name)
     device = torch.device(device)
     dtype = resolve_dtype(flavor, device)
     torch.manual_seed(0)
@@ -172,7 +174,8 @@ def reset_collector() -> None:
     gc.collect()
 
 
-def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) -> Measurement:
+def measure_variant(flavor: Flavor, variant: str, device: str | torch.device,
+                    policy: Policy | None = None) -> Measurement:
     """Build the variant alone on ``device``, take a warm-up step, then measure one step.
 
     Memory: resident before the step; the step's peak; the forward+backward peak above what
@@ -182,7 +185,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
     On the CPU a flavor with ``cpu_mode="estimate"`` runs on fake tensors: no compute, no
     real memory, exact bytes.
     """
-    policy_name, attention = parse_variant(variant)
+    _, attention = parse_variant(variant)
     device = torch.device(device)
     fake = is_estimate(flavor, device)
     dtype = resolve_dtype(flavor, device)
@@ -190,8 +193,10 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
     with FakeTensorMode() if fake else contextlib.nullcontext():
         if device.type == "cuda":
             probe = CudaAllocatorProbe(device)  # before anything of this variant exists
-        training = build_training(flavor, variant, device)
+        training = build_training(flavor, variant, device, policy)
         model, optimizer, x, policy = training.model, training.optimizer, training.x, training.policy
+        if policy.compiles:
+            training.step()  # compiles, outside every counter (see CompileAwareMemTracker)
         # Warm-up step: gradients and optimizer state now exist. Its forward and backward
         # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
         # would otherwise hold memory during the measured step.
@@ -227,7 +232,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
     peak = max(phases, key=lambda ph: ph.peak_bytes)
     note = policy.hidden_from_saved_tensors_hooks
     return Measurement(
-        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.params(),
+        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.record_params(device),
         attention=attention, flavor=flavor.name,
         device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
         batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,

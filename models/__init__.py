@@ -4,7 +4,10 @@ from models.ac import (
     POLICIES,
     SUBLAYERS,
     VARIANTS,
+    CompileBudgetAC,
+    budget_name,
     OffloadAC,
+    PlanAC,
     Policy,
     RegionAC,
     SelectiveAC,
@@ -32,8 +35,8 @@ def apply_policy(model: Transformer, policy: Policy | str) -> Transformer:
 
 
 __all__ = [
-    "ATTENTIONS", "FLAVORS", "Flavor", "OffloadAC", "POLICIES", "Policy", "RegionAC", "SUBLAYERS",
-    "SelectiveAC", "SequentialAC", "Transformer", "VARIANTS", "apply_policy", "build_model",
+    "ATTENTIONS", "CompileBudgetAC", "FLAVORS", "Flavor", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SUBLAYERS",
+    "SelectiveAC", "SequentialAC", "Transformer", "VARIANTS", "apply_policy", "budget_name", "build_model",
     "check_attention", "get_flavor", "get_policy", "loss_fn", "parse_variant", "resolve_dtype",
     "variant_id",
 ]

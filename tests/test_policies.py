@@ -61,19 +61,23 @@ def test_sequential_segments_as_checkpoint_sequential_cuts_them():
         get_policy("sequential_5").apply(build_model(FLAVOR, "sdpa"))
 
 
-@pytest.mark.parametrize("name", ["every_3", "every_7", "sequential_4", "sequential", "sac", "core_attn", "offload"])
+@pytest.mark.parametrize("name", ["every_3", "every_7", "sequential_4", "sequential", "sac", "core_attn", "offload",
+                                  "plan_a2_m0", "plan_a12_m3", "budget_0.3", "budget_1.0", "budget_0.0"])
 def test_names_parse_both_ways(name):
     policy = get_policy(name)
     assert policy.name == name and get_policy(policy.name) == policy
     variant = variant_id(policy, "eager")
     assert parse_variant(variant) == (name, "eager")
-    assert variant.replace("_", "").replace("-", "").isalnum()  # a plain pytest id and baseline key
+    # A plain pytest id and baseline key (pytest's -k accepts word characters, '-' and '.').
+    assert variant.replace("_", "").replace("-", "").replace(".", "").isalnum()
 
 
 def test_every_2_is_every_other_and_bad_names_say_what_is_valid():
     assert get_policy("every_2") is POLICIES["every_other"]
     for bad, message in [("every_1", "N >= 2"), ("every_02", "N >= 2"), ("sequential_0", "K >= 1"),
-                         ("selective", "valid names: none, full")]:
+                         ("selective", "valid names: none, full"), ("plan_a01_m2", "leading zeros"),
+                         ("budget_1", "write the budget as budget_1.0"), ("budget_1.5", r"in \[0, 1\]"),
+                         ("budget_nan", r"in \[0, 1\]"), ("budget_-0.1", r"in \[0, 1\]"), ("budget_", r"in \[0, 1\]")]:
         with pytest.raises(ValueError, match=message):
             get_policy(bad)
 
@@ -148,3 +152,37 @@ def test_offload_context_yields_its_live_counter():
     with get_policy("offload").forward_context("cpu") as hooks:
         model(torch.randn(FLAVOR.input_shape())).mean()
     assert hooks is not None and hooks.packed > 0 and hooks.offloaded_bytes == 0
+
+
+@pytest.mark.parametrize("attn_blocks,mlp_blocks", [(0, 0), (3, 0), (0, 3), (2, 1), (3, 3)])
+def test_plan_wraps_the_first_blocks(attn_blocks, mlp_blocks):
+    """plan_aA_mM: attention in blocks 0..A-1, the MLP in 0..M-1 (block 0 included); the
+    analytic model reads the same regions."""
+    policy = get_policy(f"plan_a{attn_blocks}_m{mlp_blocks}")
+    model = apply_policy(build_model(FLAVOR, "sdpa"), policy)
+    expected = {(b, "attn") for b in range(attn_blocks)} | {(b, "mlp") for b in range(mlp_blocks)}
+    assert wrapped(model) == expected == set(policy.regions(FLAVOR.depth))
+    assert {(b, s) for b in range(FLAVOR.depth) for s in ("attn", "mlp")
+            if policy.is_checkpointed(b, s, FLAVOR.depth)} == expected
+    assert policy.as_record() == {"name": policy.name, "kind": "plan",
+                                  "params": {"attn_blocks": attn_blocks, "mlp_blocks": mlp_blocks,
+                                             "preserve_rng_state": True}}
+
+
+def test_plan_deeper_than_the_model_is_refused():
+    with pytest.raises(ValueError, match="at most 3"):
+        get_policy("plan_a4_m0").apply(build_model(FLAVOR, "sdpa"))
+
+
+def test_compile_budget_records_its_backend_and_patches_the_partitioner():
+    policy = get_policy("budget_0.3")
+    assert policy.kind == "compile_budget" and policy.compiles
+    assert policy.record_params("cpu") == {"preserve_rng_state": True, "budget": 0.3,
+                                           "backend": "aot_eager_decomp_partition"}
+    assert policy.record_params("cuda")["backend"] == "inductor"
+    before = torch._functorch.config.activation_memory_budget
+    with policy.forward_context("cpu"):
+        assert torch._functorch.config.activation_memory_budget == 0.3
+    assert torch._functorch.config.activation_memory_budget == before
+    model = apply_policy(build_model(FLAVOR, "sdpa"), policy)
+    assert list(model.state_dict()) == list(build_model(FLAVOR, "sdpa").state_dict())  # keys kept

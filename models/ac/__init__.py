@@ -12,7 +12,9 @@ name, parameterised ones included, and ``policy.name`` gives it back.
 """
 
 from models.ac.base import SUBLAYERS, Policy
+from models.ac.compile_budget import CompileBudgetAC, budget_name
 from models.ac.offload import OffloadAC
+from models.ac.plan import PlanAC
 from models.ac.region import RegionAC
 from models.ac.registry import (
     POLICIES,
@@ -25,6 +27,6 @@ from models.ac.selective import CORE_ATTENTION_OPS, SAC_SAVE_OPS, SelectiveAC
 from models.ac.sequential import SequentialAC
 
 __all__ = [
-    "CORE_ATTENTION_OPS", "OffloadAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",
-    "SelectiveAC", "SequentialAC", "VARIANTS", "get_policy", "parse_variant", "variant_id",
+    "CORE_ATTENTION_OPS", "CompileBudgetAC", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",
+    "SelectiveAC", "SequentialAC", "VARIANTS", "budget_name", "get_policy", "parse_variant", "variant_id",
 ]

@@ -29,6 +29,9 @@ class Policy:
     #: Why ``saved_tensors_hooks`` cannot see what this kind keeps (None: they can), recorded
     #: as ``saved_bytes_note`` with a null ``saved_bytes``.
     hidden_from_saved_tensors_hooks: ClassVar[str | None] = None
+    #: Whether ``apply`` compiles the model (torch.compile): its first step must then run
+    #: outside every dispatch mode, or Dynamo runs the model eagerly.
+    compiles: ClassVar[bool] = False
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError
@@ -46,6 +49,11 @@ class Policy:
             value = getattr(self, f.name)
             out[f.name] = list(value) if isinstance(value, tuple) else value
         return out
+
+    def record_params(self, device: str | torch.device) -> dict:
+        """The settings as run on ``device`` (a kind whose settings resolve per device, such as
+        a compiler backend, records the resolved value)."""
+        return self.params()
 
     def as_record(self) -> dict:
         """``{"name", "kind", "params"}``: the policy as the measurement record stores it."""

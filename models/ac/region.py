@@ -44,6 +44,10 @@ class RegionAC(Policy):
     def is_checkpointed(self, block: int, sublayer: str, depth: int) -> bool:
         return sublayer in self.sublayers and block in self.checkpointed_blocks(depth)
 
+    def regions(self, depth: int) -> list[tuple[int, str]]:
+        """``(block, sublayer)`` of every checkpointed sublayer."""
+        return [(b, s) for b in self.checkpointed_blocks(depth) for s in self.sublayers]
+
     def wrap_kwargs(self) -> dict:
         """Extra keyword arguments for ``torch.utils.checkpoint.checkpoint`` (none here)."""
         return {}
@@ -51,11 +55,10 @@ class RegionAC(Policy):
     def apply(self, model: nn.Module) -> nn.Module:
         """Wrap the sublayers in place with ``checkpoint_wrapper``, which keeps state-dict keys."""
         impl = CheckpointImpl.REENTRANT if self.use_reentrant else CheckpointImpl.NO_REENTRANT
-        for i in self.checkpointed_blocks(len(model.blocks)):
+        for i, sublayer in self.regions(len(model.blocks)):
             block = model.blocks[i]
-            for sublayer in self.sublayers:
-                module: nn.Module = getattr(block, sublayer)
-                setattr(block, sublayer, checkpoint_wrapper(
-                    module, checkpoint_impl=impl, preserve_rng_state=self.preserve_rng_state,
-                    **self.wrap_kwargs()))
+            module: nn.Module = getattr(block, sublayer)
+            setattr(block, sublayer, checkpoint_wrapper(
+                module, checkpoint_impl=impl, preserve_rng_state=self.preserve_rng_state,
+                **self.wrap_kwargs()))
         return model

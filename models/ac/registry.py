@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from models.ac.base import Policy
+from models.ac.compile_budget import CompileBudgetAC, budget_name
 from models.ac.offload import OffloadAC
+from models.ac.plan import PlanAC
 from models.ac.region import RegionAC
 from models.ac.selective import CORE_ATTENTION_OPS, SelectiveAC
 from models.ac.sequential import SequentialAC
@@ -32,12 +35,32 @@ _FAMILIES = (
     (re.compile(r"sequential_(\d+)"), lambda k: SequentialAC(f"sequential_{k}", segments=k), 1,
         "sequential_K needs K >= 1"),
 )
+_PLAN = re.compile(r"plan_a(\d+)_m(\d+)")
+_BUDGET = re.compile(r"budget_(.*)")
 
 
 def get_policy(name: str) -> Policy:
     """A policy by name (``full``, ``every_4``, ``sequential_3``), or a ValueError naming the valid ones."""
     if name in POLICIES:
         return POLICIES[name]
+    m = _PLAN.fullmatch(name)
+    if m:
+        a, mlp = (int(g) for g in m.groups())
+        if name != f"plan_a{a}_m{mlp}":
+            raise ValueError(f"checkpointing policy {name!r}: write the block counts without leading zeros, "
+                             f"plan_a{a}_m{mlp}")
+        return PlanAC.of(a, mlp)
+    m = _BUDGET.fullmatch(name)
+    if m:
+        try:
+            budget = float(m.group(1))
+        except ValueError:
+            budget = math.nan
+        if not (0.0 <= budget <= 1.0):
+            raise ValueError(f"checkpointing policy {name!r}: budget_B needs a number B in [0, 1], e.g. budget_0.3")
+        if name != budget_name(budget):
+            raise ValueError(f"checkpointing policy {name!r}: write the budget as {budget_name(budget)}")
+        return CompileBudgetAC(name, budget=budget)
     for pattern, build, least, rule in _FAMILIES:
         m = pattern.fullmatch(name)
         if m:
@@ -46,7 +69,8 @@ def get_policy(name: str) -> Policy:
                 raise ValueError(f"checkpointing policy {name!r}: {rule}")
             return build(n)
     raise ValueError(f"unknown checkpointing policy {name!r}; valid names: {', '.join(POLICIES)}, "
-                     f"every_N (N >= 2), sequential_K (K >= 1)")
+                     f"every_N (N >= 2), sequential_K (K >= 1), plan_aA_mM (a planner's plan), "
+                     f"budget_B (torch.compile's activation memory budget, 0 <= B <= 1)")
 
 
 def variant_id(policy: Policy | str, attention: str) -> str:

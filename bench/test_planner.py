@@ -1,0 +1,114 @@
+"""The planner: a memory budget in, the cheapest checkpointing plan that fits out.
+
+For each flavor with declared budgets, the plan is measured (fake tensors for ``seed`` on the
+CPU), must fit, must be the cheapest plan that fits, and trains exactly like the model without
+checkpointing. The planner's peak prediction is exact on the CPU (MemTracker counts storage
+bytes), so it is asserted to the byte there; on CUDA the allocator rounds blocks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from bench.cases import Case
+from bench.gradients import mismatches, run_step, twin_models
+from bench.planner import InfeasibleBudget, Planner, parse_budget
+
+#: Budgets (whole-step peak) per flavor and attention, in the default run. Chosen to need a
+#: mix: eager at 1 GiB checkpoints attention in most blocks and some MLPs; sdpa at 0.75 GiB
+#: checkpoints a few MLPs (cheaper per byte than attention with sdpa).
+PLAN_BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "seed": (("eager", "1GiB"), ("sdpa", "0.75GiB")),
+}
+#: More budgets, run with --slow (the README's test command and tox -e gpu run them).
+SLOW_PLAN_BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "seed": (("eager", "1.5GiB"), ("sdpa", "0.5GiB")),
+    "small": (("eager", "300MiB"), ("sdpa", "60MiB")),
+}
+#: Gradients of a plan are checked at this sequence length on the CPU (as in test_gradients).
+CPU_GRADIENT_SEQ_LEN = 256
+#: On CUDA the allocator's rounding and workspaces move the peak from the prediction.
+CUDA_PREDICTION_TOLERANCE = 0.03
+
+
+def budgets_for(flavor) -> list[tuple[str, str, tuple]]:
+    """``(attention, budget, marks)`` for ``flavor``: read by conftest.py to parametrize
+    ``plan_budget`` over the selected flavors."""
+    return ([(a, b, ()) for a, b in PLAN_BUDGETS.get(flavor.name, ())]
+            + [(a, b, (pytest.mark.slow,)) for a, b in SLOW_PLAN_BUDGETS.get(flavor.name, ())])
+
+
+@pytest.fixture(scope="session")
+def planners(measurements):
+    """One Planner per (device, flavor, attention), measuring through the session's cache (so
+    the plans' records are in the JSON like every variant's)."""
+    made: dict[tuple, Planner] = {}
+
+    def get(device: str, flavor, attention: str) -> Planner:
+        key = (device, flavor.name, attention)
+        if key not in made:
+            made[key] = Planner(flavor, attention, device,
+                                measure=lambda variant: measurements.get(Case(device, flavor, variant)))
+        return made[key]
+    return get
+
+
+def test_plan_fits_and_is_the_cheapest_that_fits(plan_budget, planners):
+    device, flavor, attention, budget = plan_budget
+    planner = planners(device, flavor, attention)
+    budget_bytes = parse_budget(budget)
+    plan = planner.plan(budget_bytes)
+    record, chosen = plan.record, plan.chosen
+    label = f"{flavor.name} {chosen.name}-{attention} at {budget}"
+    assert record.policy_kind == "plan" and record.policy == chosen.name
+    assert record.peak_bytes <= budget_bytes, f"{label}: measured peak {record.peak_bytes:,} B over the budget"
+    if device == "cpu":
+        assert (record.peak_bytes, record.forward_kept_bytes) == (chosen.predicted_peak_bytes, chosen.kept_bytes), (
+            f"{label}: the planner predicted peak {chosen.predicted_peak_bytes:,} B and kept {chosen.kept_bytes:,} B")
+        assert record.flops - planner.measure("plan_a0_m0").flops == chosen.recompute_flops, (
+            f"{label}: recompute FLOPs differ from the analytic model's {chosen.recompute_flops:,}")
+    else:
+        assert record.peak_bytes == pytest.approx(chosen.predicted_peak_bytes, rel=CUDA_PREDICTION_TOLERANCE)
+    # Cheapest: every plan with fewer recompute FLOPs is predicted over the budget, and the one
+    # predicted closest to fitting is measured over it too.
+    cheaper = [c for c in plan.candidates if c.recompute_flops < chosen.recompute_flops]
+    assert all(c.predicted_peak_bytes > budget_bytes or c.name in plan.rejected_on_measurement for c in cheaper)
+    if cheaper:
+        closest = min(cheaper, key=lambda c: c.predicted_peak_bytes)
+        measured = planner.measure(closest.policy).peak_bytes
+        assert measured > budget_bytes, (
+            f"{label}: {closest.name} recomputes fewer FLOPs ({closest.recompute_flops:,} against "
+            f"{chosen.recompute_flops:,}) and measured {measured:,} B, within the budget")
+
+
+def test_impossible_budget_names_the_smallest_feasible(plan_budget, planners):
+    """One byte below the smallest feasible peak: a one-line error naming that peak; at it, a plan."""
+    device, flavor, attention, _ = plan_budget
+    planner = planners(device, flavor, attention)
+    smallest = min(planner.measure(c.policy).peak_bytes for c in planner.candidates()
+                   if c.predicted_peak_bytes == min(x.predicted_peak_bytes for x in planner.candidates()))
+    with pytest.raises(InfeasibleBudget) as info:
+        planner.plan(smallest - 1)
+    message = str(info.value)
+    assert "\n" not in message and "smallest feasible budget is" in message and f"({smallest} B" in message
+    assert planner.plan(smallest).record.peak_bytes == smallest
+
+
+def test_plan_trains_like_no_checkpointing(plan_budget, planners):
+    """The chosen plan's gradients are bitwise those of the model without checkpointing (with
+    dropout, so recomputation must replay the RNG). Estimated flavors run here for real, at a
+    shorter sequence on the CPU."""
+    device, flavor, attention, budget = plan_budget
+    policy = planners(device, flavor, attention).plan(parse_budget(budget)).chosen.policy
+    check = flavor if device != "cpu" else dataclasses.replace(flavor, seq_len=min(flavor.seq_len, CPU_GRADIENT_SEQ_LEN))
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        reference, model, x = twin_models(check, attention, policy, device, dropout=0.1)
+        problems = mismatches(run_step(reference, x, rng_seed=7), run_step(model, x, rng_seed=7, policy=policy))
+    finally:
+        torch.use_deterministic_algorithms(deterministic)
+    assert not problems, f"{flavor.name} {policy.name}-{attention} differs from none-{attention}:\n" + "\n".join(problems)
