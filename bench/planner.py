@@ -8,13 +8,19 @@ FLOPs and kept bytes depend on the counts only; where they sit moves only *when*
 recomputes them, and the first blocks are recomputed last, when the rest has been freed
 (the self-test compares against every subset of sublayers at the ``tiny`` flavor).
 
-Why not greedy by FLOPs per byte saved: the two sublayer types are items of a knapsack with
-two sizes (with eager attention at seq 4096 the attention sublayer saves ~4x the bytes of the
-MLP for ~1.6x its FLOPs; with sdpa they save about the same bytes and the MLP recomputes
-fewer FLOPs), and the peak is not the kept bytes: it adds a transient that depends on whether
-the last block (the first one backward reaches) is checkpointed. Greedy picks the best ratio
-first and can overshoot a budget that a mix meets with fewer FLOPs; enumeration is exact and
-small (169 plans for 12 blocks), so the planner enumerates.
+Why not greedy by FLOPs per byte saved: it is not optimal here, for two reasons. The two
+sublayer types are items of a knapsack with two sizes (at ``seed`` with eager attention an
+attention sublayer saves 152 MiB for 40.8 GFLOP, 0.27 GFLOP/MiB, and an MLP 20 MiB for
+8.6 GFLOP, 0.43 GFLOP/MiB; with sdpa both save 20 MiB and the MLP is the better buy by 4.7x),
+so filling with the better ratio first overshoots budgets that a mix meets for less (eager,
+1 GiB: greedy takes attention in 11 blocks for 448.8 GFLOP, the plan attention in 10 and the
+MLP in 4 for 442.4). And the peak is not the kept bytes: checkpointing the last block, the
+first one backward reaches, rebuilds its activations at once, so it lowers kept bytes but not
+the peak (plan_a11_m11 and plan_a12_m12 peak alike); greedy takes it when it comes in order.
+Over 101 budgets from the smallest feasible to ``none``'s peak at ``seed``, greedy recomputes
+more than the planner at 56 (eager) and 53 (sdpa); for example eager at 0.8 GiB:
+plan_a12_m7, 549.8 GFLOP, against plan_a11_m7, 509.0 (8% more). Enumeration is exact and small
+((depth+1)^2 = 169 plans for 12 blocks), so the planner enumerates.
 
 Figures, per plan, from the analytic model (``bench.analytic``, exact on the CPU):
 kept bytes K and recompute FLOPs. The step's peak is ``max(other phases, before_forward + K + T)``,
@@ -147,6 +153,22 @@ class Planner:
         plans = [self.candidate(PlanAC.of(a, m)) for a in range(self.depth + 1) for m in range(self.depth + 1)]
         return sorted(plans, key=lambda c: (c.recompute_flops, c.kept_bytes, c.policy.attn_blocks + c.policy.mlp_blocks,
                                             c.name))
+
+    def choose(self, budget_bytes: int) -> Candidate | None:
+        """The cheapest plan predicted to fit, without measuring it (None: none is predicted to)."""
+        return next((c for c in self.candidates() if c.predicted_peak_bytes <= budget_bytes), None)
+
+    def sublayer_economics(self) -> dict[str, dict[str, float]]:
+        """Per sublayer type, for one block (not block 0): bytes saved by checkpointing it,
+        FLOPs recomputed, and FLOPs per MiB saved (lower is the better buy)."""
+        out = {}
+        for sublayer, policy in (("attn", PlanAC.of(2, 0)), ("mlp", PlanAC.of(0, 2))):
+            one = PlanAC.of(1, 0) if sublayer == "attn" else PlanAC.of(0, 1)
+            saved = analytic.kept_bytes(self.shape, one, self.attention) - analytic.kept_bytes(self.shape, policy, self.attention)
+            flops = analytic.recompute_flops(self.shape, policy, self.attention) - analytic.recompute_flops(self.shape, one, self.attention)
+            out[sublayer] = {"bytes_saved": saved, "recompute_flops": flops,
+                             "flops_per_mib": flops / (saved / 2 ** 20)}
+        return out
 
     def plan(self, budget_bytes: int) -> Plan:
         """The cheapest plan whose measured peak fits ``budget_bytes``, or InfeasibleBudget."""

@@ -12,11 +12,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import sweep_cli
+from bench.report import plan as plan_cli
 from bench.report.load import ReportInputError, Run, exit_status, load_run
 from bench.report.plots import report_figure, save_png
 from bench.report.tables import report_text, write_text
 
-COMMANDS = ("table", "sweep")
+COMMANDS = ("table", "sweep", "plan")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
                "file, not JSON, not this suite's output, records lacking fields or of another schema "
                "version) is reported on one line on stderr with exit status 2. `python -m bench.report "
                "FILE...` means `table FILE...`.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{table,sweep}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{table,sweep,plan}")
 
     table = sub.add_parser(
         "table", help="tables and a plot from one or more --benchmark-json files",
@@ -53,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep_cli.add_arguments(sub.add_parser(
         "sweep", help=f"{sweep_cli.HELP} (the same as `python -m bench.sweep`)",
         description=sweep_cli.DESCRIPTION, epilog=sweep_cli.EPILOG))
+    plan_cli.add_arguments(sub.add_parser(
+        "plan", help="the cheapest checkpointing plan that fits a memory budget, and its plot",
+        description=plan_cli.__doc__))
     return parser
 
 
@@ -82,5 +86,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
         argv.insert(0, "table")
     args = build_parser().parse_args(argv)
-    command = table_command if args.command == "table" else sweep_cli.sweep_command
+    command = {"table": table_command, "sweep": sweep_cli.sweep_command, "plan": plan_cli.plan_command}[args.command]
     return exit_status("bench.report", lambda: command(args))

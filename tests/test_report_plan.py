@@ -1,0 +1,50 @@
+"""``python -m bench.report plan``: the plan, its figures and plot; bad input is one line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from bench.report.cli import main
+from tests.helpers import ROOT
+
+
+def test_plan_command_prints_the_plan_and_writes_plot_and_markdown(tmp_path, capsys):
+    plot, markdown = tmp_path / "plan.png", tmp_path / "plan.md"
+    status = main(["plan", "--flavor", "tiny", "--attention", "eager", "--budget-gib", "0.00075",
+                   "--plot", str(plot), "--markdown", str(markdown), "--compile-budgets", "1.0,0.0"])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    assert out.startswith("plan: tiny eager, budget 0.001 GiB") and "cheaper per byte saved:" in out
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+    text = markdown.read_text()
+    assert "Regenerate: `python -m bench.report plan --flavor tiny --attention eager --budget-gib 0.00075" in text
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--budget-gib", "0"], "positive number of GiB"),
+    (["--budget-gib", "-1"], "positive number of GiB"),
+    (["--budget-gib", "nan"], "positive number of GiB"),
+    (["--budget-gib", "inf"], "positive number of GiB"),
+    (["--budget-gib", "lots"], "expected a number of GiB"),
+    (["--budget-gib", "1", "--compile-budgets", "1.5"], "must lie in [0, 1]"),
+    (["--budget-gib", "1", "--compile-budgets", "x"], "expected comma-separated numbers"),
+    (["--budget-gib", "1", "--flavor", "huge"], "invalid choice: 'huge'"),
+])
+def test_bad_plan_options_are_one_line_and_exit_2(args, message, capsys):
+    """argparse's own handling, in-process: usage and one error line, status 2."""
+    with pytest.raises(SystemExit) as info:
+        main(["plan", "--flavor", "tiny", *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and message in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if "error" in line]) == 1, err
+
+
+def test_an_impossible_budget_is_one_line_naming_the_smallest_feasible():
+    proc = subprocess.run([sys.executable, "-m", "bench.report", "plan", "--flavor", "tiny", "--budget-gib", "1e-9"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("bench.report: error:")]
+    assert len(errors) == 1 and "the smallest feasible budget is" in errors[0], proc.stderr
