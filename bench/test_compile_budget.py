@@ -21,8 +21,10 @@ from models import budget_name, get_flavor, get_policy
 COMPILE_FLAVOR = "tiny"
 BUDGETS = (1.0, 0.5, 0.3, 0.1, 0.0)
 SLOW_BUDGETS = (1.0, 0.5, 0.0)
-#: Budgets whose gradients are compared against the same model compiled at B = 1.0.
+#: Budgets whose gradients are compared against the same model compiled at B = 1.0 in the
+#: default run; the rest of the sweep's with --slow.
 GRADIENT_BUDGETS = (0.3, 0.0)
+SLOW_GRADIENT_BUDGETS = tuple(b for b in BUDGETS if b not in GRADIENT_BUDGETS + (1.0,))
 
 
 def _records(measurements, device, flavor, attention, budgets):
@@ -74,7 +76,8 @@ def test_kept_bytes_shrink_with_the_budget_at_selected_flavors(flavor_on_device,
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1], ids=["no_dropout", "dropout"])
-@pytest.mark.parametrize("budget", GRADIENT_BUDGETS)
+@pytest.mark.parametrize("budget", [*GRADIENT_BUDGETS,
+                                    *(pytest.param(b, marks=pytest.mark.slow) for b in SLOW_GRADIENT_BUDGETS)])
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_gradients_equal_to_budget_one(device, attention, budget, dropout):
     """The model compiled at B against the same model compiled at B = 1.0: the partitioner only
