@@ -53,13 +53,15 @@ def test_kept_bytes_shrink_with_the_budget(device, attention, measurements):
     flavor = get_flavor(COMPILE_FLAVOR)
     records = _records(measurements, device, flavor, attention, BUDGETS)
     for b, r in records.items():
-        assert (r.policy_kind, r.policy_params["budget"]) == ("compile_budget", b)
-        assert r.policy_params["backend"] == get_policy(budget_name(b)).backend_for(device)
+        assert (r.policy_kind, r.policy_params["budget"]) == ("compile_budget", b), f"{r.variant}: {r.policy_params}"
+        assert r.policy_params["backend"] == get_policy(budget_name(b)).backend_for(device), (
+            f"{r.variant}: recorded backend {r.policy_params['backend']!r}")
         assert r.saved_bytes == r.forward_kept_bytes or device == "cuda", (
             f"{r.variant}: saved_tensors_hooks saw {r.saved_bytes:,} B, the tracker {r.forward_kept_bytes:,} B")
     _check_monotonic(records, f"{flavor.name} {attention}")
     # Recomputing costs FLOPs: B = 0 recomputes more than B = 1.
-    assert records[0.0].flops > records[1.0].flops
+    assert records[0.0].flops > records[1.0].flops, (
+        f"{flavor.name} {attention}: B=0 recomputes no more FLOPs ({records[0.0].flops:,}) than B=1 ({records[1.0].flops:,})")
 
 
 @pytest.mark.slow

@@ -63,7 +63,7 @@ def test_plan_fits_and_is_the_cheapest_that_fits(plan_budget, planners):
     plan = planner.plan(budget_bytes)
     record, chosen = plan.record, plan.chosen
     label = f"{flavor.name} {chosen.name}-{attention} at {budget}"
-    assert record.policy_kind == "plan" and record.policy == chosen.name
+    assert record.policy_kind == "plan" and record.policy == chosen.name, f"{label}: record of {record.policy}"
     assert record.peak_bytes <= budget_bytes, f"{label}: measured peak {record.peak_bytes:,} B over the budget"
     if device == "cpu":
         assert (record.peak_bytes, record.forward_kept_bytes) == (chosen.predicted_peak_bytes, chosen.kept_bytes), (
@@ -71,11 +71,13 @@ def test_plan_fits_and_is_the_cheapest_that_fits(plan_budget, planners):
         assert record.flops - planner.measure("plan_a0_m0").flops == chosen.recompute_flops, (
             f"{label}: recompute FLOPs differ from the analytic model's {chosen.recompute_flops:,}")
     else:
-        assert record.peak_bytes == pytest.approx(chosen.predicted_peak_bytes, rel=CUDA_PREDICTION_TOLERANCE)
+        assert record.peak_bytes == pytest.approx(chosen.predicted_peak_bytes, rel=CUDA_PREDICTION_TOLERANCE), (
+            f"{label}: measured peak {record.peak_bytes:,} B, predicted {chosen.predicted_peak_bytes:,} B")
     # Cheapest: every plan with fewer recompute FLOPs is predicted over the budget, and the one
     # predicted closest to fitting is measured over it too.
     cheaper = [c for c in plan.candidates if c.recompute_flops < chosen.recompute_flops]
-    assert all(c.predicted_peak_bytes > budget_bytes or c.name in plan.rejected_on_measurement for c in cheaper)
+    fits = [c.name for c in cheaper if c.predicted_peak_bytes <= budget_bytes and c.name not in plan.rejected_on_measurement]
+    assert not fits, f"{label}: cheaper plans predicted to fit and not tried: {fits}"
     if cheaper:
         closest = min(cheaper, key=lambda c: c.predicted_peak_bytes)
         measured = planner.measure(closest.policy).peak_bytes
@@ -93,8 +95,11 @@ def test_impossible_budget_names_the_smallest_feasible(plan_budget, planners):
     with pytest.raises(InfeasibleBudget) as info:
         planner.plan(smallest - 1)
     message = str(info.value)
-    assert "\n" not in message and "smallest feasible budget is" in message and f"({smallest} B" in message
-    assert planner.plan(smallest).record.peak_bytes == smallest
+    assert "\n" not in message and "smallest feasible budget is" in message and f"({smallest} B" in message, (
+        f"{flavor.name} {attention}: {message!r} does not name the smallest feasible budget {smallest} B on one line")
+    at_smallest = planner.plan(smallest).record
+    assert at_smallest.peak_bytes == smallest, (
+        f"{flavor.name} {attention}: at the smallest feasible budget {at_smallest.variant} peaks at {at_smallest.peak_bytes:,} B")
 
 
 def test_plan_trains_like_no_checkpointing(plan_budget, planners):

@@ -15,6 +15,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from bench.cli import check_output_files
 from bench.planner import GIB, InfeasibleBudget, Planner
 from bench.record import Measurement, measure_variant
 from bench.report.load import ReportInputError
@@ -70,9 +71,7 @@ def _recompute(record: Measurement, none: Measurement) -> int:
 
 def plan_command(args: argparse.Namespace) -> None:
     flavor = get_flavor(args.flavor)
-    for path in (args.plot, args.markdown):  # fail before minutes of measuring, not after
-        if path is not None and path.parent.exists() and not path.parent.is_dir():
-            raise ReportInputError(f"{path}: its folder {path.parent} is not a folder")
+    check_output_files(plot=args.plot, markdown=args.markdown)  # before minutes of measuring, not after
     planner = Planner(flavor, args.attention, args.device)
     budget = int(args.budget_gib * GIB)
     try:
