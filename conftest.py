@@ -16,7 +16,8 @@ import torch
 from bench.baselines import DEFAULT_BASELINES_DIR, BaselineError, BaselineGate
 from bench.cases import DEFAULT_FLAVORS, DEVICES, Case, cases, parse_flavor_list
 from bench.device import cuda_available, device_key, device_name
-from bench.record import Measurement, is_estimate, measure_variant
+from bench.outputs import file_problem, folder_problem
+from bench.record import OK, Measurement, is_estimate, measure_variant
 from bench.timing import TIMER_NAME
 from models import FLAVORS, resolve_dtype
 
@@ -45,6 +46,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "keeping the other entries, instead of comparing against them")
     group.addoption("--baselines-dir", default=str(DEFAULT_BASELINES_DIR), metavar="DIR",
                     help="folder of per-device baselines (default: %(default)s)")
+    group.addoption("--allow-empty-history", action="store_true", default=False,
+                    help="with --benchmark-compare and --benchmark-compare-fail: when the benchmark storage holds "
+                         "no earlier run for this device key (a first night), skip the timing comparison with a "
+                         "message instead of failing; the run is saved as usual (--benchmark-autosave) and the "
+                         "comparison gates from the next run on")
 
 
 def selected_device(config: pytest.Config) -> str:
@@ -79,9 +85,16 @@ class MeasurementStore:
         self.time_ratios: dict[str, dict[str, float]] = {}
 
     def get(self, case: Case) -> Measurement:
+        """The case's record, measured on first use. A step that ran out of memory or whose
+        loss is not finite fails every test that asks for it, by name, once per test; the
+        record stays in the JSON and the other variants are measured as usual."""
         if case.id not in self._records:
             self._records[case.id] = measure_variant(case.flavor, case.variant, case.device)
-        return self._records[case.id]
+        record = self._records[case.id]
+        if record.outcome != OK:
+            pytest.fail(f"{case.id}: {record.outcome}: {record.outcome_note}; its figures cannot be checked "
+                        f"or compared with the baselines (the other variants are measured as usual)", pytrace=False)
+        return record
 
     def local_json(self) -> dict[str, dict]:
         """The records measured in this process, by case id."""
@@ -110,6 +123,12 @@ def pytest_configure(config: pytest.Config) -> None:
             config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no"):
         raise pytest.UsageError("--update-baselines cannot be combined with pytest-xdist (-n): "
                                 "run it in one process so the baselines file is written once")
+    if not config.getoption("--baselines-dir").strip():
+        raise pytest.UsageError("--baselines-dir got an empty path; give the baselines folder "
+                                f"(default: {DEFAULT_BASELINES_DIR})")
+    if Path(config.getoption("--baselines-dir")).is_file():
+        raise pytest.UsageError(f"--baselines-dir {config.getoption('--baselines-dir')} is a file, not a folder; "
+                                f"give the folder that holds <device key>/figures.json")
     config.stash[STORE_KEY] = MeasurementStore()
     gate = config.stash[GATE_KEY] = BaselineGate(Path(config.getoption("--baselines-dir")))
     # The baselines file is validated once, before anything is measured: a broken file fails
@@ -123,6 +142,32 @@ def pytest_configure(config: pytest.Config) -> None:
             f"{existing.path}: no tolerance for {', '.join(existing.missing_tolerances())}, so the gate cannot "
             f"compare them; rerun with --update-baselines, which adds the default tolerance and the figures")
     _configure_benchmark_storage_and_timer(config)
+    _check_outputs(config)
+
+
+def _check_outputs(config: pytest.Config) -> None:
+    """Every file the run writes at its end, checked before anything is measured: a JSON path in
+    a missing or unwritable folder, a baselines folder that --update-baselines cannot write, a
+    benchmark storage that --benchmark-save/--benchmark-autosave cannot write would otherwise
+    fail after the whole run, and lose it. One usage error, naming the option and the fix."""
+    option = config.option
+    json_path = getattr(option, "benchmark_json", None)
+    if json_path is not None:
+        problem = file_problem(json_path)
+        if problem:
+            raise pytest.UsageError(f"--benchmark-json {json_path}: {problem}")
+    if config.getoption("--update-baselines"):
+        folder = Path(config.getoption("--baselines-dir")) / selected_device_key(config)
+        problem = folder_problem(folder, create=True)
+        if problem:
+            raise pytest.UsageError(f"--update-baselines cannot write {folder / 'figures.json'}: {problem} "
+                                    f"(--baselines-dir)")
+    storage = getattr(option, "benchmark_storage", "")
+    if (getattr(option, "benchmark_save", None) or getattr(option, "benchmark_autosave", None)) \
+            and storage.startswith("file://"):
+        problem = folder_problem(Path(storage.removeprefix("file://")), create=True)
+        if problem:
+            raise pytest.UsageError(f"--benchmark-storage {storage}: the run could not be saved there: {problem}")
 
 
 def _configure_benchmark_storage_and_timer(config: pytest.Config) -> None:
@@ -142,6 +187,28 @@ def _configure_benchmark_storage_and_timer(config: pytest.Config) -> None:
         option.benchmark_storage = option.benchmark_storage.rstrip("/") + f"/{key}"
     if option.benchmark_timer == PYTEST_BENCHMARK_DEFAULT_TIMER:
         option.benchmark_timer = TIMER_NAME
+
+
+HISTORY_NOTE_KEY = pytest.StashKey[str]()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """--allow-empty-history: pytest-benchmark has loaded the stored runs by now (its
+    pytest_configure); with none to compare against, --benchmark-compare-fail would end the run
+    in a usage error after everything was measured, and a nightly job that saves its history
+    only when it passes would never get one. Then the threshold is dropped for this run, saying so."""
+    config = session.config
+    bs = getattr(config, "_benchmarksession", None)
+    if bs is None or not config.getoption("--allow-empty-history") or bs.compared_mapping:
+        return
+    if bs.compare is True and bs.compare_fail:
+        config.stash[HISTORY_NOTE_KEY] = (
+            f"benchmark history: no earlier run in {bs.storage} for device key {selected_device_key(config)!r}, "
+            f"so the timings were not compared (--benchmark-compare-fail skipped, --allow-empty-history); "
+            f"{'this run was saved and is' if bs.save or bs.autosave else 'save a run (--benchmark-autosave) to make it'} "
+            f"the reference of the next one")
+        bs.compare_fail = []
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -219,21 +286,24 @@ def _write_json_without_timings(config: pytest.Config) -> None:
     bs.save_json(output_json)
 
 
-def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
+    """The baselines first: outermost, before pytest-benchmark's own sessionfinish writes its
+    JSON and storage, so that a failure there cannot lose an update."""
     config = session.config
-    if STORE_KEY not in config.stash:
-        return
-    store = config.stash[STORE_KEY]
-    if hasattr(config, "workeroutput"):  # an xdist worker: hand the records to the controller
-        config.workeroutput["ac_measurements"] = store.local_json()
-        config.workeroutput["ac_time_ratios"] = store.time_ratios
-    else:
-        _write_json_without_timings(config)
     if GATE_KEY in config.stash and config.getoption("--update-baselines"):
         try:
             config.stash[WRITTEN_KEY] = config.stash[GATE_KEY].write_staged()
         except BaselineError as exc:
             raise pytest.UsageError(str(exc)) from None
+    if STORE_KEY in config.stash:
+        store = config.stash[STORE_KEY]
+        if hasattr(config, "workeroutput"):  # an xdist worker: hand the records to the controller
+            config.workeroutput["ac_measurements"] = store.local_json()
+            config.workeroutput["ac_time_ratios"] = store.time_ratios
+        else:
+            _write_json_without_timings(config)
+    return (yield)
 
 
 class BenchmarkHooks:
@@ -275,6 +345,8 @@ class BenchmarkHooks:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    if HISTORY_NOTE_KEY in config.stash:
+        terminalreporter.write_line(config.stash[HISTORY_NOTE_KEY], yellow=True)
     if GATE_KEY in config.stash:
         for line in config.stash[GATE_KEY].repairs:
             terminalreporter.write_line(f"baselines repaired: {line}")

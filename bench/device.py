@@ -37,6 +37,14 @@ def device_name(device: str | torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
 
 
+def release_cached_memory() -> None:
+    """After an out-of-memory step: collect its garbage and hand the allocator's cached blocks
+    back, so the next variant starts clean (a no-op where CUDA was never used)."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
 def synchronize() -> None:
     """Wait for every queued kernel (a no-op where CUDA was never used)."""
     if torch.cuda.is_initialized():

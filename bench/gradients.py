@@ -84,7 +84,9 @@ def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = No
             return str(exc).splitlines()[0] + f" (max abs diff {(a.double() - b.double()).abs().max().item():.3e}, scale {scale:.3e})"
         return None
 
-    found = []
+    # A loss that is not finite trains nothing, however equal the two runs are.
+    found = [f"loss: the {label} model's loss is {r.loss.item()}, not finite"
+             for label, r in (("reference", expected), ("checkpointed", actual)) if not torch.isfinite(r.loss).all()]
     for name, a, b in [("loss", expected.loss, actual.loss), ("output", expected.output, actual.output),
                        *((f"grad {n}", expected.grads[n], actual.grads.get(n)) for n in expected.grads)]:
         problem = differs(a, b)

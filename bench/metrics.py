@@ -24,6 +24,9 @@ class Metric:
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("resident_bytes", "B", 0.01, "allocated before the step: parameters, gradients, optimizer state, input"),
     Metric("peak_bytes", "B", 0.02, "the training step's peak allocation"),
+    Metric("optimizer_step_peak_bytes", "B", 0.02,
+           "the peak allocation during optimizer.step(): parameters, gradients, optimizer state and the "
+           "update's temporaries (AdamW's foreach implementation keeps a copy of every parameter's update)"),
     Metric("activation_peak_bytes", "B", 0.02,
            "the forward+backward peak above what was allocated just before the forward"),
     Metric("forward_kept_bytes", "B", 0.01,

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from bench.device import CudaAllocatorProbe, Phase, device_key
+from bench.device import CUDA_ALLOCATOR, CudaAllocatorProbe, OutOfMemoryError, Phase, device_key, release_cached_memory
 from bench.flops import flop_counter_mode, flops_by_op
-from bench.memory import MemTrackerProbe, SavedTensorCounter
+from bench.memory import FAKE_MEMTRACKER, MEMTRACKER, MemTrackerProbe, SavedTensorCounter
 from bench.metrics import METRICS
 from models import Flavor, Policy, build_model, get_policy, loss_fn, parse_variant, resolve_dtype
 
@@ -76,8 +76,23 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
     return torch.device(device).type == "cpu" and flavor.cpu_mode == "estimate"
 
 
-#: The record's layout version, stored with every record; a reader refuses other versions.
-SCHEMA_VERSION = 2
+#: The record's layout version, stored with every record. Version 3 added
+#: ``optimizer_step_peak_bytes`` and the step's ``outcome``.
+SCHEMA_VERSION = 3
+
+#: Older versions a reader still accepts, and the value each field added since gets in such a
+#: record (a metric absent from an old record is null, shown as not measured).
+READABLE_VERSIONS: dict[int, dict[str, object]] = {
+    2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None},
+}
+
+#: What became of a variant's measured step. Only ``ok`` has figures; an out-of-memory step
+#: (on CUDA) is recorded with null metrics and the error in ``outcome_note``, and the run goes
+#: on; a non-finite loss keeps its figures but fails every test of the variant.
+OK = "ok"
+OUT_OF_MEMORY = "out-of-memory"
+NON_FINITE_LOSS = "non-finite-loss"
+OUTCOMES: tuple[str, ...] = (OK, OUT_OF_MEMORY, NON_FINITE_LOSS)
 
 
 @dataclass(frozen=True)
@@ -110,6 +125,7 @@ class Measurement:
     foreign_bytes: int
     resident_bytes: int
     peak_bytes: int
+    optimizer_step_peak_bytes: int
     activation_peak_bytes: int
     forward_kept_bytes: int
     saved_bytes: int | None
@@ -119,6 +135,9 @@ class Measurement:
     breakdown: dict[str, int] | None
     flops: int
     flops_by_op: dict[str, int]
+    #: ``ok``, ``out-of-memory`` or ``non-finite-loss`` (``OUTCOMES``); the note says what happened.
+    outcome: str = OK
+    outcome_note: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -135,16 +154,24 @@ class Measurement:
         if not isinstance(data, dict):
             raise ValueError(f"a measurement record must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
+        added: dict[str, object] = {}
         if version != SCHEMA_VERSION:
-            raise ValueError(f"measurement record of schema version {version!r}, this suite reads version "
-                             f"{SCHEMA_VERSION}; rerun the benchmark with this version of the suite")
+            if version not in READABLE_VERSIONS or isinstance(version, bool):
+                raise ValueError(
+                    f"measurement record of schema version {version!r}, this suite reads versions "
+                    f"{', '.join(map(str, sorted([*READABLE_VERSIONS, SCHEMA_VERSION])))}; rerun the benchmark "
+                    f"with this version of the suite")
+            added = READABLE_VERSIONS[version]
+            data = {**added, **data, "schema_version": SCHEMA_VERSION}
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(names - set(data))
         if missing:
             raise ValueError(f"measurement record lacks {', '.join(missing)}")
+        if data["outcome"] not in OUTCOMES:
+            raise ValueError(f"measurement record field outcome is {data['outcome']!r}; valid: {', '.join(OUTCOMES)}")
         for name, metric in METRICS.items():
             value = data[name]
-            if value is None and metric.nullable:
+            if value is None and (metric.nullable or data["outcome"] == OUT_OF_MEMORY or name in added):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"measurement record field {name} must be a non-negative integer, got {value!r}")
@@ -173,6 +200,36 @@ def reset_collector() -> None:
 
 
 def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) -> Measurement:
+    """The variant's record (``_measure_step``); a step that runs out of device memory is a
+    record too, with outcome ``out-of-memory``, null metrics and the error's first line, so that
+    the run goes on with the other variants."""
+    try:
+        return _measure_step(flavor, variant, device)
+    except OutOfMemoryError as exc:
+        note = (str(exc).strip().splitlines() or ["out of memory"])[0]
+    # Outside the except block: the failed step's tensors died with the exception's frames.
+    release_cached_memory()
+    return _descriptive_record(flavor, variant, device, outcome=OUT_OF_MEMORY, outcome_note=note)
+
+
+def _descriptive_record(flavor: Flavor, variant: str, device: str | torch.device, **fields) -> Measurement:
+    """A record of a variant whose step gave no figures: what was to be measured, null metrics."""
+    policy_name, attention = parse_variant(variant)
+    policy = get_policy(policy_name)
+    device = torch.device(device)
+    dtype = resolve_dtype(flavor, device)
+    method = CUDA_ALLOCATOR if device.type == "cuda" else FAKE_MEMTRACKER if is_estimate(flavor, device) else MEMTRACKER
+    return Measurement(
+        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.params(),
+        attention=attention, flavor=flavor.name,
+        device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
+        batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
+        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__),
+        memory_method=method, optimizer=describe_optimizer(make_optimizer(nn.Linear(1, 1))), foreign_bytes=0,
+        **{name: None for name in METRICS}, saved_bytes_note=None, breakdown=None, flops_by_op={}, **fields)
+
+
+def _measure_step(flavor: Flavor, variant: str, device: str | torch.device) -> Measurement:
     """Build the variant alone on ``device``, take a warm-up step, then measure one step.
 
     Memory: resident before the step; the step's peak; the forward+backward peak above what
@@ -216,6 +273,8 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
             loss = loss_fn(out)
             del out
             loss.backward()
+            # After backward, whose peak is far above this one-element temporary.
+            loss_problem = None if fake or bool(torch.isfinite(loss).all()) else f"the loss is {loss.item()}"
             del loss
         phases.append(p)
         forward_backward = p
@@ -223,6 +282,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         with probe.phase() as p:
             optimizer.step()
         phases.append(p)
+        optimizer_step = p
 
     peak = max(phases, key=lambda ph: ph.peak_bytes)
     note = policy.hidden_from_saved_tensors_hooks
@@ -235,6 +295,7 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         memory_method=probe.method, optimizer=describe_optimizer(optimizer), foreign_bytes=probe.foreign_bytes,
         resident_bytes=phases[0].start_bytes,
         peak_bytes=peak.peak_bytes,
+        optimizer_step_peak_bytes=optimizer_step.peak_bytes,
         activation_peak_bytes=forward_backward.peak_bytes - before_forward,
         forward_kept_bytes=forward_kept,
         saved_bytes=None if note else saved.saved_bytes,
@@ -243,4 +304,6 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         breakdown=peak.breakdown,
         flops=int(counter.get_total_flops()),
         flops_by_op=flops_by_op(counter),
+        outcome=OK if loss_problem is None else NON_FINITE_LOSS,
+        outcome_note=loss_problem and f"{loss_problem} in the measured step: the variant does not train",
     )

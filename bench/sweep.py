@@ -20,7 +20,7 @@ import torch
 
 from bench import analytic
 from bench.device import OutOfMemoryError
-from bench.record import Measurement, measure_variant
+from bench.record import OUT_OF_MEMORY, Measurement, measure_variant
 from models import Flavor, parse_variant, resolve_dtype
 
 DEFAULT_SEQ_LENS: tuple[int, ...] = (512, 1024, 2048, 4096, 8192, 16384)
@@ -62,6 +62,8 @@ def measure_point(flavor: Flavor, variant: str, device: str | torch.device,
     except OutOfMemoryError:
         # The failed step's tensors die with the exception's frames when this block ends;
         # the next CudaAllocatorProbe collects garbage and empties the cache before measuring.
+        record = None
+    if record is not None and record.outcome == OUT_OF_MEMORY:  # measure_variant's own record of it
         record = None
     return SweepPoint(
         variant=variant, seq_len=flavor.seq_len, record=record,

@@ -492,7 +492,7 @@ def test_cuda_out_of_memory_is_a_recorded_result():
         if flavor.seq_len > 16:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return SimpleNamespace(peak_bytes=100, activation_peak_bytes=50, forward_kept_bytes=40, saved_bytes=40,
-                               flops=1000, seq_len=flavor.seq_len)
+                               flops=1000, seq_len=flavor.seq_len, outcome="ok")
 
     points = run_sweep(tiny, ["full-sdpa"], [16, 32, 64], "cpu", measure=measure)
     assert [p.oom for p in points] == [False, True, True]

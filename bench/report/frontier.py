@@ -88,7 +88,7 @@ class Row:
     def plot_point(self, axis: str) -> tuple[float, float] | None:
         """(peak MiB, median ms or FLOP overhead %) as plotted; None without a speed figure."""
         speed = self.speed(axis)
-        if speed is None:
+        if speed is None or self.entry.record.peak_bytes is None:
             return None
         return self.entry.record.peak_bytes / MIB, speed * (1e3 if axis == TIME else 100)
 
@@ -130,10 +130,12 @@ def make_group(entries: Sequence[Entry], axis: str | None = None) -> Group:
         r = e.record
         none = by_variant.get(variant_id("none", r.attention)) if r.attention in ATTENTIONS else None
         ratio = e.median_s / none.median_s if none and e.median_s is not None and none.median_s else None
-        overhead = flop_overhead(r.flops, none.record.flops) if none and none.record.flops else None
+        overhead = (flop_overhead(r.flops, none.record.flops)
+                    if none and none.record.flops and r.flops is not None else None)
         partial.append(Row(e, ratio, overhead, on_frontier=False))
-    front = pareto_front({r.variant: None if r.speed(axis) is None else (r.speed(axis), r.entry.record.peak_bytes)
-                          for r in partial})
+    # A variant without figures (out of memory) is neither on the frontier nor dominates one.
+    front = pareto_front({r.variant: None if r.speed(axis) is None or r.entry.record.peak_bytes is None
+                          else (r.speed(axis), r.entry.record.peak_bytes) for r in partial})
     rows = tuple(Row(r.entry, r.time_ratio, r.flop_overhead, r.variant in front) for r in partial)
     first = entries[0].record
     return Group(first.flavor, first.device_key, axis, rows)

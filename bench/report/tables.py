@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.metrics import METRICS
+from bench.record import OK
 from bench.report.frontier import (MIB, TIME, Group, flop_overhead, joint_axes, pareto_front, run_groups, run_moves,
                                    variant_order)
 from bench.report.load import ESTIMATE_METHOD, TIMED_TEST, Run
@@ -128,7 +129,8 @@ def null_notes(records: Sequence, headers: Sequence[str]) -> tuple[str, ...]:
         for header in headers:
             name = MIB_COLUMNS[header]
             if getattr(r, name) is None:
-                note = getattr(r, f"{name}_note", None) or "not measured"
+                note = (f"{r.outcome} ({r.outcome_note})" if r.outcome != OK
+                        else getattr(r, f"{name}_note", None) or "not measured")
                 notes.setdefault((header, note), []).append(r.variant)
     return tuple(f"{header} `{NULL}` for {', '.join(sorted(set(vs), key=variant_order))}: {note}."
                  for (header, note), vs in notes.items())
@@ -152,7 +154,7 @@ def group_table(group: Group, prefix: str = "") -> Table:
         *(mib(getattr(r.entry.record, name)) for name in MIB_COLUMNS.values()),
         pct(r.flop_overhead),
         "yes" if r.on_frontier else "",
-        "estimate" if r.entry.estimated else "measured",
+        r.entry.record.outcome if r.entry.record.outcome != OK else "estimate" if r.entry.estimated else "measured",
     ) for r in group.rows)
     title = prefix + group.title + (f" ({ESTIMATE_LABEL})" if group.estimated else "")
     timed = any(r.entry.median_s is not None for r in group.rows)
