@@ -270,15 +270,21 @@ def explain(flavor: Flavor, dtype: torch.dtype, device_type: str = "cuda",
     return "\n".join(lines)
 
 
-if __name__ == "__main__":
-    import argparse
-
+def main(argv: list[str] | None = None) -> int:
+    """``python -m bench.analytic [--flavor NAME] [--device-type cuda|cpu]``: ``explain``'s answer.
+    A bad option is one line on stderr and exit status 2."""
+    from bench.cli import ArgumentParser
     from models import FLAVORS, get_flavor
 
-    parser = argparse.ArgumentParser(prog="python -m bench.analytic", description=explain.__doc__)
+    parser = ArgumentParser(prog="python -m bench.analytic", description=explain.__doc__)
     parser.add_argument("--flavor", default="seed", choices=list(FLAVORS))
     parser.add_argument("--device-type", default="cuda", choices=["cuda", "cpu"],
                         help="LayerNorm keeps fp32 statistics on CUDA, input-dtype ones on the CPU")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     chosen = get_flavor(args.flavor)
     print(explain(chosen, getattr(torch, chosen.dtype), args.device_type))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

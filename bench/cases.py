@@ -56,6 +56,9 @@ def parse_flavor_list(text: str) -> tuple[Flavor, ...]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise ValueError(f"--flavor got no flavor names; valid names: {', '.join(FLAVORS)}")
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise ValueError(f"--flavor names {doubled[0]!r} twice; give each flavor once (valid names: {', '.join(FLAVORS)})")
     return tuple(get_flavor(n) for n in names)
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 
 import torch
 
+from bench.cli import ArgumentParser, check_output_files
 from bench.device import cuda_available, device_key
 from bench.record import is_estimate
 from bench.report.load import ReportInputError, exit_status
 from bench.report.plots import save_png, sweep_figure
 from bench.report.tables import GIB, budget_table, definitions, render, sweep_table, sweep_title, write_text
 from bench.sweep import DEFAULT_SEQ_LENS, SweepPoint, budget_fits, run_sweep
-from models import FLAVORS, VARIANTS, get_flavor, parse_variant
+from models import FLAVORS, VARIANTS, get_flavor, parse_variant, variant_id
 
 HELP = "activation memory of each variant over sequence lengths, and a memory-budget table"
 DESCRIPTION = (
@@ -42,24 +43,46 @@ def comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def _distinct(text: str, what: str) -> list[str]:
+    """Comma-separated, at least one, none twice (an empty or doubled list is a typo, not a default)."""
+    values = comma_list(text)
+    if not values:
+        raise argparse.ArgumentTypeError(f"got no {what} names in {text!r}")
+    doubled = sorted({v for v in values if values.count(v) > 1})
+    if doubled:
+        raise argparse.ArgumentTypeError(f"{what} {doubled[0]!r} is given twice")
+    return values
+
+
+def names(what: str):
+    """An argparse type: a comma-separated list of distinct ``what`` names."""
+    def parse(text: str) -> list[str]:
+        return _distinct(text, what)
+    parse.__name__ = f"{what} names"
+    return parse
+
+
 def _seq_lens(text: str) -> list[int]:
     try:
-        values = [int(part) for part in comma_list(text)]
+        values = [int(part) for part in _distinct(text, "sequence length")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
+    if min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive sequence lengths, got {text!r}")
+    if len(set(values)) < len(values):
+        raise argparse.ArgumentTypeError(f"a sequence length is given twice in {text!r}")
     return values
 
 
 def _variants(text: str) -> list[str]:
-    variants = comma_list(text)
+    variants = _distinct(text, "variant")
     try:
-        for variant in variants:
-            parse_variant(variant)
+        canonical = [variant_id(*parse_variant(variant)) for variant in variants]
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return variants or list(VARIANTS)
+    if len(set(canonical)) < len(canonical):
+        raise argparse.ArgumentTypeError(f"a variant is given twice in {text!r} (every_2 is every_other)")
+    return variants
 
 
 def _flavor(text: str):
@@ -80,8 +103,8 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number of GiB, got {text!r}")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive finite number of GiB, got {text!r}")
     return value
 
 
@@ -113,11 +136,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
 
 
 def build_parser(prog: str = "python -m bench.sweep") -> argparse.ArgumentParser:
-    return add_arguments(argparse.ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG))
+    return add_arguments(ArgumentParser(prog=prog, description=DESCRIPTION, epilog=EPILOG))
 
 
 def sweep_command(args: argparse.Namespace) -> None:
     """Run the sweep the parsed options describe; print the tables, write --markdown / --plot."""
+    check_output_files(markdown=args.markdown, plot=args.plot)  # before minutes of measuring
     device = args.device or ("cuda" if cuda_available() else "cpu")
     if device == "cuda" and not cuda_available():
         raise ReportInputError("--device cuda: no CUDA device is available")

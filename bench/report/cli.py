@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from bench import sweep_cli
+from bench.cli import ArgumentParser, check_output_files
 from bench.report.load import ReportInputError, Run, exit_status, load_run
 from bench.report.plots import report_figure, save_png
 from bench.report.tables import report_text, write_text
@@ -20,7 +21,7 @@ COMMANDS = ("table", "sweep")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="python -m bench.report",
         description="The activation-checkpointing report: per flavor and device, each variant's median step "
                     "time and its ratio to `none` with the same attention, peak / activation-peak / kept / "
@@ -43,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "variants that moved are listed, and the plot connects each moved point to the next run's.")
     table.add_argument("runs", nargs="+", metavar="RUN.json", type=Path,
                        help="pytest-benchmark JSON files of this suite, earliest first")
-    table.add_argument("--flavor", type=sweep_cli.comma_list, default=None, metavar="NAMES",
+    table.add_argument("--flavor", type=sweep_cli.names("flavor"), default=None, metavar="NAMES",
                        help="comma-separated flavors to report (default: every flavor in the files)")
     table.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report as Markdown")
     table.add_argument("--plot", type=Path, metavar="FILE",
@@ -58,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def table_command(args: argparse.Namespace) -> None:
     """Load the runs, print their tables, write --markdown / --plot."""
+    check_output_files(markdown=args.markdown, plot=args.plot)
+    twice = sorted({str(p) for p in args.runs if sum(q.resolve() == p.resolve() for q in args.runs) > 1})
+    if twice:
+        raise ReportInputError(f"{twice[0]} is given twice; give each run once, earliest first")
     runs = [load_run(path) for path in args.runs]
     if args.flavor:
         chosen = []

@@ -82,9 +82,9 @@ def _medians(path: Path, benchmarks: object) -> dict[tuple[str, str, str], float
         info, stats = (bench.get(k) if isinstance(bench.get(k), dict) else {} for k in ("extra_info", "stats"))
         key = tuple(info.get(f) for f in ("flavor", "device", "variant"))
         median = stats.get("median")
-        if not all(isinstance(k, str) for k in key) or not _number(median):
-            raise ReportInputError(f"{path}: benchmark {name} lacks extra_info flavor/device/variant or "
-                                   f"stats.median")
+        if not all(isinstance(k, str) for k in key) or not _number(median) or not 0 < median < float("inf"):
+            raise ReportInputError(f"{path}: benchmark {name} lacks extra_info flavor/device/variant or a "
+                                   f"positive finite stats.median (got {median!r}); rerun the benchmark")
         medians[key] = float(median)
     return medians
 

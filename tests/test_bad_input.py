@@ -1,0 +1,257 @@
+"""Every option and input file of ``pytest bench/``, ``python -m bench.report`` (``table``,
+``sweep``, and ``python -m bench.sweep``) and ``python -m bench.analytic``, tried with malformed
+values: unknown names, empty strings, duplicates, negative, zero, NaN and infinite numbers,
+wrong JSON types and shapes, unwritable outputs. Each is one line naming the problem (and, in
+the suite's own messages, the fix), a non-zero exit status, and no traceback.
+
+The ``pytest bench/`` cases run in one subprocess (``pytest.main`` once per case; each fails at
+configuration, before anything is collected or measured); the other commands are called
+through their ``main(argv)`` in this process, plus one real subprocess per command. The
+baselines file's malformed contents are tabled in tests/test_baseline_gate.py
+(``test_a_broken_baselines_file_fails_the_run_once_and_is_never_rewritten``), the report's
+input files in tests/test_report.py (``test_bad_input_is_one_line_exit_2``) and below.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench import analytic, sweep_cli
+from bench.report.cli import main as report_main
+from tests.helpers import ROOT
+
+RUN = ROOT / "tests" / "data" / "cpu-small-seed.json"
+
+#: Placeholders in the tables, made real under each test's tmp_path: FILE an existing file,
+#: DIR an existing folder, MISSING a path in a folder that does not exist.
+def _paths(tmp: Path) -> dict[str, str]:
+    (tmp / "a-file").write_text("x")
+    (tmp / "a-dir").mkdir(exist_ok=True)
+    return {"FILE": str(tmp / "a-file"), "DIR": str(tmp / "a-dir"), "MISSING": str(tmp / "missing" / "out"),
+            "RUN": str(RUN)}
+
+
+def _fill(args: list[str], paths: dict[str, str]) -> list[str]:
+    out = []
+    for a in args:
+        for key, value in paths.items():
+            a = a.replace(key, value)
+        out.append(a)
+    return out
+
+
+# --- pytest bench/ -----------------------------------------------------------------------------
+
+#: (options, what the error line says). Every case is a usage error (exit status 4).
+PYTEST_CASES = [
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--device", ""], "argument --device: invalid choice: ''"),
+    (["--flavor", "huge"], "unknown flavor 'huge'; valid names: seed, small, tiny"),
+    (["--flavor", ""], "--flavor got no flavor names; valid names"),
+    (["--flavor", " , "], "--flavor got no flavor names; valid names"),
+    (["--flavor", "tiny,tiny"], "--flavor names 'tiny' twice; give each flavor once"),
+    (["--baselines-dir", ""], "--baselines-dir got an empty path; give the baselines folder"),
+    (["--baselines-dir", "FILE"], "is a file, not a folder; give the folder that holds <device key>/figures.json"),
+    (["--benchmark-json", "MISSING/out.json"], "cannot write: the folder"),
+    (["--benchmark-json", "DIR"], "is a folder, not a file; give a file name"),
+    (["--benchmark-json", "FILE/out.json"], "is a file, not a folder; choose another path"),
+    (["--update-baselines", "--baselines-dir", "FILE/baselines"], "--update-baselines cannot write"),
+    (["--benchmark-autosave", "--benchmark-storage", "file://FILE/history"], "the run could not be saved there"),
+    (["--benchmark-save", "", ], "argument --benchmark-save: Can't be empty"),
+    (["--benchmark-min-rounds", "0"], "Value for --benchmark-rounds must be at least 1"),
+    (["--benchmark-min-rounds", "-1"], "Value for --benchmark-rounds must be at least 1"),
+    (["--benchmark-min-rounds", "nan"], "argument --benchmark-min-rounds"),
+    (["--benchmark-compare-fail", "median:nan%"], "Could not parse value: 'median:nan%'"),
+    (["--benchmark-compare-fail", ""], "Could not parse value: ''"),
+    (["--update-baselines", "-n", "2"], "--update-baselines cannot be combined with pytest-xdist"),
+]
+
+PYTEST_RUNNER = """
+import contextlib, io, json, sys
+import pytest
+results = []
+for args in json.loads(sys.stdin.read()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = int(pytest.main(["-p", "no:cacheprovider", "--collect-only", "-q", "bench/", *args]))
+        except SystemExit as exc:
+            code = exc.code
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
+
+
+@pytest.fixture(scope="module")
+def pytest_results(tmp_path_factory):
+    paths = _paths(tmp_path_factory.mktemp("bad-input"))
+    cases = [_fill(args, paths) for args, _ in PYTEST_CASES]
+    proc = subprocess.run([sys.executable, "-c", PYTEST_RUNNER], input=json.dumps(cases), cwd=ROOT,
+                          capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr
+    return dict(zip(range(len(cases)), json.loads(proc.stdout.splitlines()[-1])))
+
+
+@pytest.mark.parametrize(("index", "says"), [(i, says) for i, (_, says) in enumerate(PYTEST_CASES)],
+                         ids=[" ".join(args) or "empty" for args, _ in PYTEST_CASES])
+def test_pytest_bench_option(pytest_results, index, says):
+    result = pytest_results[index]
+    assert result["code"] == 4, result
+    assert "Traceback" not in result["stderr"] + result["stdout"]
+    lines = [line for line in result["stderr"].splitlines() if says in line]
+    assert len(lines) == 1, result["stderr"]
+    assert "collected" not in result["stdout"]  # nothing collected, nothing measured
+
+
+def test_pytest_bench_bad_option_in_a_real_process(tmp_path):
+    """One of the cases above as a user runs it: exit status 4, one error line."""
+    from tests.helpers import run_pytest
+    result = run_pytest("bench/", "--flavor", "tiny,tiny", "--collect-only", "-q")
+    assert result.returncode == 4 and "Traceback" not in result.stderr
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "ERROR: --flavor names 'tiny' twice; give each flavor once (valid names: seed, small, tiny)"]
+
+
+# --- python -m bench.report, python -m bench.sweep, python -m bench.analytic -----------------
+
+REPORT_CASES = [
+    ([], "the following arguments are required"),
+    (["table"], "the following arguments are required: RUN.json"),
+    (["table", "RUN", "--bogus"], "unrecognized arguments: --bogus"),
+    (["table", "MISSING.json"], "no such file"),
+    (["table", "DIR"], "cannot read"),
+    (["table", "FILE"], "not JSON"),
+    (["table", "RUN", "RUN"], "is given twice; give each run once"),
+    (["table", "RUN", "--flavor", ""], "argument --flavor: got no flavor names in ''"),
+    (["table", "RUN", "--flavor", "small,small"], "argument --flavor: flavor 'small' is given twice"),
+    (["table", "RUN", "--flavor", "huge"], "no records of flavor huge (it has: seed, small)"),
+    (["table", "RUN", "--markdown", "MISSING/report.md"], "--markdown"),
+    (["table", "RUN", "--markdown", "DIR"], "is a folder, not a file"),
+    (["table", "RUN", "--plot", "FILE/pareto.png"], "is a file, not a folder"),
+    (["table", "RUN", "--plot", ""], "is a folder, not a file"),
+]
+
+SWEEP_CASES = [
+    (["--flavor", "huge"], "unknown flavor 'huge'"),
+    (["--flavor", ""], "argument --flavor"),
+    (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    (["--seq-lens", ""], "argument --seq-lens: got no sequence length names"),
+    (["--seq-lens", "0"], "expected positive sequence lengths, got '0'"),
+    (["--seq-lens", "-16"], "argument --seq-lens"),
+    (["--seq-lens", "16,-16"], "expected positive sequence lengths"),
+    (["--seq-lens", "nan"], "expected comma-separated integers, got 'nan'"),
+    (["--seq-lens", "inf"], "expected comma-separated integers, got 'inf'"),
+    (["--seq-lens", "16,16"], "sequence length '16' is given twice"),
+    (["--seq-lens", "16,016"], "a sequence length is given twice"),
+    (["--variants", ""], "argument --variants: got no variant names in ''"),
+    (["--variants", "full"], "POLICY-ATTENTION"),
+    (["--variants", "full-flash"], "valid names"),
+    (["--variants", "nothing-sdpa"], "unknown checkpointing policy 'nothing'"),
+    (["--variants", "full-sdpa,full-sdpa"], "variant 'full-sdpa' is given twice"),
+    (["--variants", "every_2-eager,every_other-eager"], "a variant is given twice"),
+    (["--budget-gib", "0"], "expected a positive finite number of GiB, got '0'"),
+    (["--budget-gib", "-1"], "argument --budget-gib"),
+    (["--budget-gib", "nan"], "expected a positive finite number of GiB, got 'nan'"),
+    (["--budget-gib", "inf"], "expected a positive finite number of GiB, got 'inf'"),
+    (["--budget-gib", ""], "expected a positive finite number of GiB, got ''"),
+    (["--jobs", "0"], "expected a positive number of processes, got '0'"),
+    (["--jobs", "-1"], "argument --jobs"),
+    (["--jobs", "1.5"], "expected a positive number of processes, got '1.5'"),
+    (["--jobs", ""], "expected a positive number of processes, got ''"),
+    (["--markdown", "MISSING/sweep.md"], "--markdown"),
+    (["--plot", "DIR"], "--plot"),
+    (["--plot", "FILE/sweep.png"], "is a file, not a folder"),
+]
+
+ANALYTIC_CASES = [
+    (["--flavor", "huge"], "argument --flavor: invalid choice: 'huge'"),
+    (["--flavor", ""], "argument --flavor: invalid choice: ''"),
+    (["--device-type", "tpu"], "argument --device-type: invalid choice: 'tpu'"),
+    (["--bogus"], "unrecognized arguments: --bogus"),
+]
+
+COMMANDS = {"report": report_main, "sweep": sweep_cli.main, "report sweep": lambda a: report_main(["sweep", *a]),
+            "analytic": analytic.main}
+
+
+def _call(main, argv: list[str]) -> int:
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        return exc.code
+
+
+def _table(*groups):
+    return [pytest.param(cmd, args, says, id=f"{cmd}: {' '.join(args) or 'empty'}")
+            for cmd, cases in groups for args, says in cases]
+
+
+@pytest.mark.parametrize(("command", "args", "says"), _table(
+    ("report", REPORT_CASES), ("sweep", SWEEP_CASES), ("report sweep", SWEEP_CASES[:4]),
+    ("analytic", ANALYTIC_CASES)))
+def test_command_option(tmp_path, capsys, monkeypatch, command, args, says):
+    import bench.sweep
+    monkeypatch.setattr(bench.sweep, "run_sweep", _no_measuring)  # every case must fail before measuring
+    argv = [a.replace("MISSING.json", str(tmp_path / "missing.json")) for a in args]
+    code = _call(COMMANDS[command], _fill(argv, _paths(tmp_path)))
+    out, err = capsys.readouterr()
+    assert code == 2, (out, err)
+    assert says in err and err.count("\n") == 1, err  # one line
+    assert "Traceback" not in err and ": error: " in err
+
+
+def _no_measuring(*args, **kwargs):
+    raise AssertionError("measured before rejecting the input")
+
+
+def _shaped(change) -> dict:
+    data = json.loads(RUN.read_text())
+    change(data)
+    return data
+
+
+#: Input files of the right kind with wrong JSON types, shapes and numbers (more in test_report.py).
+REPORT_FILES = [
+    (lambda d: d["measurements"][0].update(peak_bytes=float("nan")), "peak_bytes must be a non-negative integer"),
+    (lambda d: d["measurements"][0].update(flops=float("inf")), "flops must be a non-negative integer"),
+    (lambda d: d["measurements"][0].update(resident_bytes=-1), "resident_bytes must be a non-negative integer"),
+    (lambda d: d["measurements"][0].update(peak_bytes=0.5), "peak_bytes must be a non-negative integer"),
+    (lambda d: d["measurements"][0].update(outcome="crashed"), "outcome is 'crashed'; valid: ok, out-of-memory"),
+    (lambda d: d["measurements"][0].update(schema_version="3"), "schema version '3'"),
+    (lambda d: d["measurements"][0].update(schema_version=99), "schema version 99, this suite reads versions 2, 3"),
+    (lambda d: d["measurements"][0].update(variant=None), "field variant must be of type str"),
+    (lambda d: d.update(measurements={"a": 1}), "'measurements' is not a list of records"),
+    (lambda d: d.update(measurements=[]), "'measurements' is empty"),
+    (lambda d: d["measurements"].append(d["measurements"][0]), "two measurement records of"),
+    (lambda d: d.update(benchmarks={}), "'benchmarks' is not a list"),
+    (lambda d: d["benchmarks"][0]["stats"].update(median=float("nan")), "positive finite stats.median (got nan)"),
+    (lambda d: d["benchmarks"][0]["stats"].update(median=float("inf")), "positive finite stats.median (got inf)"),
+    (lambda d: d["benchmarks"][0]["stats"].update(median=-0.1), "positive finite stats.median (got -0.1)"),
+    (lambda d: d["benchmarks"][0]["stats"].update(median="1"), "positive finite stats.median (got '1')"),
+]
+
+
+@pytest.mark.parametrize(("change", "says"), REPORT_FILES, ids=[s for _, s in REPORT_FILES])
+def test_report_input_file(tmp_path, capsys, change, says):
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(_shaped(change)))
+    assert report_main(["table", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bench.report: error: {path}: ") and says in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("command", [["bench.report", "table", "--flavor", ""],
+                                     ["bench.sweep", "--budget-gib", "inf"],
+                                     ["bench.analytic", "--flavor", "huge"]], ids=lambda c: c[0])
+def test_each_command_in_a_real_process(command):
+    proc = subprocess.run([sys.executable, "-m", *command, *(["x.json"] if command[0] == "bench.report" else [])],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"python -m {command[0]}" in proc.stderr and "--help" in proc.stderr
