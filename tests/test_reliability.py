@@ -213,7 +213,8 @@ def test_a_non_finite_loss_fails_the_variant_by_name(failing_steps, value):
     store = conftest.MeasurementStore()
     with pytest.raises(pytest.fail.Exception, match=f"^cpu-tiny-attn-sdpa: non-finite-loss: the loss is {value}"):
         store.get(Case("cpu", TINY, "attn-sdpa"))
-    assert store.get(Case("cpu", TINY, "attn-eager")).outcome == "ok"  # the others are measured as usual
+    if value == "nan":  # the other variants are measured as usual (once is enough)
+        assert store.get(Case("cpu", TINY, "attn-eager")).outcome == "ok"
 
 
 def test_the_gradient_check_names_a_non_finite_loss():
