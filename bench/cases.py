@@ -16,6 +16,12 @@ DEVICES: tuple[str, ...] = ("cpu", "cuda")
 #: ``seed`` estimated on fake tensors; on CUDA: ``seed`` measured for real.
 DEFAULT_FLAVORS: dict[str, tuple[str, ...]] = {"cpu": ("small", "seed"), "cuda": ("seed",)}
 
+#: torch.compile's activation memory budget (``budget_B``): compiled at ``COMPILE_FLAVOR`` in
+#: the default run whatever ``--flavor`` selects (a compile takes seconds at ``tiny``, about a
+#: minute at ``small`` on the CPU), over ``COMPILE_BUDGETS``; these records are gated too.
+COMPILE_FLAVOR = "tiny"
+COMPILE_BUDGETS: tuple[float, ...] = (1.0, 0.5, 0.3, 0.1, 0.0)
+
 
 @dataclass(frozen=True)
 class Case:

@@ -5,11 +5,26 @@ from __future__ import annotations
 import pytest
 
 from bench.baselines import BaselineError, baseline_path, compare
+from bench.cases import COMPILE_BUDGETS, COMPILE_FLAVOR, Case
+from models import ATTENTIONS, budget_name, get_flavor
 
 
 def test_figures_match_baseline(case, measurements, baseline_gate, update_baselines):
     """Fails when a memory figure or the FLOPs move beyond tolerance, in either direction."""
-    record = measurements.get(case)
+    _gate(measurements.get(case), baseline_gate, update_baselines)
+
+
+@pytest.mark.parametrize("variant", [f"{budget_name(b)}-{a}" for b in COMPILE_BUDGETS for a in ATTENTIONS],
+                         ids=lambda v: f"{COMPILE_FLAVOR}-{v}")
+def test_compile_budget_figures_match_baseline(session_device, variant, measurements, baseline_gate,
+                                               update_baselines):
+    """torch.compile's budget sweep (bench/test_compile_budget.py) against the baselines: what
+    the min-cut partitioner keeps at each B is what a torch upgrade changes."""
+    _gate(measurements.get(Case(session_device, get_flavor(COMPILE_FLAVOR), variant)), baseline_gate,
+          update_baselines)
+
+
+def _gate(record, baseline_gate, update_baselines) -> None:
     if update_baselines:
         baseline_gate.stage(record)
         return

@@ -13,13 +13,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from bench.cases import Case
+from bench.cases import COMPILE_BUDGETS, COMPILE_FLAVOR, Case
 from bench.gradients import mismatches, run_step, twin_models
 from models import budget_name, get_flavor, get_policy
 
-#: The default run's flavor and sweep; the slow sweep (selected flavors) uses SLOW_BUDGETS.
-COMPILE_FLAVOR = "tiny"
-BUDGETS = (1.0, 0.5, 0.3, 0.1, 0.0)
+#: The default run's flavor and sweep are bench.cases' COMPILE_FLAVOR and COMPILE_BUDGETS (the
+#: gate in test_baselines.py reads them too); the slow sweep (selected flavors) uses SLOW_BUDGETS.
+BUDGETS = COMPILE_BUDGETS
 SLOW_BUDGETS = (1.0, 0.5, 0.0)
 #: Budgets whose gradients are compared against the same model compiled at B = 1.0 in the
 #: default run; the rest of the sweep's with --slow.
