@@ -395,7 +395,8 @@ def explain(flavor: Flavor, dtype: torch.dtype, device_type: str = "cuda",
     lines = [f"flavor {flavor.name} (family {shape.family}): batch {shape.batch}, seq {shape.seq_len}, "
              f"d_model {shape.d_model}, heads {shape.n_heads}{extra}, depth {shape.depth}, "
              f"{str(dtype).removeprefix('torch.')} ({shape.elem_bytes} B/element), "
-             f"norm statistics {shape.ln_stat_bytes} B ({device_type})",
+             + (f"LayerNorm statistics {shape.ln_stat_bytes} B ({device_type})" if shape.family == "transformer"
+                else f"RMSNorm in float32 ({device_type})"),
              "", "saved for backward per block, MiB (a checkpointed sublayer keeps only its input: "
              f"{shape.residual_bytes / mib:.2f} MiB)"]
     for attention in ("eager", "sdpa"):
