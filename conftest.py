@@ -19,7 +19,7 @@ from bench.device import cuda_available, device_key, device_name
 from bench.outputs import file_problem, folder_problem
 from bench.record import OK, Measurement, is_estimate, measure_variant
 from bench.timing import TIMER_NAME
-from models import FLAVORS, resolve_dtype
+from models import FLAVORS, load_family_spec, resolve_dtype
 
 ROOT = Path(__file__).resolve().parent
 PYTEST_BENCHMARK_DEFAULT_STORAGE = "file://./.benchmarks"
@@ -41,6 +41,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--flavor", default=None, metavar="NAMES",
                     help="comma-separated flavors to run, from: " + ", ".join(FLAVORS)
                     + "; default: " + "; ".join(f"{d}: {','.join(f)}" for d, f in DEFAULT_FLAVORS.items()))
+    group.addoption("--model-spec", action="append", default=[], metavar="MODULE:NAME",
+                    help="load a model family defined outside the repository (a models.families.Family, "
+                         "e.g. examples.my_family:SPEC; repeatable); without --flavor, its flavors are run")
     group.addoption("--update-baselines", action="store_true", default=False,
                     help="rewrite the deterministic baselines (memory, FLOPs) of the cases that ran, "
                          "keeping the other entries, instead of comparing against them")
@@ -60,8 +63,22 @@ def selected_device(config: pytest.Config) -> str:
     return config.getoption("--device") or ("cuda" if cuda_available() else "cpu")
 
 
+def loaded_families(config: pytest.Config) -> list:
+    """The families named by --model-spec, registered (once per process); a bad spec is a
+    one-line usage error."""
+    families = []
+    for spec in config.getoption("--model-spec"):
+        try:
+            families.append(load_family_spec(spec))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return families
+
+
 def selected_flavors(config: pytest.Config) -> tuple:
     text = config.getoption("--flavor")
+    if text is None and config.getoption("--model-spec"):
+        text = ",".join(f.name for family in loaded_families(config) for f in family.flavors)
     if text is None:
         text = ",".join(DEFAULT_FLAVORS[selected_device(config)])
     try:
@@ -123,6 +140,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "timing: a wall-clock timing test, skipped when pytest-benchmark is disabled")
     if config.pluginmanager.hasplugin("benchmark"):
         config.pluginmanager.register(BenchmarkHooks(), "ac-bench-benchmark-hooks")
+    loaded_families(config)  # --model-spec: before any flavor name is read
     selected_flavors(config)  # fail early on a bad --flavor
     if config.getoption("--update-baselines") and (
             config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no"):

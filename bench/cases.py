@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from models import FLAVORS, VARIANTS, Flavor, get_flavor, parse_variant
+from models import FLAVORS, VARIANTS, Flavor, family_of, get_flavor, get_policy, parse_variant
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
-#: Flavors run when ``--flavor`` is not given. On the CPU: ``small`` measured for real and
-#: ``seed`` estimated on fake tensors; on CUDA: ``seed`` measured for real.
-DEFAULT_FLAVORS: dict[str, tuple[str, ...]] = {"cpu": ("small", "seed"), "cuda": ("seed",)}
+#: Flavors run when ``--flavor`` is not given. On the CPU: ``small`` measured for real, ``seed``
+#: and the Llama-3-8B-shaped ``llama3-8b-4l`` estimated on fake tensors; on CUDA: ``seed``
+#: measured for real.
+DEFAULT_FLAVORS: dict[str, tuple[str, ...]] = {"cpu": ("small", "seed", "llama3-8b-4l"), "cuda": ("seed",)}
 
 #: torch.compile's activation memory budget (``budget_B``): compiled at ``COMPILE_FLAVOR`` in
 #: the default run whatever ``--flavor`` selects (a compile takes seconds at ``tiny``, about a
@@ -48,11 +49,13 @@ class Case:
 
 
 def parse_case_id(case_id: str) -> Case:
-    """``cpu-small-full-sdpa`` -> Case; the inverse of ``Case.id``."""
+    """``cpu-small-full-sdpa`` -> Case; the inverse of ``Case.id``. Flavor names may contain
+    hyphens (``llama-small``); policy names never do, so the variant is the last two parts."""
     device, _, rest = case_id.partition("-")
-    flavor, _, variant = rest.partition("-")
+    flavor, policy, attention = (rest.rsplit("-", 2) + ["", ""])[:3]
     if device not in DEVICES:
         raise ValueError(f"case id {case_id!r}: unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    variant = f"{policy}-{attention}"
     parse_variant(variant)
     return Case(device, get_flavor(flavor), variant)
 
@@ -69,5 +72,12 @@ def parse_flavor_list(text: str) -> tuple[Flavor, ...]:
 
 
 def cases(device: str, flavors: tuple[Flavor, ...], variants: tuple[str, ...] = VARIANTS) -> list[Case]:
-    """Every variant of every flavor on ``device``, flavors outer."""
-    return [Case(device, f, v) for f in flavors for v in variants]
+    """Every variant of every flavor on ``device`` whose family declares its attention and the
+    sublayers its policy wraps, flavors outer."""
+    return [Case(device, f, v) for f in flavors for v in variants if _applies(f, v)]
+
+
+def _applies(flavor: Flavor, variant: str) -> bool:
+    family = family_of(flavor)
+    policy, attention = parse_variant(variant)
+    return attention in family.attentions and family.applies(get_policy(policy))

@@ -83,12 +83,14 @@ class SavedTensorCounter:
 
     ``torch.autograd.graph.saved_tensors_hooks`` sees every tensor autograd keeps, including
     the inputs that non-reentrant checkpointing keeps for recomputation (tensors saved inside
-    a checkpointed region are not kept, so they never reach this hook). Parameters and the
-    given inputs are excluded: they are not activations.
+    a checkpointed region are not kept, so they never reach this hook). Parameters, buffers
+    (a Llama block's RoPE cos/sin, saved by the multiplications that apply them) and the given
+    inputs are excluded: they are not activations, and exist before the forward.
     """
 
     def __init__(self, model: nn.Module, *inputs: torch.Tensor) -> None:
         self._excluded = {p.untyped_storage()._cdata for p in model.parameters()}
+        self._excluded.update(b.untyped_storage()._cdata for b in model.buffers())
         self._excluded.update(t.untyped_storage()._cdata for t in inputs)
         self._storages: dict[int, int] = {}
 

@@ -10,10 +10,16 @@ from bench.cases import Case
 RECOMPUTE_TOLERANCE = 0.005
 
 
+def _skip_unless_modelled(case) -> None:
+    reason = analytic.not_modelled_reason(case.flavor)
+    if reason:
+        pytest.skip(reason)
+
 
 def test_step_flops_match_analytic_model(case, measurements):
     """All matmul FLOPs of forward+backward are counted, the attention kernels included
     (the CPU flash SDPA kernel has no formula in PyTorch; bench/flops.py registers one)."""
+    _skip_unless_modelled(case)
     record = measurements.get(case)
     predicted = analytic.step_flops(analytic.Shape.of_record(record), case.policy, case.attention)
     assert record.flops == predicted, (f"{case.id}: measured {record.flops:,} FLOPs, analytic model {predicted:,}; "
@@ -22,6 +28,7 @@ def test_step_flops_match_analytic_model(case, measurements):
 
 def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):
     """flops(variant) / flops(none, same attention) - 1 == recomputed forward FLOPs / flops(none)."""
+    _skip_unless_modelled(case)
     record = measurements.get(case)
     none = measurements.get(Case(case.device, case.flavor, f"none-{case.attention}"))
     overhead = record.flops / none.flops - 1

@@ -1,4 +1,5 @@
-"""What is measured: the reference transformer, its flavors and the checkpointing policies."""
+"""What is measured: the model families (the notebook's transformer, a Llama-style stack, a
+user's own), their flavors, and the checkpointing policies."""
 
 from models.ac import (
     POLICIES,
@@ -21,12 +22,12 @@ from models.transformer import (
     FLAVORS,
     Flavor,
     Transformer,
-    build_model,
     check_attention,
     get_flavor,
     loss_fn,
     resolve_dtype,
 )
+from models.families import FAMILIES, Family, build_model, family_of, load_family_spec, register_family
 
 
 def apply_policy(model: Transformer, policy: Policy | str) -> Transformer:
@@ -35,7 +36,7 @@ def apply_policy(model: Transformer, policy: Policy | str) -> Transformer:
 
 
 __all__ = [
-    "ATTENTIONS", "CompileBudgetAC", "FLAVORS", "Flavor", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SUBLAYERS",
+    "ATTENTIONS", "CompileBudgetAC", "FAMILIES", "FLAVORS", "Family", "family_of", "load_family_spec", "register_family", "Flavor", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SUBLAYERS",
     "SelectiveAC", "SequentialAC", "Transformer", "VARIANTS", "apply_policy", "budget_name", "build_model",
     "check_attention", "get_flavor", "get_policy", "loss_fn", "parse_variant", "resolve_dtype",
     "variant_id",

@@ -101,6 +101,10 @@ class Flavor:
     bf16 support. ``cpu_mode`` says how the flavor is handled on the CPU: ``"measure"``
     (real tensors) or ``"estimate"`` (fake tensors only: exact bytes and FLOPs, no compute;
     too large to train on a 2-core CPU).
+
+    ``family`` names the model family (``models.families``) that builds it; the fields after
+    it are that family's own settings, with defaults the other families ignore (``llama``:
+    grouped K/V heads, the SwiGLU hidden size rule, RoPE's base, RMSNorm's epsilon).
     """
 
     name: str
@@ -111,6 +115,15 @@ class Flavor:
     seq_len: int
     dtype: str = "float32"
     cpu_mode: str = "measure"
+    family: str = "transformer"
+    #: Key/value heads (grouped-query attention); None: as many as ``n_heads``.
+    n_kv_heads: int | None = None
+    #: SwiGLU hidden size: ``int(2 * 4 * d / 3)``, times ``ffn_dim_multiplier``, rounded up to
+    #: a multiple of ``multiple_of`` (torchtitan's llama3 rule).
+    multiple_of: int = 256
+    ffn_dim_multiplier: float | None = None
+    rope_theta: float = 500000.0
+    norm_eps: float = 1e-5
 
     def input_shape(self) -> tuple[int, int, int]:
         return (self.batch, self.seq_len, self.d_model)
@@ -133,7 +146,10 @@ FLAVORS: dict[str, Flavor] = _flavors(
 
 
 def get_flavor(name: str) -> Flavor:
-    """Look up a flavor by name, or raise a ValueError listing the valid names."""
+    """Look up a flavor by name, or raise a ValueError listing the valid names.
+
+    ``FLAVORS`` holds every registered family's flavors (``models.families.register_family``
+    adds them); the ones above are the notebook family's."""
     try:
         return FLAVORS[name]
     except KeyError:
@@ -154,20 +170,7 @@ def resolve_dtype(flavor: Flavor, device: str | torch.device) -> torch.dtype:
     return dtype
 
 
-def build_model(
-    flavor: Flavor, attention: str, device: str | torch.device = "cpu",
-    dtype: torch.dtype | None = None, dropout: float = 0.0,
-) -> Transformer:
-    """Build the flavor's model with the given attention implementation, on ``device``.
-
-    Parameters are created directly in ``dtype`` (default dtype set during construction)
-    rather than converted afterwards, which is also what fake-tensor estimation needs.
-    """
-    dtype = dtype or resolve_dtype(flavor, device)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            return Transformer(flavor.d_model, flavor.n_heads, flavor.depth, attention, dropout)
-    finally:
-        torch.set_default_dtype(previous)
+def build_transformer(flavor: Flavor, attention: str, dropout: float = 0.0) -> Transformer:
+    """The notebook's family: ``flavor.depth`` pre-LayerNorm blocks (``models.families`` sets
+    the device and default dtype around this call)."""
+    return Transformer(flavor.d_model, flavor.n_heads, flavor.depth, attention, dropout)

@@ -1,0 +1,158 @@
+"""Model families as data (torchtitan's ``ModelSpec``, gpt-fast's ``transformer_configs``).
+
+A ``Family`` says how to build a model for a flavor and an attention implementation, which
+sublayers of its blocks a policy may wrap, whether it takes a dropout probability, and where
+its analytic model is. A flavor names its family (``Flavor.family``); ``build_model``
+dispatches through it, so the suite's tests, which parametrize over what a family declares,
+need no change for a new family, the user's own included (``register_family``, or
+``pytest bench/ --model-spec package.module:SPEC``).
+
+The contract a family's model keeps, so that every policy kind applies: ``model.blocks`` is an
+``nn.ModuleList`` that ``forward`` runs in sequence on the input (the sequential policy replaces
+``forward`` by ``checkpoint_sequential`` over it); each block has one attribute per declared
+sublayer, a module called on the residual stream (``x -> x + f(x)``), which the region, plan
+and selective policies wrap; the loss is ``output.mean()``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from models.ac.base import SUBLAYERS, Policy
+from models.llama import LLAMA_FLAVORS, build_llama
+from models.transformer import FLAVORS, Flavor, build_transformer, resolve_dtype
+
+
+@dataclass(frozen=True)
+class Family:
+    """A model family: its builder, flavors, what policies may wrap, and its analytic model.
+
+    ``build(flavor, attention, dropout)`` constructs the model; ``build_model`` calls it with
+    the device and the default dtype set, so parameters are created in place (also on fake
+    tensors). ``analytic``: the family's analytic model (``bench.analytic.FamilyCounts``), an
+    object or ``"module:attribute"`` resolved when first needed, or None (then the analytic
+    checks skip and say so). ``dropout``: whether ``build`` honours a dropout probability (the
+    dropout gradient test needs it).
+    """
+
+    name: str
+    build: Callable[[Flavor, str, float], nn.Module]
+    flavors: tuple[Flavor, ...] = ()
+    sublayers: tuple[str, ...] = SUBLAYERS
+    attentions: tuple[str, ...] = ("eager", "sdpa")
+    analytic: Any = None
+    dropout: bool = True
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        bad = [s for s in self.sublayers if s not in SUBLAYERS]
+        if bad:
+            raise ValueError(f"family {self.name!r}: unknown sublayers {bad}; the policies wrap {SUBLAYERS}")
+        strangers = [f.name for f in self.flavors if f.family != self.name]
+        if strangers:
+            raise ValueError(f"family {self.name!r}: flavors {strangers} name another family; "
+                             f"give them family={self.name!r}")
+
+    def analytic_model(self) -> Any:
+        """The analytic model object, or None."""
+        if isinstance(self.analytic, str):
+            module, _, attribute = self.analytic.partition(":")
+            return getattr(importlib.import_module(module), attribute)
+        return self.analytic
+
+    def applies(self, policy: Policy) -> bool:
+        """Whether ``policy`` wraps only sublayers this family declares."""
+        wrapped = getattr(policy, "sublayers", ())
+        return all(s in self.sublayers for s in wrapped)
+
+
+FAMILIES: dict[str, Family] = {}
+
+
+def register_family(family: Family) -> Family:
+    """Add a family and its flavors to the registries; a name already taken by another
+    family or flavor raises a ValueError (re-registering the same family is a no-op)."""
+    if not isinstance(family, Family):
+        raise ValueError(f"expected a models.families.Family, got {type(family).__name__}")
+    if FAMILIES.get(family.name, family) is not family:
+        raise ValueError(f"a family named {family.name!r} is already registered")
+    taken = [f.name for f in family.flavors if FLAVORS.get(f.name, f) != f]
+    if taken:
+        raise ValueError(f"family {family.name!r}: flavor names already taken: {', '.join(taken)}")
+    FAMILIES[family.name] = family
+    FLAVORS.update({f.name: f for f in family.flavors})
+    return family
+
+
+def family_of(flavor: Flavor) -> Family:
+    """The flavor's family, or a ValueError naming the registered ones."""
+    try:
+        return FAMILIES[flavor.family]
+    except KeyError:
+        raise ValueError(f"flavor {flavor.name!r} names family {flavor.family!r}, which is not registered; "
+                         f"registered: {', '.join(FAMILIES)}") from None
+
+
+def build_model(flavor: Flavor, attention: str, device: str | torch.device = "cpu",
+                dtype: torch.dtype | None = None, dropout: float = 0.0) -> nn.Module:
+    """Build the flavor's model through its family, with the given attention implementation,
+    on ``device``. Parameters are created directly in ``dtype`` (the default dtype is set during
+    construction) rather than converted afterwards, which is also what fake tensors need."""
+    family = family_of(flavor)
+    if attention not in family.attentions:
+        raise ValueError(f"family {family.name!r} has no attention implementation {attention!r}; "
+                         f"it declares {', '.join(family.attentions)}")
+    dtype = dtype or resolve_dtype(flavor, device)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            return family.build(flavor, attention, dropout)
+    finally:
+        torch.set_default_dtype(previous)
+
+
+TRANSFORMER = register_family(Family(
+    "transformer", build_transformer, flavors=tuple(f for f in FLAVORS.values() if f.family == "transformer"),
+    analytic="bench.analytic:TRANSFORMER_COUNTS",
+    description="the notebook's block: pre-LayerNorm, nn.MultiheadAttention, ReLU MLP (4d), biases"))
+
+LLAMA = register_family(Family(
+    "llama", build_llama, flavors=LLAMA_FLAVORS, analytic="bench.analytic_llama:LLAMA_COUNTS",
+    description="torchtitan llama3 / gpt-fast style: RMSNorm, RoPE, GQA, causal, SwiGLU, no biases"))
+
+
+def load_family_spec(spec: str) -> Family:
+    """``package.module:NAME`` (``:SPEC`` when left out) -> the ``Family`` it names, registered
+    with its flavors. Any problem raises a ValueError whose message is one line."""
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "SPEC"
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")) \
+            or not attribute.isidentifier():
+        raise ValueError(f"--model-spec {spec!r}: write it as package.module:NAME, "
+                         f"e.g. examples.my_family:SPEC")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # the user's module: any error while importing it is theirs
+        raise ValueError(f"--model-spec {spec!r}: cannot import {module_name!r}: "
+                         f"{type(exc).__name__}: {' '.join(str(exc).split())}") from None
+    if not hasattr(module, attribute):
+        raise ValueError(f"--model-spec {spec!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) "
+                         f"has no attribute {attribute!r}")
+    family = getattr(module, attribute)
+    if not isinstance(family, Family):
+        raise ValueError(f"--model-spec {spec!r}: {attribute} is a {type(family).__name__}, not a "
+                         f"models.families.Family")
+    if not family.flavors:
+        raise ValueError(f"--model-spec {spec!r}: family {family.name!r} declares no flavors; give it "
+                         f"flavors=(Flavor(..., family={family.name!r}),)")
+    try:
+        return register_family(family)
+    except ValueError as exc:
+        raise ValueError(f"--model-spec {spec!r}: {exc}") from None

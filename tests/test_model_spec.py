@@ -1,0 +1,66 @@
+"""A user's own model family, loaded with ``--model-spec``: the README's example file runs
+through the suite (gradients, memory, FLOPs, baselines, timing, the report), its analytic
+checks skip with the reason, and a bad spec is one line."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from models import FAMILIES, FLAVORS, VARIANTS, load_family_spec
+from tests.helpers import ROOT, run_pytest
+
+SPEC = "examples.my_family:SPEC"
+FLAVOR = "my-gpt-tiny"
+
+
+def test_example_family_runs_through_the_suite(tmp_path):
+    """Every module but test_compile_budget (which compiles at ``tiny`` whatever the family):
+    measured, gated against baselines it writes, then compared against them, timed, reported."""
+    common = ["--model-spec", SPEC, "--flavor", FLAVOR, "--baselines-dir", str(tmp_path), "-q", "-rs"]
+    first = run_pytest("bench/", *common, "--benchmark-skip", "--ignore=bench/test_compile_budget.py",
+                       "--update-baselines", "--benchmark-json", str(tmp_path / "run.json"))
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "family 'my-gpt' declares no analytic model" in first.stdout
+    assert "passed" in first.stdout and " failed" not in first.stdout
+    entries = json.loads((tmp_path / "cpu" / "figures.json").read_text())["entries"]
+    assert sorted(entries) == sorted(f"{FLAVOR}-{v}" for v in _variants())
+    # The gate against those baselines, and the timed step (one round each).
+    second = run_pytest("bench/test_baselines.py", "bench/test_speed.py", *common, "--benchmark-min-rounds", "1",
+                        "-k", "none or full", "--benchmark-disable-gc")
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "no entry" not in second.stdout and "no baselines" not in second.stdout, second.stdout[-3000:]
+    report = subprocess.run([sys.executable, "-m", "bench.report", "table", str(tmp_path / "run.json")], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert report.returncode == 0 and FLAVOR in report.stdout, report.stdout + report.stderr
+
+
+def _variants() -> list[str]:
+    return list(VARIANTS)
+
+
+@pytest.mark.parametrize(("spec", "says"), [
+    ("examples.nowhere:SPEC", "cannot import 'examples.nowhere': ModuleNotFoundError"),
+    ("examples.my_family:NOPE", "has no attribute 'NOPE'"),
+    ("examples.my_family:MyGPT", "MyGPT is a type, not a models.families.Family"),
+    ("not a spec", "write it as package.module:NAME"),
+])
+def test_bad_spec_is_one_line(spec, says):
+    with pytest.raises(ValueError) as info:
+        load_family_spec(spec)
+    assert says in str(info.value) and "\n" not in str(info.value)
+
+
+def test_bad_spec_option_is_a_usage_error():
+    result = run_pytest("bench/", "--collect-only", "-q", "--model-spec", "examples.my_family:NOPE")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "--model-spec 'examples.my_family:NOPE'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_loading_registers_the_family_and_its_flavors_once():
+    family = load_family_spec(SPEC)
+    assert FAMILIES["my-gpt"] is family and FLAVORS[FLAVOR].family == "my-gpt"
+    assert load_family_spec(SPEC) is family  # a second load (xdist workers, reruns) is a no-op
