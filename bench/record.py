@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from bench.attention import KernelRecorder
 from bench.device import CudaAllocatorProbe, Phase, device_key
 from bench.flops import flop_counter_mode, flops_by_op
 from bench.memory import MemTrackerProbe, SavedTensorCounter
@@ -47,16 +49,27 @@ class Training:
     policy: Policy
     device: torch.device
 
-    def step(self, around_forward_backward: contextlib.AbstractContextManager | None = None) -> None:
+    def step(self, around_forward_backward: contextlib.AbstractContextManager | None = None,
+             mark: Callable[[str], None] | None = None) -> None:
         """One whole training step: zero_grad, forward (inside the policy's context), loss,
         backward, optimizer step; ``around_forward_backward`` (a FlopCounterMode, say) is entered
-        for forward and backward."""
+        for forward and backward; ``mark`` (a ``bench.device.PhaseClock``'s) is called with
+        ``start`` and then with each phase's name (``bench.device.PHASES``) as it ends."""
+        mark = mark or _no_mark
         self.optimizer.zero_grad(set_to_none=True)
         with around_forward_backward or contextlib.nullcontext():
+            mark("start")
             with self.policy.forward_context(self.device):
                 loss = loss_fn(self.model(self.x))
+            mark("forward")
             loss.backward()
+            mark("backward")
         self.optimizer.step()
+        mark("optimizer")
+
+
+def _no_mark(phase: str) -> None:
+    pass
 
 
 def build_training(flavor: Flavor, variant: str, device: str | torch.device) -> Training:
@@ -76,8 +89,12 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
     return torch.device(device).type == "cpu" and flavor.cpu_mode == "estimate"
 
 
-#: The record's layout version, stored with every record; a reader refuses other versions.
-SCHEMA_VERSION = 2
+#: The record's layout version, stored with every record; a reader refuses versions it cannot upgrade.
+SCHEMA_VERSION = 3
+
+#: Older versions still read, with the value each field added since gets: version 3 added
+#: ``attention_kernel`` (null: not recorded).
+UPGRADES: dict[int, dict[str, object]] = {2: {"attention_kernel": None}}
 
 
 @dataclass(frozen=True)
@@ -119,6 +136,10 @@ class Measurement:
     breakdown: dict[str, int] | None
     flops: int
     flops_by_op: dict[str, int]
+    #: The attention kernel that ran, read from the ops dispatched (``bench.attention``):
+    #: ``cpu_flash``, ``flash``, ``efficient``, ``cudnn``, or ``math`` (plain bmm and softmax:
+    #: eager attention, or SDPA's math fallback); null in records older than schema version 3.
+    attention_kernel: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -135,7 +156,9 @@ class Measurement:
         if not isinstance(data, dict):
             raise ValueError(f"a measurement record must be a JSON object, got {type(data).__name__}")
         version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
+        if version in UPGRADES:
+            data = {**UPGRADES[version], **data, "schema_version": SCHEMA_VERSION}
+        if version != SCHEMA_VERSION and version not in UPGRADES:
             raise ValueError(f"measurement record of schema version {version!r}, this suite reads version "
                              f"{SCHEMA_VERSION}; rerun the benchmark with this version of the suite")
         names = {f.name for f in dataclasses.fields(cls)}
@@ -196,7 +219,8 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
         # would otherwise hold memory during the measured step.
         counter = flop_counter_mode()
-        training.step(around_forward_backward=counter)
+        with KernelRecorder() as kernels:
+            training.step(around_forward_backward=counter)
         if probe is None:
             probe = MemTrackerProbe(device, model, optimizer, x, fake=fake)
 
@@ -243,4 +267,5 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device) ->
         breakdown=peak.breakdown,
         flops=int(counter.get_total_flops()),
         flops_by_op=flops_by_op(counter),
+        attention_kernel=kernels.kernel,
     )
