@@ -50,14 +50,36 @@ def test_training_step(benchmark, case, measurements, request):
         "phases_s": {phase: statistics.median(ts) for phase, ts in phases.seconds(rounds).items()}}
 
 
-#: Policies whose time ratio to ``none`` is gated against their FLOP ratio on the CPU, and the
-#: band the deviation ``time ratio / FLOP ratio - 1`` must lie in, per attention. Derived from
-#: measurements (README, "Timing on the CPU"): FILLED BELOW.
-CPU_RATIO_BANDS: dict[str, dict[tuple[str, str], tuple[float, float]]] = {"small": {
-    ("full", "eager"): (-0.10, 0.15), ("full", "sdpa"): (-0.10, 0.10),
+#: The measurements behind the CPU ratio gate (``scripts/cpu_timing_stability.py``, AMD EPYC,
+#: torch 2.13.0, one thread, 2026-11-28, both cores loaded by other work, README "Timing on
+#: the CPU"): per policy and attention, the mean over 5 to 9 blocks of 5 interleaved steps of
+#: the deviation ``time ratio / FLOP ratio - 1`` in percent, and the pooled standard deviation
+#: of one block's deviation about its policy's mean (48 blocks). With sdpa FLOPs predict time
+#: (means within 1.2%); with eager attention time exceeds them by what recomputing the
+#: heads x seq x seq softmax costs beyond matmuls (none for mlp, most for attn).
+CPU_RATIO_MEASURED: dict[str, dict[tuple[str, str], float]] = {"small": {
+    ("full", "eager"): 6.14, ("full", "sdpa"): 0.67,
+    ("attn", "eager"): 8.12, ("attn", "sdpa"): 0.10,
+    ("mlp", "eager"): -0.64, ("mlp", "sdpa"): 1.20,
+    ("every_other", "eager"): 4.72, ("every_other", "sdpa"): -0.06,
 }}
-RATIO_POLICIES: tuple[str, ...] = tuple(dict.fromkeys(p for bands in CPU_RATIO_BANDS.values() for p, _ in bands))
+CPU_RATIO_BLOCK_SD = 1.08
+#: How many standard deviations of one block the band leaves on either side.
+CPU_RATIO_SDS = 4
 
+
+def cpu_ratio_band(measured_percent: float) -> tuple[float, float]:
+    """The deviation band asserted: from "FLOPs predict time exactly" (0) to the measured mean,
+    whichever order, widened by ``CPU_RATIO_SDS`` block standard deviations on both sides (so a
+    quieter machine, where the eager softmax's extra cost may shrink, still passes)."""
+    margin = CPU_RATIO_SDS * CPU_RATIO_BLOCK_SD
+    return (min(0.0, measured_percent) - margin) / 100, (max(0.0, measured_percent) + margin) / 100
+
+
+CPU_RATIO_BANDS: dict[str, dict[tuple[str, str], tuple[float, float]]] = {
+    flavor: {key: cpu_ratio_band(mean) for key, mean in measured.items()}
+    for flavor, measured in CPU_RATIO_MEASURED.items()}
+RATIO_POLICIES: tuple[str, ...] = tuple(dict.fromkeys(p for bands in CPU_RATIO_BANDS.values() for p, _ in bands))
 RATIO_ROUNDS = 5
 
 
@@ -88,7 +110,8 @@ def test_time_ratio_against_flops(flavor_on_device, policy, attention, measureme
     """time(policy)/time(none), interleaved in one process, against FLOPs(policy)/FLOPs(none).
 
     On the CPU, in thread CPU time, the deviation ``time ratio / FLOP ratio - 1`` must lie in
-    the policy's measured band (``CPU_RATIO_BANDS``; the derivation is in the README). On CUDA
+    the policy's band, derived from measurements (``CPU_RATIO_MEASURED``, ``cpu_ratio_band``):
+    full-sdpa [-4.3%, +5.0%], full-eager [-4.3%, +10.5%], and so on. On CUDA
     recomputation is asserted not to be free for ``full`` (time ratio >= 1); the FLOP ratio is
     no bound there: on the H200 the seed step (22 ms) is bound by kernel launches and memory
     traffic, and full took 2.12x none's time for a FLOP ratio of 1.25."""
