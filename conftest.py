@@ -3,6 +3,7 @@ measure-once cache, pytest-benchmark's storage, timer, machine info and JSON hoo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -13,12 +14,14 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import pytest
 import torch
 
+from bench.attention import SDPA_BACKENDS, check_backend, forced_backend
 from bench.baselines import DEFAULT_BASELINES_DIR, BaselineError, BaselineGate
 from bench.cases import DEFAULT_FLAVORS, DEVICES, Case, cases, parse_flavor_list
-from bench.device import cuda_available, device_key, device_name
+from bench.device import cuda_available, device_key, device_name, processor_name, timing_key
 from bench.outputs import file_problem, folder_problem
 from bench.record import OK, Measurement, is_estimate, measure_variant
-from bench.timing import TIMER_NAME
+from bench.timing import CPU_TIMING_THREADS, clock_description, timer_name
+from bench.timing_storage import timing_comparison_refusal, timing_storage
 from models import FLAVORS, load_family_spec, resolve_dtype
 
 ROOT = Path(__file__).resolve().parent
@@ -28,6 +31,7 @@ PYTEST_BENCHMARK_DEFAULT_TIMER = "time.perf_counter"
 STORE_KEY = pytest.StashKey["MeasurementStore"]()
 GATE_KEY = pytest.StashKey[BaselineGate]()
 WRITTEN_KEY = pytest.StashKey[list]()
+SDPA_BACKEND_KEY = pytest.StashKey[contextlib.ExitStack]()
 
 
 #: Lightning's RunIf pattern: device gating as marks, so skips show their reason under -ra.
@@ -57,6 +61,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "no earlier run for this device key (a first night), skip the timing comparison with a "
                          "message instead of failing; the run is saved as usual (--benchmark-autosave) and the "
                          "comparison gates from the next run on")
+    group.addoption("--sdpa-backend", choices=tuple(SDPA_BACKENDS), default=None,
+                    help="force SDPA's kernel for the whole session (torch.nn.attention.sdpa_kernel); a usage "
+                         "error when it cannot run on the device for a selected flavor. Default: SDPA's own choice, "
+                         "recorded per variant as attention_kernel")
 
 
 def selected_device(config: pytest.Config) -> str:
@@ -90,6 +98,12 @@ def selected_flavors(config: pytest.Config) -> tuple:
 def selected_device_key(config: pytest.Config) -> str:
     device = selected_device(config)
     return device_key(device) if device == "cpu" or cuda_available() else device
+
+
+def selected_timing_key(config: pytest.Config) -> str:
+    """The key of the timing storage: the GPU's device key, or ``cpu-<processor model>``."""
+    device = selected_device(config)
+    return timing_key(device) if device == "cpu" or cuda_available() else device
 
 
 class MeasurementStore:
@@ -126,7 +140,8 @@ class MeasurementStore:
         return [merged[k] for k in sorted(merged)]
 
     def note_time_ratio(self, key: str, time_ratio: float, flop_ratio: float) -> None:
-        """Record time(full)/time(none) beside the FLOP ratio, for the summary and the JSON."""
+        """Record time(policy)/time(none) beside the FLOP ratio, for the summary and the JSON
+        (key ``{device}-{flavor}-{policy}-{attention}``)."""
         self.time_ratios[key] = {"time_ratio": time_ratio, "flop_ratio": flop_ratio}
 
 
@@ -166,6 +181,7 @@ def pytest_configure(config: pytest.Config) -> None:
             f"compare them; rerun with --update-baselines, which adds the default tolerance and the figures")
     _configure_benchmark_storage_and_timer(config)
     _check_outputs(config)
+    _force_sdpa_backend(config)
 
 
 def _check_outputs(config: pytest.Config) -> None:
@@ -193,23 +209,48 @@ def _check_outputs(config: pytest.Config) -> None:
             raise pytest.UsageError(f"--benchmark-storage {storage}: the run could not be saved there: {problem}")
 
 
+def _force_sdpa_backend(config: pytest.Config) -> None:
+    """--sdpa-backend: check that the kernel runs for every selected flavor's heads, head
+    dimension and dtype on the device, then keep it forced until the session ends."""
+    name = config.getoption("--sdpa-backend")
+    if name is None:
+        return
+    device = selected_device(config)
+    if device == "cpu" or cuda_available():
+        for flavor in selected_flavors(config):
+            try:
+                check_backend(name, device, resolve_dtype(flavor, device), flavor.n_heads,
+                              flavor.d_model // flavor.n_heads)
+            except ValueError as exc:
+                raise pytest.UsageError(f"{exc} (flavor {flavor.name})") from None
+    stack = config.stash[SDPA_BACKEND_KEY] = contextlib.ExitStack()
+    stack.enter_context(forced_backend(name))
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if SDPA_BACKEND_KEY in config.stash:
+        config.stash[SDPA_BACKEND_KEY].close()
+
+
 def _configure_benchmark_storage_and_timer(config: pytest.Config) -> None:
     """Runs before pytest-benchmark's own pytest_configure (which is trylast).
 
-    pytest-benchmark files runs under a machine id that does not tell GPUs apart, so the
-    storage gets one folder per device key: committed baselines/<key>/timing by default,
-    or <user's storage>/<key> when --benchmark-storage is given.
+    pytest-benchmark files runs under a machine id that tells neither GPUs nor processor models
+    apart, so the storage gets one folder per timing key: committed ``timing_storage(...)`` by
+    default, or <user's storage>/<timing key> when --benchmark-storage is given. The timer is
+    the device's own (``bench.timing.timer_name``).
     """
     option = config.option
     if not hasattr(option, "benchmark_storage"):
         return  # pytest-benchmark not active (-p no:benchmark)
-    key = selected_device_key(config)
+    key = selected_timing_key(config)
     if option.benchmark_storage == PYTEST_BENCHMARK_DEFAULT_STORAGE:
-        option.benchmark_storage = f"file://{Path(config.getoption('--baselines-dir')) / key / 'timing'}"
+        storage = timing_storage(Path(config.getoption("--baselines-dir")), selected_device_key(config), key)
+        option.benchmark_storage = f"file://{storage}"
     else:
         option.benchmark_storage = option.benchmark_storage.rstrip("/") + f"/{key}"
     if option.benchmark_timer == PYTEST_BENCHMARK_DEFAULT_TIMER:
-        option.benchmark_timer = TIMER_NAME
+        option.benchmark_timer = timer_name(selected_device(config))
 
 
 HISTORY_NOTE_KEY = pytest.StashKey[str]()
@@ -360,6 +401,11 @@ class BenchmarkHooks:
             "device": device,
             "device_key": selected_device_key(config),
             "device_name": device_name(device) if on_cuda else "cpu",
+            "processor": processor_name(),
+            "timing_key": selected_timing_key(config),
+            "timer": str(config.getoption("benchmark_timer")),
+            "clock": clock_description(device),
+            "timing_threads": CPU_TIMING_THREADS if device == "cpu" else None,
             "dtypes": {f.name: str(resolve_dtype(f, device)).removeprefix("torch.")
                        for f in selected_flavors(config)},
         }
@@ -367,14 +413,12 @@ class BenchmarkHooks:
     @staticmethod
     def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
                                               compared_benchmark: dict) -> None:
-        """Refuse to compare timings across device keys (a GPU against the CPU, or another GPU)."""
-        saved = compared_benchmark.get("machine_info", {}).get("torch", {}).get("device_key")
-        current = machine_info.get("torch", {}).get("device_key")
-        if saved != current:
-            raise pytest.UsageError(
-                f"--benchmark-compare: the stored run was measured on device key {saved!r}, this run is on "
-                f"{current!r}; timings of different devices are not comparable. Point --benchmark-storage at "
-                f"this device's history (default: baselines/<device key>/timing).")
+        """Refuse, in one line, to compare timings of different device keys (a GPU against the
+        CPU, or another GPU), of different processor models, or taken with another timer or
+        thread count: each is a different clock, not a regression."""
+        refusal = timing_comparison_refusal(machine_info, compared_benchmark)
+        if refusal:
+            raise pytest.UsageError(f"--benchmark-compare: {refusal}")
 
     @staticmethod
     def pytest_benchmark_update_json(config: pytest.Config, benchmarks: list, output_json: dict) -> None:
@@ -394,6 +438,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         terminalreporter.write_line(f"baselines written: {path}")
     ratios = config.stash[STORE_KEY].time_ratios if STORE_KEY in config.stash else {}
     if ratios:
-        terminalreporter.section("recompute cost: time(full)/time(none) against FLOPs(full)/FLOPs(none)")
+        terminalreporter.section("recompute cost: time(policy)/time(none) against FLOPs(policy)/FLOPs(none)")
         for key, r in sorted(ratios.items()):
-            terminalreporter.write_line(f"{key:28} time ratio {r['time_ratio']:.3f}   FLOP ratio {r['flop_ratio']:.3f}")
+            deviation = r["time_ratio"] / r["flop_ratio"] - 1
+            terminalreporter.write_line(f"{key:32} time ratio {r['time_ratio']:.3f}   FLOP ratio {r['flop_ratio']:.3f}"
+                                        f"   deviation {deviation:+.1%}")

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import gc
-from collections.abc import Iterator
+import platform
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -29,6 +31,35 @@ def device_key(device: str | torch.device) -> str:
         name = torch.cuda.get_device_name(device)
         return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
     return device.type
+
+
+def processor_name() -> str:
+    """The CPU's model name: /proc/cpuinfo's ``model name`` (Linux), else ``platform.processor()``
+    or, where that is empty, ``platform.machine()``."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def processor_key(name: str | None = None) -> str:
+    """A processor model as a folder name: ``AMD EPYC`` -> ``amd-epyc``, ``Intel(R) Xeon(R)
+    Processor`` -> ``intel-xeon-processor`` (trademark signs dropped)."""
+    name = processor_name() if name is None else name
+    name = re.sub(r"\((r|tm|c)\)", " ", name.lower())
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown"
+
+
+def timing_key(device: str | torch.device) -> str:
+    """The key that separates timings: a GPU's device key, and on the CPU ``cpu-`` and the
+    processor model (a CPU's timings belong to its model as a GPU's to its GPU; the memory
+    and FLOP figures do not, and stay under the device key ``cpu``)."""
+    key = device_key(device)
+    return f"cpu-{processor_key()}" if key == "cpu" else key
 
 
 def device_name(device: str | torch.device) -> str:
@@ -102,3 +133,39 @@ class CudaAllocatorProbe:
         yield result
         torch.cuda.synchronize(self.device)
         result.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.foreign_bytes
+
+
+#: The phases of a training step timed separately (``bench.record.Training.step``'s marks):
+#: forward with the loss, backward with any recomputation, the optimizer step.
+PHASES: tuple[str, ...] = ("forward", "backward", "optimizer")
+
+
+class PhaseClock:
+    """Times the phases of each step: CUDA events recorded on the current stream (read after
+    one synchronisation, so timing does not stall the queue), or ``host_timer`` on the CPU.
+    Pass ``mark`` to ``Training.step``."""
+
+    def __init__(self, device: str | torch.device, host_timer: Callable[[], float]) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.host_timer = host_timer
+        self.steps: list[list] = []
+
+    def mark(self, phase: str) -> None:
+        if phase == "start":
+            self.steps.append([])
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.steps[-1].append(event)
+        else:
+            self.steps[-1].append(self.host_timer())
+
+    def seconds(self, last: int) -> dict[str, list[float]]:
+        """Seconds of each phase in each of the last ``last`` complete steps."""
+        steps = [s for s in self.steps if len(s) == len(PHASES) + 1][-last:]
+        if self.cuda:
+            torch.cuda.synchronize()
+            spans = [[a.elapsed_time(b) / 1e3 for a, b in zip(s, s[1:])] for s in steps]
+        else:
+            spans = [[b - a for a, b in zip(s, s[1:])] for s in steps]
+        return {phase: [span[i] for span in spans] for i, phase in enumerate(PHASES)}

@@ -89,7 +89,8 @@ def summary_text(gpu_json: Path, cpu_figures: Path, steps: list[dict]) -> str:
               for s in steps]
     lines += ["", "CUDA measurement against the CPU fake-tensor estimate (committed baselines/cpu/figures.json), "
               "relative difference; * = beyond the suite's tolerance; offload not compared"]
-    header = f"{'variant':24}" + "".join(f"{m:>24}" for m, _ in ESTIMATE_CHECKS) + f"{'median ms':>11}"
+    header = (f"{'variant':24}" + "".join(f"{m:>24}" for m, _ in ESTIMATE_CHECKS) + f"{'median ms':>11}"
+              + f"  {'kernel (attention_kernel; - where not recorded)'}")
     lines.append(header)
     disagreements = 0
     for r in sorted(records, key=lambda r: r.get("variant", "")):
@@ -109,8 +110,9 @@ def summary_text(gpu_json: Path, cpu_figures: Path, steps: list[dict]) -> str:
             disagreements += flag == "*"
             cells.append(f"{new:>14,} {diff:+7.2%}{flag}")
         median = medians.get(r.get("variant"))
-        lines.append(f"{r.get('variant', '?'):24}" + "".join(cells) + (f"{median * 1e3:>11.2f}" if median else f"{'-':>11}"))
-    lines += ["", f"figures beyond tolerance: {disagreements}", "", "time(full)/time(none) against the FLOP ratio:"]
+        lines.append(f"{r.get('variant', '?'):24}" + "".join(cells) + (f"{median * 1e3:>11.2f}" if median else f"{'-':>11}")
+                     + f"  {r.get('attention_kernel') or '-'}")
+    lines += ["", f"figures beyond tolerance: {disagreements}", "", "time(policy)/time(none) against the FLOP ratio:"]
     for key, ratio in sorted((data.get("time_ratios") or {}).items()):
         lines.append(f"  {key:28} time {ratio.get('time_ratio', float('nan')):.3f}   FLOPs {ratio.get('flop_ratio', float('nan')):.3f}")
     return "\n".join(lines) + "\n"

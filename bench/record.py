@@ -9,12 +9,14 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from bench.attention import KernelRecorder
 from bench.device import CUDA_ALLOCATOR, CudaAllocatorProbe, OutOfMemoryError, Phase, device_key, release_cached_memory
 from bench.flops import flop_counter_mode, flops_by_op
 from bench.memory import FAKE_MEMTRACKER, MEMTRACKER, MemTrackerProbe, SavedTensorCounter
@@ -47,16 +49,27 @@ class Training:
     policy: Policy
     device: torch.device
 
-    def step(self, around_forward_backward: contextlib.AbstractContextManager | None = None) -> None:
+    def step(self, around_forward_backward: contextlib.AbstractContextManager | None = None,
+             mark: Callable[[str], None] | None = None) -> None:
         """One whole training step: zero_grad, forward (inside the policy's context), loss,
         backward, optimizer step; ``around_forward_backward`` (a FlopCounterMode, say) is entered
-        for forward and backward."""
+        for forward and backward; ``mark`` (a ``bench.device.PhaseClock``'s) is called with
+        ``start`` and then with each phase's name (``bench.device.PHASES``) as it ends."""
+        mark = mark or _no_mark
         self.optimizer.zero_grad(set_to_none=True)
         with around_forward_backward or contextlib.nullcontext():
+            mark("start")
             with self.policy.forward_context(self.device):
                 loss = loss_fn(self.model(self.x))
+            mark("forward")
             loss.backward()
+            mark("backward")
         self.optimizer.step()
+        mark("optimizer")
+
+
+def _no_mark(phase: str) -> None:
+    pass
 
 
 def build_training(flavor: Flavor, variant: str, device: str | torch.device,
@@ -79,13 +92,13 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
 
 
 #: The record's layout version, stored with every record. Version 3 added
-#: ``optimizer_step_peak_bytes`` and the step's ``outcome``.
+#: ``optimizer_step_peak_bytes``, the step's ``outcome`` and the ``attention_kernel`` that ran.
 SCHEMA_VERSION = 3
 
 #: Older versions a reader still accepts, and the value each field added since gets in such a
 #: record (a metric absent from an old record is null, shown as not measured).
 READABLE_VERSIONS: dict[int, dict[str, object]] = {
-    2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None},
+    2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None, "attention_kernel": None},
 }
 
 #: What became of a variant's measured step. Only ``ok`` has figures; an out-of-memory step
@@ -140,6 +153,11 @@ class Measurement:
     #: ``ok``, ``out-of-memory`` or ``non-finite-loss`` (``OUTCOMES``); the note says what happened.
     outcome: str = OK
     outcome_note: str | None = None
+    #: The attention kernel that ran, read from the ops dispatched (``bench.attention``):
+    #: ``cpu_flash``, ``flash``, ``efficient``, ``cudnn``, or ``math`` (plain bmm and softmax:
+    #: eager attention, or SDPA's math fallback); null in records older than schema version 3
+    #: and where the step gave no figures.
+    attention_kernel: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -261,7 +279,8 @@ def _measure_step(flavor: Flavor, variant: str, device: str | torch.device,
         # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
         # would otherwise hold memory during the measured step.
         counter = flop_counter_mode()
-        training.step(around_forward_backward=counter)
+        with KernelRecorder() as kernels:
+            training.step(around_forward_backward=counter)
         if probe is None:
             probe = MemTrackerProbe(device, model, optimizer, x, fake=fake)
 
@@ -314,4 +333,5 @@ def _measure_step(flavor: Flavor, variant: str, device: str | torch.device,
         flops_by_op=flops_by_op(counter),
         outcome=OK if loss_problem is None else NON_FINITE_LOSS,
         outcome_note=loss_problem and f"{loss_problem} in the measured step: the variant does not train",
+        attention_kernel=kernels.kernel,
     )

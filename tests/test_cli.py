@@ -12,7 +12,9 @@ import torch
 
 import conftest
 from bench.cases import Case, cases, parse_case_id
+from bench.device import processor_key, processor_name
 from bench.record import Measurement
+from bench.timing import CPU_TIMING_THREADS
 from models import ATTENTIONS, FLAVORS, POLICIES, VARIANTS, check_attention, get_flavor, get_policy, parse_variant
 from tests.helpers import ROOT, run_pytest
 
@@ -108,6 +110,61 @@ def test_timings_of_different_devices_are_never_compared():
     conftest.BenchmarkHooks.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": info})
 
 
+def _cpu_info(processor: str, timer: str = "bench.timing.cpu_thread_timer", threads: int | None = 1) -> dict:
+    return {"torch": {"device_key": "cpu", "timing_key": f"cpu-{processor_key(processor)}", "processor": processor,
+                      "timer": timer, "timing_threads": threads}}
+
+
+def test_cpu_timings_of_different_processor_models_or_clocks_are_never_compared():
+    here = _cpu_info("AMD EPYC")
+    compare = conftest.BenchmarkHooks.pytest_benchmark_compare_machine_info
+    compare(None, None, here, {"machine_info": _cpu_info("AMD EPYC")})
+    with pytest.raises(pytest.UsageError, match="processor 'Intel.R. Xeon.R. Processor', this run on 'AMD EPYC'"):
+        compare(None, None, here, {"machine_info": _cpu_info("Intel(R) Xeon(R) Processor")})
+    with pytest.raises(pytest.UsageError, match="timed with device_synchronized_timer and None timing threads"):
+        compare(None, None, here, {"machine_info": _cpu_info("AMD EPYC", "bench.timing.device_synchronized_timer", None)})
+    # A run saved before the suite recorded its processor and timer: read from pytest-benchmark's own fields.
+    legacy = {"machine_info": {"torch": {"device_key": "cpu"}, "cpu": {"brand_raw": "AMD EPYC"}},
+              "benchmarks": [{"options": {"timer": "device_synchronized_timer"}}]}
+    with pytest.raises(pytest.UsageError, match="different clocks are not comparable"):
+        compare(None, None, here, legacy)
+
+
+def test_committed_cpu_timing_history_is_filed_by_its_processor_model():
+    """Each stored CPU run lies under the folder of the processor that made it (pytest-benchmark's
+    own machine_info.cpu.brand_raw), so --benchmark-compare only ever finds runs of this model;
+    the wall-clock runs of the earlier timer lie one folder deeper, where pytest-benchmark's
+    storage does not look (kept as history, not compared)."""
+    root = ROOT / "baselines" / "cpu" / "timing"
+    runs = sorted(root.glob("**/0*.json"))
+    assert runs
+    for run in runs:
+        data = json.loads(run.read_text())
+        assert run.relative_to(root).parts[0] == processor_key(data["machine_info"]["cpu"]["brand_raw"]), run
+        timers = {b["options"]["timer"] for b in data["benchmarks"]}
+        assert (run.parent.parent.name == "wall-clock-2-threads") == (timers == {"device_synchronized_timer"}), run
+
+
+def test_a_compare_against_another_processors_run_is_refused_in_one_line(tmp_path):
+    """The whole command line: --benchmark-compare against a stored run of another processor
+    model stops with one line saying so, no traceback."""
+    data = json.loads(next((ROOT / "baselines" / "cpu" / "timing").glob("intel-*/**/0*.json")).read_text())
+    stored = tmp_path / "intel.json"
+    stored.write_text(json.dumps(data))
+    result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
+                        "-q", "--baselines-dir", str(tmp_path / "baselines"), f"--benchmark-compare={stored}")
+    assert result.returncode == 4, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if "--benchmark-compare:" in line]
+    assert len(lines) == 1 and "CPU timings of different processor models are not comparable" in lines[0], result.stderr
+    # The same run from this processor's model, but timed in wall time: refused for its clock.
+    data["machine_info"]["cpu"]["brand_raw"] = processor_name()
+    stored.write_text(json.dumps(data))
+    result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
+                        "-q", "--baselines-dir", str(tmp_path / "baselines"), f"--benchmark-compare={stored}")
+    assert result.returncode == 4 and "different clocks are not comparable" in result.stderr, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def _check_workflow(path) -> subprocess.CompletedProcess:
     exe = shutil.which("check-jsonschema", path=str(ROOT / ".venv" / "bin")) or shutil.which("check-jsonschema")
     assert exe, "check-jsonschema is not installed: pip install -r requirements-cpu.txt"
@@ -134,25 +191,26 @@ def test_nightly_workflow_runs_tox_gpu_with_a_timing_threshold():
 
 
 def test_timing_storage_is_kept_per_device_key(tmp_path):
-    """Saved runs land in <baselines-dir>/<device key>/timing by default and in
-    <storage>/<device key> when --benchmark-storage is given; autosave keeps working."""
+    """Saved CPU runs land in <baselines-dir>/cpu/timing/<processor model> by default and in
+    <storage>/cpu-<processor model> when --benchmark-storage is given; autosave keeps working."""
     common = ["bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny", "-q",
               "--baselines-dir", str(tmp_path / "baselines")]
     saved = run_pytest(*common, "--benchmark-save", "first")
     assert saved.returncode == 0, saved.stdout + saved.stderr
-    assert list((tmp_path / "baselines" / "cpu" / "timing").glob("*/0001_first.json"))
+    processor = processor_key()
+    assert list((tmp_path / "baselines" / "cpu" / "timing" / processor).glob("*/0001_first.json"))
     compared = run_pytest(*common, "--benchmark-compare")
     assert compared.returncode == 0 and "(0001_first)" in compared.stdout, compared.stdout
     own = run_pytest(*common, "--benchmark-storage", f"file://{tmp_path / 'history'}", "--benchmark-autosave")
     assert own.returncode == 0, own.stdout + own.stderr
-    assert len(list((tmp_path / "history" / "cpu").glob("*/0001_*.json"))) == 1
+    assert len(list((tmp_path / "history" / f"cpu-{processor}").glob("*/0001_*.json"))) == 1
 
 
 def test_benchmark_json_carries_every_record(tmp_path):
     """--benchmark-json: a `measurements` record per variant, and the figures in each timed
     variant's extra_info."""
     out = tmp_path / "out.json"
-    result = run_pytest("bench/test_speed.py", "bench/test_flops.py", "-k", "training_step or flops", "--device", "cpu",
+    result = run_pytest("bench/test_speed.py", "bench/test_flops.py", "-k", "training_step or test_flops", "--device", "cpu",
                         "--flavor", "tiny", "-q", "--benchmark-json", str(out), "--baselines-dir", str(tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(out.read_text())
@@ -162,10 +220,16 @@ def test_benchmark_json_carries_every_record(tmp_path):
     timed = {b["extra_info"]["variant"]: b["extra_info"] for b in data["benchmarks"]}
     assert sorted(timed) == sorted(VARIANTS)
     by_variant = {r["variant"]: r for r in records}
-    assert all(timed[v] == by_variant[v] for v in VARIANTS)  # one record, read twice
-    # pytest-benchmark used the suite's device-synchronizing timer.
-    assert {b["options"]["timer"] for b in data["benchmarks"]} == {"device_synchronized_timer"}
-    assert data["machine_info"]["torch"]["device_key"] == "cpu"
+    assert all({k: timed[v][k] for k in by_variant[v]} == by_variant[v] for v in VARIANTS)  # one record, read twice
+    # pytest-benchmark used the suite's CPU timer: one thread's CPU time, the thread count and
+    # the wall time recorded beside it.
+    assert {b["options"]["timer"] for b in data["benchmarks"]} == {"cpu_thread_timer"}
+    assert {timed[v]["timing"]["clock"] for v in VARIANTS} == {"thread_time"}
+    assert {timed[v]["timing"]["threads"] for v in VARIANTS} == {CPU_TIMING_THREADS}
+    assert all(timed[v]["timing"]["wall_s"]["median"] > 0 for v in VARIANTS)
+    torch_info = data["machine_info"]["torch"]
+    assert torch_info["device_key"] == "cpu" and torch_info["timing_key"] == f"cpu-{processor_key()}"
+    assert torch_info["timing_threads"] == CPU_TIMING_THREADS
 
 
 def test_empty_flavor_option_is_a_usage_error_not_the_defaults():

@@ -33,6 +33,19 @@ def test_summary_from_a_recorded_h200_run(tmp_path, capsys):
     assert capsys.readouterr().out == text
 
 
+def test_the_summary_names_the_kernel_each_variant_used(tmp_path):
+    """From the record's attention_kernel; the recorded H200 run predates it (schema 2): `-`."""
+    data = json.loads(RECORDED.read_text())
+    for r in data["measurements"]:
+        if r["variant"] == "full-sdpa":
+            r["attention_kernel"] = "cudnn"
+    (tmp_path / "gpu.json").write_text(json.dumps(data))
+    assert main([str(tmp_path), "--summary-only"]) == 0
+    lines = (tmp_path / "summary.txt").read_text().splitlines()
+    assert next(line for line in lines if line.startswith("full-sdpa ")).endswith("  cudnn")
+    assert next(line for line in lines if line.startswith("full-eager ")).endswith("  -")
+
+
 def test_a_figure_beyond_the_suites_tolerance_is_flagged(tmp_path):
     data = json.loads(RECORDED.read_text())
     record = next(r for r in data["measurements"] if r["variant"] == "full-eager")

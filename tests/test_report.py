@@ -71,12 +71,14 @@ def markdown_rows(text: str, heading: str) -> list[list[str]]:
     return rows
 
 
-def entry(variant: str, peak: int, flops: int, median: float | None = None) -> Entry:
+def entry(variant: str, peak: int, flops: int, median: float | None = None, backward: float | None = None,
+          kernel: str | None = None) -> Entry:
     """A record of ``variant`` with the given peak and FLOPs, the rest from the fixture's first."""
     policy, attention = variant.rsplit("-", 1)
     record = dataclasses.replace(Measurement.from_dict(raw()["measurements"][0]), variant=variant, policy=policy,
-                                 attention=attention, flavor="tiny", peak_bytes=peak, flops=flops)
-    return Entry(record, median)
+                                 attention=attention, flavor="tiny", peak_bytes=peak, flops=flops,
+                                 attention_kernel=kernel)
+    return Entry(record, median, backward)
 
 
 # --- the Pareto frontier -----------------------------------------------------------------------
@@ -170,7 +172,9 @@ def test_table_content_against_the_fixture(tmp_path, capsys):
         recs, med = records(data, flavor), medians(data, flavor)
         assert set(rows) == set(recs)
         for variant, r in recs.items():
-            step, ratio, peak, act, kept, saved, offloaded, overhead, on_front, figures = rows[variant]
+            step, ratio, recompute, peak, act, kept, saved, offloaded, overhead, on_front, figures, kernel = rows[variant]
+            assert recompute == ""  # the fixture predates phase timing
+            assert kernel == (r.get("attention_kernel") or "-")  # the fixture is schema 2: not recorded
             none = recs[f"none-{r['attention']}"]
             assert [peak, act, kept, saved, offloaded] == [_mib(r[m]) for m in (
                 "peak_bytes", "activation_peak_bytes", "forward_kept_bytes", "saved_bytes", "offloaded_bytes")]
@@ -194,6 +198,19 @@ def test_table_rows_follow_the_policy_registry():
     group = make_group([entry(v, 100, 1000) for v in names])
     assert [r.variant for r in group.rows] == ["none-eager", "full-sdpa", "every_4-eager", "every_4-sdpa",
                                                "every_10-sdpa", "sequential_2-eager"]
+
+
+def test_recompute_time_is_backward_minus_nones_and_the_kernel_is_shown():
+    """recompute ms = backward(policy) - backward(none) with the same attention; blank where a
+    backward phase was not recorded; the kernel column shows the record's attention_kernel."""
+    group = make_group([entry("none-sdpa", 100, 1000, 0.50, 0.30, "cpu_flash"),
+                        entry("full-sdpa", 80, 1200, 0.62, 0.42, "cpu_flash"),
+                        entry("none-eager", 100, 1000, 0.9, None, "math"), entry("full-eager", 80, 1200, 1.1, None, "math")])
+    table = tables.group_table(group)
+    recompute, kernel = table.header.index("recompute ms"), table.header.index("kernel")
+    cells = {row[0]: (row[recompute], row[kernel]) for row in table.rows}
+    assert cells == {"none-sdpa": ("0.0", "cpu_flash"), "full-sdpa": ("120.0", "cpu_flash"),
+                     "none-eager": ("", "math"), "full-eager": ("", "math")}
 
 
 def test_null_saved_bytes_show_as_dash_with_the_note():

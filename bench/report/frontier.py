@@ -76,6 +76,8 @@ class Row:
     time_ratio: float | None
     flop_overhead: float | None
     on_frontier: bool
+    #: Recompute time: median backward seconds minus `none`'s with the same attention (None: not timed by phase).
+    recompute_s: float | None = None
 
     @property
     def variant(self) -> str:
@@ -132,11 +134,13 @@ def make_group(entries: Sequence[Entry], axis: str | None = None) -> Group:
         ratio = e.median_s / none.median_s if none and e.median_s is not None and none.median_s else None
         overhead = (flop_overhead(r.flops, none.record.flops)
                     if none and none.record.flops and r.flops is not None else None)
-        partial.append(Row(e, ratio, overhead, on_frontier=False))
+        recompute = (e.backward_s - none.backward_s if none and e.backward_s is not None and none.backward_s is not None
+                     else None)
+        partial.append(Row(e, ratio, overhead, on_frontier=False, recompute_s=recompute))
     # A variant without figures (out of memory) is neither on the frontier nor dominates one.
     front = pareto_front({r.variant: None if r.speed(axis) is None or r.entry.record.peak_bytes is None
                           else (r.speed(axis), r.entry.record.peak_bytes) for r in partial})
-    rows = tuple(Row(r.entry, r.time_ratio, r.flop_overhead, r.variant in front) for r in partial)
+    rows = tuple(Row(r.entry, r.time_ratio, r.flop_overhead, r.variant in front, r.recompute_s) for r in partial)
     first = entries[0].record
     return Group(first.flavor, first.device_key, axis, rows)
 

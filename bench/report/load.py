@@ -25,10 +25,12 @@ class ReportInputError(Exception):
 
 @dataclass(frozen=True)
 class Entry:
-    """One measurement record and its variant's median step time (None: not timed)."""
+    """One measurement record, its variant's median step time and median backward time (the
+    backward phase of ``extra_info["timing"]``; None: not timed, or timed before phases were)."""
 
     record: Measurement
     median_s: float | None = None
+    backward_s: float | None = None
 
     @property
     def estimated(self) -> bool:
@@ -68,8 +70,9 @@ def _records(path: Path, data: object) -> list[Measurement]:
     return records
 
 
-def _medians(path: Path, benchmarks: object) -> dict[tuple[str, str, str], float]:
-    """Median seconds of each timed step, keyed by (flavor, device, variant)."""
+def _medians(path: Path, benchmarks: object) -> dict[tuple[str, str, str], tuple[float, float | None]]:
+    """Median seconds of each timed step and of its backward phase (None where not recorded),
+    keyed by (flavor, device, variant)."""
     if benchmarks is None:
         return {}
     if not isinstance(benchmarks, list):
@@ -85,7 +88,9 @@ def _medians(path: Path, benchmarks: object) -> dict[tuple[str, str, str], float
         if not all(isinstance(k, str) for k in key) or not _number(median) or not 0 < median < float("inf"):
             raise ReportInputError(f"{path}: benchmark {name} lacks extra_info flavor/device/variant or a "
                                    f"positive finite stats.median (got {median!r}); rerun the benchmark")
-        medians[key] = float(median)
+        phases = (info.get("timing") or {}).get("phases_s") if isinstance(info.get("timing"), dict) else None
+        backward = phases.get("backward") if isinstance(phases, dict) else None
+        medians[key] = (float(median), float(backward) if _number(backward) else None)
     return medians
 
 
@@ -114,7 +119,7 @@ def load_run(path: str | Path) -> Run:
         if key in seen:
             raise ReportInputError(f"{path}: two measurement records of {r.flavor} {r.variant} on {r.device}")
         seen.add(key)
-        entries.append(Entry(r, medians.get(key)))
+        entries.append(Entry(r, *medians.get(key, (None, None))))
     return Run(path, tuple(entries))
 
 

@@ -107,12 +107,16 @@ def _flops_bullet() -> str:
 #: The bullets that say what each column means; a document lists those its tables use.
 DEFINITIONS: dict[str, str] = {
     "time": f"- step ms: median of `{TIMED_TEST}` (zero_grad, forward, backward, AdamW step); x none: that "
-            "median over the median of `none` with the same attention; blank where not timed.",
+            "median over the median of `none` with the same attention; recompute ms: the median backward phase "
+            "(recomputation included) minus `none`'s with the same attention; blank where not timed.",
     **{header: _metric_bullet(header, name) for header, name in MIB_COLUMNS.items()},
     "flops": _flops_bullet(),
     "frontier": "- frontier: no other variant is at least as fast and at least as small (peak) and strictly "
                 "better in one; exact ties on both stay on the frontier. Faster: lower median step time when "
                 "every variant of the table is timed, else lower FLOP overhead.",
+    "kernel": "- kernel: the attention kernel that ran, read from the ops dispatched (`attention_kernel`): "
+              "`cpu_flash`, `flash`, `efficient`, `cudnn`, or `math` (plain bmm and softmax: eager attention or "
+              f"SDPA's math fallback); `{NULL}` in records that predate it (schema version 2).",
     "estimate": f"- estimate: memory method `{ESTIMATE_METHOD}`, the step traced on fake tensors: exact bytes "
                 "and FLOPs as PyTorch allocates them on the CPU, no compute, no timing.",
 }
@@ -151,17 +155,20 @@ def group_table(group: Group, prefix: str = "") -> Table:
         r.variant,
         _maybe(None if r.entry.median_s is None else r.entry.median_s * 1e3, ".1f"),
         _maybe(r.time_ratio, ".2f"),
+        _maybe(None if r.recompute_s is None else r.recompute_s * 1e3, ".1f"),
         *(mib(getattr(r.entry.record, name)) for name in MIB_COLUMNS.values()),
         pct(r.flop_overhead),
         "yes" if r.on_frontier else "",
         r.entry.record.outcome if r.entry.record.outcome != OK else "estimate" if r.entry.estimated else "measured",
+        r.entry.record.attention_kernel or NULL,
     ) for r in group.rows)
     title = prefix + group.title + (f" ({ESTIMATE_LABEL})" if group.estimated else "")
     timed = any(r.entry.median_s is not None for r in group.rows)
     axis = ("median step time" if group.axis == TIME
             else f"FLOP overhead ({'not every variant is' if timed else 'not'} timed)")
     notes = (f"Frontier on {axis} and peak.", *null_notes([r.entry.record for r in group.rows], MIB_COLUMNS))
-    return Table(title, ("variant", "step ms", "x none", *MIB_COLUMNS, "FLOP overhead", "frontier", "figures"),
+    return Table(title, ("variant", "step ms", "x none", "recompute ms", *MIB_COLUMNS, "FLOP overhead", "frontier", "figures",
+                                  "kernel"),
                  rows, notes=notes)
 
 
@@ -187,7 +194,7 @@ def report_text(runs: Sequence[Run], markdown: bool) -> str:
     labels = run_labels(runs)
     sources = [f"`{label}` (torch {', '.join(run.torch_versions)})" for label, run in zip(labels, runs)]
     intro = [("Input: " if len(runs) == 1 else "Runs, in order: ") + "; ".join(sources) + ".",
-             definitions("time", *MIB_COLUMNS, "flops", "frontier", "estimate")]
+             definitions("time", *MIB_COLUMNS, "flops", "frontier", "estimate", "kernel")]
     tables = [group_table(g, prefix=f"{label}: " if len(runs) > 1 else "")
               for label, run in zip(labels, runs) for g in run_groups(run)]
     if len(runs) > 1:
