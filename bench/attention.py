@@ -46,6 +46,13 @@ class KernelRecorder(TorchDispatchMode):
         super().__init__()
         self.fused: set[str] = set()
 
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        """Let a compiled model (``budget_B``) run compiled inside: without this Dynamo runs it
+        eagerly while any dispatch mode is active (see ``bench.memory.CompileAwareMemTracker``);
+        the compiled graph's ops still pass through here."""
+        return True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func._overloadpacket.__name__
         if name in FUSED_KERNELS:
