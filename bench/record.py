@@ -140,10 +140,12 @@ class Measurement:
 
     @property
     def case_id(self) -> str:
-        """``small-full-sdpa``, ``tiny-full-sdpa-w2`` at world size 2: the baseline key (the
-        device key names the file); one key for all ranks, whose figures are equal."""
-        suffix = f"-w{self.world_size}" if self.world_size > 1 else ""
-        return f"{self.flavor}-{self.variant}{suffix}"
+        """``small-full-sdpa``, ``tiny-w2-full-sdpa`` at world size 2: the baseline key (the
+        device key names the file); one key for all ranks, whose figures are equal. The world
+        size sits before the variant so that ``-k tiny-full-sdpa`` (the single-process accept
+        command) does not also select the sharded tests."""
+        world = f"-w{self.world_size}" if self.world_size > 1 else ""
+        return f"{self.flavor}{world}-{self.variant}"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -39,9 +39,6 @@ LAUNCH_TIMEOUT_S = 300
 RANK_TIMING_DEPENDENT = {"peak_bytes", "activation_peak_bytes", "step_seconds", "breakdown"}
 PEAK_RANK_TOLERANCE = 0.01
 
-pytestmark = pytest.mark.xdist_group("distributed")
-
-
 def torchrun_command(*args: str) -> list[str]:
     """``torchrun`` of this interpreter's environment (``python -m torch.distributed.run``)."""
     return [sys.executable, "-m", "torch.distributed.run", *args]
@@ -79,7 +76,7 @@ def per_rank_shape(record: Measurement) -> Shape:
     return Shape.of_record(record)
 
 
-variants = pytest.mark.parametrize("variant", [pytest.param(v, id=f"cpu-{FLAVOR.name}-{v}-w{WORLD_SIZE}")
+variants = pytest.mark.parametrize("variant", [pytest.param(v, id=f"cpu-{FLAVOR.name}-w{WORLD_SIZE}-{v}")
                                                for v in DEFAULT_VARIANTS])
 
 
@@ -95,7 +92,7 @@ def test_every_rank_writes_a_record(sharded_run, variant):
             WORLD_SIZE, rank, FLAVOR.batch, WORLD_SIZE * FLAVOR.batch)
         assert record.memory_method == "fsdp-memtracker" and record.device_key == "cpu"
         assert record.step_seconds is not None and record.step_seconds > 0
-        assert record.case_id == f"{FLAVOR.name}-{variant}-w{WORLD_SIZE}"
+        assert record.case_id == f"{FLAVOR.name}-w{WORLD_SIZE}-{variant}"
     first = ranks[0].as_dict()
     for other in ranks[1:]:
         data = other.as_dict()
@@ -203,7 +200,7 @@ def test_sharding_lowers_the_per_rank_peak_below_the_single_process(sharded_run,
 
 @variants
 def test_sharded_figures_match_baseline(sharded_run, variant, baseline_gate, update_baselines):
-    """Rank 0's figures against ``{flavor}-{variant}-w2`` in this device's baselines file."""
+    """Rank 0's figures against ``{flavor}-w2-{variant}`` in this device's baselines file."""
     records, _, _, _ = sharded_run
     record = records[(variant, 0)]
     if update_baselines:
