@@ -10,6 +10,7 @@ budget. The variants are every policy that composes with FSDP2, both attentions
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import subprocess
@@ -33,11 +34,14 @@ FLAVOR = get_flavor("tiny")
 WORLD_SIZE = 2
 LAUNCH_TIMEOUT_S = 300
 
-#: The per-rank peak of a gloo run moves by a few hundred bytes between runs and ranks (a
-#: reduce-scatter temporary freed before or after the next op, depending on when the
-#: collective completes); every other figure is equal on every rank.
-RANK_TIMING_DEPENDENT = {"peak_bytes", "activation_peak_bytes", "step_seconds", "breakdown"}
-PEAK_RANK_TOLERANCE = 0.01
+#: The per-rank peak of a gloo run depends on when collectives complete: a buffer freed on
+#: gloo's thread before or after the next allocation. Measured at tiny: 1.5 KiB between runs
+#: and ranks on a quiet machine, 41728 B (0.8 of a block's 50816) under pytest-xdist with other
+#: jobs on the cores. So peaks are compared within one block's FSDP buffers (``PEAK_METRICS``,
+#: bound ``fsdp_unsharded_peak_bytes``); every other figure is equal on every rank and gated
+#: at the registry's tolerance.
+PEAK_METRICS = ("peak_bytes", "activation_peak_bytes")
+RANK_TIMING_DEPENDENT = {*PEAK_METRICS, "step_seconds", "breakdown"}
 
 def torchrun_command(*args: str) -> list[str]:
     """``torchrun`` of this interpreter's environment (``python -m torch.distributed.run``)."""
@@ -98,8 +102,9 @@ def test_every_rank_writes_a_record(sharded_run, variant):
         data = other.as_dict()
         assert {k: v for k, v in data.items() if k not in RANK_TIMING_DEPENDENT | {"rank"}} == \
             {k: v for k, v in first.items() if k not in RANK_TIMING_DEPENDENT | {"rank"}}
-        for k in ("peak_bytes", "activation_peak_bytes"):
-            assert abs(data[k] - first[k]) <= PEAK_RANK_TOLERANCE * first[k], (k, data[k], first[k])
+        bound = fsdp_unsharded_peak_bytes(per_rank_shape(other))
+        for k in PEAK_METRICS:
+            assert abs(data[k] - first[k]) <= bound, (k, data[k], first[k], bound)
 
 
 def test_policies_that_do_not_compose_are_left_out_with_the_reason(sharded_run):
@@ -214,5 +219,12 @@ def test_sharded_figures_match_baseline(sharded_run, variant, baseline_gate, upd
     entry = baseline.entries.get(record.case_id) if baseline else None
     if entry is None:
         pytest.skip(f"{record.case_id} has no entry in {path}: add it with `{baseline_gate.accept_command(record)}`")
-    problems = compare(record, entry, baseline.tolerances, fix=baseline_gate.accept_command(record))
+    # Peaks within one block's FSDP buffers of the baseline (see PEAK_METRICS), then gated as equal.
+    bound = fsdp_unsharded_peak_bytes(per_rank_shape(record))
+    moved = {k: getattr(record, k) - entry[k] for k in PEAK_METRICS if isinstance(entry.get(k), int)}
+    problems = [f"{record.case_id}: {k} moved {d:+,} B from the baseline {entry[k]:,}, more than one block's FSDP "
+                f"buffers ({bound:,} B). If intended, accept it with: {baseline_gate.accept_command(record)}"
+                for k, d in moved.items() if abs(d) > bound]
+    steady = dataclasses.replace(record, **{k: entry[k] for k in moved})
+    problems += compare(steady, entry, baseline.tolerances, fix=baseline_gate.accept_command(record))
     assert not problems, "\n".join(problems)
