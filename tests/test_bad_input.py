@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from models import FLAVORS
+
 from bench import analytic, sweep_cli
 from bench.report.cli import main as report_main
 from tests.helpers import ROOT
@@ -116,7 +118,7 @@ def test_pytest_bench_bad_option_in_a_real_process(tmp_path):
     result = run_pytest("bench/", "--flavor", "tiny,tiny", "--collect-only", "-q")
     assert result.returncode == 4 and "Traceback" not in result.stderr
     assert [line for line in result.stderr.splitlines() if line.strip()] == [
-        "ERROR: --flavor names 'tiny' twice; give each flavor once (valid names: seed, small, tiny)"]
+        f"ERROR: --flavor names 'tiny' twice; give each flavor once (valid names: {', '.join(FLAVORS)})"]
 
 
 # --- python -m bench.report, python -m bench.sweep, python -m bench.analytic -----------------
