@@ -234,6 +234,17 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device,
     return _descriptive_record(flavor, variant, device, policy, outcome=OUT_OF_MEMORY, outcome_note=note)
 
 
+def shape_fields(flavor: Flavor, variant: str, policy: Policy, device: torch.device, dtype: torch.dtype) -> dict:
+    """The descriptive fields of a record: what was measured, at which shape, with which torch."""
+    _, attention = parse_variant(variant)
+    return dict(
+        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.record_params(device),
+        attention=attention, flavor=flavor.name,
+        device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
+        batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
+        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__))
+
+
 def _descriptive_record(flavor: Flavor, variant: str, device: str | torch.device, policy: Policy | None = None,
                         **fields) -> Measurement:
     """A record of a variant whose step gave no figures: what was to be measured, null metrics."""
@@ -243,11 +254,7 @@ def _descriptive_record(flavor: Flavor, variant: str, device: str | torch.device
     dtype = resolve_dtype(flavor, device)
     method = CUDA_ALLOCATOR if device.type == "cuda" else FAKE_MEMTRACKER if is_estimate(flavor, device) else MEMTRACKER
     return Measurement(
-        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.record_params(device),
-        attention=attention, flavor=flavor.name,
-        device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
-        batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
-        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__),
+        **shape_fields(flavor, variant, policy, device, dtype),
         memory_method=method, optimizer=describe_optimizer(make_optimizer(nn.Linear(1, 1))), foreign_bytes=0,
         **{name: None for name in METRICS}, saved_bytes_note=None, breakdown=None, flops_by_op={}, **fields)
 
@@ -314,11 +321,7 @@ def _measure_step(flavor: Flavor, variant: str, device: str | torch.device,
     peak = max(phases, key=lambda ph: ph.peak_bytes)
     note = policy.hidden_from_saved_tensors_hooks
     return Measurement(
-        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.record_params(device),
-        attention=attention, flavor=flavor.name,
-        device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
-        batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
-        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__),
+        **shape_fields(flavor, variant, policy, device, dtype),
         memory_method=probe.method, optimizer=describe_optimizer(optimizer), foreign_bytes=probe.foreign_bytes,
         resident_bytes=phases[0].start_bytes,
         peak_bytes=peak.peak_bytes,
