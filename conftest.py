@@ -11,12 +11,19 @@ from pathlib import Path
 # without it); must be set before CUDA starts. A user's own setting wins.
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-import pytest
-import torch
+# Under pytest-xdist each worker binds its own GPU (CUDA_VISIBLE_DEVICES), before anything
+# initialises CUDA; on a CPU machine nothing changes. bench.device imports torch, which does
+# not initialise CUDA.
+from bench.device import bind_xdist_worker_gpu  # noqa: E402
+
+bind_xdist_worker_gpu()
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 from bench.attention import SDPA_BACKENDS, check_backend, forced_backend
 from bench.baselines import DEFAULT_BASELINES_DIR, BaselineError, BaselineGate
-from bench.cases import DEFAULT_FLAVORS, DEVICES, Case, cases, parse_flavor_list
+from bench.cases import DEFAULT_FLAVORS, DEVICES, Case, cases, parse_flavor_list, xdist_scope
 from bench.device import cuda_available, device_key, device_name, processor_name, timing_key
 from bench.outputs import file_problem, folder_problem
 from bench.record import OK, Measurement, is_estimate, measure_variant
@@ -157,6 +164,11 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(BenchmarkHooks(), "ac-bench-benchmark-hooks")
     loaded_families(config)  # --model-spec: before any flavor name is read
     selected_flavors(config)  # fail early on a bad --flavor
+    # One variant's tests on one worker (CaseScheduling): -n alone means --dist load, which
+    # becomes loadgroup; an explicit other --dist is kept.
+    if config.getoption("numprocesses", None) and config.getoption("dist", "no") == "load" \
+            and "--dist" not in " ".join(config.invocation_params.args):
+        config.option.dist = "loadgroup"
     if config.getoption("--update-baselines") and (
             config.getoption("numprocesses", None) or config.getoption("dist", "no") != "no"):
         raise pytest.UsageError("--update-baselines cannot be combined with pytest-xdist (-n): "
@@ -304,6 +316,24 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             cuda_marks.append(pytest.mark.skip(reason="CUDA-only test, and --device cpu was given"))
         params = [pytest.param(c, id=c.id, marks=cuda_marks) for c in cases("cuda", cuda_flavors)]
         metafunc.parametrize("cuda_case", params)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """--dist loadgroup (what -n means here): pytest-xdist's LoadGroupScheduling, grouping by
+    ``bench.cases.xdist_scope`` (one case's tests, or a module's shared launch) instead of by the
+    ``@group`` suffix that xdist 3.8 writes into nodeids, which pytest 9.2 no longer reads back
+    (``Node.nodeid`` comes from ``_id``; xdist sets ``_nodeid``), so xdist_group marks alone
+    group nothing."""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class CaseScheduling(LoadGroupScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return xdist_scope(nodeid) or super()._split_scope(nodeid)
+
+    return CaseScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:

@@ -192,6 +192,43 @@ def parameter_bytes(shape: Shape) -> int:
     return counts(shape).parameter_bytes(shape)
 
 
+def block_parameter_shapes(shape: Shape) -> list[tuple[int, ...]]:
+    """The parameter shapes of one block, in ``named_parameters`` order: LN1, in_proj, out_proj,
+    LN2, fc1, fc2 (weights and biases)."""
+    d = shape.d_model
+    return [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+
+
+def sharded_parameter_bytes(shape: Shape, world_size: int) -> int:
+    """One rank's share of the parameters under FSDP2, which shards every parameter along dim 0
+    and pads dim 0 to a multiple of the world size: ceil(dim0 / W) rows per rank (its storage),
+    summed over the model. Exactly ``parameter_bytes / W`` when W divides every dim 0."""
+    rows = sum(-(-s[0] // world_size) * (s[1] if len(s) > 1 else 1) for s in block_parameter_shapes(shape))
+    return shape.depth * rows * shape.elem_bytes
+
+
+def optimizer_step_counter_bytes(shape: Shape) -> int:
+    """AdamW's ``step``: one fp32 scalar tensor per parameter tensor, not sharded."""
+    return shape.depth * len(block_parameter_shapes(shape)) * 4
+
+
+def sharded_resident_bytes(shape: Shape, world_size: int) -> int:
+    """What one rank holds between steps under FSDP2 with AdamW (``resident_bytes``): its shard of
+    the parameters, of their gradients and of AdamW's two moments (each ``sharded_parameter_bytes``),
+    the step counters, and its own input (``shape.batch`` is the per-rank batch). At W = 1 this
+    is the single process's resident state."""
+    return (4 * sharded_parameter_bytes(shape, world_size) + optimizer_step_counter_bytes(shape)
+            + shape.residual_bytes)
+
+
+def fsdp_unsharded_peak_bytes(shape: Shape) -> int:
+    """What FSDP2 holds unsharded at the step's peak (in backward), per rank: one block's full
+    parameters (``unsharded_parameters``) and, beside them, the all-gather buffer they were
+    copied out of (``all_gather``), each ``parameter_bytes / depth``; the blocks are the FSDP
+    units, resharded after their forward and after their backward."""
+    return parameter_bytes(shape) // shape.depth
+
+
 def attention_score_bytes(shape: Shape, attention: str) -> int:
     """The attention-specific term: eager's b*h*s^2 probabilities or sdpa's logsumexp."""
     return counts(shape).attention_score_bytes(shape, attention)

@@ -81,3 +81,25 @@ def _applies(flavor: Flavor, variant: str) -> bool:
     family = family_of(flavor)
     policy, attention = parse_variant(variant)
     return attention in family.attentions and family.applies(get_policy(policy))
+
+
+#: Modules whose tests share one expensive launch (a session fixture), so they run on one
+#: pytest-xdist worker together.
+SHARED_LAUNCH_MODULES: tuple[str, ...] = ("bench/test_distributed.py",)
+
+
+def xdist_scope(nodeid: str) -> str | None:
+    """The pytest-xdist work unit of a test: the module, for a module in
+    ``SHARED_LAUNCH_MODULES``; the case id (``cpu-small-full-sdpa``) for a test parametrized by
+    a case, so that every module's tests of one variant run on one worker, which measures it
+    once; None otherwise (the scheduler's default)."""
+    path, _, rest = nodeid.partition("::")
+    if path in SHARED_LAUNCH_MODULES:
+        return path
+    if rest.endswith("]") and "[" in rest:
+        param = rest[rest.index("[") + 1:-1]
+        try:
+            return parse_case_id(param).id
+        except ValueError:
+            return None
+    return None

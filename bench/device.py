@@ -169,3 +169,76 @@ class PhaseClock:
         else:
             spans = [[b - a for a, b in zip(s, s[1:])] for s in steps]
         return {phase: [span[i] for span in spans] for i, phase in enumerate(PHASES)}
+
+
+# --- Processes and devices of a distributed run, and pytest-xdist workers -------------------
+
+def distributed_backend(device_type: str) -> str:
+    """The process-group backend for ``device_type``: NCCL on CUDA, gloo on the CPU."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+def rank_device(device_type: str, local_rank: int) -> torch.device:
+    """The device one torchrun rank steps on: ``cuda:LOCAL_RANK`` (bound as the current device,
+    before any CUDA work) or the CPU. The CUDA branch is not exercised on a CPU machine."""
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def xdist_worker_index(worker_id: str | None) -> int | None:
+    """``gw3`` -> 3; None outside pytest-xdist (``PYTEST_XDIST_WORKER`` unset)."""
+    if not worker_id:
+        return None
+    if not (worker_id.startswith("gw") and worker_id[2:].isdigit()):
+        raise ValueError(f"PYTEST_XDIST_WORKER={worker_id!r} is not of the form gwN")
+    return int(worker_id[2:])
+
+
+def xdist_worker_gpu(worker_id: str | None, visible: list[str]) -> str | None:
+    """The one GPU (an entry of ``visible``: CUDA_VISIBLE_DEVICES entries, or indices) that
+    worker ``gwN`` binds: entry ``N mod len(visible)``. None outside xdist or with no GPU."""
+    index = xdist_worker_index(worker_id)
+    if index is None or not visible:
+        return None
+    return visible[index % len(visible)]
+
+
+def bind_xdist_worker_gpu(environ: dict | None = None) -> str | None:
+    """Under pytest-xdist on a machine with several GPUs, restrict this worker to its own GPU
+    by setting ``CUDA_VISIBLE_DEVICES`` before CUDA initialises (conftest calls it at import).
+
+    The GPUs are those CUDA_VISIBLE_DEVICES already lists, or ``nvidia-smi -L`` counts; on a
+    CPU machine there is none and nothing changes. Returns the GPU bound, or None. Only the
+    worker-to-GPU mapping is tested on the CPU; binding real GPUs is not exercised here."""
+    import os
+    environ = os.environ if environ is None else environ
+    worker = environ.get("PYTEST_XDIST_WORKER")
+    if xdist_worker_index(worker) is None:
+        return None
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        visible = [d.strip() for d in listed.split(",") if d.strip()]
+    else:
+        visible = [str(i) for i in range(_count_gpus_without_cuda())]
+    gpu = xdist_worker_gpu(worker, visible)
+    if gpu is not None:
+        if torch.cuda.is_initialized():
+            raise RuntimeError(f"xdist worker {worker}: CUDA was initialised before its GPU could be bound")
+        environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return gpu
+
+
+def _count_gpus_without_cuda() -> int:
+    """GPUs on this machine, counted without initialising CUDA in this process (NVML via
+    ``nvidia-smi -L``); 0 where there is no NVIDIA driver."""
+    import shutil
+    import subprocess
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))

@@ -24,6 +24,25 @@ CROSS_ATTENTION_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 }
 
 
+#: Tolerances for the gradients of a step sharded over W ranks (FSDP2) against the single
+#: process stepping the same global batch, relative to each tensor's largest magnitude. The
+#: math is the same; the summation order is not: a weight's gradient sums over the batch x seq
+#: rows, in one GEMM in the single process and as W per-rank GEMMs whose results the
+#: reduce-scatter adds and divides by W (exact for W a power of two). Reassociating a sum of n
+#: terms moves it by at most about n * eps * sum|terms| (Higham, the worst case; sqrt(n) * eps
+#: is typical), and the difference then propagates through depth blocks of backward. For
+#: ``tiny`` (n = 64 rows) that bound is 7.6e-6 at fp32; measured: 3.2e-7 of the largest
+#: magnitude (eager), 2.6e-7 (sdpa), with 13 of 36 tensors bitwise equal. 1e-5 covers the bound
+#: at tiny and stays three orders of magnitude below any real fault (a missing reduction
+#: halves a gradient; a wrong shard or rank changes it at order 1). Low precision: the same
+#: argument in ulps of bf16/fp16 (not run on the CPU).
+SHARDED_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
+    torch.float32: {"rtol": 1e-5, "atol": 1e-5},
+    torch.bfloat16: {"rtol": 5e-2, "atol": 5e-2},
+    torch.float16: {"rtol": 1e-2, "atol": 1e-2},
+}
+
+
 @dataclass
 class StepResult:
     """Loss, output and every parameter's gradient (None where it got none) of one step."""

@@ -109,3 +109,91 @@ class SavedTensorCounter:
     def count(self) -> Iterator["SavedTensorCounter"]:
         with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
             yield self
+
+
+#: FSDPMemTracker's categories (``_FSDPRefType``), named in this suite's words.
+FSDP_CATEGORY_NAMES: dict[str, str] = {
+    "Sharded Param": "parameters",
+    "Unsharded Param": "unsharded_parameters",
+    "Buffer": "buffers",
+    "Sharded Grad": "gradients",
+    "Unsharded Grad": "unsharded_gradients",
+    "Activation": "activations",
+    "Temp": "temporaries",
+    "All Gather": "all_gather",
+    "Reduce Scatter": "reduce_scatter",
+    "OptState": "optimizer_state",
+    "Inputs": "input",
+}
+
+#: The method of ``FSDPMemTrackerProbe``, recorded as ``memory_method``.
+FSDP_MEMTRACKER = "fsdp-memtracker"
+
+
+class FSDPMemTrackerProbe(MemTrackerProbe):
+    """``torch.distributed._tools.fsdp2_mem_tracker.FSDPMemTracker`` on one rank of an FSDP2
+    model: exact storage bytes of this rank by category, FSDP's own (sharded and unsharded
+    parameters and gradients, all-gather and reduce-scatter buffers) apart."""
+
+    def __init__(self, device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 x: torch.Tensor) -> None:
+        from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
+        self.device = device
+        self.method = FSDP_MEMTRACKER
+        self.foreign_bytes = 0
+        self.tracker = FSDPMemTracker(model, optimizer)
+        self.tracker.track_inputs((x,))
+        # FSDPMemTracker registers the sharded parameters, gradients and optimizer state when it
+        # is entered: enter once, so that "current" counts them before the first phase too.
+        with self.tracker:
+            pass
+
+    def _total(self, kind: str) -> tuple[int, dict[str, int]]:
+        snap = self.tracker.get_tracker_snapshot(kind).get(self.device, {})
+        breakdown = {FSDP_CATEGORY_NAMES.get(str(getattr(k, "value", k)), str(k)): v
+                     for k, v in snap.items() if str(k) != "Total" and v}
+        return snap.get("Total", 0), breakdown
+
+    def current(self) -> int:
+        """Bytes allocated now, less FSDP's unsharded parameters and collective buffers. Between
+        phases those are transient, and when they go depends on timing: with gloo an all-gather
+        output stays alive until its work object is released on gloo's thread, so right after
+        the forward one block's 50816 B (``tiny``) were still counted in some runs and not in
+        others. Without them ``forward_kept_bytes`` is what the policy keeps, the same in every
+        run; the peaks keep every category."""
+        total, breakdown = self._total("current")
+        return total - sum(breakdown.get(k, 0) for k in FSDP_TRANSIENT)
+
+
+#: FSDP's transient categories, left out of ``FSDPMemTrackerProbe.current``.
+FSDP_TRANSIENT: tuple[str, ...] = ("unsharded_parameters", "unsharded_gradients", "all_gather", "reduce_scatter")
+
+
+class ShardedSavedTensorCounter(SavedTensorCounter):
+    """``SavedTensorCounter`` for an FSDP2 model: backward saves the *unsharded* parameters
+    (linear layers keep their weight), whose storages FSDP2 frees (resizes to 0 bytes) when it
+    reshards after each block's forward. A storage's bytes are therefore read when the forward
+    has ended: a resharded parameter then counts 0, an activation its size. ``saved_bytes``
+    must be read before backward (which releases the storages this counter holds)."""
+
+    def __init__(self, model: nn.Module, *inputs: torch.Tensor) -> None:
+        self._excluded = {_local(p).untyped_storage()._cdata for p in model.parameters()}
+        self._excluded.update(t.untyped_storage()._cdata for t in inputs)
+        self._held: dict[int, torch.UntypedStorage] = {}
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in self._excluded:
+            self._held.setdefault(storage._cdata, storage)
+        return tensor
+
+    @property
+    def saved_bytes(self) -> int:
+        total = sum(s.nbytes() for s in self._held.values())
+        self._held.clear()  # do not keep activations alive past the forward
+        return total
+
+
+def _local(parameter: torch.Tensor) -> torch.Tensor:
+    """A DTensor's local shard, or the tensor itself."""
+    return parameter.to_local() if hasattr(parameter, "to_local") else parameter

@@ -92,13 +92,15 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
 
 
 #: The record's layout version, stored with every record. Version 3 added
-#: ``optimizer_step_peak_bytes``, the step's ``outcome`` and the ``attention_kernel`` that ran.
+#: ``optimizer_step_peak_bytes``, the step's ``outcome``, the ``attention_kernel`` that ran, and
+#: ``world_size``, ``rank``, ``global_batch`` and ``step_seconds`` (sharded runs, bench/distributed.py).
 SCHEMA_VERSION = 3
 
 #: Older versions a reader still accepts, and the value each field added since gets in such a
 #: record (a metric absent from an old record is null, shown as not measured).
 READABLE_VERSIONS: dict[int, dict[str, object]] = {
-    2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None, "attention_kernel": None},
+    2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None, "attention_kernel": None,
+        "world_size": 1, "rank": 0, "step_seconds": None},
 }
 
 #: What became of a variant's measured step. Only ``ok`` has figures; an out-of-memory step
@@ -158,12 +160,29 @@ class Measurement:
     #: eager attention, or SDPA's math fallback); null in records older than schema version 3
     #: and where the step gave no figures.
     attention_kernel: str | None = None
+    #: Processes in the run (1: a single-process step; W: FSDP2 over W ranks, bench/distributed.py)
+    #: and this record's rank; every figure above is this rank's.
+    world_size: int = 1
+    rank: int = 0
+    #: ``batch * world_size``: the batch one optimizer step sees across all ranks.
+    global_batch: int = 0
+    #: Wall time of the measured step in seconds where the record took it (sharded runs, which
+    #: pytest-benchmark does not time); None where pytest-benchmark times the variant.
+    step_seconds: float | None = None
     schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.global_batch:
+            object.__setattr__(self, "global_batch", self.batch * self.world_size)
 
     @property
     def case_id(self) -> str:
-        """``small-full-sdpa``: the baseline key (the device key names the file)."""
-        return f"{self.flavor}-{self.variant}"
+        """``small-full-sdpa``, ``tiny-w2-full-sdpa`` at world size 2: the baseline key (the
+        device key names the file); one key for all ranks, whose figures are equal. The world
+        size sits before the variant so that ``-k tiny-full-sdpa`` (the single-process accept
+        command) does not also select the sharded tests."""
+        world = f"-w{self.world_size}" if self.world_size > 1 else ""
+        return f"{self.flavor}{world}-{self.variant}"
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -183,6 +202,8 @@ class Measurement:
                     f"with this version of the suite")
             added = READABLE_VERSIONS[version]
             data = {**added, **data, "schema_version": SCHEMA_VERSION}
+            if "global_batch" not in data and isinstance(data.get("batch"), int):
+                data["global_batch"] = data["batch"] * data["world_size"]
         names = {f.name for f in dataclasses.fields(cls)}
         missing = sorted(names - set(data))
         if missing:
@@ -204,6 +225,15 @@ class Measurement:
             value = data[f.name]
             if kind is not None and (not isinstance(value, kind) or (kind is int and isinstance(value, bool))):
                 raise ValueError(f"measurement record field {f.name} must be of type {kind.__name__}, got {value!r}")
+        if not (data["world_size"] >= 1 and 0 <= data["rank"] < data["world_size"]):
+            raise ValueError(f"measurement record: rank {data['rank']} is not in 0..world_size-1 "
+                             f"(world_size {data['world_size']})")
+        if data["global_batch"] != data["batch"] * data["world_size"]:
+            raise ValueError(f"measurement record: global_batch {data['global_batch']} is not batch x world_size "
+                             f"({data['batch']} x {data['world_size']})")
+        step = data["step_seconds"]
+        if step is not None and (not isinstance(step, (int, float)) or isinstance(step, bool) or not step >= 0):
+            raise ValueError(f"measurement record field step_seconds must be null or a non-negative number, got {step!r}")
         return cls(**{k: data[k] for k in names})
 
 
@@ -217,6 +247,118 @@ def reset_collector() -> None:
     collector on, as in training.
     """
     gc.collect()
+
+
+@dataclass
+class StepFigures:
+    """What ``measure_step`` saw: the record's figures that do not depend on how the model was
+    built (one process or sharded), and the objects the caller describes them with."""
+
+    method: str
+    foreign_bytes: int
+    resident_bytes: int
+    peak_bytes: int
+    optimizer_step_peak_bytes: int
+    activation_peak_bytes: int
+    forward_kept_bytes: int
+    saved_bytes: int | None
+    saved_bytes_note: str | None
+    offloaded_bytes: int
+    breakdown: dict[str, int] | None
+    flops: int
+    flops_by_op: dict[str, int]
+    attention_kernel: str
+    outcome: str
+    outcome_note: str | None
+
+    def fields(self) -> dict:
+        """As ``Measurement`` keyword arguments (``method`` is ``memory_method``)."""
+        data = dataclasses.asdict(self)
+        data["memory_method"] = data.pop("method")
+        return data
+
+
+def measure_step(training: Training, probe_factory, saved_counter_factory=SavedTensorCounter,
+                 after_warmup=None) -> StepFigures:
+    """A warm-up step (compiled variants first take one plain step), then one step measured in
+    three phases (zero_grad, forward+backward, optimizer step) by the probe that
+    ``probe_factory(training)`` returns after the warm-up, unless ``training`` already came with
+    an allocator probe (``probe_factory`` may return one made earlier). FLOPs are the warm-up's;
+    ``after_warmup(training)`` runs between the two steps (gradients of the first step are there)."""
+    model, optimizer, x, policy, device = (training.model, training.optimizer, training.x, training.policy,
+                                           training.device)
+    if policy.compiles:
+        training.step()  # compiles, outside every counter (see CompileAwareMemTracker)
+    # Warm-up step: gradients and optimizer state now exist. Its forward and backward
+    # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
+    # would otherwise hold memory during the measured step.
+    counter = flop_counter_mode()
+    with KernelRecorder() as kernels:
+        training.step(around_forward_backward=counter)
+    if after_warmup is not None:
+        after_warmup(training)
+    probe = probe_factory(training)
+
+    phases: list[Phase] = []
+    reset_collector()
+    with probe.phase() as p:
+        optimizer.zero_grad(set_to_none=True)
+    phases.append(p)
+    before_forward = probe.current()
+    saved = saved_counter_factory(model, x)
+    reset_collector()
+    with probe.phase() as p:
+        # The policy's hooks inside the counter's: only the innermost pair applies.
+        with saved.count(), policy.forward_context(device) as hooks:
+            out = model(x)
+        forward_kept = probe.current() - before_forward - out.untyped_storage().nbytes()
+        saved_bytes = saved.saved_bytes
+        del saved
+        loss = loss_fn(out)
+        del out
+        loss.backward()
+        # After backward, whose peak is far above this one-element temporary.
+        fake = isinstance(loss, torch._subclasses.fake_tensor.FakeTensor)
+        loss_problem = None if fake or bool(torch.isfinite(loss).all()) else f"the loss is {loss.item()}"
+        del loss
+    phases.append(p)
+    forward_backward = p
+    reset_collector()
+    with probe.phase() as p:
+        optimizer.step()
+    phases.append(p)
+    optimizer_step = p
+
+    peak = max(phases, key=lambda ph: ph.peak_bytes)
+    note = policy.hidden_from_saved_tensors_hooks
+    return StepFigures(
+        method=probe.method, foreign_bytes=probe.foreign_bytes,
+        resident_bytes=phases[0].start_bytes,
+        peak_bytes=peak.peak_bytes,
+        optimizer_step_peak_bytes=optimizer_step.peak_bytes,
+        activation_peak_bytes=forward_backward.peak_bytes - before_forward,
+        forward_kept_bytes=forward_kept,
+        saved_bytes=None if note else saved_bytes,
+        saved_bytes_note=note,
+        offloaded_bytes=getattr(hooks, "offloaded_bytes", 0),
+        breakdown=peak.breakdown,
+        flops=int(counter.get_total_flops()),
+        flops_by_op=flops_by_op(counter),
+        attention_kernel=kernels.kernel,
+        outcome=OK if loss_problem is None else NON_FINITE_LOSS,
+        outcome_note=loss_problem and f"{loss_problem} in the measured step: the variant does not train",
+    )
+
+
+def shape_fields(flavor: Flavor, variant: str, policy: Policy, device: torch.device, dtype: torch.dtype) -> dict:
+    """The descriptive fields of a record: what was measured, at which shape, with which torch."""
+    _, attention = parse_variant(variant)
+    return dict(
+        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.record_params(device),
+        attention=attention, flavor=flavor.name,
+        device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
+        batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
+        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__))
 
 
 def measure_variant(flavor: Flavor, variant: str, device: str | torch.device,
@@ -234,22 +376,10 @@ def measure_variant(flavor: Flavor, variant: str, device: str | torch.device,
     return _descriptive_record(flavor, variant, device, policy, outcome=OUT_OF_MEMORY, outcome_note=note)
 
 
-def shape_fields(flavor: Flavor, variant: str, policy: Policy, device: torch.device, dtype: torch.dtype) -> dict:
-    """The descriptive fields of a record: what was measured, at which shape, with which torch."""
-    _, attention = parse_variant(variant)
-    return dict(
-        variant=variant, policy=policy.name, policy_kind=policy.kind, policy_params=policy.record_params(device),
-        attention=attention, flavor=flavor.name,
-        device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
-        batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
-        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__))
-
-
 def _descriptive_record(flavor: Flavor, variant: str, device: str | torch.device, policy: Policy | None = None,
                         **fields) -> Measurement:
     """A record of a variant whose step gave no figures: what was to be measured, null metrics."""
-    policy_name, attention = parse_variant(variant)
-    policy = policy or get_policy(policy_name)
+    policy = policy or get_policy(parse_variant(variant)[0])
     device = torch.device(device)
     dtype = resolve_dtype(flavor, device)
     method = CUDA_ALLOCATOR if device.type == "cuda" else FAKE_MEMTRACKER if is_estimate(flavor, device) else MEMTRACKER
@@ -270,71 +400,14 @@ def _measure_step(flavor: Flavor, variant: str, device: str | torch.device,
     On the CPU a flavor with ``cpu_mode="estimate"`` runs on fake tensors: no compute, no
     real memory, exact bytes.
     """
-    _, attention = parse_variant(variant)
     device = torch.device(device)
     fake = is_estimate(flavor, device)
     dtype = resolve_dtype(flavor, device)
-    probe: CudaAllocatorProbe | MemTrackerProbe | None = None
     with FakeTensorMode() if fake else contextlib.nullcontext():
-        if device.type == "cuda":
-            probe = CudaAllocatorProbe(device)  # before anything of this variant exists
+        # The allocator probe must exist before anything of this variant does.
+        cuda_probe = CudaAllocatorProbe(device) if device.type == "cuda" else None
         training = build_training(flavor, variant, device, policy)
-        model, optimizer, x, policy = training.model, training.optimizer, training.x, training.policy
-        if policy.compiles:
-            training.step()  # compiles, outside every counter (see CompileAwareMemTracker)
-        # Warm-up step: gradients and optimizer state now exist. Its forward and backward
-        # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
-        # would otherwise hold memory during the measured step.
-        counter = flop_counter_mode()
-        with KernelRecorder() as kernels:
-            training.step(around_forward_backward=counter)
-        if probe is None:
-            probe = MemTrackerProbe(device, model, optimizer, x, fake=fake)
-
-        phases: list[Phase] = []
-        reset_collector()
-        with probe.phase() as p:
-            optimizer.zero_grad(set_to_none=True)
-        phases.append(p)
-        before_forward = probe.current()
-        saved = SavedTensorCounter(model, x)
-        reset_collector()
-        with probe.phase() as p:
-            # The policy's hooks inside the counter's: only the innermost pair applies.
-            with saved.count(), policy.forward_context(device) as hooks:
-                out = model(x)
-            forward_kept = probe.current() - before_forward - out.untyped_storage().nbytes()
-            loss = loss_fn(out)
-            del out
-            loss.backward()
-            # After backward, whose peak is far above this one-element temporary.
-            loss_problem = None if fake or bool(torch.isfinite(loss).all()) else f"the loss is {loss.item()}"
-            del loss
-        phases.append(p)
-        forward_backward = p
-        reset_collector()
-        with probe.phase() as p:
-            optimizer.step()
-        phases.append(p)
-        optimizer_step = p
-
-    peak = max(phases, key=lambda ph: ph.peak_bytes)
-    note = policy.hidden_from_saved_tensors_hooks
-    return Measurement(
-        **shape_fields(flavor, variant, policy, device, dtype),
-        memory_method=probe.method, optimizer=describe_optimizer(optimizer), foreign_bytes=probe.foreign_bytes,
-        resident_bytes=phases[0].start_bytes,
-        peak_bytes=peak.peak_bytes,
-        optimizer_step_peak_bytes=optimizer_step.peak_bytes,
-        activation_peak_bytes=forward_backward.peak_bytes - before_forward,
-        forward_kept_bytes=forward_kept,
-        saved_bytes=None if note else saved.saved_bytes,
-        saved_bytes_note=note,
-        offloaded_bytes=getattr(hooks, "offloaded_bytes", 0),
-        breakdown=peak.breakdown,
-        flops=int(counter.get_total_flops()),
-        flops_by_op=flops_by_op(counter),
-        outcome=OK if loss_problem is None else NON_FINITE_LOSS,
-        outcome_note=loss_problem and f"{loss_problem} in the measured step: the variant does not train",
-        attention_kernel=kernels.kernel,
-    )
+        figures = measure_step(training, lambda t: cuda_probe or MemTrackerProbe(
+            device, t.model, t.optimizer, t.x, fake=fake))
+    return Measurement(**shape_fields(flavor, variant, training.policy, device, dtype),
+                       optimizer=describe_optimizer(training.optimizer), **figures.fields())

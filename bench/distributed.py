@@ -1,0 +1,246 @@
+"""Checkpointing under FSDP2: one training step per variant on every rank of a torchrun job.
+
+    torchrun --nproc-per-node 2 -m bench.distributed --flavor tiny --out DIR [--variants none-sdpa,full-sdpa]
+
+Any torchrun option passes through (``--nnodes``, ``--node-rank``, ``--rdzv-backend c10d``,
+``--rdzv-endpoint HOST:PORT``; README "Checkpointing under FSDP2"). Per rank, as torchtitan's
+``parallelize_llama`` orders it: the model with the policy applied (checkpointing, then compile
+where the policy compiles), then ``fully_shard`` on each block and on the root, AdamW over the
+sharded parameters, and ``bench.record.Training.step``. gloo on the CPU, NCCL on CUDA
+(``bench.device``). Every rank steps ``flavor.batch`` samples (its slice of one global batch of
+``world_size * flavor.batch``, drawn as a single process would draw it), so each rank's
+activations are the single-process run's and what sharding changes is the resident state.
+
+Each rank writes its records (``bench.record.Measurement``, with ``world_size`` and ``rank``)
+atomically to ``DIR/rank{R}.json``; rank 0 gathers every rank's records over the process group
+(so it works across machines that share no file system) and writes ``DIR/records.json``.
+With ``--save-state`` rank 0 also writes ``DIR/state/{variant}.pt``: the full gradients of the
+first step and the full parameters after it, which ``bench/test_distributed.py`` compares
+with the single-process run of the global batch and across policies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
+from torch.distributed.fsdp import fully_shard
+
+from bench.device import distributed_backend, rank_device, synchronize
+from bench.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
+from bench.record import (Measurement, Training, build_training, describe_optimizer, make_optimizer,
+                          measure_step, shape_fields)
+from models import ATTENTIONS, Flavor, Policy, get_flavor, get_policy, parse_variant, resolve_dtype, variant_id
+
+#: Policy kinds that are not run under FSDP2, and why (printed when a run leaves them out, and
+#: the error when one is asked for).
+NOT_COMPOSED: dict[str, str] = {
+    "compile_budget": (
+        "budget_B compiles the whole model (nn.Module.compile on the root), so Dynamo would trace "
+        "FSDP2's pre/post-forward hooks and collectives of every block; torchtitan compiles each block "
+        "after checkpointing and before fully_shard instead. Per-block compilation is not a policy of "
+        "this suite, so budget_B is not measured under FSDP2"),
+}
+
+#: The policies run under FSDP2 by default: the notebook's five and every other kind that composes.
+DEFAULT_POLICIES: tuple[str, ...] = ("none", "full", "attn", "mlp", "every_other", "every_3", "sequential",
+                                     "sac", "core_attn", "offload")
+DEFAULT_VARIANTS: tuple[str, ...] = tuple(variant_id(p, a) for p in DEFAULT_POLICIES for a in ATTENTIONS)
+
+RECORDS_FILE = "records.json"
+
+
+class DoesNotCompose(ValueError):
+    """A policy asked for under FSDP2 that this suite does not run there; the message says why."""
+
+
+def check_composes(policy: Policy) -> Policy:
+    """``policy``, or DoesNotCompose naming the policy and the reason."""
+    reason = NOT_COMPOSED.get(policy.kind)
+    if reason:
+        raise DoesNotCompose(f"policy {policy.name!r} (kind {policy.kind}) is not run under FSDP2: {reason}")
+    return policy
+
+
+def global_flavor(flavor: Flavor, world_size: int) -> Flavor:
+    """The flavor at the global batch: ``world_size * flavor.batch`` samples (same name)."""
+    return dataclasses.replace(flavor, batch=flavor.batch * world_size)
+
+
+def shard(training: Training, world_size: int, rank: int) -> Training:
+    """``training`` sharded: ``fully_shard`` on each block, then on the root (the root gets the
+    blocks' parameters' leftovers, here none), a fresh AdamW over the sharded (DTensor)
+    parameters, and this rank's slice of the global input."""
+    model = training.model
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    per_rank = training.x.shape[0] // world_size
+    x = training.x[rank * per_rank:(rank + 1) * per_rank].clone()
+    return Training(model, make_optimizer(model), x, training.policy, training.device)
+
+
+def build_sharded_training(flavor: Flavor, variant: str, device: torch.device, world_size: int,
+                           rank: int) -> Training:
+    """The variant built as a single process builds it at the global batch (same seed, same
+    weights, same input), its policy applied, then sharded over the ranks (``shard``)."""
+    policy = check_composes(get_policy(parse_variant(variant)[0]))
+    return shard(build_training(global_flavor(flavor, world_size), variant, device, policy), world_size, rank)
+
+
+def parameter_name(name: str) -> str:
+    """The parameter's name as in the state dict (checkpoint_wrapper inserts a prefix)."""
+    return name.replace(_CHECKPOINT_PREFIX, "")
+
+
+def full_tensors(model: torch.nn.Module, grads: bool) -> dict[str, torch.Tensor]:
+    """Every parameter (or its gradient) gathered in full; a collective: every rank calls it."""
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.grad if grads else p
+        out[parameter_name(name)] = t.full_tensor().detach().cpu().clone()
+    return out
+
+
+def timed_steps(training: Training, steps: int = 3) -> float:
+    """Median wall time of ``steps`` plain training steps on this rank, in seconds."""
+    times = []
+    for _ in range(steps):
+        synchronize()
+        start = time.perf_counter()
+        training.step()
+        synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_sharded(flavor: Flavor, variant: str, device: torch.device, world_size: int, rank: int,
+                    state_dir: Path | None = None) -> Measurement:
+    """One variant on this rank: built and sharded, a warm-up step (FLOPs; with ``state_dir``
+    the full gradients and parameters after it go to rank 0's file), one step measured by
+    FSDPMemTracker (CPU) or the allocator (CUDA), then timed steps."""
+    dtype = resolve_dtype(flavor, device)
+    cuda_probe = None
+    if device.type == "cuda":
+        from bench.device import CudaAllocatorProbe  # the allocator probe sees everything on the GPU
+        cuda_probe = CudaAllocatorProbe(device)
+    training = build_sharded_training(flavor, variant, device, world_size, rank)
+
+    def keep_state(t: Training) -> None:
+        if state_dir is None:
+            return
+        grads = full_tensors(t.model, grads=True)
+        params = full_tensors(t.model, grads=False)
+        if rank == 0:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"grads": grads, "params": params}, state_dir / f"{variant}.pt")
+
+    figures = measure_step(training, lambda t: cuda_probe or FSDPMemTrackerProbe(device, t.model, t.optimizer, t.x),
+                           saved_counter_factory=ShardedSavedTensorCounter, after_warmup=keep_state)
+    step_seconds = timed_steps(training)
+    return Measurement(**shape_fields(flavor, variant, training.policy, device, dtype),
+                       optimizer=describe_optimizer(training.optimizer), **figures.fields(),
+                       world_size=world_size, rank=rank, step_seconds=step_seconds)
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """Write JSON to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def parse_variants(text: str | None) -> tuple[str, ...]:
+    """``none-sdpa,full-sdpa`` -> variants; a policy that does not compose raises DoesNotCompose."""
+    if not text:
+        return DEFAULT_VARIANTS
+    variants = tuple(v.strip() for v in text.split(",") if v.strip())
+    for v in variants:
+        check_composes(get_policy(parse_variant(v)[0]))
+    return variants
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node W -m bench.distributed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--flavor", default="tiny", help="the flavor; every rank steps its batch (default: %(default)s)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated POLICY-ATTENTION names (default: every policy that composes with FSDP2, "
+                        "both attentions)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when available (NCCL), else cpu (gloo)")
+    p.add_argument("--out", required=True, type=Path, help="folder for rank{R}.json, records.json, state/")
+    p.add_argument("--save-state", action="store_true",
+                   help="rank 0 saves each variant's full gradients and updated parameters under OUT/state/")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        flavor = get_flavor(args.flavor)
+        variants = parse_variants(args.variants)
+    except ValueError as exc:
+        print(f"bench.distributed: {exc}", file=sys.stderr)
+        return 2
+    if "RANK" not in os.environ:
+        print("bench.distributed: run it under torchrun (RANK, WORLD_SIZE and the rendezvous come from there), "
+              "e.g. torchrun --nproc-per-node 2 -m bench.distributed --out DIR", file=sys.stderr)
+        return 2
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = rank_device(device_type, int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(distributed_backend(device_type))
+    try:
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if rank == 0 and not args.variants:
+            for kind, reason in NOT_COMPOSED.items():
+                print(f"bench.distributed: left out, kind {kind}: {reason}")
+        if flavor.cpu_mode == "estimate" and device_type == "cpu":
+            print(f"bench.distributed: flavor {flavor.name} is estimated on fake tensors on the CPU, "
+                  f"which FSDP2's collectives cannot run on; choose small or tiny", file=sys.stderr)
+            return 2
+        state_dir = args.out / "state" if args.save_state else None
+        records = []
+        for variant in variants:
+            records.append(measure_sharded(flavor, variant, device, world_size, rank, state_dir).as_dict())
+            if rank == 0:
+                print(f"bench.distributed: {variant} measured on {world_size} ranks", flush=True)
+        write_json_atomic(args.out / f"rank{rank}.json", records)
+        gathered = [None] * world_size if rank == 0 else None
+        dist.gather_object(records, gathered, dst=0)
+        if rank == 0:
+            merged = sorted((r for part in gathered for r in part), key=lambda r: (r["variant"], r["rank"]))
+            write_json_atomic(args.out / RECORDS_FILE, {
+                "world_size": world_size, "flavor": flavor.name, "device_type": device_type,
+                "not_composed": NOT_COMPOSED, "records": merged})
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def load_records(out: Path) -> list[Measurement]:
+    """The merged records of a run (``OUT/records.json``), validated."""
+    data = json.loads((Path(out) / RECORDS_FILE).read_text())
+    return [Measurement.from_dict(r) for r in data["records"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

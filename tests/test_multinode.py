@@ -1,0 +1,61 @@
+"""Beyond one process group on one host: two torchrun launches, one per "node", meet through a
+c10d rendezvous on the loopback address, exactly as two machines would (README: the commands
+for a real cluster). Each node runs one process; the records of both ranks must arrive."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import uuid
+
+from bench.distributed import RECORDS_FILE, load_records
+from bench.test_distributed import launch_env
+from tests.helpers import ROOT
+
+VARIANT = "full-sdpa"
+TIMEOUT_S = 240
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (the rendezvous host binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_command(port: int, run_id: str, out) -> list[str]:
+    """One node's launch: the README's multi-machine command with the loopback address."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id,
+            "-m", "bench.distributed", "--flavor", "tiny", "--variants", VARIANT, "--out", str(out)]
+
+
+def test_two_nodes_meet_through_a_c10d_rendezvous_on_loopback(tmp_path):
+    port, run_id = free_port(), uuid.uuid4().hex[:8]
+    outs = [tmp_path / f"node{i}" for i in range(2)]
+    nodes = [subprocess.Popen(node_command(port, run_id, out), cwd=ROOT, env=launch_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in outs]
+    results = []
+    try:
+        for node in nodes:
+            stdout, stderr = node.communicate(timeout=TIMEOUT_S)
+            results.append((node.returncode, stderr))
+    finally:
+        for node in nodes:
+            if node.poll() is None:
+                node.kill()
+    assert [rc for rc, _ in results] == [0, 0], "\n".join(err[-3000:] for _, err in results)
+    # Each node wrote its own rank's file; the node that got rank 0 holds the merged records.
+    per_node = [sorted(p.name for p in out.glob("rank*.json")) for out in outs]
+    assert sorted(sum(per_node, [])) == ["rank0.json", "rank1.json"] and all(len(n) == 1 for n in per_node)
+    rank0_dir = outs[[n == ["rank0.json"] for n in per_node].index(True)]
+    records = load_records(rank0_dir)
+    assert [(r.variant, r.world_size, r.rank) for r in records] == [(VARIANT, 2, 0), (VARIANT, 2, 1)]
+    assert records[0].forward_kept_bytes == records[1].forward_kept_bytes
+    assert records[0].resident_bytes == records[1].resident_bytes
+    for out in outs:
+        for record in json.loads(next(out.glob("rank*.json")).read_text()):
+            assert record["world_size"] == 2
+    assert not (outs[1 - outs.index(rank0_dir)] / RECORDS_FILE).exists()

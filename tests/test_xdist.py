@@ -1,0 +1,57 @@
+"""pytest-xdist: each worker binds its own GPU (the mapping, tested on the CPU), one variant's
+tests stay on one worker, and ``-n 2`` gives the serial run's deterministic figures."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+
+import pytest
+
+from bench.device import bind_xdist_worker_gpu, xdist_worker_gpu, xdist_worker_index
+from tests.helpers import run_pytest
+
+
+def test_each_worker_gets_its_own_gpu_round_robin():
+    assert [xdist_worker_gpu(f"gw{i}", ["0", "1", "2"]) for i in range(5)] == ["0", "1", "2", "0", "1"]
+    assert xdist_worker_gpu(None, ["0", "1"]) is None  # not under xdist: every GPU stays visible
+    assert xdist_worker_gpu("gw1", []) is None  # a CPU machine: nothing to bind
+    assert xdist_worker_index("gw12") == 12
+    with pytest.raises(ValueError, match="gwN"):
+        xdist_worker_index("worker-1")
+
+
+def test_binding_restricts_cuda_visible_devices_to_the_workers_gpu():
+    env = {"PYTEST_XDIST_WORKER": "gw1", "CUDA_VISIBLE_DEVICES": "4,5"}
+    assert bind_xdist_worker_gpu(env) == "5" and env["CUDA_VISIBLE_DEVICES"] == "5"
+    env = {"PYTEST_XDIST_WORKER": "gw0", "CUDA_VISIBLE_DEVICES": ""}  # no GPU visible: unchanged
+    assert bind_xdist_worker_gpu(env) is None and env["CUDA_VISIBLE_DEVICES"] == ""
+    env = {"CUDA_VISIBLE_DEVICES": "4,5"}  # not a worker: unchanged
+    assert bind_xdist_worker_gpu(env) is None and env == {"CUDA_VISIBLE_DEVICES": "4,5"}
+
+
+#: A cheap selection: four tiny variants through the memory, FLOP and baseline modules.
+SELECTION = ("bench/test_memory.py", "bench/test_flops.py", "bench/test_baselines.py", "--device", "cpu",
+             "--flavor", "tiny", "--benchmark-skip", "-k", "none- or full-", "-p", "no:randomly")
+
+
+def figures(path) -> dict[str, dict]:
+    """Every record of a run by case, without the one field that is wall time."""
+    return {f"{r['flavor']}-{r['variant']}": {k: v for k, v in r.items() if k != "step_seconds"}
+            for r in json.loads(path.read_text())["measurements"]}
+
+
+def test_two_workers_give_the_serial_figures_and_keep_a_variant_on_one_worker(tmp_path):
+    serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
+    one = run_pytest(*SELECTION, "--benchmark-json", str(serial))
+    assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
+    two = run_pytest(*SELECTION, "-n", "2", "-v", "--benchmark-json", str(parallel))
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    assert "scheduling tests via CaseScheduling" in two.stdout  # -n alone: --dist loadgroup, by case
+    workers = defaultdict(set)
+    for worker, case in re.findall(r"\[(gw\d+)\] \[\s*\d+%\] \w+ \S+\[(cpu-tiny-[\w-]+)\]", two.stdout):
+        workers[case].add(worker)
+    assert len(workers) == 4 and all(len(w) == 1 for w in workers.values()), dict(workers)
+    assert len({w for ws in workers.values() for w in ws}) == 2  # both workers got work
+    assert figures(parallel) == figures(serial) and len(figures(serial)) == 4
