@@ -160,6 +160,8 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: a sweep too long for the default run of pytest bench/; "
                             "runs with --slow")
     config.addinivalue_line("markers", "timing: a wall-clock timing test, skipped when pytest-benchmark is disabled")
+    config.addinivalue_line("markers", "distributed: launches torchrun (FSDP2 at world size 2, gloo); "
+                            "deselect with -m 'not distributed'")
     if config.pluginmanager.hasplugin("benchmark"):
         config.pluginmanager.register(BenchmarkHooks(), "ac-bench-benchmark-hooks")
     loaded_families(config)  # --model-spec: before any flavor name is read
@@ -316,6 +318,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             cuda_marks.append(pytest.mark.skip(reason="CUDA-only test, and --device cpu was given"))
         params = [pytest.param(c, id=c.id, marks=cuda_marks) for c in cases("cuda", cuda_flavors)]
         metafunc.parametrize("cuda_case", params)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    """``-n auto`` on CUDA: one worker per visible GPU (each binds its own, see
+    ``bench.device.bind_xdist_worker_gpu``), not one per CPU core, which would put several
+    workers' allocators on one GPU. On the CPU, pytest-xdist's own count (the cores)."""
+    if config.getoption("--device") == "cpu":
+        return None
+    from bench.device import visible_gpus
+    return len(visible_gpus()) or None
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -217,17 +217,23 @@ def bind_xdist_worker_gpu(environ: dict | None = None) -> str | None:
     worker = environ.get("PYTEST_XDIST_WORKER")
     if xdist_worker_index(worker) is None:
         return None
-    listed = environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        visible = [d.strip() for d in listed.split(",") if d.strip()]
-    else:
-        visible = [str(i) for i in range(_count_gpus_without_cuda())]
-    gpu = xdist_worker_gpu(worker, visible)
+    gpu = xdist_worker_gpu(worker, visible_gpus(environ))
     if gpu is not None:
         if torch.cuda.is_initialized():
             raise RuntimeError(f"xdist worker {worker}: CUDA was initialised before its GPU could be bound")
         environ["CUDA_VISIBLE_DEVICES"] = gpu
     return gpu
+
+
+def visible_gpus(environ: dict | None = None) -> list[str]:
+    """The GPUs this process may use, without initialising CUDA: the entries of
+    CUDA_VISIBLE_DEVICES where it is set, else one index per GPU that ``nvidia-smi -L`` lists."""
+    import os
+    environ = os.environ if environ is None else environ
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    return [str(i) for i in range(_count_gpus_without_cuda())]
 
 
 def _count_gpus_without_cuda() -> int:

@@ -241,7 +241,7 @@ def test_empty_flavor_option_is_a_usage_error_not_the_defaults():
 def test_the_suite_runs_with_pytest_benchmark_disabled():
     """-p no:benchmark: correctness, memory and the gate run; timing tests skip with the reason."""
     result = run_pytest("bench/", "-p", "no:benchmark", "--device", "cpu", "--flavor", "tiny", "-q", "-rs",
-                        "-k", "full-sdpa or none-sdpa")
+                        "-k", "full-sdpa or none-sdpa", "-m", "not distributed")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "INTERNALERROR" not in result.stdout + result.stderr
     assert "pytest-benchmark is disabled (-p no:benchmark): timing tests do not run" in result.stdout

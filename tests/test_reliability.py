@@ -4,7 +4,6 @@ name, and deterministic figures."""
 
 from __future__ import annotations
 
-import configparser
 import json
 import re
 import shlex
@@ -17,7 +16,7 @@ from bench.baselines import DEFAULT_TOLERANCES, BaselineFile, BaselineGate, comp
 from bench.metrics import METRICS
 from bench.record import measure_variant
 from models import get_flavor
-from tests.helpers import ROOT, run_pytest
+from tests.helpers import ROOT, run_pytest, tox_gpu_phases
 
 TINY = get_flavor("tiny")
 WORKFLOW = ROOT / ".github" / "workflows" / "nightly-gpu.yml"
@@ -39,17 +38,15 @@ def nightly_command(history: Path, bench_json: Path) -> list[str]:
     tox_line = next(line for line in run.replace("\\\n", " ").splitlines() if "tox -e gpu" in line)
     posargs = shlex.split(tox_line.split(" -- ", 1)[1].replace("${HISTORY}", str(history))
                           .replace("${TIMING_THRESHOLD}", threshold))
-    tox = configparser.ConfigParser(interpolation=None)
-    tox.read(ROOT / "tox.ini")
-    pytest_line = next(line for line in tox["testenv:gpu"]["commands"].splitlines() if line.startswith("pytest "))
+    (timing,) = [words for words in tox_gpu_phases() if "--benchmark-json" in words]  # the second phase
     args = []
-    for word in shlex.split(pytest_line)[1:]:
+    for word in timing:
         if word == "{posargs}":
             args += posargs
         elif word.startswith("{env:BENCH_JSON"):
             args.append(str(bench_json))
         else:
-            args.append({"cuda": "cpu", "seed": "tiny"}.get(word, word))
+            args.append(word)
     return args
 
 

@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 
 from bench.device import bind_xdist_worker_gpu, xdist_worker_gpu, xdist_worker_index
-from tests.helpers import run_pytest
+from tests.helpers import run_pytest, tox_gpu_phases
 
 
 def test_each_worker_gets_its_own_gpu_round_robin():
@@ -46,7 +46,14 @@ def test_two_workers_give_the_serial_figures_and_keep_a_variant_on_one_worker(tm
     serial, parallel = tmp_path / "serial.json", tmp_path / "parallel.json"
     one = run_pytest(*SELECTION, "--benchmark-json", str(serial))
     assert one.returncode == 0, one.stdout[-3000:] + one.stderr[-3000:]
-    two = run_pytest(*SELECTION, "-n", "2", "-v", "--benchmark-json", str(parallel))
+    # tox -e gpu's parallel phase, as tox.ini writes it, on three modules and -n 2 (2 cores here).
+    phase = tox_gpu_phases()[0]
+    assert "-n" in phase and phase[phase.index("-m") + 1] == "not timing", f"tox -e gpu's first phase: {phase}"
+    modules = [w for w in SELECTION if w.startswith("bench/")]
+    args = [w for word in phase for w in (modules if word == "bench/" else ["2"] if word == "auto" else
+                                           ["-k", "none- or full-", "-v", "--benchmark-json", str(parallel)]
+                                           if word == "{posargs}" else [word])]
+    two = run_pytest(*args)
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     assert "scheduling tests via CaseScheduling" in two.stdout  # -n alone: --dist loadgroup, by case
     workers = defaultdict(set)
