@@ -159,7 +159,8 @@ def pytest_configure(config: pytest.Config) -> None:
                             "attention implementation")
     config.addinivalue_line("markers", "slow: a sweep too long for the default run of pytest bench/; "
                             "runs with --slow")
-    config.addinivalue_line("markers", "timing: a wall-clock timing test, skipped when pytest-benchmark is disabled")
+    config.addinivalue_line("markers", "timing: a timing test (wall or CPU time): run in one process, not beside "
+                            "pytest-xdist workers (make test times them last); skipped when pytest-benchmark is disabled")
     config.addinivalue_line("markers", "distributed: launches torchrun (FSDP2 at world size 2, gloo); "
                             "deselect with -m 'not distributed'")
     if config.pluginmanager.hasplugin("benchmark"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import json
 import os
 import shlex
 import subprocess
@@ -28,3 +29,32 @@ def tox_gpu_phases() -> list[list[str]]:
     tox.read(ROOT / "tox.ini")
     lines = [line for line in tox["testenv:gpu"]["commands"].splitlines() if line.startswith("pytest ")]
     return [[{"cuda": "cpu", "seed": "tiny"}.get(word, word) for word in shlex.split(line)[1:]] for line in lines]
+
+
+_PYTEST_MAIN_RUNNER = """
+import contextlib, io, json, sys
+import pytest
+results = []
+for args in json.loads(sys.stdin.read()):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = int(pytest.main(["-p", "no:cacheprovider", *args]))
+        except SystemExit as exc:
+            code = exc.code
+    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
+print(json.dumps(results))
+"""
+
+
+def run_pytest_cases(cases: list[list[str]], timeout: float = 600) -> list[dict]:
+    """``pytest ARGS`` for each of ``cases``, one after another in one fresh Python process
+    (``pytest.main``; torch is imported once): for runs that end in a usage error before
+    anything is measured. Each result: ``{"code", "stdout", "stderr"}``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    proc = subprocess.run([sys.executable, "-c", _PYTEST_MAIN_RUNNER], input=json.dumps(cases), cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise AssertionError(f"the pytest runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.splitlines()[-1])

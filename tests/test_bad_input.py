@@ -15,7 +15,6 @@ input files in tests/test_report.py (``test_bad_input_is_one_line_exit_2``) and 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ from models import FLAVORS
 
 from bench import analytic, sweep_cli
 from bench.report.cli import main as report_main
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_pytest_cases
 
 RUN = ROOT / "tests" / "data" / "cpu-small-seed.json"
 
@@ -74,31 +73,12 @@ PYTEST_CASES = [
     (["--update-baselines", "-n", "2"], "--update-baselines cannot be combined with pytest-xdist"),
 ]
 
-PYTEST_RUNNER = """
-import contextlib, io, json, sys
-import pytest
-results = []
-for args in json.loads(sys.stdin.read()):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = int(pytest.main(["-p", "no:cacheprovider", "--collect-only", "-q", "bench/", *args]))
-        except SystemExit as exc:
-            code = exc.code
-    results.append({"code": code, "stdout": out.getvalue(), "stderr": err.getvalue()})
-print(json.dumps(results))
-"""
-
-
 @pytest.fixture(scope="module")
 def pytest_results(tmp_path_factory):
     paths = _paths(tmp_path_factory.mktemp("bad-input"))
     cases = [_fill(args, paths) for args, _ in PYTEST_CASES]
-    proc = subprocess.run([sys.executable, "-c", PYTEST_RUNNER], input=json.dumps(cases), cwd=ROOT,
-                          capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 0, proc.stderr
-    return dict(zip(range(len(cases)), json.loads(proc.stdout.splitlines()[-1])))
+    results = run_pytest_cases([["--collect-only", "-q", "bench/", *args] for args in cases])
+    return dict(zip(range(len(cases)), results))
 
 
 @pytest.mark.parametrize(("index", "says"), [(i, says) for i, (_, says) in enumerate(PYTEST_CASES)],

@@ -14,7 +14,7 @@ import pytest
 from bench.baselines import DEFAULT_TOLERANCES, BaselineError, BaselineFile, BaselineGate, baseline_path, compare
 from bench.record import measure_variant
 from models import get_flavor
-from tests.helpers import run_pytest
+from tests.helpers import run_pytest, run_pytest_cases
 
 TINY = get_flavor("tiny")
 
@@ -242,7 +242,7 @@ def tiny_baselines(tmp_path_factory):
     return baseline_path(directory, "cpu").read_text()
 
 
-@pytest.mark.parametrize(("change", "message"), [
+BROKEN = [
     (lambda d: d["tolerances"].update(flops=float("nan")), "tolerance of flops is nan, not a positive finite number"),
     (lambda d: d["tolerances"].update(peak_bytes=0), "tolerance of peak_bytes is 0, not a positive"),
     (lambda d: d["tolerances"].update(saved_bytes="1%"), "tolerance of saved_bytes is '1%'"),
@@ -253,21 +253,41 @@ def tiny_baselines(tmp_path_factory):
     (lambda d: d["entries"]["tiny-full-sdpa"].update(resident_bytes=-1), "resident_bytes is -1"),
     (lambda d: d["entries"]["tiny-full-sdpa"].update(flops=None), "flops is None"),
     (lambda d: d["entries"]["tiny-full-sdpa"].update(memory_method=3), "memory_method is 3, not a string"),
-])
-@pytest.mark.parametrize("update", [False, True], ids=["gate", "update"])
-def test_a_broken_baselines_file_fails_the_run_once_and_is_never_rewritten(tmp_path, tiny_baselines, change,
-                                                                            message, update):
-    path = baseline_path(tmp_path, "cpu")
-    path.parent.mkdir(parents=True)
-    path.write_text(tiny_baselines)
-    _corrupt(path, change)
-    before = path.read_bytes()
-    result = run_pytest("bench/", "--device", "cpu", "--flavor", "tiny", "--baselines-dir", str(tmp_path), "-q",
-                        *(["--update-baselines"] if update else []))
-    assert result.returncode == 4, result.stdout + result.stderr  # a usage error: nothing measured
-    assert message in result.stderr and str(path) in result.stderr and "git checkout" in result.stderr
-    assert result.stderr.count(str(path)) <= 2 and "Traceback" not in result.stderr  # one message
-    assert path.read_bytes() == before
+]
+UPDATE = {"gate": [], "update": ["--update-baselines"]}
+
+
+@pytest.fixture(scope="module")
+def broken_runs(tmp_path_factory, tiny_baselines):
+    """Every broken file under the gate and under --update-baselines: ``pytest bench/`` on each,
+    all in one process (``run_pytest_cases``; each run ends in the usage error before anything
+    is collected). By (mode, case): the result, the file, and its bytes before the run."""
+    runs, cases = {}, []
+    for mode, extra in UPDATE.items():
+        for index, (change, _) in enumerate(BROKEN):
+            directory = tmp_path_factory.mktemp(f"broken-{mode}-{index}")
+            path = baseline_path(directory, "cpu")
+            path.parent.mkdir(parents=True)
+            path.write_text(tiny_baselines)
+            _corrupt(path, change)
+            runs[(mode, index)] = (path, path.read_bytes())
+            cases.append(["bench/", "--device", "cpu", "--flavor", "tiny", "--baselines-dir", str(directory), "-q",
+                          *extra])
+    return {key: (result, *runs[key]) for key, result in zip(runs, run_pytest_cases(cases))}
+
+
+@pytest.mark.parametrize(("index", "message"), [(i, m) for i, (_, m) in enumerate(BROKEN)],
+                         ids=[m for _, m in BROKEN])
+@pytest.mark.parametrize("mode", list(UPDATE))
+def test_a_broken_baselines_file_fails_the_run_once_and_is_never_rewritten(broken_runs, mode, index, message):
+    result, path, before = broken_runs[(mode, index)]
+    output = result["stdout"] + result["stderr"]
+    assert result["code"] == 4, f"{mode}, {message}: exit {result['code']}, not a usage error:\n{output[-3000:]}"
+    stderr = result["stderr"]
+    assert message in stderr and str(path) in stderr and "git checkout" in stderr, f"{mode}: {stderr}"
+    assert stderr.count(str(path)) <= 2 and "Traceback" not in stderr, f"{mode}: more than one message: {stderr}"
+    assert "collected" not in result["stdout"], f"{mode}, {message}: tests were collected: {result['stdout'][-2000:]}"
+    assert path.read_bytes() == before, f"{mode}, {message}: {path} was rewritten"
 
 
 def test_a_missing_tolerance_fails_the_gate_and_update_adds_it_saying_so(tmp_path, tiny_baselines):

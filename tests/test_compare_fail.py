@@ -9,7 +9,13 @@ that, and a planted 20% slowdown still shows as at least 20 - 4.7 = 15.3%.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.helpers import run_pytest
+
+#: Times real steps against a 10% threshold: run with the timing tests, one process alone
+#: (make test's second phase), not beside another worker.
+pytestmark = pytest.mark.timing
 
 #: The threshold the suite's CPU timing supports on one machine (see the module docstring).
 THRESHOLD = "median:10%"

@@ -60,6 +60,7 @@ def _scale_stored_medians(history: Path, factor: float) -> None:
     latest.write_text(json.dumps(data))
 
 
+@pytest.mark.timing
 def test_nightly_workflow_first_night_passes_and_the_next_ones_gate(tmp_path):
     """Night 1, empty history: green, the comparison skipped with a message, the run saved.
     Night 2 compares against night 1 and passes; night 3, slower than night 2 beyond the

@@ -329,14 +329,15 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[Path, str]]:
 
 
 @pytest.mark.parametrize("bad", ["missing", "not json", "not this suite", "missing fields", "old schema"])
-def test_bad_input_is_one_line_exit_2(tmp_path, bad):
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, bad):
+    """In this process (``main``); tests/test_bad_input.py runs the command in a real one too."""
     path, says = _bad_inputs(tmp_path)[bad]
-    proc = subprocess.run([sys.executable, "-m", "bench.report", "table", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and proc.stdout == ""
-    assert proc.stderr.endswith("\n") and proc.stderr.count("\n") == 1, proc.stderr
-    assert str(path) in proc.stderr and says in proc.stderr
+    code = main(["table", str(path)])
+    out, err = capsys.readouterr()
+    assert code == 2, f"{bad}: exit {code}: {err}"
+    assert "Traceback" not in err and out == "", f"{bad}: {out}{err}"
+    assert err.endswith("\n") and err.count("\n") == 1, f"{bad}: not one line: {err}"
+    assert str(path) in err and says in err, f"{bad}: {err!r} does not name {path} and say {says!r}"
 
 
 @pytest.mark.parametrize("mutate, says", [
