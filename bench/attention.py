@@ -49,7 +49,7 @@ class KernelRecorder(TorchDispatchMode):
     @classmethod
     def ignore_compile_internals(cls) -> bool:
         """Let a compiled model (``budget_B``) run compiled inside: without this Dynamo runs it
-        eagerly while any dispatch mode is active (see ``bench.memory.CompileAwareMemTracker``);
+        eagerly while any dispatch mode is active (see ``bench.memory.compile_aware_mem_tracker_class``);
         the compiled graph's ops still pass through here."""
         return True
 

@@ -61,7 +61,7 @@ class _GlobalOnly:
 
 class CompileAwareFlopCounterMode(FlopCounterMode):
     """FlopCounterMode under which a compiled model runs compiled (see
-    ``bench.memory.CompileAwareMemTracker``): its dispatch mode declares that it ignores
+    ``bench.memory.compile_aware_mem_tracker_class``): its dispatch mode declares that it ignores
     compile internals, so Dynamo does not fall back to eager while it counts. Counts are
     global only (no per-module breakdown, which the suite does not use)."""
 

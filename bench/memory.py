@@ -8,11 +8,11 @@ tensors and on fake tensors alike.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 
 from bench.device import CUDA_ALLOCATOR, CudaAllocatorProbe, Phase
 
@@ -32,28 +32,38 @@ CATEGORY_NAMES: dict[str, str] = {
 }
 
 
-class CompileAwareMemTracker(MemTracker):
-    """MemTracker that lets a compiled model run compiled inside it.
+@functools.cache
+def compile_aware_mem_tracker_class() -> type:
+    """``CompileAwareMemTracker`` (below), defined on first use: importing
+    ``torch.distributed._tools.mem_tracker`` takes about a second (it pulls in DTensor and
+    inductor's utilities), which every process that never measures (the report, a collect-only
+    run, a usage error) would otherwise pay."""
+    from torch.distributed._tools.mem_tracker import _TOTAL_KEY, MemTracker
 
-    Dynamo runs a model eagerly while a dispatch mode is on the stack, unless the mode says it
-    ignores compile internals: the mode is then off while compiling and on while the compiled
-    graph runs, whose ops (with a non-fusing backend such as ``aot_eager_decomp_partition``)
-    it sees as usual. Without this, a ``budget_B`` variant would be measured uncompiled.
-    """
+    class CompileAwareMemTracker(MemTracker):
+        """MemTracker that lets a compiled model run compiled inside it.
 
-    @classmethod
-    def ignore_compile_internals(cls) -> bool:
-        return True
+        Dynamo runs a model eagerly while a dispatch mode is on the stack, unless the mode says it
+        ignores compile internals: the mode is then off while compiling and on while the compiled
+        graph runs, whose ops (with a non-fusing backend such as ``aot_eager_decomp_partition``)
+        it sees as usual. Without this, a ``budget_B`` variant would be measured uncompiled.
+        """
 
-    def _update_peak_stats(self, peak_state) -> None:
-        """The tracker-wide peak only, as MemTracker's own second loop computes it. MemTracker
-        also walks every module it has seen on every op to keep per-module peaks, which this
-        suite never reads (``get_tracker_snapshot("peak")`` is the tracker-wide one): that walk
-        was half of a fake-tensor measurement at ``seed`` (3.1 of 6.2 s under the profiler)."""
-        for dev, snap in self._curr_mem_snap.items():
-            if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
-                self._peak_mem[dev] = snap[_TOTAL_KEY]
-                self._peak_mem_snap[dev] = dict(snap)
+        @classmethod
+        def ignore_compile_internals(cls) -> bool:
+            return True
+
+        def _update_peak_stats(self, peak_state) -> None:
+            """The tracker-wide peak only, as MemTracker's own second loop computes it. MemTracker
+            also walks every module it has seen on every op to keep per-module peaks, which this
+            suite never reads (``get_tracker_snapshot("peak")`` is the tracker-wide one): that walk
+            was half of a fake-tensor measurement at ``seed`` (3.1 of 6.2 s under the profiler)."""
+            for dev, snap in self._curr_mem_snap.items():
+                if self._peak_mem.get(dev, 0) < snap[_TOTAL_KEY]:
+                    self._peak_mem[dev] = snap[_TOTAL_KEY]
+                    self._peak_mem_snap[dev] = dict(snap)
+
+    return CompileAwareMemTracker
 
 
 class MemTrackerProbe:
@@ -67,7 +77,7 @@ class MemTrackerProbe:
         self.device = device
         self.method = FAKE_MEMTRACKER if fake else MEMTRACKER
         self.foreign_bytes = 0
-        self.tracker = CompileAwareMemTracker()
+        self.tracker = compile_aware_mem_tracker_class()()
         self.tracker.track_external(*tracked)
 
     def _total(self, kind: str) -> tuple[int, dict[str, int]]:

@@ -303,7 +303,7 @@ def measure_step(training: Training, probe_factory, saved_counter_factory=SavedT
     model, optimizer, x, policy, device = (training.model, training.optimizer, training.x, training.policy,
                                            training.device)
     if policy.compiles:
-        training.step()  # compiles, outside every counter (see CompileAwareMemTracker)
+        training.step()  # compiles, outside every counter (see bench.memory.compile_aware_mem_tracker_class)
     # Warm-up step: gradients and optimizer state now exist. Its forward and backward
     # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
     # would otherwise hold memory during the measured step.
