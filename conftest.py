@@ -137,6 +137,11 @@ class MeasurementStore:
                         f"or compared with the baselines (the other variants are measured as usual)", pytrace=False)
         return record
 
+    def add_sharded(self, record: Measurement) -> None:
+        """A record measured elsewhere: one rank of a sharded run (bench/test_distributed.py's
+        torchrun launch), in the JSON as ``{device}-{case_id}-rank{R}``."""
+        self._records[f"{record.device_key}-{record.case_id}-rank{record.rank}"] = record
+
     def local_json(self) -> dict[str, dict]:
         """The records measured in this process, by case id."""
         return {k: r.as_dict() for k, r in self._records.items()}

@@ -57,8 +57,9 @@ pytestmark = pytest.mark.distributed
 
 
 @pytest.fixture(scope="session")
-def sharded_run(tmp_path_factory, session_device):
-    """The world-size-2 run: its merged records by (variant, rank), the state folder, stdout."""
+def sharded_run(tmp_path_factory, session_device, measurements):
+    """The world-size-2 run: its merged records by (variant, rank), the state folder, stdout.
+    Every rank's record also goes into the session's ``--benchmark-json`` (``measurements``)."""
     if session_device != "cpu":
         pytest.skip("the sharded benchmark is asserted on the CPU (gloo) only; on GPUs run "
                     "`torchrun --nproc-per-node N -m bench.distributed --device cuda --out DIR` (NCCL), whose "
@@ -74,6 +75,8 @@ def sharded_run(tmp_path_factory, session_device):
         pytest.fail(f"torchrun exited {result.returncode} after {seconds:.1f}s:\n{result.stderr[-4000:]}",
                     pytrace=False)
     records = {(r.variant, r.rank): r for r in load_records(out)}
+    for record in records.values():
+        measurements.add_sharded(record)
     return records, out / "state", result.stdout, seconds
 
 

@@ -189,6 +189,37 @@ def test_table_content_against_the_fixture(tmp_path, capsys):
     assert text.count("| yes |") == sum(r.on_frontier for g in run_groups(load_run(RUN)) for r in g.rows)
 
 
+def test_each_rank_of_a_sharded_run_is_its_own_group_timed_by_its_step_seconds(tmp_path, capsys):
+    """Records of a torchrun launch (world size 2, ranks 0 and 1, bench/test_distributed.py puts
+    them in the JSON) next to the single process's: a table per rank, titled with world size and
+    rank, its step time the record's own ``step_seconds``; the same variant on two ranks is not a
+    duplicate, on one rank twice it is."""
+    data = raw()
+    small = records(data, "small")
+    sharded = []
+    for rank, seconds in ((0, 0.25), (1, 0.5)):
+        for variant in ("none-sdpa", "full-sdpa"):
+            r = dict(small[variant], world_size=2, rank=rank, global_batch=2 * small[variant]["batch"],
+                     step_seconds=seconds * (2 if variant == "full-sdpa" else 1))
+            sharded.append(r)
+    data["measurements"] = data["measurements"] + sharded
+    md = tmp_path / "report.md"
+    assert main([str(write(tmp_path / "w2.json", data)), "--markdown", str(md)]) == 0, capsys.readouterr().err
+    text = md.read_text()
+    for rank, seconds in ((0, 0.25), (1, 0.5)):
+        rows = {cells[0]: cells[1:] for cells in markdown_rows(text, f"small FSDP2 W=2 rank {rank} on cpu")}
+        assert set(rows) == {"none-sdpa", "full-sdpa"}, f"rank {rank}: rows {sorted(rows)}"
+        assert rows["none-sdpa"][0] == f"{seconds * 1e3:.1f}" and rows["full-sdpa"][1] == "2.00", f"rank {rank}: {rows}"
+    # The single process's table is unchanged: every small variant, no sharded row.
+    assert {cells[0] for cells in markdown_rows(text, "small on cpu")} == set(small), "small on cpu lost or gained rows"
+    titles = [line for line in text.splitlines() if line.startswith("## ")]
+    assert titles.index("## small on cpu") < titles.index("## small FSDP2 W=2 rank 0 on cpu") \
+        < titles.index("## small FSDP2 W=2 rank 1 on cpu"), titles
+    data["measurements"].append(dict(sharded[0]))
+    assert main([str(write(tmp_path / "dup.json", data))]) == 2
+    assert "two measurement records of small none-sdpa on cpu (rank 0 of 2)" in capsys.readouterr().err
+
+
 def test_table_rows_follow_the_policy_registry():
     """Policies in models.POLICIES order (attention inner); others after them, in natural order."""
     for group in run_groups(load_run(RUN)):

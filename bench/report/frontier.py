@@ -60,9 +60,19 @@ def variant_order(variant: str) -> tuple:
     return (*policy_order(policy), *_order(attention, list(ATTENTIONS)))
 
 
+def group_label(record) -> str:
+    """What a group is named by: the flavor, or for one rank of a sharded run (FSDP2 over W
+    ranks, ``bench/distributed.py``) ``tiny FSDP2 W=2 rank 0``: each rank is its own group,
+    since its figures are that rank's."""
+    if record.world_size == 1:
+        return record.flavor
+    return f"{record.flavor} FSDP2 W={record.world_size} rank {record.rank}"
+
+
 def group_order(key: tuple[str, str]) -> tuple:
-    """(flavor, device key): flavors in registry order, then device keys alphabetically."""
-    return (*_order(key[0], list(FLAVORS)), key[1])
+    """(group label, device key): flavors in registry order (a sharded run's ranks after its
+    flavor's single process), then device keys alphabetically."""
+    return (*_order(key[0].split(" ")[0], list(FLAVORS)), _natural(key[0]), key[1])
 
 
 # --- groups: one flavor on one device key --------------------------------------------------------
@@ -97,8 +107,10 @@ class Row:
 
 @dataclass(frozen=True)
 class Group:
-    """One flavor on one device key: every variant measured, in registry order."""
+    """One flavor on one device key (one rank of a sharded run: ``group_label``): every
+    variant measured, in registry order."""
 
+    #: The group label: the flavor, or ``tiny FSDP2 W=2 rank 0``.
     flavor: str
     device_key: str
     axis: str
@@ -142,14 +154,14 @@ def make_group(entries: Sequence[Entry], axis: str | None = None) -> Group:
                           else (r.speed(axis), r.entry.record.peak_bytes) for r in partial})
     rows = tuple(Row(r.entry, r.time_ratio, r.flop_overhead, r.variant in front, r.recompute_s) for r in partial)
     first = entries[0].record
-    return Group(first.flavor, first.device_key, axis, rows)
+    return Group(group_label(first), first.device_key, axis, rows)
 
 
 def group_entries(entries: Iterable[Entry]) -> dict[tuple[str, str], list[Entry]]:
-    """Entries by (flavor, device key), flavors in registry order."""
+    """Entries by (group label, device key), flavors in registry order."""
     groups: dict[tuple[str, str], list[Entry]] = {}
     for e in entries:
-        groups.setdefault((e.record.flavor, e.record.device_key), []).append(e)
+        groups.setdefault((group_label(e.record), e.record.device_key), []).append(e)
     return {k: groups[k] for k in sorted(groups, key=group_order)}
 
 

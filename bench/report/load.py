@@ -116,10 +116,14 @@ def load_run(path: str | Path) -> Run:
     seen = set()
     for r in records:
         key = (r.flavor, r.device, r.variant)
-        if key in seen:
-            raise ReportInputError(f"{path}: two measurement records of {r.flavor} {r.variant} on {r.device}")
-        seen.add(key)
-        entries.append(Entry(r, *medians.get(key, (None, None))))
+        if (*key, r.world_size, r.rank) in seen:
+            rank = f" (rank {r.rank} of {r.world_size})" if r.world_size > 1 else ""
+            raise ReportInputError(f"{path}: two measurement records of {r.flavor} {r.variant} on {r.device}{rank}")
+        seen.add((*key, r.world_size, r.rank))
+        # A rank of a sharded run (bench/distributed.py) is not timed by pytest-benchmark: its
+        # record carries the median of its own timed steps.
+        timed = (r.step_seconds, None) if r.world_size > 1 else medians.get(key, (None, None))
+        entries.append(Entry(r, *timed))
     return Run(path, tuple(entries))
 
 
