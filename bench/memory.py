@@ -72,6 +72,9 @@ class MemTrackerProbe:
     Each phase re-enters the tracker, which resets its peak to the current total.
     """
 
+    #: The tracker's categories in this suite's words (the breakdown's keys).
+    categories: dict[str, str] = CATEGORY_NAMES
+
     def __init__(self, device: torch.device, *tracked: nn.Module | torch.optim.Optimizer | torch.Tensor,
                  fake: bool = False) -> None:
         self.device = device
@@ -82,7 +85,7 @@ class MemTrackerProbe:
 
     def _total(self, kind: str) -> tuple[int, dict[str, int]]:
         snap = self.tracker.get_tracker_snapshot(kind).get(self.device, {})
-        breakdown = {CATEGORY_NAMES.get(str(getattr(k, "value", k)), str(k)): v
+        breakdown = {self.categories.get(str(getattr(k, "value", k)), str(k)): v
                      for k, v in snap.items() if str(k) != "Total" and v}
         return snap.get("Total", 0), breakdown
 
@@ -155,6 +158,8 @@ class FSDPMemTrackerProbe(MemTrackerProbe):
     model: exact storage bytes of this rank by category, FSDP's own (sharded and unsharded
     parameters and gradients, all-gather and reduce-scatter buffers) apart."""
 
+    categories = FSDP_CATEGORY_NAMES
+
     def __init__(self, device: torch.device, model: nn.Module, optimizer: torch.optim.Optimizer,
                  x: torch.Tensor) -> None:
         from torch.distributed._tools.fsdp2_mem_tracker import FSDPMemTracker
@@ -167,12 +172,6 @@ class FSDPMemTrackerProbe(MemTrackerProbe):
         # is entered: enter once, so that "current" counts them before the first phase too.
         with self.tracker:
             pass
-
-    def _total(self, kind: str) -> tuple[int, dict[str, int]]:
-        snap = self.tracker.get_tracker_snapshot(kind).get(self.device, {})
-        breakdown = {FSDP_CATEGORY_NAMES.get(str(getattr(k, "value", k)), str(k)): v
-                     for k, v in snap.items() if str(k) != "Total" and v}
-        return snap.get("Total", 0), breakdown
 
     def current(self) -> int:
         """Bytes allocated now, less FSDP's unsharded parameters and collective buffers. Between

@@ -24,7 +24,11 @@ def test_compile_budget_figures_match_baseline(session_device, variant, measurem
           update_baselines)
 
 
-def _gate(record, baseline_gate, update_baselines) -> None:
+def _gate(record, baseline_gate, update_baselines, compare=compare) -> None:
+    """``record`` staged (--update-baselines) or against its entry in this device's baselines
+    file: skipped with the command that adds a missing file or entry, failed with one line per
+    metric that moved (``compare(record, entry, tolerances, fix)``: the registry's tolerances,
+    or a caller's own rule, as bench/test_distributed.py's for sharded peaks)."""
     if update_baselines:
         baseline_gate.stage(record)
         return

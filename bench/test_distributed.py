@@ -23,10 +23,11 @@ import torch
 
 from bench.analytic import (Shape, fsdp_unsharded_peak_bytes, kept_bytes, optimizer_step_counter_bytes,
                             sharded_parameter_bytes, sharded_resident_bytes, step_flops)
-from bench.baselines import BaselineError, baseline_path, compare
+from bench.baselines import compare
 from bench.distributed import DEFAULT_VARIANTS, main as distributed_main, NOT_COMPOSED, global_flavor, load_records, parameter_name
 from bench.gradients import SHARDED_TOLERANCES, StepResult, mismatches
 from bench.record import Measurement, build_training, measure_variant
+from bench.test_baselines import _gate
 from models import ATTENTIONS, get_flavor, parse_variant
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,26 +234,18 @@ def test_sharding_lowers_the_per_rank_peak_below_the_single_process(sharded_run,
 
 @variants
 def test_sharded_figures_match_baseline(sharded_run, variant, baseline_gate, update_baselines):
-    """Rank 0's figures against ``{flavor}-w2-{variant}`` in this device's baselines file."""
+    """Rank 0's figures against ``{flavor}-w2-{variant}`` in this device's baselines file: the
+    peaks within one block's FSDP buffers of the baseline (``PEAK_METRICS``), the rest at the
+    registry's tolerances."""
     records, _, _, _ = sharded_run
-    record = records[(variant, 0)]
-    if update_baselines:
-        baseline_gate.stage(record)
-        return
-    path = baseline_path(baseline_gate.directory, record.device_key)
-    try:
-        baseline = baseline_gate.file_for(record.device_key)
-    except BaselineError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    entry = baseline.entries.get(record.case_id) if baseline else None
-    if entry is None:
-        pytest.skip(f"{record.case_id} has no entry in {path}: add it with `{baseline_gate.accept_command(record)}`")
-    # Peaks within one block's FSDP buffers of the baseline (see PEAK_METRICS), then gated as equal.
+    _gate(records[(variant, 0)], baseline_gate, update_baselines, compare=_compare_sharded)
+
+
+def _compare_sharded(record: Measurement, entry: dict, tolerances: dict, fix: str) -> list[str]:
     bound = fsdp_unsharded_peak_bytes(per_rank_shape(record))
     moved = {k: getattr(record, k) - entry[k] for k in PEAK_METRICS if isinstance(entry.get(k), int)}
     problems = [f"{record.case_id}: {k} moved {d:+,} B from the baseline {entry[k]:,}, more than one block's FSDP "
-                f"buffers ({bound:,} B). If intended, accept it with: {baseline_gate.accept_command(record)}"
+                f"buffers ({bound:,} B). If intended, accept it with: {fix}"
                 for k, d in moved.items() if abs(d) > bound]
     steady = dataclasses.replace(record, **{k: entry[k] for k in moved})
-    problems += compare(steady, entry, baseline.tolerances, fix=baseline_gate.accept_command(record))
-    assert not problems, "\n".join(problems)
+    return problems + compare(steady, entry, tolerances, fix=fix)
