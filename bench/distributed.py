@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import json
 import os
 import statistics
@@ -220,8 +221,15 @@ def main(argv: list[str] | None = None) -> int:
         records = []
         for variant in variants:
             records.append(measure_sharded(flavor, variant, device, world_size, rank, state_dir).as_dict())
+            gc.collect()  # this variant's sharded model, before the next one is built (see below)
             if rank == 0:
                 print(f"bench.distributed: {variant} measured on {world_size} ranks", flush=True)
+        # The sharded models of the last variants may sit in reference cycles that hold FSDP's
+        # gloo work objects; freed at interpreter teardown (after the process group is gone), a
+        # rank aborted there ("terminate called without an active exception", SIGABRT) twice in
+        # some fifteen launches. Collected here, they go while the process group is alive: none
+        # of ten launches, two at a time, aborted since (2026-11-29).
+        gc.collect()
         write_json_atomic(args.out / f"rank{rank}.json", records)
         gathered = [None] * world_size if rank == 0 else None
         dist.gather_object(records, gathered, dst=0)
