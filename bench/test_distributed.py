@@ -23,7 +23,8 @@ import torch
 
 from bench.analytic import (Shape, fsdp_unsharded_peak_bytes, kept_bytes, optimizer_step_counter_bytes,
                             sharded_parameter_bytes, sharded_resident_bytes, step_flops)
-from bench.baselines import compare
+from bench.baselines import compare, entry_of
+from bench.metrics import DEFAULT_TOLERANCES
 from bench.distributed import DEFAULT_VARIANTS, main as distributed_main, NOT_COMPOSED, global_flavor, load_records, parameter_name
 from bench.gradients import SHARDED_TOLERANCES, StepResult, mismatches
 from bench.record import Measurement, build_training, measure_variant
@@ -251,3 +252,25 @@ def _compare_sharded(record: Measurement, entry: dict, tolerances: dict, fix: st
                 for k, d in moved.items() if abs(d) > bound]
     steady = dataclasses.replace(record, **{k: entry[k] for k in moved})
     return problems + compare(steady, entry, tolerances, fix=fix)
+
+
+def test_the_sharded_gate_bounds_the_peaks_by_one_block_and_the_rest_by_the_tolerances(sharded_run):
+    """``_compare_sharded`` on rank 0's ``full-sdpa`` against entries made from it: a peak that
+    moved by one block's FSDP buffers passes, one byte more fails with the accept command, and
+    a figure that is not a peak fails beyond the registry's tolerance."""
+    records, _, _, _ = sharded_run
+    record = records[("full-sdpa", 0)]
+    bound = fsdp_unsharded_peak_bytes(per_rank_shape(record))
+    fix = "pytest bench/ ... --update-baselines -k tiny-w2-full-sdpa"
+    base = entry_of(record)
+
+    def problems(**moved):
+        return _compare_sharded(record, {**base, **{k: base[k] + d for k, d in moved.items()}}, DEFAULT_TOLERANCES, fix)
+
+    assert problems() == [], f"full-sdpa against its own figures: {problems()}"
+    for peak in PEAK_METRICS:
+        assert problems(**{peak: bound}) == [], f"{peak} moved by one block ({bound} B) should pass"
+        found = problems(**{peak: -(bound + 1)})
+        assert len(found) == 1 and peak in found[0] and fix in found[0], f"{peak} moved by {bound + 1} B: {found}"
+    found = problems(forward_kept_bytes=base["forward_kept_bytes"] // 10)
+    assert len(found) == 1 and "forward_kept_bytes" in found[0], f"forward_kept_bytes moved by 10%: {found}"

@@ -62,3 +62,17 @@ def test_two_workers_give_the_serial_figures_and_keep_a_variant_on_one_worker(tm
     assert len(workers) == 4 and all(len(w) == 1 for w in workers.values()), dict(workers)
     assert len({w for ws in workers.values() for w in ws}) == 2  # both workers got work
     assert figures(parallel) == figures(serial) and len(figures(serial)) == 4
+
+
+@pytest.mark.parametrize(("device", "visible", "workers"), [
+    ("cuda", "0,1,2", 3),    # -n auto on CUDA: one worker per visible GPU
+    (None, "4,5", 2),         # no --device: CUDA when there is a GPU
+    ("cuda", "", None),       # no GPU visible: pytest-xdist's own count
+    ("cpu", "0,1,2", None),   # the CPU: pytest-xdist's own count (the cores), GPUs or not
+])
+def test_n_auto_counts_gpus_on_cuda(monkeypatch, device, visible, workers):
+    import conftest
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    config = type("Config", (), {"getoption": lambda self, name: {"--device": device}[name]})()
+    assert conftest.pytest_xdist_auto_num_workers(config) == workers, f"--device {device}, GPUs {visible!r}"
