@@ -10,20 +10,14 @@ atomically (temporary file, then rename).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import os
 import shlex
-import signal
-import stat
-import tempfile
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, METRICS
+from bench.outputs import write_text_atomic
 from bench.record import Measurement
 
 
@@ -115,51 +109,9 @@ class BaselineFile:
         return "\n".join(lines)
 
     def write(self) -> None:
-        """Write atomically: a temporary file in the same folder, then rename over the target.
-
-        The file keeps its mode (a new one gets what the umask gives any new file, not
-        mkstemp's 0600); temporary files left by a killed earlier write are removed."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        for stale in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
-        if self.path.exists():
-            mode = stat.S_IMODE(self.path.stat().st_mode)
-        else:
-            umask = os.umask(0)
-            os.umask(umask)
-            mode = 0o666 & ~umask
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with _termination_raises():
-                os.fchmod(fd, mode)
-                with os.fdopen(fd, "w") as f:
-                    f.write(self.dumps())
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-
-
-@contextlib.contextmanager
-def _termination_raises() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise SystemExit while a baselines file is written (Ctrl-C already
-    raises KeyboardInterrupt), so that the temporary file is removed and the old file stays; a
-    SIGKILL leaves the old file intact too, and its temporary file is removed by the next write."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum: int, frame: object) -> None:
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        """Write atomically (``bench.outputs.write_text_atomic``): the old file stays whole if
+        the write fails or is killed, and keeps its mode."""
+        write_text_atomic(self.path, self.dumps())
 
 
 #: Where baselines live unless ``--baselines-dir`` says otherwise.

@@ -26,10 +26,7 @@ import dataclasses
 import gc
 import json
 import os
-import statistics
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -37,10 +34,12 @@ import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 from torch.distributed.fsdp import fully_shard
 
-from bench.device import distributed_backend, rank_device, synchronize
+from bench.device import distributed_backend, rank_device
 from bench.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
+from bench.outputs import write_text_atomic
 from bench.record import (Measurement, Training, build_training, describe_optimizer, make_optimizer,
                           measure_step, shape_fields)
+from bench.timing import device_synchronized_timer, interleaved_medians
 from models import ATTENTIONS, Flavor, Policy, get_flavor, get_policy, parse_variant, resolve_dtype, variant_id
 
 #: Policy kinds that are not run under FSDP2, and why (printed when a run leaves them out, and
@@ -114,15 +113,10 @@ def full_tensors(model: torch.nn.Module, grads: bool) -> dict[str, torch.Tensor]
 
 
 def timed_steps(training: Training, steps: int = 3) -> float:
-    """Median wall time of ``steps`` plain training steps on this rank, in seconds."""
-    times = []
-    for _ in range(steps):
-        synchronize()
-        start = time.perf_counter()
-        training.step()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    """Median wall time of ``steps`` plain training steps on this rank, in seconds (the device
+    synchronised around each)."""
+    return interleaved_medians({"step": training.step}, rounds=steps, warmup=0,
+                               timer=device_synchronized_timer)["step"]
 
 
 def measure_sharded(flavor: Flavor, variant: str, device: torch.device, world_size: int, rank: int,
@@ -155,17 +149,8 @@ def measure_sharded(flavor: Flavor, variant: str, device: torch.device, world_si
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Write JSON to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``data`` as indented, key-sorted JSON, written atomically (``bench.outputs.write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
 def parse_variants(text: str | None) -> tuple[str, ...]:

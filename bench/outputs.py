@@ -3,8 +3,13 @@ cannot write its JSON, its baselines or its report has lost its work."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import stat
 import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -48,3 +53,53 @@ def file_problem(path: Path, create_folder: bool = False) -> str | None:
     if path.exists() and not os.access(path, os.W_OK):
         return f"cannot write: {path} exists and is not writable; choose another path or make it writable"
     return None
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically: a temporary file in the same folder, flushed to
+    disk, then renamed over the target, so the old file stays whole if anything fails.
+
+    The file keeps its mode (a new one gets what the umask gives any new file, not
+    mkstemp's 0600); temporary files left by a killed earlier write are removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        stale.unlink(missing_ok=True)
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with _termination_raises():
+            os.fchmod(fd, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _termination_raises() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise SystemExit while a file is written (Ctrl-C already raises
+    KeyboardInterrupt), so that the temporary file is removed and the old file stays; a
+    SIGKILL leaves the old file intact too, and its temporary file is removed by the next write."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

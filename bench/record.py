@@ -300,9 +300,7 @@ def measure_step(training: Training, probe_factory, saved_counter_factory=SavedT
     ``probe_factory(training)`` returns after the warm-up, unless ``training`` already came with
     an allocator probe (``probe_factory`` may return one made earlier). FLOPs are the warm-up's;
     ``after_warmup(training)`` runs between the two steps (gradients of the first step are there)."""
-    model, optimizer, x, policy, device = (training.model, training.optimizer, training.x, training.policy,
-                                           training.device)
-    if policy.compiles:
+    if training.policy.compiles:
         training.step()  # compiles, outside every counter (see bench.memory.compile_aware_mem_tracker_class)
     # Warm-up step: gradients and optimizer state now exist. Its forward and backward
     # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks

@@ -13,12 +13,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_pytest(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m pytest ARGS`` in the repository root; output captured as text."""
+def _child_env() -> dict[str, str]:
+    """This environment for a child pytest: the repository importable, and not an xdist worker
+    even when this process is one."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("PYTEST_XDIST_WORKER", None)
+    return env
+
+
+def run_pytest(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``python -m pytest ARGS`` in the repository root; output captured as text."""
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=_child_env(), capture_output=True, text=True, timeout=timeout)
 
 
 def tox_gpu_phases() -> list[list[str]]:
@@ -51,10 +57,8 @@ def run_pytest_cases(cases: list[list[str]], timeout: float = 600) -> list[dict]
     """``pytest ARGS`` for each of ``cases``, one after another in one fresh Python process
     (``pytest.main``; torch is imported once): for runs that end in a usage error before
     anything is measured. Each result: ``{"code", "stdout", "stderr"}``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("PYTEST_XDIST_WORKER", None)
     proc = subprocess.run([sys.executable, "-c", _PYTEST_MAIN_RUNNER], input=json.dumps(cases), cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout, env=env)
+                          capture_output=True, text=True, timeout=timeout, env=_child_env())
     if proc.returncode != 0:
         raise AssertionError(f"the pytest runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.splitlines()[-1])
