@@ -212,8 +212,8 @@ def main(argv: list[str] | None = None) -> int:
         # The sharded models of the last variants may sit in reference cycles that hold FSDP's
         # gloo work objects; freed at interpreter teardown (after the process group is gone), a
         # rank aborted there ("terminate called without an active exception", SIGABRT) twice in
-        # some fifteen launches. Collected here, they go while the process group is alive: none
-        # of ten launches, two at a time, aborted since (2026-11-29).
+        # roughly fifteen launches over two sessions. Collected here, they go while the process
+        # group is alive: none of ten launches, two at a time, aborted since (2026-11-29).
         gc.collect()
         write_json_atomic(args.out / f"rank{rank}.json", records)
         gathered = [None] * world_size if rank == 0 else None
