@@ -8,18 +8,20 @@ PY := $(VENV)/bin/python
 
 .PHONY: bench test gpu-check
 bench: $(VENV)/.installed
-	$(PY) -m pytest bench/ --benchmark-compare
+	$(VENV)/bin/pytest bench/ --benchmark-compare
 
 test: $(VENV)/.installed
-	$(PY) -m pytest --slow
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest --slow
 
 # On a GPU machine with its own CUDA torch (no venv): the one-shot GPU check into $(OUT).
 OUT ?= gpu-check-out
 gpu-check:
 	scripts/gpu-check $(OUT)
 
-$(VENV)/.installed: requirements-cpu.txt
+$(VENV)/.installed: requirements-cpu.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements-cpu.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@

@@ -11,13 +11,12 @@ without code generation), on CUDA inductor; the record names it.
 from __future__ import annotations
 
 import pytest
-import torch
 
-from bench.cases import COMPILE_BUDGETS, COMPILE_FLAVOR, Case
-from bench.gradients import mismatches, run_step, twin_models
-from models import budget_name, get_flavor, get_policy
+from ac_bench.cases import COMPILE_BUDGETS, COMPILE_FLAVOR, Case
+from ac_bench.gradients import mismatches, run_step, twin_models
+from ac_bench.models import budget_name, get_flavor, get_policy
 
-#: The default run's flavor and sweep are bench.cases' COMPILE_FLAVOR and COMPILE_BUDGETS (the
+#: The default run's flavor and sweep are ac_bench.cases' COMPILE_FLAVOR and COMPILE_BUDGETS (the
 #: gate in test_baselines.py reads them too); the slow sweep (selected flavors) uses SLOW_BUDGETS.
 BUDGETS = COMPILE_BUDGETS
 SLOW_BUDGETS = (1.0, 0.5, 0.0)

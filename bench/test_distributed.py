@@ -1,61 +1,56 @@
 """Checkpointing under FSDP2 at world size 2 (gloo on the CPU): per-rank records, gradients
 against the single process and across policies, the per-rank analytic model, the baselines.
 
-One ``torchrun --standalone --nproc-per-node 2 -m bench.distributed`` per session (a session
+One ``torchrun --standalone --nproc-per-node 2 -m ac_bench.distributed`` per session (a session
 fixture; every test reads its records), at ``tiny`` whatever ``--flavor`` says: world size 2
 on 2 CPU cores is two processes stepping at once, and ``tiny`` keeps the default run in its
 budget. The variants are every policy that composes with FSDP2, both attentions
-(``bench.distributed.DEFAULT_VARIANTS``); ``budget_B`` is left out with its reason.
+(``ac_bench.distributed.DEFAULT_VARIANTS``); ``budget_B`` is left out with its reason.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.analytic import (Shape, fsdp_unsharded_peak_bytes, kept_bytes, optimizer_step_counter_bytes,
-                            sharded_parameter_bytes, sharded_resident_bytes, step_flops)
-from bench.baselines import compare, entry_of
-from bench.metrics import DEFAULT_TOLERANCES
-from bench.distributed import DEFAULT_VARIANTS, main as distributed_main, NOT_COMPOSED, global_flavor, load_records, parameter_name
-from bench.gradients import SHARDED_TOLERANCES, StepResult, mismatches
-from bench.record import Measurement, build_training, measure_variant
-from bench.test_baselines import _gate
-from models import ATTENTIONS, get_flavor, parse_variant
+from ac_bench.analytic import (
+    Shape,
+    fsdp_unsharded_peak_bytes,
+    kept_bytes,
+    optimizer_step_counter_bytes,
+    sharded_parameter_bytes,
+    sharded_resident_bytes,
+    step_flops,
+)
+from ac_bench.distributed import (
+    DEFAULT_VARIANTS,
+    NOT_COMPOSED,
+    PEAK_METRICS,
+    compare_sharded,
+    global_flavor,
+    launch_env,
+    load_records,
+    parameter_name,
+    torchrun_command,
+)
+from ac_bench.distributed import main as distributed_main
+from ac_bench.gate.baselines import entry_of
+from ac_bench.gradients import SHARDED_TOLERANCES, StepResult, mismatches
+from ac_bench.metrics import DEFAULT_TOLERANCES
+from ac_bench.models import ATTENTIONS, get_flavor, parse_variant
+from ac_bench.plugin.session import gate_record
+from ac_bench.record import Measurement, build_training, measure_variant
 
-ROOT = Path(__file__).resolve().parent.parent
 FLAVOR = get_flavor("tiny")
 WORLD_SIZE = 2
 LAUNCH_TIMEOUT_S = 300
 
-#: The per-rank peak of a gloo run depends on when collectives complete: a buffer freed on
-#: gloo's thread before or after the next allocation. Measured at tiny: 1.5 KiB between runs
-#: and ranks on a quiet machine, 41728 B (0.8 of a block's 50816) under pytest-xdist with other
-#: jobs on the cores; the optimizer step's peak moved by exactly one block (50816 B: an all-gather
-#: output still alive during the step) between rank 0 and rank 1 in a clean-clone run of
-#: ``make test`` (2026-11-29). So peaks are compared within one block's FSDP buffers
-#: (``PEAK_METRICS``, bound ``fsdp_unsharded_peak_bytes``); every other figure is equal on every
-#: rank and gated at the registry's tolerance.
-PEAK_METRICS = ("peak_bytes", "activation_peak_bytes", "optimizer_step_peak_bytes")
 RANK_TIMING_DEPENDENT = {*PEAK_METRICS, "step_seconds", "breakdown"}
-
-def torchrun_command(*args: str) -> list[str]:
-    """``torchrun`` of this interpreter's environment (``python -m torch.distributed.run``)."""
-    return [sys.executable, "-m", "torch.distributed.run", *args]
-
-
-def launch_env() -> dict[str, str]:
-    """One thread per rank (the ranks share the cores), the repository importable."""
-    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-
 
 pytestmark = pytest.mark.distributed
 
@@ -66,14 +61,14 @@ def sharded_run(tmp_path_factory, session_device, measurements):
     Every rank's record also goes into the session's ``--benchmark-json`` (``measurements``)."""
     if session_device != "cpu":
         pytest.skip("the sharded benchmark is asserted on the CPU (gloo) only; on GPUs run "
-                    "`torchrun --nproc-per-node N -m bench.distributed --device cuda --out DIR` (NCCL), whose "
+                    "`torchrun --nproc-per-node N -m ac_bench.distributed --device cuda --out DIR` (NCCL), whose "
                     "figures this suite does not yet assert")
     out = tmp_path_factory.mktemp("fsdp-w2")
     start = time.perf_counter()
     result = subprocess.run(
-        torchrun_command("--standalone", f"--nproc-per-node={WORLD_SIZE}", "-m", "bench.distributed",
+        torchrun_command("--standalone", f"--nproc-per-node={WORLD_SIZE}", "-m", "ac_bench.distributed",
                          "--flavor", FLAVOR.name, "--device", "cpu", "--out", str(out), "--save-state"),
-        cwd=ROOT, env=launch_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+        env=launch_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
         pytest.fail(f"torchrun exited {result.returncode} after {seconds:.1f}s:\n{result.stderr[-4000:]}",
@@ -137,7 +132,7 @@ def test_asking_for_a_policy_that_does_not_compose_is_a_one_line_error(capsys, t
     status = distributed_main(["--variants", "none-sdpa,budget_0.5-sdpa", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2, f"budget_0.5 under FSDP2: exit status {status}, not 2 ({err!r})"
-    assert err.startswith("bench.distributed: policy 'budget_0.5' (kind compile_budget) is not run under FSDP2: "), \
+    assert err.startswith("ac_bench.distributed: policy 'budget_0.5' (kind compile_budget) is not run under FSDP2: "), \
         f"budget_0.5 under FSDP2: the error does not name the policy and its kind: {err!r}"
     assert len(err.strip().splitlines()) == 1, f"budget_0.5 under FSDP2: the error is not one line: {err!r}"
     assert not list(tmp_path.iterdir()), f"budget_0.5 under FSDP2: the refused run wrote {list(tmp_path.iterdir())}"
@@ -241,21 +236,11 @@ def test_sharded_figures_match_baseline(sharded_run, variant, baseline_gate, upd
     peaks within one block's FSDP buffers of the baseline (``PEAK_METRICS``), the rest at the
     registry's tolerances."""
     records, _, _, _ = sharded_run
-    _gate(records[(variant, 0)], baseline_gate, update_baselines, compare=_compare_sharded)
-
-
-def _compare_sharded(record: Measurement, entry: dict, tolerances: dict, fix: str) -> list[str]:
-    bound = fsdp_unsharded_peak_bytes(per_rank_shape(record))
-    moved = {k: getattr(record, k) - entry[k] for k in PEAK_METRICS if isinstance(entry.get(k), int)}
-    problems = [f"{record.case_id}: {k} moved {d:+,} B from the baseline {entry[k]:,}, more than one block's FSDP "
-                f"buffers ({bound:,} B). If intended, accept it with: {fix}"
-                for k, d in moved.items() if abs(d) > bound]
-    steady = dataclasses.replace(record, **{k: entry[k] for k in moved})
-    return problems + compare(steady, entry, tolerances, fix=fix)
+    gate_record(records[(variant, 0)], baseline_gate, update_baselines, rule=compare_sharded)
 
 
 def test_the_sharded_gate_bounds_the_peaks_by_one_block_and_the_rest_by_the_tolerances(sharded_run):
-    """``_compare_sharded`` on rank 0's ``full-sdpa`` against entries made from it: a peak that
+    """``compare_sharded`` on rank 0's ``full-sdpa`` against entries made from it: a peak that
     moved by one block's FSDP buffers passes, one byte more fails with the accept command, and
     a figure that is not a peak fails beyond the registry's tolerance."""
     records, _, _, _ = sharded_run
@@ -265,7 +250,7 @@ def test_the_sharded_gate_bounds_the_peaks_by_one_block_and_the_rest_by_the_tole
     base = entry_of(record)
 
     def problems(**moved):
-        return _compare_sharded(record, {**base, **{k: base[k] + d for k, d in moved.items()}}, DEFAULT_TOLERANCES, fix)
+        return compare_sharded(record, {**base, **{k: base[k] + d for k, d in moved.items()}}, DEFAULT_TOLERANCES, fix)
 
     assert problems() == [], f"full-sdpa against its own figures: {problems()}"
     for peak in PEAK_METRICS:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench import analytic
-from bench.cases import Case
+from ac_bench import analytic
+from ac_bench.cases import Case
 
 RECOMPUTE_TOLERANCE = 0.005
 

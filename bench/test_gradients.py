@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from bench.gradients import CROSS_ATTENTION_TOLERANCES, mismatches, run_step, twin_models
-from models import family_of, resolve_dtype
+from ac_bench.gradients import CROSS_ATTENTION_TOLERANCES, mismatches, run_step, twin_models
+from ac_bench.models import family_of, resolve_dtype
 
 pytestmark = [pytest.mark.real_tensors, pytest.mark.usefixtures("deterministic_algorithms")]
 

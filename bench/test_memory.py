@@ -33,12 +33,12 @@ from __future__ import annotations
 
 import pytest
 
-from bench import analytic
-from bench.cases import Case
-from bench.device import cuda_backward_allowance
-from bench.metrics import METRICS
-from bench.record import Measurement, is_estimate, measure_variant
-from models import POLICIES
+from ac_bench import analytic
+from ac_bench.cases import Case
+from ac_bench.metrics import METRICS
+from ac_bench.models import POLICIES
+from ac_bench.probes.device import cuda_backward_allowance
+from ac_bench.record import Measurement, is_estimate, measure_variant
 
 #: Relative margin each asserted inequality must clear: MemTracker counts exact storage
 #: bytes; the CUDA allocator adds block rounding and workspace noise.
@@ -254,7 +254,7 @@ def test_fake_estimate_matches_cuda(cuda_case, measurements):
     """On CUDA, the CPU fake-tensor estimate: forward_kept_bytes within 2% (the CPU keeps
     LayerNorm statistics in bf16, CUDA in fp32); activation_peak_bytes no more than 2% above
     the measurement and below it by at most the CUDA backward's extra buffers
-    (``bench.device.cuda_backward_allowance`` says which, as measured)."""
+    (``ac_bench.probes.device.cuda_backward_allowance`` says which, as measured)."""
     if not is_estimate(cuda_case.flavor, "cpu"):
         pytest.skip(f"{cuda_case.flavor.name} is measured for real on the CPU, not estimated")
     if cuda_case.policy == "offload":

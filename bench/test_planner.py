@@ -13,9 +13,10 @@ import dataclasses
 import pytest
 import torch
 
-from bench.cases import Case
-from bench.gradients import mismatches, run_step, twin_models
-from bench.planner import InfeasibleBudget, Planner, parse_budget
+from ac_bench.cases import Case
+from ac_bench.gradients import mismatches, run_step, twin_models
+from ac_bench.planner import InfeasibleBudget, Planner, parse_budget
+from ac_bench.plugin.parametrize import device_marks, selected
 
 #: Budgets (whole-step peak) per flavor and attention, in the default run. Chosen to need a
 #: mix: eager at 1 GiB checkpoints attention in most blocks and some MLPs; sdpa at 0.75 GiB
@@ -34,11 +35,15 @@ CPU_GRADIENT_SEQ_LEN = 256
 CUDA_PREDICTION_TOLERANCE = 0.03
 
 
-def budgets_for(flavor) -> list[tuple[str, str, tuple]]:
-    """``(attention, budget, marks)`` for ``flavor``: read by conftest.py to parametrize
-    ``plan_budget`` over the selected flavors."""
-    return ([(a, b, ()) for a, b in PLAN_BUDGETS.get(flavor.name, ())]
-            + [(a, b, (pytest.mark.slow,)) for a, b in SLOW_PLAN_BUDGETS.get(flavor.name, ())])
+def pytest_generate_tests(metafunc):
+    """``plan_budget``: ``(device, flavor, attention, budget)`` for each selected flavor's
+    declared budgets, the slow ones marked slow."""
+    device, flavors = selected(metafunc.config)
+    params = [pytest.param((device, f, a, b), id=f"{device}-{f.name}-{a}-{b}", marks=[*device_marks(device), *extra])
+              for f in flavors
+              for budgets, extra in ((PLAN_BUDGETS, ()), (SLOW_PLAN_BUDGETS, (pytest.mark.slow,)))
+              for a, b in budgets.get(f.name, ())]
+    metafunc.parametrize("plan_budget", params)
 
 
 @pytest.fixture(scope="session")

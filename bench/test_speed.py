@@ -1,7 +1,7 @@
 """Speed: the whole training step per variant, timed with the device's own timer.
 
 On the CPU the timer is the CPU time of the one thread that runs the step, with torch's
-intra-op threads fixed (``bench.timing``), wall time kept beside it in ``extra_info["timing"]``;
+intra-op threads fixed (``ac_bench.probes.timing``), wall time kept beside it in ``extra_info["timing"]``;
 on CUDA a device-synchronized wall clock. Timed flavors are a documented choice: on the CPU
 only the flavors measured for real (``small``; ``seed`` would take minutes per step on 2 cores
 and is estimated instead); on CUDA every selected flavor (``seed`` by default).
@@ -14,11 +14,11 @@ import statistics
 
 import pytest
 
-from bench.cases import Case
-from bench.device import PhaseClock
-from bench.record import build_training
-from bench.timing import WallClock, clock_description, interleaved_medians, timer_for, timing_threads
-from models import ATTENTIONS
+from ac_bench.cases import Case
+from ac_bench.models import ATTENTIONS
+from ac_bench.probes.device import PhaseClock
+from ac_bench.probes.timing import WallClock, clock_description, interleaved_medians, timer_for, timing_threads
+from ac_bench.record import build_training
 
 pytestmark = [pytest.mark.real_tensors, pytest.mark.timing]
 

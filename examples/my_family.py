@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import Family, Flavor
+from ac_bench.models import Family, Flavor
 
 
 class Residual(nn.Module):  # x + f(LayerNorm(x)): the unit a policy wraps

@@ -1,23 +1,24 @@
 """What is measured: the model families (the notebook's transformer, a Llama-style stack, a
 user's own), their flavors, and the checkpointing policies."""
 
-from models.ac import (
+from ac_bench.models.ac import (
     POLICIES,
     SUBLAYERS,
     VARIANTS,
     CompileBudgetAC,
-    budget_name,
     OffloadAC,
     PlanAC,
     Policy,
     RegionAC,
     SelectiveAC,
     SequentialAC,
+    budget_name,
     get_policy,
     parse_variant,
     variant_id,
 )
-from models.transformer import (
+from ac_bench.models.families import FAMILIES, Family, build_model, family_of, load_family_spec, register_family
+from ac_bench.models.transformer import (
     ATTENTIONS,
     FLAVORS,
     Flavor,
@@ -27,7 +28,6 @@ from models.transformer import (
     loss_fn,
     resolve_dtype,
 )
-from models.families import FAMILIES, Family, build_model, family_of, load_family_spec, register_family
 
 
 def apply_policy(model: Transformer, policy: Policy | str) -> Transformer:
@@ -36,8 +36,33 @@ def apply_policy(model: Transformer, policy: Policy | str) -> Transformer:
 
 
 __all__ = [
-    "ATTENTIONS", "CompileBudgetAC", "FAMILIES", "FLAVORS", "Family", "family_of", "load_family_spec", "register_family", "Flavor", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SUBLAYERS",
-    "SelectiveAC", "SequentialAC", "Transformer", "VARIANTS", "apply_policy", "budget_name", "build_model",
-    "check_attention", "get_flavor", "get_policy", "loss_fn", "parse_variant", "resolve_dtype",
+    "ATTENTIONS",
+    "CompileBudgetAC",
+    "FAMILIES",
+    "FLAVORS",
+    "Family",
+    "Flavor",
+    "OffloadAC",
+    "POLICIES",
+    "PlanAC",
+    "Policy",
+    "RegionAC",
+    "SUBLAYERS",
+    "SelectiveAC",
+    "SequentialAC",
+    "Transformer",
+    "VARIANTS",
+    "apply_policy",
+    "budget_name",
+    "build_model",
+    "check_attention",
+    "family_of",
+    "get_flavor",
+    "get_policy",
+    "load_family_spec",
+    "loss_fn",
+    "parse_variant",
+    "register_family",
+    "resolve_dtype",
     "variant_id",
 ]

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from models.ac.base import SUBLAYERS, Policy
-from models.llama import LLAMA_FLAVORS, build_llama
-from models.transformer import FLAVORS, Flavor, build_transformer, resolve_dtype
+from ac_bench.models.ac.base import SUBLAYERS, Policy
+from ac_bench.models.llama import LLAMA_FLAVORS, build_llama
+from ac_bench.models.transformer import FLAVORS, Flavor, build_transformer, resolve_dtype
 
 
 @dataclass(frozen=True)
@@ -35,9 +35,11 @@ class Family:
 
     ``build(flavor, attention, dropout)`` constructs the model; ``build_model`` calls it with
     the device and the default dtype set, so parameters are created in place (also on fake
-    tensors). ``analytic``: the family's analytic model (``bench.analytic.FamilyCounts``), an
+    tensors). ``analytic``: the family's analytic model (``ac_bench.analytic.FamilyCounts``), an
     object or ``"module:attribute"`` resolved when first needed, or None (then the analytic
-    checks skip and say so). ``dropout``: whether ``build`` honours a dropout probability (the
+    checks skip and say so; the suite's own families' models are registered in
+    ``ac_bench.analytic.BUILTIN_MODELS``, so that nothing here names the layers above).
+    ``dropout``: whether ``build`` honours a dropout probability (the
     dropout gradient test needs it).
     """
 
@@ -79,7 +81,7 @@ def register_family(family: Family) -> Family:
     """Add a family and its flavors to the registries; a name already taken by another
     family or flavor raises a ValueError (re-registering the same family is a no-op)."""
     if not isinstance(family, Family):
-        raise ValueError(f"expected a models.families.Family, got {type(family).__name__}")
+        raise ValueError(f"expected a ac_bench.models.families.Family, got {type(family).__name__}")
     if FAMILIES.get(family.name, family) is not family:
         raise ValueError(f"a family named {family.name!r} is already registered")
     taken = [f.name for f in family.flavors if FLAVORS.get(f.name, f) != f]
@@ -120,11 +122,10 @@ def build_model(flavor: Flavor, attention: str, device: str | torch.device = "cp
 
 TRANSFORMER = register_family(Family(
     "transformer", build_transformer, flavors=tuple(f for f in FLAVORS.values() if f.family == "transformer"),
-    analytic="bench.analytic:TRANSFORMER_COUNTS",
     description="the notebook's block: pre-LayerNorm, nn.MultiheadAttention, ReLU MLP (4d), biases"))
 
 LLAMA = register_family(Family(
-    "llama", build_llama, flavors=LLAMA_FLAVORS, analytic="bench.analytic_llama:LLAMA_COUNTS",
+    "llama", build_llama, flavors=LLAMA_FLAVORS,
     description="torchtitan llama3 / gpt-fast style: RMSNorm, RoPE, GQA, causal, SwiGLU, no biases"))
 
 
@@ -148,7 +149,7 @@ def load_family_spec(spec: str) -> Family:
     family = getattr(module, attribute)
     if not isinstance(family, Family):
         raise ValueError(f"--model-spec {spec!r}: {attribute} is a {type(family).__name__}, not a "
-                         f"models.families.Family")
+                         f"ac_bench.models.families.Family")
     if not family.flavors:
         raise ValueError(f"--model-spec {spec!r}: family {family.name!r} declares no flavors; give it "
                          f"flavors=(Flavor(..., family={family.name!r}),)")

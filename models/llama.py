@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.transformer import Flavor, check_attention
+from ac_bench.models.transformer import Flavor, check_attention
 
 
 def ffn_hidden_dim(flavor: Flavor) -> int:
@@ -144,7 +144,7 @@ class Llama(nn.Module):
 
 
 def build_llama(flavor: Flavor, attention: str, dropout: float = 0.0) -> Llama:
-    """The llama family's builder (``models.families`` sets device and default dtype)."""
+    """The llama family's builder (``ac_bench.models.families`` sets device and default dtype)."""
     return Llama(flavor, attention, dropout)
 
 

@@ -102,7 +102,7 @@ class Flavor:
     (real tensors) or ``"estimate"`` (fake tensors only: exact bytes and FLOPs, no compute;
     too large to train on a 2-core CPU).
 
-    ``family`` names the model family (``models.families``) that builds it; the fields after
+    ``family`` names the model family (``ac_bench.models.families``) that builds it; the fields after
     it are that family's own settings, with defaults the other families ignore (``llama``:
     grouped K/V heads, the SwiGLU hidden size rule, RoPE's base, RMSNorm's epsilon).
     """
@@ -148,7 +148,7 @@ FLAVORS: dict[str, Flavor] = _flavors(
 def get_flavor(name: str) -> Flavor:
     """Look up a flavor by name, or raise a ValueError listing the valid names.
 
-    ``FLAVORS`` holds every registered family's flavors (``models.families.register_family``
+    ``FLAVORS`` holds every registered family's flavors (``ac_bench.models.families.register_family``
     adds them); the ones above are the notebook family's."""
     try:
         return FLAVORS[name]
@@ -171,6 +171,6 @@ def resolve_dtype(flavor: Flavor, device: str | torch.device) -> torch.dtype:
 
 
 def build_transformer(flavor: Flavor, attention: str, dropout: float = 0.0) -> Transformer:
-    """The notebook's family: ``flavor.depth`` pre-LayerNorm blocks (``models.families`` sets
+    """The notebook's family: ``flavor.depth`` pre-LayerNorm blocks (``ac_bench.models.families`` sets
     the device and default dtype around this call)."""
     return Transformer(flavor.d_model, flavor.n_heads, flavor.depth, attention, dropout)

@@ -22,17 +22,14 @@ import platform
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import torch
 
-import torch  # noqa: E402
-
-from bench.device import processor_name  # noqa: E402
-from bench.flops import flop_counter_mode  # noqa: E402
-from bench.record import build_training  # noqa: E402
-from bench.timing import quartile_spread  # noqa: E402
-from models import VARIANTS, get_flavor, parse_variant  # noqa: E402
+from ac_bench.models import VARIANTS, get_flavor, parse_variant
+from ac_bench.probes.device import processor_name
+from ac_bench.probes.flops import flop_counter_mode
+from ac_bench.probes.timing import quartile_spread
+from ac_bench.record import build_training
 
 CLOCKS = {"thread": time.thread_time, "process": time.process_time, "wall": time.perf_counter}
 

@@ -4,19 +4,20 @@ inside it (what the CPU fake-tensor estimate cannot see). Needs CUDA:
 
     python3 scripts/cuda_backward_peak.py   (output of the H200 run: docs/gpu/2026-11-28-h200-backward-peak.txt)
 """
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from bench.record import build_training
-from models import get_flavor, loss_fn
+
+from ac_bench.models import get_flavor, loss_fn
+from ac_bench.record import build_training
+
 
 class Peak(TorchDispatchMode):
     def __init__(s):
-        super().__init__(); s.best = (0, None, 0, 0); s.ops = set()
+        super().__init__()
+        s.best = (0, None, 0, 0)
+        s.ops = set()
     def __torch_dispatch__(s, f, t, a=(), k=None):
         n = str(f)
         if any(w in n for w in ("attention", "flash", "efficient", "cudnn")):
@@ -36,7 +37,8 @@ for v in ["none-eager", "full-eager", "none-sdpa", "full-sdpa"]:
     tr.step()
     tr.optimizer.zero_grad(set_to_none=True)
     loss = loss_fn(tr.model(tr.x))
-    torch.cuda.synchronize(); torch.cuda.reset_peak_memory_stats()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
     with Peak() as p:
         loss.backward()
     m, op, before, ob = p.best

@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
-from bench.attention import MATH, KernelRecorder, check_backend, forced_backend
-from bench.record import Measurement, measure_variant
-from models import get_flavor
+from ac_bench.models import get_flavor
+from ac_bench.probes.attention import MATH, KernelRecorder, check_backend, forced_backend
+from ac_bench.record import Measurement, measure_variant
 from tests.helpers import run_pytest
 
 TINY = get_flavor("tiny")

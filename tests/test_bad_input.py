@@ -1,5 +1,5 @@
-"""Every option and input file of ``pytest bench/``, ``python -m bench.report`` (``table``,
-``sweep``, and ``python -m bench.sweep``) and ``python -m bench.analytic``, tried with malformed
+"""Every option and input file of ``pytest bench/``, ``python -m ac_bench.report`` (``table``,
+``sweep``, and ``python -m ac_bench.sweep``) and ``python -m ac_bench.analytic``, tried with malformed
 values: unknown names, empty strings, duplicates, negative, zero, NaN and infinite numbers,
 wrong JSON types and shapes, unwritable outputs. Each is one line naming the problem (and, in
 the suite's own messages, the fix), a non-zero exit status, and no traceback.
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from models import FLAVORS
-
-from bench import analytic, sweep_cli
-from bench.report.cli import main as report_main
+from ac_bench.cli import analytic as analytic_cli
+from ac_bench.cli import sweep as sweep_cli
+from ac_bench.cli.report import main as report_main
+from ac_bench.models import FLAVORS
 from tests.helpers import ROOT, run_pytest_cases
 
 RUN = ROOT / "tests" / "data" / "cpu-small-seed.json"
@@ -101,7 +101,7 @@ def test_pytest_bench_bad_option_in_a_real_process(tmp_path):
         f"ERROR: --flavor names 'tiny' twice; give each flavor once (valid names: {', '.join(FLAVORS)})"]
 
 
-# --- python -m bench.report, python -m bench.sweep, python -m bench.analytic -----------------
+# --- python -m ac_bench.report, python -m ac_bench.sweep, python -m ac_bench.analytic -----------------
 
 REPORT_CASES = [
     ([], "the following arguments are required"),
@@ -160,7 +160,7 @@ ANALYTIC_CASES = [
 ]
 
 COMMANDS = {"report": report_main, "sweep": sweep_cli.main, "report sweep": lambda a: report_main(["sweep", *a]),
-            "analytic": analytic.main}
+            "analytic": analytic_cli.main}
 
 
 def _call(main, argv: list[str]) -> int:
@@ -179,8 +179,8 @@ def _table(*groups):
     ("report", REPORT_CASES), ("sweep", SWEEP_CASES), ("report sweep", SWEEP_CASES[:4]),
     ("analytic", ANALYTIC_CASES)))
 def test_command_option(tmp_path, capsys, monkeypatch, command, args, says):
-    import bench.sweep
-    monkeypatch.setattr(bench.sweep, "run_sweep", _no_measuring)  # every case must fail before measuring
+    import ac_bench.sweep
+    monkeypatch.setattr(ac_bench.sweep, "run_sweep", _no_measuring)  # every case must fail before measuring
     argv = [a.replace("MISSING.json", str(tmp_path / "missing.json")) for a in args]
     code = _call(COMMANDS[command], _fill(argv, _paths(tmp_path)))
     out, err = capsys.readouterr()
@@ -226,14 +226,14 @@ def test_report_input_file(tmp_path, capsys, change, says):
     path.write_text(json.dumps(_shaped(change)))
     assert report_main(["table", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"bench.report: error: {path}: ") and says in err and err.count("\n") == 1, err
+    assert err.startswith(f"ac_bench.report: error: {path}: ") and says in err and err.count("\n") == 1, err
 
 
-@pytest.mark.parametrize("command", [["bench.report", "table", "--flavor", ""],
-                                     ["bench.sweep", "--budget-gib", "inf"],
-                                     ["bench.analytic", "--flavor", "huge"]], ids=lambda c: c[0])
+@pytest.mark.parametrize("command", [["ac_bench.report", "table", "--flavor", ""],
+                                     ["ac_bench.sweep", "--budget-gib", "inf"],
+                                     ["ac_bench.analytic", "--flavor", "huge"]], ids=lambda c: c[0])
 def test_each_command_in_a_real_process(command):
-    proc = subprocess.run([sys.executable, "-m", *command, *(["x.json"] if command[0] == "bench.report" else [])],
+    proc = subprocess.run([sys.executable, "-m", *command, *(["x.json"] if command[0] == "ac_bench.report" else [])],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"python -m {command[0]}" in proc.stderr and "--help" in proc.stderr

@@ -11,9 +11,9 @@ import stat
 
 import pytest
 
-from bench.baselines import DEFAULT_TOLERANCES, BaselineError, BaselineFile, BaselineGate, baseline_path, compare
-from bench.record import measure_variant
-from models import get_flavor
+from ac_bench.gate.baselines import DEFAULT_TOLERANCES, BaselineError, BaselineFile, BaselineGate, baseline_path, compare
+from ac_bench.models import get_flavor
+from ac_bench.record import measure_variant
 from tests.helpers import run_pytest, run_pytest_cases
 
 TINY = get_flavor("tiny")
@@ -142,7 +142,7 @@ def test_missing_baselines_skip_with_instructions(tmp_path):
 
 def test_every_registry_metric_is_gated(record):
     """The gate compares what bench/metrics.py declares, not a list of its own."""
-    from bench.metrics import METRICS
+    from ac_bench.metrics import METRICS
     assert set(DEFAULT_TOLERANCES) == set(METRICS)
     for metric in METRICS:
         moved = _entry(record)

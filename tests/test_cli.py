@@ -10,12 +10,12 @@ import subprocess
 import pytest
 import torch
 
-import conftest
-from bench.cases import Case, cases, parse_case_id
-from bench.device import processor_key, processor_name
-from bench.record import Measurement
-from bench.timing import CPU_TIMING_THREADS
-from models import ATTENTIONS, FLAVORS, POLICIES, VARIANTS, check_attention, get_flavor, get_policy, parse_variant
+from ac_bench.cases import Case, cases, parse_case_id
+from ac_bench.models import ATTENTIONS, FLAVORS, POLICIES, VARIANTS, check_attention, get_flavor, get_policy, parse_variant
+from ac_bench.plugin.benchmark import BenchmarkHooks
+from ac_bench.probes.device import processor_key, processor_name
+from ac_bench.probes.timing import CPU_TIMING_THREADS
+from ac_bench.record import Measurement
 from tests.helpers import ROOT, run_pytest
 
 NO_CUDA = not torch.cuda.is_available()
@@ -106,23 +106,23 @@ def test_forcing_cuda_without_cuda_skips_with_reason():
 def test_timings_of_different_devices_are_never_compared():
     info = {"torch": {"device_key": "nvidia-h200"}}
     with pytest.raises(pytest.UsageError, match="device key 'cpu'.*'nvidia-h200'"):
-        conftest.BenchmarkHooks.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": {"torch": {"device_key": "cpu"}}})
-    conftest.BenchmarkHooks.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": info})
+        BenchmarkHooks.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": {"torch": {"device_key": "cpu"}}})
+    BenchmarkHooks.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": info})
 
 
-def _cpu_info(processor: str, timer: str = "bench.timing.cpu_thread_timer", threads: int | None = 1) -> dict:
+def _cpu_info(processor: str, timer: str = "ac_bench.probes.timing.cpu_thread_timer", threads: int | None = 1) -> dict:
     return {"torch": {"device_key": "cpu", "timing_key": f"cpu-{processor_key(processor)}", "processor": processor,
                       "timer": timer, "timing_threads": threads}}
 
 
 def test_cpu_timings_of_different_processor_models_or_clocks_are_never_compared():
     here = _cpu_info("AMD EPYC")
-    compare = conftest.BenchmarkHooks.pytest_benchmark_compare_machine_info
+    compare = BenchmarkHooks.pytest_benchmark_compare_machine_info
     compare(None, None, here, {"machine_info": _cpu_info("AMD EPYC")})
     with pytest.raises(pytest.UsageError, match="processor 'Intel.R. Xeon.R. Processor', this run on 'AMD EPYC'"):
         compare(None, None, here, {"machine_info": _cpu_info("Intel(R) Xeon(R) Processor")})
     with pytest.raises(pytest.UsageError, match="timed with device_synchronized_timer and None timing threads"):
-        compare(None, None, here, {"machine_info": _cpu_info("AMD EPYC", "bench.timing.device_synchronized_timer", None)})
+        compare(None, None, here, {"machine_info": _cpu_info("AMD EPYC", "ac_bench.probes.timing.device_synchronized_timer", None)})
     # A run saved before the suite recorded its processor and timer: read from pytest-benchmark's own fields.
     legacy = {"machine_info": {"torch": {"device_key": "cpu"}, "cpu": {"brand_raw": "AMD EPYC"}},
               "benchmarks": [{"options": {"timer": "device_synchronized_timer"}}]}

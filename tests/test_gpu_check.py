@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from bench.gpu_check import main
+from ac_bench.cli.gpu_check import main
 from tests.helpers import ROOT
 
 RECORDED = ROOT / "docs" / "gpu" / "2026-11-28-h200-seed-policies.json"

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from bench.gradients import mismatches, run_step, twin_models
-from models import RegionAC, get_flavor, get_policy
+from ac_bench.gradients import mismatches, run_step, twin_models
+from ac_bench.models import RegionAC, get_flavor, get_policy
 
 TINY = get_flavor("tiny")
 

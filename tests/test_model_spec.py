@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from models import FAMILIES, FLAVORS, VARIANTS, load_family_spec
+from ac_bench.models import FAMILIES, FLAVORS, VARIANTS, load_family_spec
 from tests.helpers import ROOT, run_pytest
 
 SPEC = "examples.my_family:SPEC"
@@ -35,7 +35,7 @@ def test_example_family_runs_through_the_suite(tmp_path):
                         "-k", "none or full", "--benchmark-disable-gc")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "no entry" not in second.stdout and "no baselines" not in second.stdout, second.stdout[-3000:]
-    report = subprocess.run([sys.executable, "-m", "bench.report", "table", str(tmp_path / "run.json")], cwd=ROOT,
+    report = subprocess.run([sys.executable, "-m", "ac_bench.report", "table", str(tmp_path / "run.json")], cwd=ROOT,
                             capture_output=True, text=True, timeout=120)
     assert report.returncode == 0 and FLAVOR in report.stdout, report.stdout + report.stderr
 
@@ -47,7 +47,7 @@ def _variants() -> list[str]:
 @pytest.mark.parametrize(("spec", "says"), [
     ("examples.nowhere:SPEC", "cannot import 'examples.nowhere': ModuleNotFoundError"),
     ("examples.my_family:NOPE", "has no attribute 'NOPE'"),
-    ("examples.my_family:MyGPT", "MyGPT is a type, not a models.families.Family"),
+    ("examples.my_family:MyGPT", "MyGPT is a type, not a ac_bench.models.families.Family"),
     ("not a spec", "write it as package.module:NAME"),
 ])
 def test_bad_spec_is_one_line(spec, says):

@@ -10,9 +10,7 @@ import subprocess
 import sys
 import uuid
 
-from bench.distributed import RECORDS_FILE, load_records
-from bench.test_distributed import launch_env
-from tests.helpers import ROOT
+from ac_bench.distributed import RECORDS_FILE, launch_env, load_records
 
 VARIANT = "full-sdpa"
 TIMEOUT_S = 240
@@ -29,13 +27,13 @@ def node_command(port: int, run_id: str, out) -> list[str]:
     """One node's launch: the README's multi-machine command with the loopback address."""
     return [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", run_id,
-            "-m", "bench.distributed", "--flavor", "tiny", "--variants", VARIANT, "--out", str(out)]
+            "-m", "ac_bench.distributed", "--flavor", "tiny", "--variants", VARIANT, "--out", str(out)]
 
 
 def test_two_nodes_meet_through_a_c10d_rendezvous_on_loopback(tmp_path):
     port, run_id = free_port(), uuid.uuid4().hex[:8]
     outs = [tmp_path / f"node{i}" for i in range(2)]
-    nodes = [subprocess.Popen(node_command(port, run_id, out), cwd=ROOT, env=launch_env(),
+    nodes = [subprocess.Popen(node_command(port, run_id, out), env=launch_env(),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for out in outs]
     results = []
     try:

@@ -14,9 +14,9 @@ from typing import ClassVar
 
 import pytest
 
-from bench.planner import InfeasibleBudget, Planner
-from bench.record import measure_variant
-from models import Flavor, RegionAC
+from ac_bench.models import Flavor, RegionAC
+from ac_bench.planner import InfeasibleBudget, Planner
+from ac_bench.record import measure_variant
 
 FLAVOR = Flavor("tiny", d_model=32, n_heads=2, depth=3, batch=2, seq_len=128)
 SUBLAYER_SLOTS = [(b, s) for b in range(FLAVOR.depth) for s in ("attn", "mlp")]

@@ -3,14 +3,24 @@ class and its state-dict keys never change."""
 
 from __future__ import annotations
 
-
 import pytest
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
-from bench.timing import interleaved_medians
-from models import (POLICIES, VARIANTS, RegionAC, SelectiveAC, SequentialAC, apply_policy, build_model,
-                    get_flavor, get_policy, parse_variant, variant_id)
+from ac_bench.models import (
+    POLICIES,
+    VARIANTS,
+    RegionAC,
+    SelectiveAC,
+    SequentialAC,
+    apply_policy,
+    build_model,
+    get_flavor,
+    get_policy,
+    parse_variant,
+    variant_id,
+)
+from ac_bench.probes.timing import interleaved_medians
 
 FLAVOR = get_flavor("tiny")  # depth 3: blocks 0, 1, 2
 

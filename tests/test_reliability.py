@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from bench.baselines import DEFAULT_TOLERANCES, BaselineFile, BaselineGate, compare
-from bench.metrics import METRICS
-from bench.record import measure_variant
-from models import get_flavor
+from ac_bench.gate.baselines import DEFAULT_TOLERANCES, BaselineFile, BaselineGate, compare
+from ac_bench.metrics import METRICS
+from ac_bench.models import get_flavor
+from ac_bench.record import measure_variant
 from tests.helpers import ROOT, run_pytest, tox_gpu_phases
 
 TINY = get_flavor("tiny")
@@ -102,7 +102,7 @@ def test_nightly_workflow_first_night_passes_and_the_next_ones_gate(tmp_path):
 def test_without_the_option_an_empty_history_still_fails():
     """--allow-empty-history is what makes the first night pass: pytest-benchmark's own
     behaviour is unchanged without it (a mistyped storage path still fails)."""
-    import conftest
+    from ac_bench.plugin import benchmark
 
     class Session:
         compared_mapping, compare, compare_fail, save, autosave, storage = {}, True, ["median:10%"], None, True, "x"
@@ -114,7 +114,7 @@ def test_without_the_option_an_empty_history_still_fails():
         def getoption(self, name):
             return {"--allow-empty-history": False, "--device": "cpu"}.get(name)
 
-    conftest.pytest_sessionstart(type("S", (), {"config": Config()})())
+    assert benchmark.drop_compare_fail_without_history(Config()) is None
     assert Session.compare_fail == ["median:10%"]
 
 
@@ -200,15 +200,15 @@ def failing_steps(monkeypatch):
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
 def test_a_non_finite_loss_fails_the_variant_by_name(failing_steps, value):
-    import conftest
-    from bench.cases import Case
+    from ac_bench.cases import Case
+    from ac_bench.plugin.session import MeasurementStore
 
     failing_steps.setenv("AC_BENCH_BAD_LOSS_VARIANT", "attn-sdpa")
     failing_steps.setenv("AC_BENCH_BAD_LOSS", value)
     record = measure_variant(TINY, "attn-sdpa", "cpu")
     assert (record.outcome, record.outcome_note) == (
         "non-finite-loss", f"the loss is {float(value)} in the measured step: the variant does not train")
-    store = conftest.MeasurementStore()
+    store = MeasurementStore()
     with pytest.raises(pytest.fail.Exception, match=f"^cpu-tiny-attn-sdpa: non-finite-loss: the loss is {value}"):
         store.get(Case("cpu", TINY, "attn-sdpa"))
     if value == "nan":  # the other variants are measured as usual (once is enough)
@@ -218,7 +218,7 @@ def test_a_non_finite_loss_fails_the_variant_by_name(failing_steps, value):
 def test_the_gradient_check_names_a_non_finite_loss():
     import torch
 
-    from bench.gradients import StepResult, mismatches
+    from ac_bench.gradients import StepResult, mismatches
     good = StepResult(torch.tensor(1.0), torch.ones(2), {})
     bad = StepResult(torch.tensor(float("nan")), torch.ones(2), {})
     assert mismatches(bad, bad)[0] == "loss: the reference model's loss is nan, not finite"
@@ -232,8 +232,8 @@ def test_an_out_of_memory_step_is_a_record_and_the_run_goes_on(tmp_path):
     pass, the JSON carries every record, and the report shows the variant as out-of-memory."""
     import os
 
-    from bench.record import Measurement
-    from bench.report.cli import main as report_main
+    from ac_bench.cli.report import main as report_main
+    from ac_bench.record import Measurement
     variants = ["none-eager", "full-sdpa", "mlp-eager"]
     gate = BaselineGate(tmp_path / "baselines")
     for variant in variants:
@@ -273,7 +273,7 @@ def test_an_out_of_memory_step_is_a_record_and_the_run_goes_on(tmp_path):
 KILLED_WRITE = """
 import os, sys, time
 from pathlib import Path
-from bench.baselines import BaselineFile
+from ac_bench.gate.baselines import BaselineFile
 baselines = BaselineFile.load(Path(sys.argv[1]))
 baselines.entries = {k: {**e, "flops": e["flops"] + 1} for k, e in baselines.entries.items()}
 def replace(src, dst):  # the temporary file is written; the rename is next
@@ -363,7 +363,7 @@ def test_two_runs_give_identical_deterministic_figures(tmp_path):
 def test_a_sweep_point_whose_record_is_out_of_memory_is_oom(failing_steps):
     """measure_variant records an out-of-memory step instead of raising: the sweep still shows
     that point as OOM (not a row of nulls)."""
-    from bench.sweep import measure_point
+    from ac_bench.sweep import measure_point
     failing_steps.setenv("AC_BENCH_OOM_VARIANT", "full-eager")
     assert measure_point(TINY, "full-eager", "cpu").oom
     assert not measure_point(TINY, "none-eager", "cpu").oom

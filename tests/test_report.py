@@ -18,16 +18,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from bench import analytic, sweep_cli
-from bench.metrics import METRICS
-from bench.record import Measurement
-from bench.report import frontier, tables
-from bench.report.cli import build_parser, main
-from bench.report.frontier import make_group, pareto_front, run_groups, run_moves
-from bench.report.load import Entry, ReportInputError, load_run
-from bench.report.plots import arrow_segments, policy_color, report_figure, save_png
-from bench.sweep import SweepPoint, budget_fits, longest_fitting, measure_point, run_sweep, shape_at
-from models import POLICIES, get_flavor
+from ac_bench import analytic
+from ac_bench.cli import sweep as sweep_cli
+from ac_bench.cli.report import build_parser, main
+from ac_bench.metrics import METRICS
+from ac_bench.models import POLICIES, get_flavor
+from ac_bench.record import Measurement
+from ac_bench.report import frontier, tables
+from ac_bench.report.frontier import make_group, pareto_front, run_groups, run_moves
+from ac_bench.report.load import Entry, ReportInputError, load_run
+from ac_bench.report.plots import arrow_segments, policy_color, report_figure, save_png
+from ac_bench.sweep import SweepPoint, budget_fits, longest_fitting, measure_point, run_sweep, shape_at
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN = Path(__file__).parent / "data" / "cpu-small-seed.json"
@@ -256,11 +257,11 @@ def test_null_saved_bytes_show_as_dash_with_the_note():
 
 def test_columns_are_explained_by_the_metric_registry():
     """The report reads the suite's record (Measurement) and explains each metric column with
-    bench.metrics' meaning: no second list of fields or definitions."""
+    ac_bench.metrics' meaning: no second list of fields or definitions."""
     run = load_run(RUN)
     assert all(isinstance(e.record, Measurement) for e in run.entries)
     text = tables.report_text([run], markdown=True)
-    for header, name in tables.MIB_COLUMNS.items():
+    for name in tables.MIB_COLUMNS.values():
         assert name in METRICS and f"`{name}`" in text and METRICS[name].meaning in text
     assert METRICS["flops"].meaning in text
 
@@ -397,7 +398,7 @@ def test_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
     blocker = write(tmp_path / "file", "not a folder")
     assert main([str(RUN), "--markdown", str(blocker / "report.md")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bench.report: error: ") and err.count("\n") == 1 and "cannot write" in err
+    assert err.startswith("ac_bench.report: error: ") and err.count("\n") == 1 and "cannot write" in err
 
 
 def test_load_run_raises_report_input_error(tmp_path):
@@ -407,7 +408,7 @@ def test_load_run_raises_report_input_error(tmp_path):
 
 def test_help_explains_both_commands(capsys):
     text = " ".join(build_parser().format_help().split())  # argparse wraps lines at the terminal's width
-    assert "table" in text and "sweep" in text and "plan" in text and "python -m bench.sweep" in text
+    assert "table" in text and "sweep" in text and "plan" in text and "python -m ac_bench.sweep" in text
     with pytest.raises(SystemExit) as exit_info:
         main(["sweep", "--help"])
     assert exit_info.value.code == 0
@@ -417,12 +418,12 @@ def test_help_explains_both_commands(capsys):
     assert exit_info.value.code == 0
     own = capsys.readouterr().out
     # The same options and text; only the program name differs.
-    assert alias.split() == own.replace("python -m bench.sweep", "python -m bench.report sweep").split()
+    assert alias.split() == own.replace("python -m ac_bench.sweep", "python -m ac_bench.report sweep").split()
 
 
-@pytest.mark.parametrize("command", [["bench.report", "--help"], ["bench.report", "sweep", "--help"],
-                                     ["bench.sweep", "--help"], ["bench.report", "table", str(RUN)],
-                                     ["bench.report", str(RUN)]])
+@pytest.mark.parametrize("command", [["ac_bench.report", "--help"], ["ac_bench.report", "sweep", "--help"],
+                                     ["ac_bench.sweep", "--help"], ["ac_bench.report", "table", str(RUN)],
+                                     ["ac_bench.report", str(RUN)]])
 def test_commands_run_as_modules(command):
     proc = subprocess.run([sys.executable, "-m", *command], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
@@ -430,7 +431,7 @@ def test_commands_run_as_modules(command):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks --device cuda on a machine without CUDA")
-@pytest.mark.parametrize("command", [["bench.sweep"], ["bench.report", "sweep"]])
+@pytest.mark.parametrize("command", [["ac_bench.sweep"], ["ac_bench.report", "sweep"]])
 def test_sweep_on_missing_cuda_is_one_line_exit_2(command):
     proc = subprocess.run([sys.executable, "-m", *command, "--device", "cuda"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
@@ -465,7 +466,7 @@ def test_sweep_measures_each_variant_at_each_length(tiny_points):
 
 
 def test_sweep_command_writes_tables_and_plot(tmp_path, monkeypatch, tiny_points, capsys):
-    """``python -m bench.sweep`` and its alias ``python -m bench.report sweep``: same output."""
+    """``python -m ac_bench.sweep`` and its alias ``python -m ac_bench.report sweep``: same output."""
     monkeypatch.setattr(sweep_cli, "run_sweep", lambda *args, **kwargs: tiny_points)
     budget_gib = max(p.record.peak_bytes for p in tiny_points if p.seq_len == 16) / 2 ** 30
     outputs = []

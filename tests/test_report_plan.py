@@ -1,4 +1,4 @@
-"""``python -m bench.report plan``: the plan, its figures and plot; bad input is one line."""
+"""``python -m ac_bench.report plan``: the plan, its figures and plot; bad input is one line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from bench.report.cli import main
+from ac_bench.cli.report import main
 from tests.helpers import ROOT
 
 
@@ -20,7 +20,7 @@ def test_plan_command_prints_the_plan_and_writes_plot_and_markdown(tmp_path, cap
     assert out.startswith("plan: tiny eager, budget 0.001 GiB") and "cheaper per byte saved:" in out
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     text = markdown.read_text()
-    assert "Regenerate: `python -m bench.report plan --flavor tiny --attention eager --budget-gib 0.00075" in text
+    assert "Regenerate: `python -m ac_bench.report plan --flavor tiny --attention eager --budget-gib 0.00075" in text
 
 
 @pytest.mark.parametrize("args,message", [
@@ -43,8 +43,8 @@ def test_bad_plan_options_are_one_line_and_exit_2(args, message, capsys):
 
 
 def test_an_impossible_budget_is_one_line_naming_the_smallest_feasible():
-    proc = subprocess.run([sys.executable, "-m", "bench.report", "plan", "--flavor", "tiny", "--budget-gib", "1e-9"],
+    proc = subprocess.run([sys.executable, "-m", "ac_bench.report", "plan", "--flavor", "tiny", "--budget-gib", "1e-9"],
                           cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("bench.report: error:")]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("ac_bench.report: error:")]
     assert len(errors) == 1 and "the smallest feasible budget is" in errors[0], proc.stderr

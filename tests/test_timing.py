@@ -7,11 +7,18 @@ import time
 
 import torch
 
-from bench.device import PHASES, PhaseClock
-from bench.record import build_training
-from bench.timing import (CPU_TIMING_THREADS, WallClock, cpu_thread_timer, interleaved_times, timer_for,
-                          timer_name, timing_threads)
-from models import get_flavor
+from ac_bench.models import get_flavor
+from ac_bench.probes.device import PHASES, PhaseClock
+from ac_bench.probes.timing import (
+    CPU_TIMING_THREADS,
+    WallClock,
+    cpu_thread_timer,
+    interleaved_times,
+    timer_for,
+    timer_name,
+    timing_threads,
+)
+from ac_bench.record import build_training
 
 
 def test_the_cpu_timer_does_not_count_waiting():
@@ -21,8 +28,8 @@ def test_the_cpu_timer_does_not_count_waiting():
 
 
 def test_timer_per_device():
-    assert timer_for("cpu") is cpu_thread_timer and timer_name("cpu") == "bench.timing.cpu_thread_timer"
-    assert timer_name("cuda") == "bench.timing.device_synchronized_timer"
+    assert timer_for("cpu") is cpu_thread_timer and timer_name("cpu") == "ac_bench.probes.timing.cpu_thread_timer"
+    assert timer_name("cuda") == "ac_bench.probes.timing.device_synchronized_timer"
 
 
 def test_the_thread_count_is_fixed_for_the_timing_and_restored_after():

@@ -9,7 +9,7 @@ from collections import defaultdict
 
 import pytest
 
-from bench.device import bind_xdist_worker_gpu, xdist_worker_gpu, xdist_worker_index
+from ac_bench.probes.device import bind_xdist_worker_gpu, xdist_worker_gpu, xdist_worker_index
 from tests.helpers import run_pytest, tox_gpu_phases
 
 
@@ -71,8 +71,8 @@ def test_two_workers_give_the_serial_figures_and_keep_a_variant_on_one_worker(tm
     ("cpu", "0,1,2", None),   # the CPU: pytest-xdist's own count (the cores), GPUs or not
 ])
 def test_n_auto_counts_gpus_on_cuda(monkeypatch, device, visible, workers):
-    import conftest
+    from ac_bench.plugin import xdist
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     config = type("Config", (), {"getoption": lambda self, name: {"--device": device}[name]})()
-    assert conftest.pytest_xdist_auto_num_workers(config) == workers, f"--device {device}, GPUs {visible!r}"
+    assert xdist.auto_num_workers(config) == workers, f"--device {device}, GPUs {visible!r}"

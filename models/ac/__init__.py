@@ -11,20 +11,20 @@ id fragment, the baseline key and the label in the report. ``get_policy`` parses
 name, parameterised ones included, and ``policy.name`` gives it back.
 """
 
-from models.ac.base import SUBLAYERS, Policy
-from models.ac.compile_budget import CompileBudgetAC, budget_name
-from models.ac.offload import OffloadAC
-from models.ac.plan import PlanAC
-from models.ac.region import RegionAC
-from models.ac.registry import (
+from ac_bench.models.ac.base import SUBLAYERS, Policy
+from ac_bench.models.ac.compile_budget import CompileBudgetAC, budget_name
+from ac_bench.models.ac.offload import OffloadAC
+from ac_bench.models.ac.plan import PlanAC
+from ac_bench.models.ac.region import RegionAC
+from ac_bench.models.ac.registry import (
     POLICIES,
     VARIANTS,
     get_policy,
     parse_variant,
     variant_id,
 )
-from models.ac.selective import CORE_ATTENTION_OPS, SAC_SAVE_OPS, SelectiveAC
-from models.ac.sequential import SequentialAC
+from ac_bench.models.ac.selective import CORE_ATTENTION_OPS, SAC_SAVE_OPS, SelectiveAC
+from ac_bench.models.ac.sequential import SequentialAC
 
 __all__ = [
     "CORE_ATTENTION_OPS", "CompileBudgetAC", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",

@@ -18,7 +18,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from models.ac.base import Policy
+from ac_bench.models.ac.base import Policy
 
 #: ``backend="auto"``: inductor on CUDA; on the CPU the min-cut partitioner without code
 #: generation (what the partitioner decides is the same; no C++ compiler needed).

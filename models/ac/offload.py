@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.autograd.graph import save_on_cpu
 
-from models.ac.base import Policy
+from ac_bench.models.ac.base import Policy
 
 
 class CountingOffload(save_on_cpu):

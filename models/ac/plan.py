@@ -1,7 +1,7 @@
 """A planner's plan: the attention sublayers of the first ``attn_blocks`` blocks and the MLP
 sublayers of the first ``mlp_blocks`` blocks run under ``torch.utils.checkpoint``.
 
-``bench.planner`` picks the counts for a memory budget. Why the *first* blocks: a checkpointed
+``ac_bench.planner`` picks the counts for a memory budget. Why the *first* blocks: a checkpointed
 sublayer keeps the same bytes and recomputes the same FLOPs in any block, but its
 recomputation happens when backward reaches it; backward runs from the last block to the
 first, freeing each block's activations, so recomputing in the first blocks happens when the
@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from models.ac.region import RegionAC
+from ac_bench.models.ac.region import RegionAC
 
 
 @dataclass(frozen=True)

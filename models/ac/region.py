@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
-from models.ac.base import SUBLAYERS, Policy
+from ac_bench.models.ac.base import SUBLAYERS, Policy
 
 
 @dataclass(frozen=True)

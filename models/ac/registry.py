@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 import re
 
-from models.ac.base import Policy
-from models.ac.compile_budget import CompileBudgetAC, budget_name
-from models.ac.offload import OffloadAC
-from models.ac.plan import PlanAC
-from models.ac.region import RegionAC
-from models.ac.selective import CORE_ATTENTION_OPS, SelectiveAC
-from models.ac.sequential import SequentialAC
-from models.transformer import ATTENTIONS, check_attention
+from ac_bench.models.ac.base import Policy
+from ac_bench.models.ac.compile_budget import CompileBudgetAC, budget_name
+from ac_bench.models.ac.offload import OffloadAC
+from ac_bench.models.ac.plan import PlanAC
+from ac_bench.models.ac.region import RegionAC
+from ac_bench.models.ac.selective import CORE_ATTENTION_OPS, SelectiveAC
+from ac_bench.models.ac.sequential import SequentialAC
+from ac_bench.models.transformer import ATTENTIONS, check_attention
 
 #: The policies every run measures, in the order tables list them.
 POLICIES: dict[str, Policy] = {p.name: p for p in (

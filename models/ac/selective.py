@@ -29,7 +29,7 @@ from typing import ClassVar
 import torch
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
-from models.ac.region import RegionAC
+from ac_bench.models.ac.region import RegionAC
 
 #: Matmul ops that the every-second-matmul rule counts.
 MATMUL_OPS: tuple[str, ...] = ("aten.mm.default", "aten.addmm.default")

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from models.ac.base import Policy
+from ac_bench.models.ac.base import Policy
 
 
 @dataclass(frozen=True)

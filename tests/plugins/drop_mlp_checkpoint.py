@@ -3,6 +3,6 @@ MLP sublayer, the kind of regression the deterministic gate exists to catch."""
 
 import dataclasses
 
-from models.ac import registry
+from ac_bench.models.ac import registry
 
 registry.POLICIES["full"] = dataclasses.replace(registry.POLICIES["full"], sublayers=("attn",))

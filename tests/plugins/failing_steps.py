@@ -1,15 +1,15 @@
 """A pytest plugin for the self-tests: the measured step of one variant runs out of device
 memory, and another variant's loss is not finite, both injected on the CPU.
 
-``AC_BENCH_OOM_VARIANT``: the variant whose measured step raises ``bench.device.OutOfMemoryError``
+``AC_BENCH_OOM_VARIANT``: the variant whose measured step raises ``ac_bench.probes.device.OutOfMemoryError``
 (torch.OutOfMemoryError, what CUDA raises); ``AC_BENCH_BAD_LOSS_VARIANT``: the variant whose
 output, and so its loss, has ``AC_BENCH_BAD_LOSS`` added (default nan).
 """
 
 import os
 
-from bench import record
-from bench.device import OutOfMemoryError
+from ac_bench import record
+from ac_bench.probes.device import OutOfMemoryError
 
 _build_training = record.build_training
 

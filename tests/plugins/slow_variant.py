@@ -9,27 +9,36 @@ regression ``--benchmark-compare-fail`` exists to catch. Loaded only by name
 import os
 import time
 
-import bench.test_speed as speed
+from ac_bench import record
 
 VARIANT = os.environ.get("SLOW_VARIANT", "full-sdpa")
 SLOWDOWN = float(os.environ.get("SLOWDOWN", "0.20"))
 
-_step_fn = speed._step_fn
+_build_training = record.build_training
 
 
-def _slowed(step):
-    def run() -> None:
+class _SlowedTraining:
+    """The variant's ``Training`` whose ``step`` busy-waits ``SLOWDOWN`` of its own CPU time."""
+
+    def __init__(self, training) -> None:
+        self._training = training
+
+    def __getattr__(self, name):
+        return getattr(self._training, name)
+
+    def step(self, *args, **kwargs) -> None:
         start = time.thread_time()
-        step()
+        self._training.step(*args, **kwargs)
         until = time.thread_time() + SLOWDOWN * (time.thread_time() - start)
         while time.thread_time() < until:
             pass
-    return run
 
 
-def _slow_step_fn(case, mark=None):
-    step = _step_fn(case, mark=mark)
-    return _slowed(step) if case.variant == VARIANT else step
+def _build_slowed(flavor, variant, device, policy=None):
+    training = _build_training(flavor, variant, device, policy)
+    return _SlowedTraining(training) if variant == VARIANT else training
 
 
-speed._step_fn = _slow_step_fn
+# Before the benchmark modules are imported (-p loads this first), so their
+# ``from ac_bench.record import build_training`` gets this one.
+record.build_training = _build_slowed

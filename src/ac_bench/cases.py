@@ -1,0 +1,100 @@
+"""The parametrization: device x flavor x variant (policy x attention), with reversible ids.
+
+``Case("cpu", small, "full-sdpa")`` has the id ``cpu-small-full-sdpa``: ``pytest -k full-sdpa``
+selects it, ``parse_case_id`` reads it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ac_bench.models import FLAVORS, VARIANTS, Flavor, family_of, get_flavor, get_policy, parse_variant
+
+DEVICES: tuple[str, ...] = ("cpu", "cuda")
+
+#: Flavors run when ``--flavor`` is not given. On the CPU: ``small`` measured for real, ``seed``
+#: and the Llama-3-8B-shaped ``llama3-8b-4l`` estimated on fake tensors; on CUDA: ``seed``
+#: measured for real.
+DEFAULT_FLAVORS: dict[str, tuple[str, ...]] = {"cpu": ("small", "seed", "llama3-8b-4l"), "cuda": ("seed",)}
+
+#: torch.compile's activation memory budget (``budget_B``): compiled at ``COMPILE_FLAVOR`` in
+#: the default run whatever ``--flavor`` selects (a compile takes seconds at ``tiny``, about a
+#: minute at ``small`` on the CPU), over ``COMPILE_BUDGETS``; these records are gated too.
+COMPILE_FLAVOR = "tiny"
+COMPILE_BUDGETS: tuple[float, ...] = (1.0, 0.5, 0.3, 0.1, 0.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One variant of one flavor on one device."""
+
+    device: str
+    flavor: Flavor
+    variant: str
+
+    @property
+    def policy(self) -> str:
+        return parse_variant(self.variant)[0]
+
+    @property
+    def attention(self) -> str:
+        return parse_variant(self.variant)[1]
+
+    @property
+    def id(self) -> str:
+        return f"{self.device}-{self.flavor.name}-{self.variant}"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+def parse_case_id(case_id: str) -> Case:
+    """``cpu-small-full-sdpa`` -> Case; the inverse of ``Case.id``. Flavor names may contain
+    hyphens (``llama-small``); policy names never do, so the variant is the last two parts."""
+    device, _, rest = case_id.partition("-")
+    flavor, policy, attention = (rest.rsplit("-", 2) + ["", ""])[:3]
+    if device not in DEVICES:
+        raise ValueError(f"case id {case_id!r}: unknown device {device!r}; valid: {', '.join(DEVICES)}")
+    variant = f"{policy}-{attention}"
+    parse_variant(variant)
+    return Case(device, get_flavor(flavor), variant)
+
+
+def parse_flavor_list(text: str) -> tuple[Flavor, ...]:
+    """``"small,seed"`` -> flavors; an unknown name raises with the valid names."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise ValueError(f"--flavor got no flavor names; valid names: {', '.join(FLAVORS)}")
+    doubled = sorted({n for n in names if names.count(n) > 1})
+    if doubled:
+        raise ValueError(f"--flavor names {doubled[0]!r} twice; give each flavor once (valid names: {', '.join(FLAVORS)})")
+    return tuple(get_flavor(n) for n in names)
+
+
+def cases(device: str, flavors: tuple[Flavor, ...], variants: tuple[str, ...] = VARIANTS) -> list[Case]:
+    """Every variant of every flavor on ``device`` whose family declares its attention and the
+    sublayers its policy wraps, flavors outer."""
+    return [Case(device, f, v) for f in flavors for v in variants if _applies(f, v)]
+
+
+def _applies(flavor: Flavor, variant: str) -> bool:
+    family = family_of(flavor)
+    policy, attention = parse_variant(variant)
+    return attention in family.attentions and family.applies(get_policy(policy))
+
+
+def xdist_scope(nodeid: str, shared_modules: tuple[str, ...] = ()) -> str | None:
+    """The pytest-xdist work unit of a test: the module, for a module in ``shared_modules``
+    (whose tests share one expensive launch); the case id (``cpu-small-full-sdpa``) for a test parametrized by
+    a case, so that every module's tests of one variant run on one worker, which measures it
+    once; None otherwise (the scheduler's default)."""
+    path, _, rest = nodeid.partition("::")
+    if path in shared_modules:
+        return path
+    if rest.endswith("]") and "[" in rest:
+        param = rest[rest.index("[") + 1:-1]
+        try:
+            return parse_case_id(param).id
+        except ValueError:
+            return None
+    return None

@@ -1,0 +1,151 @@
+"""``python -m ac_bench.report plan``: the planner's answer for a budget, and the picture behind it.
+
+Prints the cheapest plan that fits the budget (measured: fake tensors for estimated flavors on
+the CPU), what each sublayer costs per byte saved, and, with ``--plot``, kept memory against
+recomputed FLOPs for the fixed policies, the planner's frontier over a range of budgets and
+torch.compile's activation-memory-budget sweep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ac_bench.cli.common import check_output_files
+from ac_bench.models import ATTENTIONS, FLAVORS, POLICIES, budget_name, get_flavor
+from ac_bench.planner import GIB, InfeasibleBudget, Planner
+from ac_bench.record import Measurement, measure_variant
+from ac_bench.report.load import ReportInputError
+from ac_bench.report.plots import policy_color, save_png
+from ac_bench.report.tables import write_text
+
+MIB = 2 ** 20
+#: Fixed policies drawn beside the plans (offload recomputes nothing and keeps what none keeps
+#: on the CPU; compile budgets have their own curve).
+FIXED_POLICIES = tuple(p for p in POLICIES if p != "offload")
+DEFAULT_COMPILE_BUDGETS = "1.0,0.8,0.6,0.4,0.2,0.0"
+FRONTIER_POINTS = 40
+
+
+def _budgets(text: str) -> list[float]:
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers in [0, 1], got {text!r}") from None
+    if any(not (0.0 <= v <= 1.0) for v in values):
+        raise argparse.ArgumentTypeError(f"compile budgets must lie in [0, 1], got {text!r}")
+    return values
+
+
+def _gib(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"the budget must be a positive number of GiB, got {text!r}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--flavor", default="seed", choices=list(FLAVORS))
+    parser.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
+    parser.add_argument("--budget-gib", type=_gib, required=True, metavar="GIB",
+                        help="the whole step's peak (parameters, gradients, optimizer state included)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="measure on (default cpu: fake tensors for estimated flavors such as seed)")
+    parser.add_argument("--plot", type=Path, metavar="FILE", help="write the PNG: kept memory against recompute FLOPs")
+    parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the printed report as Markdown")
+    parser.add_argument("--compile-budgets", type=_budgets, default=_budgets(DEFAULT_COMPILE_BUDGETS), metavar="B,...",
+                        help=f"torch.compile activation_memory_budget values for the plot's compiler sweep "
+                             f"(default {DEFAULT_COMPILE_BUDGETS}; each is one compile: ~17 s at seed on fake tensors)")
+
+
+def _recompute(record: Measurement, none: Measurement) -> int:
+    return record.flops - none.flops
+
+
+def plan_command(args: argparse.Namespace) -> None:
+    flavor = get_flavor(args.flavor)
+    check_output_files(plot=args.plot, markdown=args.markdown)  # before minutes of measuring, not after
+    planner = Planner(flavor, args.attention, args.device)
+    budget = int(args.budget_gib * GIB)
+    try:
+        plan = planner.plan(budget)
+    except InfeasibleBudget as exc:
+        raise ReportInputError(str(exc)) from None
+    none = planner.measure("plan_a0_m0")
+    lines = [f"plan: {plan.summary()}", "",
+             f"per sublayer of one block ({args.attention}): bytes saved by checkpointing it, FLOPs recomputed",
+             "| sublayer | MiB saved | GFLOP recomputed | GFLOP per MiB saved |", "| --- | ---: | ---: | ---: |"]
+    economics = planner.sublayer_economics()
+    for sublayer, e in economics.items():
+        lines.append(f"| {sublayer} | {e['bytes_saved'] / MIB:.2f} | {e['recompute_flops'] / 1e9:.3f} | "
+                     f"{e['flops_per_mib'] / 1e9:.4f} |")
+    better = min(economics, key=lambda s: economics[s]["flops_per_mib"])
+    lines += ["", f"cheaper per byte saved: {better}", "",
+              "plans predicted to fit, cheapest first (peaks predicted from the analytic model; the chosen one measured):",
+              "| plan | checkpointed | predicted peak GiB | kept MiB | recompute GFLOP |", "| --- | --- | ---: | ---: | ---: |"]
+    fitting = [c for c in plan.candidates if c.predicted_peak_bytes <= budget][:5]
+    for c in fitting:
+        lines.append(f"| {c.name} | {c.policy.describe(flavor.depth)} | {c.predicted_peak_bytes / GIB:.3f} | "
+                     f"{c.kept_bytes / MIB:.1f} | {c.recompute_flops / 1e9:.2f} |")
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.markdown:
+        command = (f"python -m ac_bench.report plan --flavor {args.flavor} --attention {args.attention} "
+                   f"--budget-gib {args.budget_gib:g} --device {args.device} --plot {args.plot} "
+                   f"--markdown {args.markdown}")
+        write_text(args.markdown, f"# Checkpointing plan: {args.flavor}, {args.attention}, "
+                                  f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")
+    if args.plot:
+        fixed = {p: measure_variant(flavor, f"{p}-{args.attention}", args.device) for p in FIXED_POLICIES}
+        compiled = {b: measure_variant(flavor, f"{budget_name(b)}-{args.attention}", args.device)
+                    for b in args.compile_budgets}
+        save_png(plan_figure(planner, plan, none, fixed, compiled), args.plot)
+        print(f"plot written: {args.plot}")
+
+
+def plan_figure(planner: Planner, plan, none: Measurement, fixed: dict[str, Measurement],
+                compiled: dict[float, Measurement]) -> Figure:
+    """Kept memory (x) against recompute FLOPs (y): fixed policies, the planner's frontier over
+    budgets from the smallest feasible to none's peak, the compiler's sweep, the chosen plan."""
+    fig = Figure(figsize=(8.5, 5.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    cands = planner.candidates()
+    low = min(c.predicted_peak_bytes for c in cands)
+    high = max(c.predicted_peak_bytes for c in cands)
+    frontier = {}
+    for i in range(FRONTIER_POINTS + 1):
+        c = planner.choose(int(low + (high - low) * i / FRONTIER_POINTS))
+        if c is not None:
+            frontier[c.name] = c
+    pts = sorted((c.kept_bytes / MIB, c.recompute_flops / 1e9) for c in frontier.values())
+    ax.step([x for x, _ in pts], [y for _, y in pts], where="post", color="black", linewidth=1.2,
+            marker=".", label="planner: cheapest plan per budget (plan_aA_mM)")
+    for name, r in fixed.items():
+        xy = (r.forward_kept_bytes / MIB, _recompute(r, none) / 1e9)
+        ax.plot(*xy, marker="o", linestyle="", color=policy_color(name))
+        ax.annotate(name, xy, xytext=(4, 3), textcoords="offset points", fontsize=8)
+    cpts = sorted((r.forward_kept_bytes / MIB, _recompute(r, none) / 1e9, b) for b, r in compiled.items())
+    if cpts:
+        ax.plot([x for x, _, _ in cpts], [y for _, y, _ in cpts], color="tab:red", marker="D", markersize=5,
+                linestyle="--", label="torch.compile activation_memory_budget (B labelled)")
+        for x, y, b in cpts:
+            ax.annotate(f"B={b:g}", (x, y), xytext=(4, -10), textcoords="offset points", fontsize=7, color="tab:red")
+    chosen = plan.record
+    ax.plot(chosen.forward_kept_bytes / MIB, _recompute(chosen, none) / 1e9, marker="*", markersize=16,
+            color="gold", markeredgecolor="black", linestyle="",
+            label=f"chosen for {plan.budget_bytes / GIB:g} GiB: {plan.chosen.name}")
+    ax.set_xlabel("kept for backward at the end of the forward (MiB)")
+    ax.set_ylabel("recomputed FLOPs per step (GFLOP)")
+    ax.set_title(f"{planner.flavor.name}, {planner.attention}: memory kept against recompute "
+                 f"({none.memory_method}, {none.device})", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig

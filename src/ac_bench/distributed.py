@@ -1,0 +1,277 @@
+"""Checkpointing under FSDP2: one training step per variant on every rank of a torchrun job.
+
+    torchrun --nproc-per-node 2 -m ac_bench.distributed --flavor tiny --out DIR [--variants none-sdpa,full-sdpa]
+
+Any torchrun option passes through (``--nnodes``, ``--node-rank``, ``--rdzv-backend c10d``,
+``--rdzv-endpoint HOST:PORT``; README "Checkpointing under FSDP2"). Per rank, as torchtitan's
+``parallelize_llama`` orders it: the model with the policy applied (checkpointing, then compile
+where the policy compiles), then ``fully_shard`` on each block and on the root, AdamW over the
+sharded parameters, and ``ac_bench.record.Training.step``. gloo on the CPU, NCCL on CUDA
+(``ac_bench.probes.device``). Every rank steps ``flavor.batch`` samples (its slice of one global batch of
+``world_size * flavor.batch``, drawn as a single process would draw it), so each rank's
+activations are the single-process run's and what sharding changes is the resident state.
+
+Each rank writes its records (``ac_bench.record.Measurement``, with ``world_size`` and ``rank``)
+atomically to ``DIR/rank{R}.json``; rank 0 gathers every rank's records over the process group
+(so it works across machines that share no file system) and writes ``DIR/records.json``.
+With ``--save-state`` rank 0 also writes ``DIR/state/{variant}.pt``: the full gradients of the
+first step and the full parameters after it, which ``bench/test_distributed.py`` compares
+with the single-process run of the global batch and across policies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
+from torch.distributed.fsdp import fully_shard
+
+from ac_bench.models import ATTENTIONS, Flavor, Policy, get_flavor, get_policy, parse_variant, resolve_dtype, variant_id
+from ac_bench.outputs import write_text_atomic
+from ac_bench.probes.device import distributed_backend, rank_device
+from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
+from ac_bench.probes.timing import device_synchronized_timer, interleaved_medians
+from ac_bench.record import Measurement, Training, build_training, describe_optimizer, make_optimizer, measure_step, shape_fields
+
+#: Policy kinds that are not run under FSDP2, and why (printed when a run leaves them out, and
+#: the error when one is asked for).
+NOT_COMPOSED: dict[str, str] = {
+    "compile_budget": (
+        "budget_B compiles the whole model (nn.Module.compile on the root), so Dynamo would trace "
+        "FSDP2's pre/post-forward hooks and collectives of every block; torchtitan compiles each block "
+        "after checkpointing and before fully_shard instead. Per-block compilation is not a policy of "
+        "this suite, so budget_B is not measured under FSDP2"),
+}
+
+#: The policies run under FSDP2 by default: the notebook's five and every other kind that composes.
+DEFAULT_POLICIES: tuple[str, ...] = ("none", "full", "attn", "mlp", "every_other", "every_3", "sequential",
+                                     "sac", "core_attn", "offload")
+DEFAULT_VARIANTS: tuple[str, ...] = tuple(variant_id(p, a) for p in DEFAULT_POLICIES for a in ATTENTIONS)
+
+RECORDS_FILE = "records.json"
+
+
+class DoesNotCompose(ValueError):
+    """A policy asked for under FSDP2 that this suite does not run there; the message says why."""
+
+
+def check_composes(policy: Policy) -> Policy:
+    """``policy``, or DoesNotCompose naming the policy and the reason."""
+    reason = NOT_COMPOSED.get(policy.kind)
+    if reason:
+        raise DoesNotCompose(f"policy {policy.name!r} (kind {policy.kind}) is not run under FSDP2: {reason}")
+    return policy
+
+
+def global_flavor(flavor: Flavor, world_size: int) -> Flavor:
+    """The flavor at the global batch: ``world_size * flavor.batch`` samples (same name)."""
+    return dataclasses.replace(flavor, batch=flavor.batch * world_size)
+
+
+def shard(training: Training, world_size: int, rank: int) -> Training:
+    """``training`` sharded: ``fully_shard`` on each block, then on the root (the root gets the
+    blocks' parameters' leftovers, here none), a fresh AdamW over the sharded (DTensor)
+    parameters, and this rank's slice of the global input."""
+    model = training.model
+    for block in model.blocks:
+        fully_shard(block)
+    fully_shard(model)
+    per_rank = training.x.shape[0] // world_size
+    x = training.x[rank * per_rank:(rank + 1) * per_rank].clone()
+    return Training(model, make_optimizer(model), x, training.policy, training.device)
+
+
+def build_sharded_training(flavor: Flavor, variant: str, device: torch.device, world_size: int,
+                           rank: int) -> Training:
+    """The variant built as a single process builds it at the global batch (same seed, same
+    weights, same input), its policy applied, then sharded over the ranks (``shard``)."""
+    policy = check_composes(get_policy(parse_variant(variant)[0]))
+    return shard(build_training(global_flavor(flavor, world_size), variant, device, policy), world_size, rank)
+
+
+def parameter_name(name: str) -> str:
+    """The parameter's name as in the state dict (checkpoint_wrapper inserts a prefix)."""
+    return name.replace(_CHECKPOINT_PREFIX, "")
+
+
+def full_tensors(model: torch.nn.Module, grads: bool) -> dict[str, torch.Tensor]:
+    """Every parameter (or its gradient) gathered in full; a collective: every rank calls it."""
+    out = {}
+    for name, p in model.named_parameters():
+        t = p.grad if grads else p
+        out[parameter_name(name)] = t.full_tensor().detach().cpu().clone()
+    return out
+
+
+def timed_steps(training: Training, steps: int = 3) -> float:
+    """Median wall time of ``steps`` plain training steps on this rank, in seconds (the device
+    synchronised around each)."""
+    return interleaved_medians({"step": training.step}, rounds=steps, warmup=0,
+                               timer=device_synchronized_timer)["step"]
+
+
+def measure_sharded(flavor: Flavor, variant: str, device: torch.device, world_size: int, rank: int,
+                    state_dir: Path | None = None) -> Measurement:
+    """One variant on this rank: built and sharded, a warm-up step (FLOPs; with ``state_dir``
+    the full gradients and parameters after it go to rank 0's file), one step measured by
+    FSDPMemTracker (CPU) or the allocator (CUDA), then timed steps."""
+    dtype = resolve_dtype(flavor, device)
+    cuda_probe = None
+    if device.type == "cuda":
+        from ac_bench.probes.device import CudaAllocatorProbe  # the allocator probe sees everything on the GPU
+        cuda_probe = CudaAllocatorProbe(device)
+    training = build_sharded_training(flavor, variant, device, world_size, rank)
+
+    def keep_state(t: Training) -> None:
+        if state_dir is None:
+            return
+        grads = full_tensors(t.model, grads=True)
+        params = full_tensors(t.model, grads=False)
+        if rank == 0:
+            state_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({"grads": grads, "params": params}, state_dir / f"{variant}.pt")
+
+    figures = measure_step(training, lambda t: cuda_probe or FSDPMemTrackerProbe(device, t.model, t.optimizer, t.x),
+                           saved_counter_factory=ShardedSavedTensorCounter, after_warmup=keep_state)
+    step_seconds = timed_steps(training)
+    return Measurement(**shape_fields(flavor, variant, training.policy, device, dtype),
+                       optimizer=describe_optimizer(training.optimizer), **figures.fields(),
+                       world_size=world_size, rank=rank, step_seconds=step_seconds)
+
+
+def write_json_atomic(path: Path, data: object) -> None:
+    """``data`` as indented, key-sorted JSON, written atomically (``ac_bench.outputs.write_text_atomic``)."""
+    write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
+
+
+def parse_variants(text: str | None) -> tuple[str, ...]:
+    """``none-sdpa,full-sdpa`` -> variants; a policy that does not compose raises DoesNotCompose."""
+    if not text:
+        return DEFAULT_VARIANTS
+    variants = tuple(v.strip() for v in text.split(",") if v.strip())
+    for v in variants:
+        check_composes(get_policy(parse_variant(v)[0]))
+    return variants
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node W -m ac_bench.distributed", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--flavor", default="tiny", help="the flavor; every rank steps its batch (default: %(default)s)")
+    p.add_argument("--variants", default=None,
+                   help="comma-separated POLICY-ATTENTION names (default: every policy that composes with FSDP2, "
+                        "both attentions)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when available (NCCL), else cpu (gloo)")
+    p.add_argument("--out", required=True, type=Path, help="folder for rank{R}.json, records.json, state/")
+    p.add_argument("--save-state", action="store_true",
+                   help="rank 0 saves each variant's full gradients and updated parameters under OUT/state/")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        flavor = get_flavor(args.flavor)
+        variants = parse_variants(args.variants)
+    except ValueError as exc:
+        print(f"ac_bench.distributed: {exc}", file=sys.stderr)
+        return 2
+    if "RANK" not in os.environ:
+        print("ac_bench.distributed: run it under torchrun (RANK, WORLD_SIZE and the rendezvous come from there), "
+              "e.g. torchrun --nproc-per-node 2 -m ac_bench.distributed --out DIR", file=sys.stderr)
+        return 2
+    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = rank_device(device_type, int(os.environ.get("LOCAL_RANK", 0)))
+    dist.init_process_group(distributed_backend(device_type))
+    try:
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        if rank == 0 and not args.variants:
+            for kind, reason in NOT_COMPOSED.items():
+                print(f"ac_bench.distributed: left out, kind {kind}: {reason}")
+        if flavor.cpu_mode == "estimate" and device_type == "cpu":
+            print(f"ac_bench.distributed: flavor {flavor.name} is estimated on fake tensors on the CPU, "
+                  f"which FSDP2's collectives cannot run on; choose small or tiny", file=sys.stderr)
+            return 2
+        state_dir = args.out / "state" if args.save_state else None
+        records = []
+        for variant in variants:
+            records.append(measure_sharded(flavor, variant, device, world_size, rank, state_dir).as_dict())
+            gc.collect()  # this variant's sharded model, before the next one is built (see below)
+            if rank == 0:
+                print(f"ac_bench.distributed: {variant} measured on {world_size} ranks", flush=True)
+        # The sharded models of the last variants may sit in reference cycles that hold FSDP's
+        # gloo work objects; freed at interpreter teardown (after the process group is gone), a
+        # rank aborted there ("terminate called without an active exception", SIGABRT) twice in
+        # roughly fifteen launches over two sessions. Collected here, they go while the process
+        # group is alive: none of ten launches, two at a time, aborted since (2026-11-29).
+        gc.collect()
+        write_json_atomic(args.out / f"rank{rank}.json", records)
+        gathered = [None] * world_size if rank == 0 else None
+        dist.gather_object(records, gathered, dst=0)
+        if rank == 0:
+            merged = sorted((r for part in gathered for r in part), key=lambda r: (r["variant"], r["rank"]))
+            write_json_atomic(args.out / RECORDS_FILE, {
+                "world_size": world_size, "flavor": flavor.name, "device_type": device_type,
+                "not_composed": NOT_COMPOSED, "records": merged})
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+def load_records(out: Path) -> list[Measurement]:
+    """The merged records of a run (``OUT/records.json``), validated."""
+    data = json.loads((Path(out) / RECORDS_FILE).read_text())
+    return [Measurement.from_dict(r) for r in data["records"]]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+#: The per-rank peak of a gloo run depends on when collectives complete: a buffer freed on
+#: gloo's thread before or after the next allocation. Measured at tiny: 1.5 KiB between runs
+#: and ranks on a quiet machine, 41728 B (0.8 of a block's 50816) under pytest-xdist with other
+#: jobs on the cores; the optimizer step's peak moved by exactly one block (50816 B: an all-gather
+#: output still alive during the step) between rank 0 and rank 1 in a clean-clone run of
+#: ``make test`` (2026-11-29). So peaks are compared within one block's FSDP buffers
+#: (``compare_sharded``, bound ``fsdp_unsharded_peak_bytes``); every other figure is equal on
+#: every rank and gated at the registry's tolerance.
+PEAK_METRICS = ("peak_bytes", "activation_peak_bytes", "optimizer_step_peak_bytes")
+
+
+def compare_sharded(record: Measurement, entry: dict, tolerances: dict, fix: str) -> list[str]:
+    """The sharded gate's rule (``ac_bench.gate.baselines.compare``'s signature): each peak of
+    ``PEAK_METRICS`` within one block's FSDP buffers (``fsdp_unsharded_peak_bytes``, bytes) of the
+    baseline entry, every other metric at ``tolerances``; one message per figure that moved."""
+    from ac_bench.analytic import Shape, fsdp_unsharded_peak_bytes
+    from ac_bench.gate.baselines import compare
+
+    bound = fsdp_unsharded_peak_bytes(Shape.of_record(record))
+    moved = {k: getattr(record, k) - entry[k] for k in PEAK_METRICS if isinstance(entry.get(k), int)}
+    problems = [f"{record.case_id}: {k} moved {d:+,} B from the baseline {entry[k]:,}, more than one block's FSDP "
+                f"buffers ({bound:,} B). If intended, accept it with: {fix}"
+                for k, d in moved.items() if abs(d) > bound]
+    steady = dataclasses.replace(record, **{k: entry[k] for k in moved})
+    return problems + compare(steady, entry, tolerances, fix=fix)
+
+
+def torchrun_command(*args: str) -> list[str]:
+    """``torchrun`` of this interpreter's environment (``python -m torch.distributed.run``)."""
+    return [sys.executable, "-m", "torch.distributed.run", *args]
+
+
+def launch_env() -> dict[str, str]:
+    """The environment of a local launch: one thread per rank (the ranks share the cores)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("PYTEST_XDIST_WORKER", None)
+    return env

@@ -1,0 +1,223 @@
+"""The deterministic gate: memory figures and FLOPs against committed baselines.
+
+One file per device key, ``baselines/<device_key>/figures.json``: a JSON document whose
+``entries`` map each case id (``small-full-sdpa``) to its figures, one entry per line, keys
+sorted, so a diff is readable. A figure that moves beyond its metric's relative tolerance,
+in either direction, fails; an intended change is accepted by rerunning with
+``--update-baselines``, which rewrites the entries of what ran, keeps the rest, and writes
+atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from ac_bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, METRICS
+from ac_bench.outputs import write_text_atomic
+from ac_bench.record import Measurement
+
+
+class BaselineError(Exception):
+    """A baselines file that cannot be used; the message says which file and why."""
+
+
+def baseline_path(directory: Path, device_key: str) -> Path:
+    return Path(directory) / device_key / "figures.json"
+
+
+def entry_of(record: Measurement) -> dict:
+    """The figures of one record that the gate stores and compares."""
+    data = record.as_dict()
+    return {k: data[k] for k in sorted((*DEFAULT_TOLERANCES, *INFO_FIELDS))}
+
+
+def schema_problems(tolerances: dict, entries: dict) -> list[str]:
+    """What makes a baselines file unusable, each naming the entry: a tolerance that is not a
+    positive finite number or names no metric; an entry that is not an object; a figure that is
+    not a finite non-negative integer (null only for a nullable metric); an info field that is
+    not a string. A missing tolerance is not here: ``missing_tolerances`` (updatable)."""
+    problems = []
+    for metric, tol in sorted(tolerances.items()):
+        if metric not in METRICS:
+            problems.append(f"tolerance for unknown metric {metric!r} (valid: {', '.join(sorted(METRICS))})")
+        elif not _number(tol) or tol <= 0:
+            problems.append(f"tolerance of {metric} is {tol!r}, not a positive finite number")
+    for key, entry in sorted(entries.items()):
+        if not isinstance(entry, dict):
+            problems.append(f"entry {key!r} is {type(entry).__name__}, not an object")
+            continue
+        for metric, spec in sorted(METRICS.items()):
+            if metric not in entry:
+                continue  # an entry older than the metric: the gate says how to add it
+            value = entry[metric]
+            if value is None and spec.nullable:
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                problems.append(f"entry {key!r}: {metric} is {value!r}, not a non-negative integer")
+        for info in INFO_FIELDS:
+            if not isinstance(entry.get(info), str):
+                problems.append(f"entry {key!r}: {info} is {entry.get(info)!r}, not a string")
+    return problems
+
+
+@dataclass
+class BaselineFile:
+    """The parsed contents of one device key's figures file."""
+
+    path: Path
+    tolerances: dict[str, float]
+    entries: dict[str, dict]
+
+    @classmethod
+    def load(cls, path: Path) -> "BaselineFile | None":
+        """The file's contents, None if it does not exist; a corrupt file raises BaselineError."""
+        path = Path(path)
+        if not path.exists():
+            return None
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BaselineError(f"{path}: not a readable baselines file ({exc}); restore it with "
+                                f"`git checkout -- {path}` or delete it and rerun with --update-baselines") from None
+        if not isinstance(data, dict) or not isinstance(data.get("entries"), dict) \
+                or not isinstance(data.get("tolerances"), dict):
+            raise BaselineError(f"{path}: expected a JSON object with 'tolerances' and 'entries'; restore it "
+                                f"with `git checkout -- {path}` or delete it and rerun with --update-baselines")
+        problems = schema_problems(data["tolerances"], data["entries"])
+        if problems:
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise BaselineError(f"{path}: {problems[0]}{more}; restore the file with `git checkout -- {path}`, "
+                                f"or delete the entry and rerun with --update-baselines")
+        return cls(path, dict(data["tolerances"]), dict(data["entries"]))
+
+    def missing_tolerances(self) -> list[str]:
+        """Registry metrics this file has no tolerance for (``--update-baselines`` adds them)."""
+        return sorted(set(METRICS) - set(self.tolerances))
+
+    def dumps(self) -> str:
+        """Stable text: sorted keys, one entry per line."""
+        lines = ["{", f'"tolerances": {json.dumps(self.tolerances, sort_keys=True)},', '"entries": {']
+        items = sorted(self.entries.items())
+        for i, (key, entry) in enumerate(items):
+            comma = "," if i < len(items) - 1 else ""
+            lines.append(f"{json.dumps(key)}: {json.dumps(entry, sort_keys=True)}{comma}")
+        lines += ["}", "}", ""]
+        return "\n".join(lines)
+
+    def write(self) -> None:
+        """Write atomically (``ac_bench.outputs.write_text_atomic``): the old file stays whole if
+        the write fails or is killed, and keeps its mode."""
+        write_text_atomic(self.path, self.dumps())
+
+
+#: Where baselines live unless ``--baselines-dir`` says otherwise: ``baselines/`` of the folder
+#: the suite runs in (the repository root; the plugin resolves it against pytest's rootdir).
+DEFAULT_BASELINES_DIR = Path("baselines")
+
+
+def accept_command(record: Measurement, directory: Path | None = None) -> str:
+    """The command that accepts ``record``'s figures, with every option that selects what ran
+    and where the baselines live, so that it works when pasted as is."""
+    device = record.device.split(":")[0]
+    where = ""
+    if directory is not None and Path(directory).resolve() != DEFAULT_BASELINES_DIR.resolve():
+        where = f" --baselines-dir {shlex.quote(str(directory))}"
+    return (f"pytest bench/ --device {device} --flavor {record.flavor}{where} --update-baselines "
+            f"-k {record.case_id}")
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def compare(record: Measurement, baseline: dict, tolerances: dict[str, float], fix: str | None = None) -> list[str]:
+    """One message per metric of ``record`` (every metric of ``ac_bench.metrics.METRICS``) that
+    moved beyond tolerance from ``baseline``, or that cannot be compared."""
+    case = record.case_id
+    fix = fix or accept_command(record)
+    old_torch = baseline.get("torch_version", "unknown")
+    if baseline.get("memory_method") != record.memory_method:
+        return [f"{case}: memory_method changed from {baseline.get('memory_method')!r} to "
+                f"{record.memory_method!r}; figures from different methods are not comparable. "
+                f"Accept with: {fix}"]
+    messages = [f"{case}: the baselines file has a tolerance for unknown metric {m!r}; valid metrics: "
+                f"{', '.join(sorted(METRICS))}" for m in sorted(set(tolerances) - set(METRICS))]
+    for metric in sorted(METRICS):
+        tol = tolerances.get(metric)
+        if tol is None:
+            messages.append(f"{case}: the baselines file has no tolerance for {metric}, so it cannot be "
+                            f"gated; rewrite the file with: {fix}")
+            continue
+        if not _number(tol) or tol < 0:
+            messages.append(f"{case}: tolerance of {metric} is {tol!r}, not a finite number >= 0")
+            continue
+        if metric not in baseline:
+            # An entry older than the metric (baselines/nvidia-h200 predates optimizer_step_peak_bytes):
+            # never a pass; the figure must be measured on this device.
+            messages.append(f"{case}: the baseline entry has no {metric} (it predates the metric), so it is not "
+                            f"gated; measure it on this device ({record.device_key}) with: {fix}")
+            continue
+        old, new = baseline[metric], getattr(record, metric)
+        if old is None or new is None:
+            if old is not new:
+                messages.append(f"{case}: {metric} was {old!r} and is now {new!r}: one of them is not "
+                                f"measurable. If intended, accept it with: {fix}")
+            continue
+        if not _number(old):
+            messages.append(f"{case}: baseline {metric} is {old!r}, not a finite number; restore the file "
+                            f"or rewrite the entry with: {fix}")
+            continue
+        change = (new - old) / old if old else (0.0 if new == old else float("inf"))
+        if abs(change) > tol:
+            messages.append(
+                f"{case}: {metric} moved {change:+.2%} (tolerance ±{tol:.2%}): "
+                f"baseline {old:,} (torch {old_torch}) -> now {new:,} (torch {record.torch_version}). "
+                f"If the change is intended, accept it with: {fix}"
+            )
+    return messages
+
+
+class BaselineGate:
+    """Compares records against one directory of baselines, or stages them for update."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = Path(directory)
+        self._files: dict[str, BaselineFile | None] = {}
+        self._staged: dict[str, dict[str, dict]] = {}
+        #: What ``write_staged`` changed beyond the entries, one line each (for the summary).
+        self.repairs: list[str] = []
+
+    def accept_command(self, record: Measurement) -> str:
+        return accept_command(record, self.directory)
+
+    def file_for(self, device_key: str) -> BaselineFile | None:
+        if device_key not in self._files:
+            self._files[device_key] = BaselineFile.load(baseline_path(self.directory, device_key))
+        return self._files[device_key]
+
+    def stage(self, record: Measurement) -> None:
+        """Remember ``record`` for ``write_staged``."""
+        self._staged.setdefault(record.device_key, {})[record.case_id] = entry_of(record)
+
+    def write_staged(self) -> list[Path]:
+        """Merge staged entries into their files (others kept) and write each atomically."""
+        written = []
+        for key, entries in sorted(self._staged.items()):
+            existing = self.file_for(key)
+            # A metric new to the registry gets its default tolerance; existing ones are kept.
+            if existing:
+                self.repairs += [f"{existing.path}: added the default tolerance {DEFAULT_TOLERANCES[m]} for {m}"
+                                 for m in existing.missing_tolerances()]
+            merged = BaselineFile(baseline_path(self.directory, key),
+                                  {**DEFAULT_TOLERANCES, **(existing.tolerances if existing else {})},
+                                  dict(existing.entries) if existing else {})
+            merged.entries.update(entries)
+            merged.write()
+            self._files[key] = merged
+            written.append(merged.path)
+        self._staged.clear()
+        return written

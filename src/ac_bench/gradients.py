@@ -1,0 +1,114 @@
+"""Does a checkpointed model train exactly like the same model without checkpointing?"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
+
+from ac_bench.models import Flavor, Policy, apply_policy, build_model, get_policy, loss_fn, resolve_dtype
+
+#: Tolerances for ``X-sdpa`` against ``X-eager`` (same weights, same input): the fused kernel
+#: sums QK^T and PV in another order and, on the CPU, in blocks with an online softmax.
+#: Each is a few hundred ulps of the dtype at the values' scale (fp32 eps 1.2e-7, bf16 eps
+#: 7.8e-3, fp16 eps 9.8e-4), which covers reordered sums over seq_len terms and their
+#: propagation through depth blocks and backward, and is far below a real bug (a wrong mask,
+#: scale or missing head changes results at order 1). ``atol`` is relative to the largest
+#: magnitude of the reference tensor, since gradients of ``output.mean()`` are ~1/numel.
+CROSS_ATTENTION_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
+    torch.float32: {"rtol": 1e-4, "atol": 1e-4},
+    torch.bfloat16: {"rtol": 5e-2, "atol": 5e-2},
+    torch.float16: {"rtol": 1e-2, "atol": 1e-2},
+}
+
+
+#: Tolerances for the gradients of a step sharded over W ranks (FSDP2) against the single
+#: process stepping the same global batch, relative to each tensor's largest magnitude. The
+#: math is the same; the summation order is not: a weight's gradient sums over the batch x seq
+#: rows, in one GEMM in the single process and as W per-rank GEMMs whose results the
+#: reduce-scatter adds and divides by W (exact for W a power of two). Reassociating a sum of n
+#: terms moves it by at most about n * eps * sum|terms| (Higham, the worst case; sqrt(n) * eps
+#: is typical), and the difference then propagates through depth blocks of backward. For
+#: ``tiny`` (n = 64 rows) that bound is 7.6e-6 at fp32; measured: 3.2e-7 of the largest
+#: magnitude (eager), 2.6e-7 (sdpa), with 13 of 36 tensors bitwise equal. 1e-5 covers the bound
+#: at tiny and stays three orders of magnitude below any real fault (a missing reduction
+#: halves a gradient; a wrong shard or rank changes it at order 1). Low precision: the same
+#: argument in ulps of bf16/fp16 (not run on the CPU).
+SHARDED_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
+    torch.float32: {"rtol": 1e-5, "atol": 1e-5},
+    torch.bfloat16: {"rtol": 5e-2, "atol": 5e-2},
+    torch.float16: {"rtol": 1e-2, "atol": 1e-2},
+}
+
+
+@dataclass
+class StepResult:
+    """Loss, output and every parameter's gradient (None where it got none) of one step."""
+
+    loss: torch.Tensor
+    output: torch.Tensor
+    grads: dict[str, torch.Tensor | None]
+
+
+def run_step(model: torch.nn.Module, x: torch.Tensor, rng_seed: int | None = None,
+             policy: Policy | str | None = None) -> StepResult:
+    """Forward (inside ``policy``'s forward context, if any), ``output.mean()``, backward;
+    ``rng_seed`` reseeds first (dropout)."""
+    if rng_seed is not None:
+        torch.manual_seed(rng_seed)
+    model.zero_grad(set_to_none=True)
+    policy = get_policy(policy) if isinstance(policy, str) else policy
+    with policy.forward_context(x.device) if policy is not None else contextlib.nullcontext():
+        output = model(x)
+    loss = loss_fn(output)
+    loss.backward()
+    # checkpoint_wrapper inserts a prefix into parameter names (not into state-dict keys).
+    grads = {n.replace(_CHECKPOINT_PREFIX, ""): (p.grad.detach().clone() if p.grad is not None else None)
+             for n, p in model.named_parameters()}
+    return StepResult(loss.detach(), output.detach(), grads)
+
+
+def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: str,
+                dropout: float = 0.0, reference_policy: Policy | str = "none",
+                reference_attention: str | None = None):
+    """A reference model (default: the same attention without checkpointing) and the variant
+    model, with identical weights (one state dict loaded into both), and an input."""
+    dtype = resolve_dtype(flavor, device)
+    torch.manual_seed(0)
+    reference = apply_policy(build_model(flavor, reference_attention or attention, device, dtype, dropout),
+                             reference_policy)
+    model = apply_policy(build_model(flavor, attention, device, dtype, dropout), policy)
+    model.load_state_dict(reference.state_dict())
+    x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
+    return reference, model, x
+
+
+def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = None,
+               atol: float | None = None) -> list[str]:
+    """Names of what differs: bitwise (``torch.equal``) when no tolerance is given."""
+    def differs(a: torch.Tensor | None, b: torch.Tensor | None) -> str | None:
+        if a is None or b is None:
+            return None if a is None and b is None else f"gradient is {'None' if b is None else 'set'} " \
+                f"but the reference's is {'None' if a is None else 'set'}"
+        if rtol is None:
+            if torch.equal(a, b):
+                return None
+            return f"not bitwise equal (max abs diff {(a.double() - b.double()).abs().max().item():.3e})"
+        scale = a.abs().max().item()
+        try:
+            torch.testing.assert_close(b, a, rtol=rtol, atol=atol * scale if scale else atol)
+        except AssertionError as exc:
+            return str(exc).splitlines()[0] + f" (max abs diff {(a.double() - b.double()).abs().max().item():.3e}, scale {scale:.3e})"
+        return None
+
+    # A loss that is not finite trains nothing, however equal the two runs are.
+    found = [f"loss: the {label} model's loss is {r.loss.item()}, not finite"
+             for label, r in (("reference", expected), ("checkpointed", actual)) if not torch.isfinite(r.loss).all()]
+    for name, a, b in [("loss", expected.loss, actual.loss), ("output", expected.output, actual.output),
+                       *((f"grad {n}", expected.grads[n], actual.grads.get(n)) for n in expected.grads)]:
+        problem = differs(a, b)
+        if problem:
+            found.append(f"{name}: {problem}")
+    return found

@@ -1,0 +1,149 @@
+"""The pytest-benchmark adapter: every use of pytest-benchmark's internals is here.
+
+pytest-benchmark keeps its session in ``config._benchmarksession`` (a private attribute, read
+for the stored-history check and to write the JSON when nothing was timed); the version these
+uses were written against is pinned wherever the suite is installed (requirements-cpu.txt,
+pyproject.toml, tox.ini), and another version that lacks them fails once with one line
+(``check_version``)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ac_bench.gate.timing_storage import timing_comparison_refusal, timing_storage
+from ac_bench.models import resolve_dtype
+from ac_bench.plugin.options import baselines_dir, selected_device, selected_device_key, selected_flavors, selected_timing_key
+from ac_bench.probes.device import cuda_available, device_name, processor_name
+from ac_bench.probes.timing import CPU_TIMING_THREADS, clock_description, timer_name
+
+PYTEST_BENCHMARK_DEFAULT_STORAGE = "file://./.benchmarks"
+PYTEST_BENCHMARK_DEFAULT_TIMER = "time.perf_counter"
+#: What this adapter reads of pytest-benchmark's session object.
+SESSION_ATTRIBUTES = ("compared_mapping", "compare", "compare_fail", "storage", "save", "autosave", "json",
+                      "benchmarks", "get_machine_info", "save_json")
+TESTED_VERSION = "5.3.1"
+
+
+def active(config: pytest.Config) -> bool:
+    """Whether pytest-benchmark is loaded (not ``-p no:benchmark``)."""
+    return config.pluginmanager.hasplugin("benchmark")
+
+
+def _session(config: pytest.Config):
+    return getattr(config, "_benchmarksession", None)
+
+
+def check_version(config: pytest.Config) -> None:
+    """One usage error when the installed pytest-benchmark's session lacks what this adapter
+    reads (another version than the pinned one)."""
+    bs = _session(config)
+    missing = [a for a in SESSION_ATTRIBUTES if bs is not None and not hasattr(bs, a)]
+    if missing:
+        from importlib.metadata import version
+        raise pytest.UsageError(
+            f"pytest-benchmark {version('pytest-benchmark')}: its session lacks {', '.join(missing)}, which this "
+            f"suite reads; install pytest-benchmark=={TESTED_VERSION} (requirements-cpu.txt, tox.ini)")
+
+
+def configure_storage_and_timer(config: pytest.Config) -> None:
+    """Runs before pytest-benchmark's own pytest_configure (which is trylast).
+
+    pytest-benchmark files runs under a machine id that tells neither GPUs nor processor models
+    apart, so the storage gets one folder per timing key: committed ``timing_storage(...)`` by
+    default, or <user's storage>/<timing key> when --benchmark-storage is given. The timer is
+    the device's own (``ac_bench.probes.timing.timer_name``).
+    """
+    option = config.option
+    if not hasattr(option, "benchmark_storage"):
+        return  # pytest-benchmark not active (-p no:benchmark)
+    key = selected_timing_key(config)
+    if option.benchmark_storage == PYTEST_BENCHMARK_DEFAULT_STORAGE:
+        storage = timing_storage(baselines_dir(config), selected_device_key(config), key)
+        option.benchmark_storage = f"file://{storage}"
+    else:
+        option.benchmark_storage = option.benchmark_storage.rstrip("/") + f"/{key}"
+    if option.benchmark_timer == PYTEST_BENCHMARK_DEFAULT_TIMER:
+        option.benchmark_timer = timer_name(selected_device(config))
+
+
+def drop_compare_fail_without_history(config: pytest.Config) -> str | None:
+    """--allow-empty-history: pytest-benchmark has loaded the stored runs by now (its
+    pytest_configure); with none to compare against, --benchmark-compare-fail would end the run
+    in a usage error after everything was measured, and a nightly job that saves its history
+    only when it passes would never get one. Then the threshold is dropped for this run; the
+    note saying so is returned (None when nothing was dropped)."""
+    bs = _session(config)
+    if bs is None or not config.getoption("--allow-empty-history") or bs.compared_mapping:
+        return None
+    if bs.compare is True and bs.compare_fail:
+        bs.compare_fail = []
+        return (f"benchmark history: no earlier run in {bs.storage} for device key {selected_device_key(config)!r}, "
+                f"so the timings were not compared (--benchmark-compare-fail skipped, --allow-empty-history); "
+                f"{'this run was saved and is' if bs.save or bs.autosave else 'save a run (--benchmark-autosave) to make it'} "
+                f"the reference of the next one")
+    return None
+
+
+def write_json_without_timings(config: pytest.Config, records: list[dict]) -> None:
+    """pytest-benchmark writes no --benchmark-json when no benchmark ran (only estimated
+    flavors, --benchmark-skip, or xdist, which disables benchmarks); the measurements still
+    belong in it, so write it through pytest-benchmark's own hooks."""
+    bs = _session(config)
+    if bs is None or not getattr(bs, "json", None) or bs.benchmarks or not records:
+        return
+    commit_info = config.hook.pytest_benchmark_generate_commit_info(config=config)
+    config.hook.pytest_benchmark_update_commit_info(config=config, commit_info=commit_info)
+    output_json = config.hook.pytest_benchmark_generate_json(
+        config=config, benchmarks=[], include_data=True, machine_info=bs.get_machine_info(),
+        commit_info=commit_info)
+    config.hook.pytest_benchmark_update_json(config=config, benchmarks=[], output_json=output_json)
+    bs.save_json(output_json)
+
+
+class BenchmarkHooks:
+    """pytest-benchmark's hooks, registered only when the plugin is active (``-p no:benchmark``
+    would otherwise make them unknown hooks: an INTERNALERROR). ``records`` and ``time_ratios``
+    give the session's records and ratios when the JSON is written."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+
+    @staticmethod
+    def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
+        """The device, its key, the processor, the timer and its thread count, each flavor's dtype."""
+        machine_info["torch"] = machine_description(config)
+
+    @staticmethod
+    def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
+                                              compared_benchmark: dict) -> None:
+        """Refuse, in one line, to compare timings of different device keys (a GPU against the
+        CPU, or another GPU), of different processor models, or taken with another timer or
+        thread count: each is a different clock, not a regression."""
+        refusal = timing_comparison_refusal(machine_info, compared_benchmark)
+        if refusal:
+            raise pytest.UsageError(f"--benchmark-compare: {refusal}")
+
+    def pytest_benchmark_update_json(self, config: pytest.Config, benchmarks: list, output_json: dict) -> None:
+        """Every case measured this session, timed or not, as one record each."""
+        output_json["measurements"] = self.store.as_json()
+        output_json["time_ratios"] = dict(sorted(self.store.time_ratios.items()))
+
+
+def machine_description(config: pytest.Config) -> dict:
+    """``machine_info["torch"]`` of the benchmark JSON: what the timings were taken on."""
+    device = selected_device(config)
+    on_cuda = device == "cuda" and cuda_available()
+    return {
+        "version": torch.__version__,
+        "cuda": torch.version.cuda,
+        "device": device,
+        "device_key": selected_device_key(config),
+        "device_name": device_name(device) if on_cuda else "cpu",
+        "processor": processor_name(),
+        "timing_key": selected_timing_key(config),
+        "timer": str(config.getoption("benchmark_timer")),
+        "clock": clock_description(device),
+        "timing_threads": CPU_TIMING_THREADS if device == "cpu" else None,
+        "dtypes": {f.name: str(resolve_dtype(f, device)).removeprefix("torch.") for f in selected_flavors(config)},
+    }

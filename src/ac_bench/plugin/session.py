@@ -1,0 +1,82 @@
+"""The session object the plugin registers: it measures each case once, holds the records the
+tests, the JSON and the gate read, and gates a record against this device's baselines."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from ac_bench.cases import Case
+from ac_bench.gate.baselines import BaselineError, BaselineGate, baseline_path, compare
+from ac_bench.record import OK, Measurement, measure_variant
+
+
+class MeasurementStore:
+    """Session cache: each case is measured once; every test and the JSON read the record.
+
+    Under pytest-xdist each worker measures its own cases and sends their records to the
+    controller, which writes them to the JSON (``from_workers``).
+    """
+
+    def __init__(self) -> None:
+        self._records: dict[str, Measurement] = {}
+        self.from_workers: dict[str, dict] = {}
+        self.time_ratios: dict[str, dict[str, float]] = {}
+
+    def get(self, case: Case) -> Measurement:
+        """The case's record, measured on first use. A step that ran out of memory or whose
+        loss is not finite fails every test that asks for it, by name, once per test; the
+        record stays in the JSON and the other variants are measured as usual."""
+        if case.id not in self._records:
+            self._records[case.id] = measure_variant(case.flavor, case.variant, case.device)
+        record = self._records[case.id]
+        if record.outcome != OK:
+            pytest.fail(f"{case.id}: {record.outcome}: {record.outcome_note}; its figures cannot be checked "
+                        f"or compared with the baselines (the other variants are measured as usual)", pytrace=False)
+        return record
+
+    def add_sharded(self, record: Measurement) -> None:
+        """A record measured elsewhere: one rank of a sharded run (``ac_bench.distributed``'s
+        torchrun launch), in the JSON as ``{device}-{case_id}-rank{R}``."""
+        self._records[f"{record.device_key}-{record.case_id}-rank{record.rank}"] = record
+
+    def local_json(self) -> dict[str, dict]:
+        """The records measured in this process, by case id."""
+        return {k: r.as_dict() for k, r in self._records.items()}
+
+    def as_json(self) -> list[dict]:
+        """Every record of the session, this process's and the workers', sorted by case."""
+        merged = {**self.from_workers, **self.local_json()}
+        return [merged[k] for k in sorted(merged)]
+
+    def note_time_ratio(self, key: str, time_ratio: float, flop_ratio: float) -> None:
+        """Record time(policy)/time(none) beside the FLOP ratio, for the summary and the JSON
+        (key ``{device}-{flavor}-{policy}-{attention}``)."""
+        self.time_ratios[key] = {"time_ratio": time_ratio, "flop_ratio": flop_ratio}
+
+
+def gate_record(record: Measurement, gate: BaselineGate, update: bool,
+                rule: Callable[..., list[str]] = compare) -> None:
+    """``record`` staged (``update``: --update-baselines) or against its entry in this device's
+    baselines file: skipped with the command that adds a missing file or entry, failed with one
+    line per metric that moved. ``rule(record, entry, tolerances, fix)`` returns those lines:
+    the registry's tolerances (``compare``), or a caller's own (the sharded peaks' bound)."""
+    if update:
+        gate.stage(record)
+        return
+    path: Path = baseline_path(gate.directory, record.device_key)
+    try:
+        baseline = gate.file_for(record.device_key)
+    except BaselineError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    if baseline is None:
+        pytest.skip(f"no baselines for device key {record.device_key!r} ({path} does not exist): create them "
+                    f"with `{gate.accept_command(record).rsplit(' -k ', 1)[0]}` and commit the file")
+    entry = baseline.entries.get(record.case_id)
+    if entry is None:
+        pytest.skip(f"{record.case_id} has no entry in {path}: add it with `{gate.accept_command(record)}`")
+    problems = rule(record, entry, baseline.tolerances, fix=gate.accept_command(record))
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)

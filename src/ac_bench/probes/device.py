@@ -1,0 +1,250 @@
+"""Every device-specific line of the suite: the device key, synchronisation, the allocator
+probe and the out-of-memory error. Everything else is device-agnostic and runs in CI on the
+CPU. Devices are reached through ``torch.cuda`` only here."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import platform
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+#: The memory method of the allocator probe, recorded as ``memory_method``.
+CUDA_ALLOCATOR = "cuda-allocator"
+
+#: Raised by a step that does not fit the device (a result in a sweep, not a crash).
+OutOfMemoryError = torch.cuda.OutOfMemoryError
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def device_key(device: str | torch.device) -> str:
+    """The key that separates baselines: ``cpu``, or the GPU's name (``nvidia-h200``)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+    return device.type
+
+
+def processor_name() -> str:
+    """The CPU's model name: /proc/cpuinfo's ``model name`` (Linux), else ``platform.processor()``
+    or, where that is empty, ``platform.machine()``."""
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            key, _, value = line.partition(":")
+            if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                return value.strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def processor_key(name: str | None = None) -> str:
+    """A processor model as a folder name: ``AMD EPYC`` -> ``amd-epyc``, ``Intel(R) Xeon(R)
+    Processor`` -> ``intel-xeon-processor`` (trademark signs dropped)."""
+    name = processor_name() if name is None else name
+    name = re.sub(r"\((r|tm|c)\)", " ", name.lower())
+    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown"
+
+
+def timing_key(device: str | torch.device) -> str:
+    """The key that separates timings: a GPU's device key, and on the CPU ``cpu-`` and the
+    processor model (a CPU's timings belong to its model as a GPU's to its GPU; the memory
+    and FLOP figures do not, and stay under the device key ``cpu``)."""
+    key = device_key(device)
+    return f"cpu-{processor_key()}" if key == "cpu" else key
+
+
+def device_name(device: str | torch.device) -> str:
+    """The GPU's marketing name, or ``cpu``."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+
+
+def release_cached_memory() -> None:
+    """After an out-of-memory step: collect its garbage and hand the allocator's cached blocks
+    back, so the next variant starts clean (a no-op where CUDA was never used)."""
+    gc.collect()
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+def synchronize() -> None:
+    """Wait for every queued kernel (a no-op where CUDA was never used)."""
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+
+
+def cuda_backward_allowance(score_bytes: int, attention: str) -> int:
+    """Bytes the CUDA backward allocates beyond the CPU fake-tensor estimate of the activation
+    peak, which cannot see allocations inside kernels. Measured on the H200 (torch 2.11, every
+    seed variant, two runs with identical figures): eager +128.2 to +133.1 MiB, because CUDA's
+    ``aten._softmax_backward_data`` allocates a transient the size of the heads x seq x seq
+    matrix (``score_bytes``) beside its output, at the backward's peak; sdpa (cuDNN attention)
+    +34.2 to +39.4 MiB, the peak then sitting in a bias-gradient ``aten.sum`` with a 64 MiB
+    transient of its own. The allowance is absolute: relative to the peak it was +5% for
+    none-eager and +19% for full-eager, the same buffer."""
+    if attention == "eager":
+        return score_bytes + 8 * 2 ** 20
+    return 48 * 2 ** 20
+
+
+@dataclass
+class Phase:
+    """What a probe saw during one phase: bytes at its start, its peak, and the breakdown by
+    category at the peak (None where the method gives none)."""
+
+    start_bytes: int = 0
+    peak_bytes: int = 0
+    breakdown: dict[str, int] | None = field(default=None)
+
+
+class CudaAllocatorProbe:
+    """The CUDA caching allocator's statistics, relative to what was allocated at creation.
+
+    Creation collects garbage and empties the cache, so the figures belong to the variant
+    alone; ``foreign_bytes`` records anything else still allocated (should be 0).
+    """
+
+    method = CUDA_ALLOCATOR
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        gc.collect()
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+        self.foreign_bytes = torch.cuda.memory_allocated(device)
+
+    def current(self) -> int:
+        torch.cuda.synchronize(self.device)
+        return torch.cuda.memory_allocated(self.device) - self.foreign_bytes
+
+    @contextlib.contextmanager
+    def phase(self) -> Iterator[Phase]:
+        result = Phase(start_bytes=self.current())
+        torch.cuda.reset_peak_memory_stats(self.device)
+        yield result
+        torch.cuda.synchronize(self.device)
+        result.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.foreign_bytes
+
+
+#: The phases of a training step timed separately (``ac_bench.record.Training.step``'s marks):
+#: forward with the loss, backward with any recomputation, the optimizer step.
+PHASES: tuple[str, ...] = ("forward", "backward", "optimizer")
+
+
+class PhaseClock:
+    """Times the phases of each step: CUDA events recorded on the current stream (read after
+    one synchronisation, so timing does not stall the queue), or ``host_timer`` on the CPU.
+    Pass ``mark`` to ``Training.step``."""
+
+    def __init__(self, device: str | torch.device, host_timer: Callable[[], float]) -> None:
+        self.cuda = torch.device(device).type == "cuda"
+        self.host_timer = host_timer
+        self.steps: list[list] = []
+
+    def mark(self, phase: str) -> None:
+        if phase == "start":
+            self.steps.append([])
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.steps[-1].append(event)
+        else:
+            self.steps[-1].append(self.host_timer())
+
+    def seconds(self, last: int) -> dict[str, list[float]]:
+        """Seconds of each phase in each of the last ``last`` complete steps."""
+        steps = [s for s in self.steps if len(s) == len(PHASES) + 1][-last:]
+        if self.cuda:
+            torch.cuda.synchronize()
+            spans = [[a.elapsed_time(b) / 1e3 for a, b in zip(s, s[1:])] for s in steps]
+        else:
+            spans = [[b - a for a, b in zip(s, s[1:])] for s in steps]
+        return {phase: [span[i] for span in spans] for i, phase in enumerate(PHASES)}
+
+
+# --- Processes and devices of a distributed run, and pytest-xdist workers -------------------
+
+def distributed_backend(device_type: str) -> str:
+    """The process-group backend for ``device_type``: NCCL on CUDA, gloo on the CPU."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+def rank_device(device_type: str, local_rank: int) -> torch.device:
+    """The device one torchrun rank steps on: ``cuda:LOCAL_RANK`` (bound as the current device,
+    before any CUDA work) or the CPU. The CUDA branch is not exercised on a CPU machine."""
+    if device_type == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def xdist_worker_index(worker_id: str | None) -> int | None:
+    """``gw3`` -> 3; None outside pytest-xdist (``PYTEST_XDIST_WORKER`` unset)."""
+    if not worker_id:
+        return None
+    if not (worker_id.startswith("gw") and worker_id[2:].isdigit()):
+        raise ValueError(f"PYTEST_XDIST_WORKER={worker_id!r} is not of the form gwN")
+    return int(worker_id[2:])
+
+
+def xdist_worker_gpu(worker_id: str | None, visible: list[str]) -> str | None:
+    """The one GPU (an entry of ``visible``: CUDA_VISIBLE_DEVICES entries, or indices) that
+    worker ``gwN`` binds: entry ``N mod len(visible)``. None outside xdist or with no GPU."""
+    index = xdist_worker_index(worker_id)
+    if index is None or not visible:
+        return None
+    return visible[index % len(visible)]
+
+
+def bind_xdist_worker_gpu(environ: dict | None = None) -> str | None:
+    """Under pytest-xdist on a machine with several GPUs, restrict this worker to its own GPU
+    by setting ``CUDA_VISIBLE_DEVICES`` before CUDA initialises (conftest calls it at import).
+
+    The GPUs are those CUDA_VISIBLE_DEVICES already lists, or ``nvidia-smi -L`` counts; on a
+    CPU machine there is none and nothing changes. Returns the GPU bound, or None. Only the
+    worker-to-GPU mapping is tested on the CPU; binding real GPUs is not exercised here."""
+    import os
+    environ = os.environ if environ is None else environ
+    worker = environ.get("PYTEST_XDIST_WORKER")
+    if xdist_worker_index(worker) is None:
+        return None
+    gpu = xdist_worker_gpu(worker, visible_gpus(environ))
+    if gpu is not None:
+        if torch.cuda.is_initialized():
+            raise RuntimeError(f"xdist worker {worker}: CUDA was initialised before its GPU could be bound")
+        environ["CUDA_VISIBLE_DEVICES"] = gpu
+    return gpu
+
+
+def visible_gpus(environ: dict | None = None) -> list[str]:
+    """The GPUs this process may use, without initialising CUDA: the entries of
+    CUDA_VISIBLE_DEVICES where it is set, else one index per GPU that ``nvidia-smi -L`` lists."""
+    import os
+    environ = os.environ if environ is None else environ
+    listed = environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    return [str(i) for i in range(_count_gpus_without_cuda())]
+
+
+def _count_gpus_without_cuda() -> int:
+    """GPUs on this machine, counted without initialising CUDA in this process (NVML via
+    ``nvidia-smi -L``); 0 where there is no NVIDIA driver."""
+    import shutil
+    import subprocess
+    if shutil.which("nvidia-smi") is None:
+        return 0
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))

@@ -1,0 +1,90 @@
+"""FLOP counting with ``torch.utils.flop_counter.FlopCounterMode``.
+
+FlopCounterMode has no formula for the CPU flash-attention kernel that ``sdpa`` runs on the
+CPU, so without the registration below an ``sdpa`` variant's attention FLOPs would silently
+count as zero. The formulas are PyTorch's own for the other SDPA kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.utils import flop_counter
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+aten = torch.ops.aten
+
+_CPU_FLASH_FWD = aten._scaled_dot_product_flash_attention_for_cpu
+_CPU_FLASH_BWD = aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def _cpu_flash_forward_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+    """(query, key, value, ...) -> output, logsumexp: QK^T and PV."""
+    return flop_counter.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_flash_backward_flop(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                             out_shape=None, **kwargs) -> int:
+    """(grad_out, query, key, value, out, logsumexp, ...): recompute scores plus four bmms."""
+    return flop_counter.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+def register_missing_formulas() -> None:
+    """Register the CPU flash SDPA formulas unless this PyTorch already counts them."""
+    if _CPU_FLASH_FWD not in flop_counter.flop_registry:
+        register_flop_formula(_CPU_FLASH_FWD)(_cpu_flash_forward_flop)
+    if _CPU_FLASH_BWD not in flop_counter.flop_registry:
+        register_flop_formula(_CPU_FLASH_BWD)(_cpu_flash_backward_flop)
+
+
+register_missing_formulas()
+
+
+class _CompileAwareInnerMode(flop_counter._FlopCounterMode):
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+
+class _GlobalOnly:
+    """Stands in for FlopCounterMode's ModuleTracker: every FLOP is counted under "Global"
+    only. The ModuleTracker's global module hooks are on Dynamo's skip list, so with them
+    installed a compiled model recompiles with graph breaks around every module."""
+
+    parents = ("Global",)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *args):
+        return None
+
+
+class CompileAwareFlopCounterMode(FlopCounterMode):
+    """FlopCounterMode under which a compiled model runs compiled (see
+    ``ac_bench.probes.memory.compile_aware_mem_tracker_class``): its dispatch mode declares that it ignores
+    compile internals, so Dynamo does not fall back to eager while it counts. Counts are
+    global only (no per-module breakdown, which the suite does not use)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.mod_tracker = _GlobalOnly()
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:  # where FlopCounterMode is itself the mode
+        return True
+
+    def __enter__(self):
+        out = super().__enter__()
+        if isinstance(getattr(self, "mode", None), flop_counter._FlopCounterMode):
+            self.mode.__class__ = _CompileAwareInnerMode  # already pushed: the class is read per call
+        return out
+
+
+def flop_counter_mode() -> FlopCounterMode:
+    """A silent FlopCounterMode with the suite's formulas registered."""
+    return CompileAwareFlopCounterMode(display=False)
+
+
+def flops_by_op(counter: FlopCounterMode) -> dict[str, int]:
+    """Global FLOPs per aten op name, sorted by name."""
+    return {str(op): int(n) for op, n in sorted(counter.get_flop_counts()["Global"].items(), key=lambda kv: str(kv[0]))}

@@ -1,0 +1,141 @@
+"""Reading runs: a ``pytest bench/ --benchmark-json FILE`` of this suite becomes its
+``ac_bench.record.Measurement`` records, each beside the median step time of its
+``test_training_step`` benchmark where it was timed."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ac_bench.probes.memory import FAKE_MEMTRACKER
+from ac_bench.record import Measurement
+
+#: The memory method of figures estimated on fake tensors (``seed`` on the CPU).
+ESTIMATE_METHOD = FAKE_MEMTRACKER
+#: The benchmark whose median is a variant's step time (bench/test_speed.py).
+TIMED_TEST = "test_training_step"
+
+
+class ReportInputError(Exception):
+    """Input a command cannot use; the message names the file (or option) and what is wrong."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One measurement record, its variant's median step time and median backward time (the
+    backward phase of ``extra_info["timing"]``; None: not timed, or timed before phases were)."""
+
+    record: Measurement
+    median_s: float | None = None
+    backward_s: float | None = None
+
+    @property
+    def estimated(self) -> bool:
+        """Figures traced on fake tensors, not measured (and never timed)."""
+        return self.record.memory_method == ESTIMATE_METHOD
+
+
+@dataclass(frozen=True)
+class Run:
+    """One input file and its entries, in file order."""
+
+    path: Path
+    entries: tuple[Entry, ...]
+
+    @property
+    def torch_versions(self) -> list[str]:
+        return sorted({e.record.torch_version for e in self.entries})
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _records(path: Path, data: object) -> list[Measurement]:
+    """The ``measurements`` list as records, or a ReportInputError naming the bad one."""
+    if not isinstance(data, list):
+        raise ReportInputError(f"{path}: 'measurements' is not a list of records")
+    if not data:
+        raise ReportInputError(f"{path}: 'measurements' is empty: the run measured no variant")
+    records = []
+    for i, item in enumerate(data):
+        try:
+            record = Measurement.from_dict(item)
+        except (ValueError, TypeError) as exc:
+            raise ReportInputError(f"{path}: measurements[{i}]: {exc}") from None
+        records.append(record)
+    return records
+
+
+def _medians(path: Path, benchmarks: object) -> dict[tuple[str, str, str], tuple[float, float | None]]:
+    """Median seconds of each timed step and of its backward phase (None where not recorded),
+    keyed by (flavor, device, variant)."""
+    if benchmarks is None:
+        return {}
+    if not isinstance(benchmarks, list):
+        raise ReportInputError(f"{path}: 'benchmarks' is not a list")
+    medians = {}
+    for bench in benchmarks:
+        name = bench.get("name", "") if isinstance(bench, dict) else ""
+        if not isinstance(name, str) or not name.startswith(TIMED_TEST + "["):
+            continue
+        info, stats = (bench.get(k) if isinstance(bench.get(k), dict) else {} for k in ("extra_info", "stats"))
+        key = tuple(info.get(f) for f in ("flavor", "device", "variant"))
+        median = stats.get("median")
+        if not all(isinstance(k, str) for k in key) or not _number(median) or not 0 < median < float("inf"):
+            raise ReportInputError(f"{path}: benchmark {name} lacks extra_info flavor/device/variant or a "
+                                   f"positive finite stats.median (got {median!r}); rerun the benchmark")
+        phases = (info.get("timing") or {}).get("phases_s") if isinstance(info.get("timing"), dict) else None
+        backward = phases.get("backward") if isinstance(phases, dict) else None
+        medians[key] = (float(median), float(backward) if _number(backward) else None)
+    return medians
+
+
+def load_run(path: str | Path) -> Run:
+    """Read one ``--benchmark-json`` file of this suite; bad input raises ReportInputError."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ReportInputError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportInputError(f"{path}: cannot read: {getattr(exc, 'strerror', None) or exc}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportInputError(f"{path}: not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict) or "measurements" not in data:
+        raise ReportInputError(f"{path}: not written by this suite's `pytest bench/ --benchmark-json`: "
+                               f"no 'measurements' list of records")
+    records = _records(path, data["measurements"])
+    medians = _medians(path, data.get("benchmarks"))
+    entries = []
+    seen = set()
+    for r in records:
+        key = (r.flavor, r.device, r.variant)
+        if (*key, r.world_size, r.rank) in seen:
+            rank = f" (rank {r.rank} of {r.world_size})" if r.world_size > 1 else ""
+            raise ReportInputError(f"{path}: two measurement records of {r.flavor} {r.variant} on {r.device}{rank}")
+        seen.add((*key, r.world_size, r.rank))
+        # A rank of a sharded run (bench/distributed.py) is not timed by pytest-benchmark: its
+        # record carries the median of its own timed steps.
+        timed = (r.step_seconds, None) if r.world_size > 1 else medians.get(key, (None, None))
+        entries.append(Entry(r, *timed))
+    return Run(path, tuple(entries))
+
+
+def exit_status(name: str, command: Callable[[], None]) -> int:
+    """Run a command; unusable input or an unwritable output file is one line on stderr,
+    ``{name}: error: ...``, and exit status 2 (no traceback)."""
+    try:
+        command()
+    except ReportInputError as exc:
+        print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # writing --markdown / --plot
+        print(f"{name}: error: {exc.filename}: cannot write: {exc.strerror}", file=sys.stderr)
+        return 2
+    return 0

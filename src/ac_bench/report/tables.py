@@ -1,0 +1,277 @@
+"""Tables: one set of formatted cells per table, rendered as text or Markdown; the report's
+table per flavor and device, the moves between runs, and the sweep's tables.
+
+What a column means is the metric registry's ``meaning`` and ``unit`` (``ac_bench.metrics``);
+a metric that is null for a policy shows as ``-``, its note beside the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from ac_bench.metrics import METRICS
+from ac_bench.models import parse_variant, variant_id
+from ac_bench.record import OK
+from ac_bench.report.frontier import (
+    MIB,
+    TIME,
+    Group,
+    flop_overhead,
+    joint_axes,
+    pareto_front,
+    run_groups,
+    run_moves,
+    variant_order,
+)
+from ac_bench.report.load import ESTIMATE_METHOD, TIMED_TEST, Run
+from ac_bench.sweep import BudgetFit, SweepPoint
+
+GIB = 2 ** 30
+ESTIMATE_LABEL = "estimate: fake tensors, no compute, not timed"
+NULL = "-"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A titled table of formatted cells; the first ``left`` columns are names, the rest figures."""
+
+    title: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
+    notes: tuple[str, ...] = ()
+    left: int = 1
+
+    def _aligned(self, cells: Sequence[str], widths: Sequence[int]) -> str:
+        return "  ".join(c.ljust(w) if i < self.left else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    def text(self) -> str:
+        widths = [max(len(c) for c in column) for column in zip(self.header, *self.rows)]
+        lines = [self.title, *self.notes, self._aligned(self.header, widths),
+                 self._aligned(["-" * w for w in widths], widths)]
+        return "\n".join(lines + [self._aligned(r, widths) for r in self.rows])
+
+    def markdown(self) -> str:
+        rule = ["---" if i < self.left else "--:" for i in range(len(self.header))]
+        lines = [f"## {self.title}", ""] + ([*self.notes, ""] if self.notes else [])
+        lines += ["| " + " | ".join(cells) + " |" for cells in (self.header, rule, *self.rows)]
+        return "\n".join(lines)
+
+
+def render(title: str, intro: Sequence[str], tables: Sequence[Table], markdown: bool) -> str:
+    """A whole document: title, introductory paragraphs, tables."""
+    if markdown:
+        return "\n\n".join([f"# {title}", *intro, *(t.markdown() for t in tables)]) + "\n"
+    return "\n\n".join([title, *intro, *(t.text() for t in tables)]) + "\n"
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write a rendered document, creating its folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+
+
+def mib(n: int | None) -> str:
+    """Bytes as MiB with a thousands separator; ``-`` for a null figure."""
+    return NULL if n is None else f"{n / MIB:,.1f}"
+
+
+def pct(x: float | None) -> str:
+    return "" if x is None else f"{x * 100:+.1f}%"
+
+
+def _maybe(x: float | None, fmt: str) -> str:
+    return "" if x is None else format(x, fmt)
+
+
+# --- what the columns mean -------------------------------------------------------------------
+
+#: Columns showing a byte metric in MiB, header -> metric name (``ac_bench.metrics.METRICS``).
+MIB_COLUMNS: dict[str, str] = {
+    "peak MiB": "peak_bytes",
+    "act. peak MiB": "activation_peak_bytes",
+    "kept MiB": "forward_kept_bytes",
+    "saved MiB": "saved_bytes",
+    "offloaded MiB": "offloaded_bytes",
+}
+#: The memory columns of a sweep (offloading shows in the report's table).
+SWEEP_MIB_COLUMNS = ("peak MiB", "act. peak MiB", "kept MiB", "saved MiB")
+
+
+def _metric_bullet(header: str, name: str) -> str:
+    metric = METRICS[name]
+    unit = "MiB (2^20 bytes)" if metric.unit == "B" else metric.unit
+    null = (f"; `{NULL}` where the record has none (its `{name}_note` says why)" if metric.nullable else "")
+    return f"- {header}: `{name}` in {unit}, {metric.meaning}{null}."
+
+
+def _flops_bullet() -> str:
+    metric = METRICS["flops"]
+    return (f"- FLOP overhead: `flops` ({metric.meaning}) over `flops` of `none` with the same attention, "
+            f"minus 1: the recomputation.")
+
+
+#: The bullets that say what each column means; a document lists those its tables use.
+DEFINITIONS: dict[str, str] = {
+    "time": f"- step ms: median of `{TIMED_TEST}` (zero_grad, forward, backward, AdamW step); x none: that "
+            "median over the median of `none` with the same attention; recompute ms: the median backward phase "
+            "(recomputation included) minus `none`'s with the same attention; blank where not timed.",
+    **{header: _metric_bullet(header, name) for header, name in MIB_COLUMNS.items()},
+    "flops": _flops_bullet(),
+    "frontier": "- frontier: no other variant is at least as fast and at least as small (peak) and strictly "
+                "better in one; exact ties on both stay on the frontier. Faster: lower median step time when "
+                "every variant of the table is timed, else lower FLOP overhead.",
+    "kernel": "- kernel: the attention kernel that ran, read from the ops dispatched (`attention_kernel`): "
+              "`cpu_flash`, `flash`, `efficient`, `cudnn`, or `math` (plain bmm and softmax: eager attention or "
+              f"SDPA's math fallback); `{NULL}` in records that predate it (schema version 2).",
+    "estimate": f"- estimate: memory method `{ESTIMATE_METHOD}`, the step traced on fake tensors: exact bytes "
+                "and FLOPs as PyTorch allocates them on the CPU, no compute, no timing.",
+}
+
+
+def definitions(*names: str) -> str:
+    return "\n".join(DEFINITIONS[n] for n in names)
+
+
+def null_notes(records: Sequence, headers: Sequence[str]) -> tuple[str, ...]:
+    """Why a column shows ``-``: one line per (column, note), naming the variants."""
+    notes: dict[tuple[str, str], list[str]] = {}
+    for r in records:
+        for header in headers:
+            name = MIB_COLUMNS[header]
+            if getattr(r, name) is None:
+                note = (f"{r.outcome} ({r.outcome_note})" if r.outcome != OK
+                        else getattr(r, f"{name}_note", None) or "not measured")
+                notes.setdefault((header, note), []).append(r.variant)
+    return tuple(f"{header} `{NULL}` for {', '.join(sorted(set(vs), key=variant_order))}: {note}."
+                 for (header, note), vs in notes.items())
+
+
+# --- the report ------------------------------------------------------------------------------
+
+
+def run_labels(runs: Sequence[Run]) -> list[str]:
+    """File names, or the paths as given where two runs share a name."""
+    names = [r.path.name for r in runs]
+    return names if len(set(names)) == len(names) else [str(r.path) for r in runs]
+
+
+def group_table(group: Group, prefix: str = "") -> Table:
+    """One flavor on one device: a row per variant."""
+    rows = tuple((
+        r.variant,
+        _maybe(None if r.entry.median_s is None else r.entry.median_s * 1e3, ".1f"),
+        _maybe(r.time_ratio, ".2f"),
+        _maybe(None if r.recompute_s is None else r.recompute_s * 1e3, ".1f"),
+        *(mib(getattr(r.entry.record, name)) for name in MIB_COLUMNS.values()),
+        pct(r.flop_overhead),
+        "yes" if r.on_frontier else "",
+        r.entry.record.outcome if r.entry.record.outcome != OK else "estimate" if r.entry.estimated else "measured",
+        r.entry.record.attention_kernel or NULL,
+    ) for r in group.rows)
+    title = prefix + group.title + (f" ({ESTIMATE_LABEL})" if group.estimated else "")
+    timed = any(r.entry.median_s is not None for r in group.rows)
+    axis = ("median step time" if group.axis == TIME
+            else f"FLOP overhead ({'not every variant is' if timed else 'not'} timed)")
+    notes = (f"Frontier on {axis} and peak.", *null_notes([r.entry.record for r in group.rows], MIB_COLUMNS))
+    return Table(title, ("variant", "step ms", "x none", "recompute ms", *MIB_COLUMNS, "FLOP overhead", "frontier", "figures",
+                                  "kernel"),
+                 rows, notes=notes)
+
+
+def _speed_text(value: float, axis: str) -> str:
+    return f"{value:.1f} ms" if axis == TIME else f"{value:+.1f}%"
+
+
+def moves_table(runs: Sequence[Run]) -> Table:
+    """The points that moved between consecutive runs, as the plot's arrows show them."""
+    axes = joint_axes(runs)
+    rows = tuple((f"{m.flavor} on {m.device_key}", m.variant,
+                  f"{m.start[0]:,.1f} -> {m.end[0]:,.1f}",
+                  f"{_speed_text(m.start[1], axes[(m.flavor, m.device_key)])} -> "
+                  f"{_speed_text(m.end[1], axes[(m.flavor, m.device_key)])}")
+                 for m in run_moves(runs))
+    return Table("Moved between runs", ("group", "variant", "peak MiB", "time or FLOP overhead"), rows,
+                 notes=("Speed as plotted: median step time where both runs are timed, else FLOP overhead.",),
+                 left=2)
+
+
+def report_text(runs: Sequence[Run], markdown: bool) -> str:
+    """The report of one or more runs: a table per run, flavor and device, then what moved."""
+    labels = run_labels(runs)
+    sources = [f"`{label}` (torch {', '.join(run.torch_versions)})" for label, run in zip(labels, runs)]
+    intro = [("Input: " if len(runs) == 1 else "Runs, in order: ") + "; ".join(sources) + ".",
+             definitions("time", *MIB_COLUMNS, "flops", "frontier", "estimate", "kernel")]
+    tables = [group_table(g, prefix=f"{label}: " if len(runs) > 1 else "")
+              for label, run in zip(labels, runs) for g in run_groups(run)]
+    if len(runs) > 1:
+        tables.append(moves_table(runs))
+    return render("Activation checkpointing: time, memory and recompute per variant", intro, tables, markdown)
+
+
+# --- sweeps ----------------------------------------------------------------------------------
+
+
+def sweep_overheads(points: Sequence[SweepPoint]) -> dict[tuple[str, int], float | None]:
+    """Measured FLOP overhead per (variant, seq_len), where `none` with the same attention was
+    measured at that length too."""
+    flops = {(p.variant, p.seq_len): p.record.flops for p in points if p.record is not None}
+    result = {}
+    for p in points:
+        none = flops.get((variant_id("none", parse_variant(p.variant)[1]), p.seq_len))
+        result[(p.variant, p.seq_len)] = flop_overhead(p.record.flops, none) if p.record and none else None
+    return result
+
+
+def sweep_title(flavor: str, device: str, estimated: bool) -> str:
+    return f"{flavor} on {device}" + (f" ({ESTIMATE_LABEL})" if estimated else "")
+
+
+def sweep_table(points: Sequence[SweepPoint], title: str) -> Table:
+    """Each variant at each sequence length, the analytic kept bytes beside the measured ones."""
+    overheads = sweep_overheads(points)
+    rows = []
+    for p in sorted(points, key=lambda p: (variant_order(p.variant), p.seq_len)):
+        figures = (("OOM",) + ("",) * (len(SWEEP_MIB_COLUMNS) - 1) if p.record is None
+                   else tuple(mib(getattr(p.record, MIB_COLUMNS[h])) for h in SWEEP_MIB_COLUMNS))
+        rows.append((p.variant, str(p.seq_len), *figures, mib(p.predicted_saved_bytes),
+                     pct(overheads[(p.variant, p.seq_len)]), pct(p.predicted_flop_overhead)))
+    notes = ("analytic: bench/analytic.py's prediction for the same shape (kept: `forward_kept_bytes`). "
+             "OOM: the step ran out of device memory.",
+             *null_notes([p.record for p in points if p.record is not None], SWEEP_MIB_COLUMNS))
+    return Table(f"Sweep: {title}", ("variant", "seq len", *SWEEP_MIB_COLUMNS, "kept MiB (analytic)",
+                                     "FLOP overhead", "FLOP overhead (analytic)"),
+                 tuple(rows), notes=notes)
+
+
+def budget_table(fits: Sequence[BudgetFit], points: Sequence[SweepPoint], budget_gib: float, title: str) -> Table:
+    """Per variant, the longest swept sequence length whose whole step fits the budget."""
+    overheads = sweep_overheads(points)
+    longest = max(p.seq_len for p in points)
+    # Longer is better, so the length enters the frontier negated.
+    front = pareto_front({f.variant: (-f.point.seq_len, f.point.predicted_flop_overhead) if f.point else None
+                          for f in fits})
+
+    def sort_key(f: BudgetFit) -> tuple:
+        return (0, -f.point.seq_len, f.point.predicted_flop_overhead) if f.point else (1, 0, 0.0)
+
+    rows = []
+    for f in sorted(fits, key=sort_key):
+        p = f.point
+        if p is None:
+            rows.append((f.variant, "none fits", "", "", "", ""))
+            continue
+        rows.append((f.variant, (">= " if f.open_ended else "") + str(p.seq_len), mib(p.record.peak_bytes),
+                     pct(overheads[(p.variant, p.seq_len)]), pct(p.predicted_flop_overhead),
+                     "yes" if f.variant in front else ""))
+    notes = (f"Longest swept sequence length before the first that does not fit {budget_gib:g} GiB "
+             f"(= {budget_gib * GIB / MIB:,.0f} MiB) of whole-step peak (parameters, gradients and optimizer "
+             f"state included; on CUDA, allocated bytes: the CUDA context and allocator fragmentation come on "
+             f"top). '>= N': even the longest swept length ({longest}) fits. Frontier: no other variant fits "
+             f"a length at least as long at a FLOP overhead (analytic) at least as low, and is better in one.",)
+    return Table(f"Memory budget {budget_gib:g} GiB: {title}",
+                 ("variant", "longest seq len", "peak MiB", "FLOP overhead", "FLOP overhead (analytic)",
+                  "frontier"),
+                 tuple(rows), notes=notes)
