@@ -11,7 +11,7 @@ RECOMPUTE_TOLERANCE = 0.005
 
 
 def _skip_unless_modelled(case) -> None:
-    reason = analytic.not_modelled_reason(case.flavor)
+    reason = analytic.not_modelled_reason(case.flavor, case.policy)
     if reason:
         pytest.skip(reason)
 

@@ -89,18 +89,18 @@ def test_memory_record(case, measurements):
             assert record.breakdown["parameters"] == analytic.parameter_bytes(analytic.Shape.of_record(record)), case.id
 
 
-def _skip_unless_modelled(flavor) -> None:
+def _skip_unless_modelled(flavor, policy=None) -> None:
     """The checks below are derived from the family's analytic model: skip, saying so, for a
-    family that declares none."""
-    reason = analytic.not_modelled_reason(flavor)
+    family that declares none, or a policy whose kind declares no composition."""
+    reason = analytic.not_modelled_reason(flavor, policy)
     if reason:
         pytest.skip(reason)
 
 
 def test_kept_bytes_match_analytic_model(case, measurements):
-    """Measured bytes kept for backward within 2% of the per-op count of bench/analytic.py
+    """Measured bytes kept for backward within 2% of the per-op count of ac_bench.analytic
     (exact on the CPU): forward_kept_bytes always, saved_bytes where hooks can measure it."""
-    _skip_unless_modelled(case.flavor)
+    _skip_unless_modelled(case.flavor, case.policy)
     record = measurements.get(case)
     predicted = analytic.kept_bytes(analytic.Shape.of_record(record), case.policy, case.attention)
     slack = 0 if record.memory_method != "cuda-allocator" else 2 ** 16

@@ -2,6 +2,7 @@
 user's own), their flavors, and the checkpointing policies."""
 
 from ac_bench.models.ac import (
+    KINDS,
     POLICIES,
     SUBLAYERS,
     VARIANTS,
@@ -40,6 +41,7 @@ __all__ = [
     "CompileBudgetAC",
     "FAMILIES",
     "FLAVORS",
+    "KINDS",
     "Family",
     "Flavor",
     "OffloadAC",

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ac_bench.models.ac.base import SUBLAYERS, Policy
-from ac_bench.models.llama import LLAMA_FLAVORS, build_llama
+from ac_bench.models.llama import LLAMA_FLAVORS, build_llama, llama_shape
 from ac_bench.models.transformer import FLAVORS, Flavor, build_transformer, resolve_dtype
 
 
@@ -51,6 +51,10 @@ class Family:
     analytic: Any = None
     dropout: bool = True
     description: str = ""
+    #: The shape fields this family adds to the common ones (d_model, n_heads, depth, batch,
+    #: seq_len), as the record stores them (``Measurement.family_shape``): ``shape(flavor)``
+    #: gives a JSON-able dict; None: the family adds none.
+    shape: Callable[[Flavor], dict] | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sublayers if s not in SUBLAYERS]
@@ -67,6 +71,10 @@ class Family:
             module, _, attribute = self.analytic.partition(":")
             return getattr(importlib.import_module(module), attribute)
         return self.analytic
+
+    def shape_fields(self, flavor: Flavor) -> dict:
+        """The shape fields this family adds, for ``flavor`` (``{}`` where it adds none)."""
+        return dict(self.shape(flavor)) if self.shape is not None else {}
 
     def applies(self, policy: Policy) -> bool:
         """Whether ``policy`` wraps only sublayers this family declares."""
@@ -122,10 +130,11 @@ def build_model(flavor: Flavor, attention: str, device: str | torch.device = "cp
 
 TRANSFORMER = register_family(Family(
     "transformer", build_transformer, flavors=tuple(f for f in FLAVORS.values() if f.family == "transformer"),
+    shape=lambda f: {"mlp_hidden": 4 * f.d_model},
     description="the notebook's block: pre-LayerNorm, nn.MultiheadAttention, ReLU MLP (4d), biases"))
 
 LLAMA = register_family(Family(
-    "llama", build_llama, flavors=LLAMA_FLAVORS,
+    "llama", build_llama, flavors=LLAMA_FLAVORS, shape=llama_shape,
     description="torchtitan llama3 / gpt-fast style: RMSNorm, RoPE, GQA, causal, SwiGLU, no biases"))
 
 

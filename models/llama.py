@@ -46,6 +46,13 @@ def kv_heads(flavor: Flavor) -> int:
     return flavor.n_kv_heads or flavor.n_heads
 
 
+def llama_shape(flavor: Flavor) -> dict:
+    """The shape fields the llama family adds, as a record stores them: K/V heads, the SwiGLU
+    hidden size (``mlp_hidden``) and the settings it derives from, RoPE's base, RMSNorm's epsilon."""
+    return {"n_kv_heads": kv_heads(flavor), "mlp_hidden": ffn_hidden_dim(flavor), "multiple_of": flavor.multiple_of,
+            "ffn_dim_multiplier": flavor.ffn_dim_multiplier, "rope_theta": flavor.rope_theta, "norm_eps": flavor.norm_eps}
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)

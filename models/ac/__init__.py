@@ -17,6 +17,7 @@ from ac_bench.models.ac.offload import OffloadAC
 from ac_bench.models.ac.plan import PlanAC
 from ac_bench.models.ac.region import RegionAC
 from ac_bench.models.ac.registry import (
+    KINDS,
     POLICIES,
     VARIANTS,
     get_policy,
@@ -27,6 +28,6 @@ from ac_bench.models.ac.selective import CORE_ATTENTION_OPS, SAC_SAVE_OPS, Selec
 from ac_bench.models.ac.sequential import SequentialAC
 
 __all__ = [
-    "CORE_ATTENTION_OPS", "CompileBudgetAC", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",
+    "CORE_ATTENTION_OPS", "CompileBudgetAC", "KINDS", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",
     "SelectiveAC", "SequentialAC", "VARIANTS", "budget_name", "get_policy", "parse_variant", "variant_id",
 ]

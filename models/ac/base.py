@@ -32,6 +32,15 @@ class Policy:
     #: Whether ``apply`` compiles the model (torch.compile): its first step must then run
     #: outside every dispatch mode, or Dynamo runs the model eagerly.
     compiles: ClassVar[bool] = False
+    #: How the analytic model (``ac_bench.analytic``) composes this kind's figures from a
+    #: family's per-sublayer counts: ``"regions"`` (``is_checkpointed(block, sublayer, depth)``;
+    #: a selective kind's ``save_ops`` on top), ``"sequential"`` (``segment_ranges(depth)``),
+    #: ``"offload"`` (everything saved moves to the host), or None: not modelled, so the
+    #: analytic checks skip for it with the reason (its figures are still measured and gated).
+    composition: ClassVar[str | None] = None
+    #: Why this kind is not run under FSDP2 (``ac_bench.distributed``: left out of sharded runs
+    #: with this reason, an error when asked for), or None: it composes with ``fully_shard``.
+    fsdp2_incompatibility: ClassVar[str | None] = None
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError

@@ -40,6 +40,7 @@ class OffloadAC(Policy):
     """Nothing recomputed: every tensor saved for backward is offloaded to host memory."""
 
     kind: ClassVar[str] = "offload"
+    composition: ClassVar[str | None] = "offload"
     hidden_from_saved_tensors_hooks: ClassVar[str | None] = (
         "save_on_cpu installs saved_tensors_hooks of its own and only the innermost pair "
         "applies; see forward_kept_bytes and offloaded_bytes")

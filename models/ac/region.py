@@ -27,6 +27,7 @@ class RegionAC(Policy):
     use_reentrant: bool = False
 
     kind: ClassVar[str] = "region"
+    composition: ClassVar[str | None] = "regions"
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sublayers if s not in SUBLAYERS]

@@ -14,6 +14,9 @@ from ac_bench.models.ac.selective import CORE_ATTENTION_OPS, SelectiveAC
 from ac_bench.models.ac.sequential import SequentialAC
 from ac_bench.models.transformer import ATTENTIONS, check_attention
 
+#: Every policy kind, one class each.
+KINDS: tuple[type[Policy], ...] = (RegionAC, SequentialAC, SelectiveAC, OffloadAC, PlanAC, CompileBudgetAC)
+
 #: The policies every run measures, in the order tables list them.
 POLICIES: dict[str, Policy] = {p.name: p for p in (
     RegionAC("none"),

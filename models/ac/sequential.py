@@ -27,6 +27,7 @@ class SequentialAC(Policy):
     segments: int | None = None
 
     kind: ClassVar[str] = "sequential"
+    composition: ClassVar[str | None] = "sequential"
 
     def __post_init__(self) -> None:
         if self.segments is not None and self.segments < 1:

@@ -34,26 +34,19 @@ import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 from torch.distributed.fsdp import fully_shard
 
-from ac_bench.models import ATTENTIONS, Flavor, Policy, get_flavor, get_policy, parse_variant, resolve_dtype, variant_id
+from ac_bench.models import ATTENTIONS, KINDS, POLICIES, Flavor, Policy, get_flavor, get_policy, parse_variant, resolve_dtype, variant_id
 from ac_bench.outputs import write_text_atomic
 from ac_bench.probes.device import distributed_backend, rank_device
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
 from ac_bench.probes.timing import device_synchronized_timer, interleaved_medians
 from ac_bench.record import Measurement, Training, build_training, describe_optimizer, make_optimizer, measure_step, shape_fields
 
-#: Policy kinds that are not run under FSDP2, and why (printed when a run leaves them out, and
-#: the error when one is asked for).
-NOT_COMPOSED: dict[str, str] = {
-    "compile_budget": (
-        "budget_B compiles the whole model (nn.Module.compile on the root), so Dynamo would trace "
-        "FSDP2's pre/post-forward hooks and collectives of every block; torchtitan compiles each block "
-        "after checkpointing and before fully_shard instead. Per-block compilation is not a policy of "
-        "this suite, so budget_B is not measured under FSDP2"),
-}
+#: Policy kinds that are not run under FSDP2, and why (each kind declares it,
+#: ``Policy.fsdp2_incompatibility``; printed when a run leaves them out, the error when one is asked for).
+NOT_COMPOSED: dict[str, str] = {k.kind: k.fsdp2_incompatibility for k in KINDS if k.fsdp2_incompatibility}
 
-#: The policies run under FSDP2 by default: the notebook's five and every other kind that composes.
-DEFAULT_POLICIES: tuple[str, ...] = ("none", "full", "attn", "mlp", "every_other", "every_3", "sequential",
-                                     "sac", "core_attn", "offload")
+#: The policies run under FSDP2 by default: every policy of the registry whose kind composes.
+DEFAULT_POLICIES: tuple[str, ...] = tuple(n for n, p in POLICIES.items() if p.fsdp2_incompatibility is None)
 DEFAULT_VARIANTS: tuple[str, ...] = tuple(variant_id(p, a) for p in DEFAULT_POLICIES for a in ATTENTIONS)
 
 RECORDS_FILE = "records.json"

@@ -17,7 +17,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ac_bench.metrics import METRICS
-from ac_bench.models import Flavor, Policy, build_model, get_policy, loss_fn, parse_variant, resolve_dtype
+from ac_bench.models import Flavor, Policy, build_model, family_of, get_policy, loss_fn, parse_variant, resolve_dtype
 from ac_bench.probes.attention import KernelRecorder
 from ac_bench.probes.device import CUDA_ALLOCATOR, CudaAllocatorProbe, OutOfMemoryError, Phase, device_key, release_cached_memory
 from ac_bench.probes.flops import flop_counter_mode, flops_by_op
@@ -94,14 +94,17 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
 
 #: The record's layout version, stored with every record. Version 3 added
 #: ``optimizer_step_peak_bytes``, the step's ``outcome``, the ``attention_kernel`` that ran, and
-#: ``world_size``, ``rank``, ``global_batch`` and ``step_seconds`` (sharded runs, bench/distributed.py).
-SCHEMA_VERSION = 3
+#: ``world_size``, ``rank``, ``global_batch`` and ``step_seconds`` (sharded runs,
+#: ``ac_bench.distributed``); version 4 the ``family`` and the shape fields it adds
+#: (``family_shape``), so that a record describes its model without the live registries.
+SCHEMA_VERSION = 4
 
 #: Older versions a reader still accepts, and the value each field added since gets in such a
 #: record (a metric absent from an old record is null, shown as not measured).
 READABLE_VERSIONS: dict[int, dict[str, object]] = {
     2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None, "attention_kernel": None,
-        "world_size": 1, "rank": 0, "step_seconds": None},
+        "world_size": 1, "rank": 0, "step_seconds": None, "family": None, "family_shape": None},
+    3: {"family": None, "family_shape": None},
 }
 
 #: What became of a variant's measured step. Only ``ok`` has figures; an out-of-memory step
@@ -170,6 +173,11 @@ class Measurement:
     #: Wall time of the measured step in seconds where the record took it (sharded runs, which
     #: pytest-benchmark does not time); None where pytest-benchmark times the variant.
     step_seconds: float | None = None
+    #: The model family (``ac_bench.models.Family``) and the shape fields it adds to the ones
+    #: above (``Family.shape_fields``: K/V heads, the MLP's hidden width, ...); null in records
+    #: older than schema version 4.
+    family: str | None = None
+    family_shape: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -379,7 +387,8 @@ def shape_fields(flavor: Flavor, variant: str, policy: Policy, device: torch.dev
         attention=attention, flavor=flavor.name,
         device=str(device), device_key=device_key(device), dtype=str(dtype).removeprefix("torch."),
         batch=flavor.batch, seq_len=flavor.seq_len, d_model=flavor.d_model,
-        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__))
+        n_heads=flavor.n_heads, depth=flavor.depth, torch_version=str(torch.__version__),
+        family=flavor.family, family_shape=family_of(flavor).shape_fields(flavor))
 
 
 def measure_variant(flavor: Flavor, variant: str, device: str | torch.device,

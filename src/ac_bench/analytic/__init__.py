@@ -47,7 +47,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ac_bench.models import FLAVORS, SUBLAYERS, Flavor, OffloadAC, Policy, RegionAC, SelectiveAC, SequentialAC, get_policy
+from ac_bench.models import FLAVORS, SUBLAYERS, Flavor, Policy, RegionAC, SelectiveAC, get_policy
 from ac_bench.models.ac import CORE_ATTENTION_OPS, SAC_SAVE_OPS
 from ac_bench.models.families import FAMILIES, family_of
 
@@ -87,13 +87,20 @@ class Shape:
 
     @classmethod
     def of_record(cls, record) -> "Shape":
-        """The shape a measurement record (``ac_bench.record.Measurement``) was taken at; the
-        family and its own settings come from the registered flavor of that name (the
-        notebook's family where none is registered)."""
+        """The shape a measurement record (``ac_bench.record.Measurement``) was taken at, from
+        the record alone: its family and the shape fields that family adds (``family_shape``);
+        for records older than schema version 4, which lack them, from the registered flavor of
+        that name (the notebook's family where none is registered)."""
         dtype = getattr(torch, record.dtype)
         device_type = record.device.split(":")[0]
-        flavor = FLAVORS.get(record.flavor) or Flavor(record.flavor, record.d_model, record.n_heads, record.depth,
-                                                      record.batch, record.seq_len)
+        if record.family is not None:
+            own = {f.name for f in dataclasses.fields(Flavor)}
+            extra = {k: v for k, v in (record.family_shape or {}).items() if k in own}
+            flavor = Flavor(record.flavor, record.d_model, record.n_heads, record.depth, record.batch, record.seq_len,
+                            family=record.family, **extra)
+        else:
+            flavor = FLAVORS.get(record.flavor) or Flavor(record.flavor, record.d_model, record.n_heads, record.depth,
+                                                          record.batch, record.seq_len)
         flavor = dataclasses.replace(flavor, batch=record.batch, seq_len=record.seq_len, d_model=record.d_model,
                                      n_heads=record.n_heads, depth=record.depth)
         return cls.of(flavor, dtype, device_type)
@@ -196,14 +203,26 @@ def counts(shape: Shape) -> FamilyCounts:
     return model
 
 
-def not_modelled_reason(flavor: Flavor) -> str | None:
+def not_modelled_reason(flavor: Flavor, policy: Policy | str | None = None) -> str | None:
     """Why the analytic checks do not apply to ``flavor`` (its family declares no analytic
-    model), or None where they do: the tests skip with this reason."""
+    model) or to ``policy`` (its kind declares no ``composition``, or a selective policy's save
+    list is not modelled), or None where they do: the tests skip with this reason."""
     family = family_of(flavor)
-    if family_model(family) is not None:
+    if family_model(family) is None:
+        return (f"family {family.name!r} declares no analytic model, so the checks against it (bytes kept, "
+                f"FLOPs, the orders derived from them) do not apply; its figures are still measured and gated")
+    if policy is None:
         return None
-    return (f"family {family.name!r} declares no analytic model, so the checks against it (bytes kept, "
-            f"FLOPs, the orders derived from them) do not apply; its figures are still measured and gated")
+    policy = _policy(policy)
+    if policy.composition is None:
+        return (f"policy {policy.name!r}: its kind {policy.kind!r} declares no analytic composition, so the checks "
+                f"against the analytic model do not apply to it; its figures are still measured and gated")
+    if isinstance(policy, SelectiveAC):
+        try:
+            _sac_list(policy)
+        except NotModelled as exc:
+            return f"{exc}; its figures are still measured and gated"
+    return None
 
 
 def parameter_bytes(shape: Shape) -> int:
@@ -290,19 +309,19 @@ def kept_bytes(shape: Shape, policy: Policy | str, attention: str) -> int:
     """Predicted bytes kept for backward at the end of the forward (``forward_kept_bytes``, and
     ``saved_bytes`` where hooks can see it), the model input excluded."""
     policy = _policy(policy)
-    if isinstance(policy, OffloadAC):
+    if policy.composition == "offload":
         # On CUDA everything saved goes to host memory; on the CPU the host is the device.
         return 0 if shape.device_type == "cuda" else kept_bytes(shape, "none", attention)
     full = {sl: sublayer_saved_bytes(shape, sl, attention) for sl in SUBLAYERS}
     # The model input is excluded: a checkpointed first region keeps only it, an unwrapped
     # block 0 attention keeps what the family says it does not (input_not_kept_bytes).
     input_excluded = (shape.residual_bytes, counts(shape).input_not_kept_bytes(shape))
-    if isinstance(policy, SequentialAC):
+    if policy.composition == "sequential":
         segments = policy.segment_ranges(shape.depth)
         total = sum(shape.residual_bytes if checkpointed else len(blocks) * sum(full.values())
                     for blocks, checkpointed in segments)
         return total - input_excluded[0 if segments[0][1] else 1]
-    if isinstance(policy, RegionAC):
+    if policy.composition == "regions":
         total = 0
         for block in range(shape.depth):
             for sublayer in SUBLAYERS:
@@ -343,16 +362,16 @@ def checkpointed_sublayer_recompute_flops(shape: Shape, policy: RegionAC, sublay
 def recompute_flops(shape: Shape, policy: Policy | str, attention: str) -> int:
     """FLOPs of the forward passes the policy recomputes during backward."""
     policy = _policy(policy)
-    if isinstance(policy, OffloadAC):
+    if policy.composition == "offload":
         return 0
-    if isinstance(policy, SequentialAC):
+    if policy.composition == "sequential":
         # A checkpointed segment recomputes all its blocks, its last block's MLP only up to
         # what that MLP's backward needs (early stop), as a checkpointed MLP does.
         per_block = sum(sublayer_forward_flops(shape, sl) for sl in SUBLAYERS)
         mlp_tail = sublayer_forward_flops(shape, "mlp") - sublayer_recompute_flops(shape, "mlp")
         return sum(len(blocks) * per_block - mlp_tail
                    for blocks, checkpointed in policy.segment_ranges(shape.depth) if checkpointed)
-    if isinstance(policy, RegionAC):
+    if policy.composition == "regions":
         return sum(
             checkpointed_sublayer_recompute_flops(shape, policy, sublayer, attention)
             for block in range(shape.depth)
