@@ -310,7 +310,7 @@ def test_the_record_states_the_optimizer_it_used(monkeypatch):
     AdamW(foreach=False) shows in the record, it is not a constant."""
     import torch
 
-    from bench import record as record_module
+    from ac_bench import record as record_module
     assert "foreach=True" in measure_variant(TINY, "none-sdpa", "cpu").optimizer
     monkeypatch.setattr(record_module, "make_optimizer",
                         lambda model: torch.optim.AdamW(model.parameters(), foreach=False))

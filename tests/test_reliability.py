@@ -144,7 +144,7 @@ def test_adamw_without_foreach_moves_a_gated_figure(monkeypatch):
     (a registry metric, so gated) moves beyond its tolerance, and the record says foreach=False."""
     import torch
 
-    from bench import record as record_module
+    from ac_bench import record as record_module
     before = measure_variant(TINY, "full-sdpa", "cpu")
     monkeypatch.setattr(record_module, "make_optimizer",
                         lambda model: torch.optim.AdamW(model.parameters(), foreach=False))
@@ -191,7 +191,7 @@ def failing_steps(monkeypatch):
     import importlib
     import sys
 
-    from bench import record as record_module
+    from ac_bench import record as record_module
     monkeypatch.setattr(record_module, "build_training", record_module.build_training)  # undone after the test
     monkeypatch.delitem(sys.modules, "tests.plugins.failing_steps", raising=False)
     importlib.import_module("tests.plugins.failing_steps")  # wraps the original build_training, once

@@ -4,12 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 
 SUBLAYERS: tuple[str, ...] = ("attn", "mlp")
+
+
+def parse_count(pattern: str, name: str, least: int, rule: str) -> int | None:
+    """``N`` of a name ``pattern`` (one ``(\\d+)`` group) fully matching ``name``, None when it does
+    not match; a ValueError saying ``rule`` when N < ``least`` or is written with leading zeros."""
+    m = re.fullmatch(pattern, name)
+    if m is None:
+        return None
+    n = int(m.group(1))
+    if n < least or m.group(1) != str(n):
+        raise ValueError(f"checkpointing policy {name!r}: {rule}")
+    return n
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,16 @@ class Policy:
     #: Why this kind is not run under FSDP2 (``ac_bench.distributed``: left out of sharded runs
     #: with this reason, an error when asked for), or None: it composes with ``fully_shard``.
     fsdp2_incompatibility: ClassVar[str | None] = None
+
+    #: The parameterised names this kind reads (``from_name``), for the unknown-policy message.
+    name_grammar: ClassVar[str | None] = None
+
+    @classmethod
+    def from_name(cls, name: str) -> Policy | None:
+        """The policy of this kind that a parameterised ``name`` describes (``every_4``,
+        ``budget_0.3``), None when the name is not of this kind's form; a ValueError with the
+        rule when it is of the form but invalid. ``get_policy`` asks every kind in turn."""
+        return None
 
     def apply(self, model: torch.nn.Module) -> torch.nn.Module:
         raise NotImplementedError

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -47,6 +48,24 @@ class CompileBudgetAC(Policy):
         "this suite, so budget_B is not measured under FSDP2")
     #: Compiled: measure_variant compiles with a plain step first, outside every counter.
     compiles: ClassVar[bool] = True
+
+    name_grammar: ClassVar[str | None] = "budget_B (torch.compile's activation memory budget, 0 <= B <= 1)"
+
+    @classmethod
+    def from_name(cls, name: str) -> Policy | None:
+        """``budget_B``: torch.compile with ``activation_memory_budget`` B."""
+        m = re.fullmatch(r"budget_(.*)", name)
+        if m is None:
+            return None
+        try:
+            budget = float(m.group(1))
+        except ValueError:
+            budget = math.nan
+        if not (0.0 <= budget <= 1.0):
+            raise ValueError(f"checkpointing policy {name!r}: budget_B needs a number B in [0, 1], e.g. budget_0.3")
+        if name != budget_name(budget):
+            raise ValueError(f"checkpointing policy {name!r}: write the budget as {budget_name(budget)}")
+        return cls(name, budget=budget)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.budget, (int, float)) and math.isfinite(self.budget) and 0.0 <= self.budget <= 1.0):

@@ -13,9 +13,11 @@ against every subset at the ``tiny`` flavor.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import ClassVar
 
+from ac_bench.models.ac.base import Policy
 from ac_bench.models.ac.region import RegionAC
 
 
@@ -28,6 +30,19 @@ class PlanAC(RegionAC):
     mlp_blocks: int = 0
 
     kind: ClassVar[str] = "plan"
+    name_grammar: ClassVar[str | None] = "plan_aA_mM (a planner's plan)"
+
+    @classmethod
+    def from_name(cls, name: str) -> Policy | None:
+        """``plan_aA_mM``: attention checkpointed in blocks 0..A-1, the MLP in blocks 0..M-1."""
+        m = re.fullmatch(r"plan_a(\d+)_m(\d+)", name)
+        if m is None:
+            return None
+        a, mlp = (int(g) for g in m.groups())
+        if name != f"plan_a{a}_m{mlp}":
+            raise ValueError(f"checkpointing policy {name!r}: write the block counts without leading zeros, "
+                             f"plan_a{a}_m{mlp}")
+        return cls.of(a, mlp)
 
     def __post_init__(self) -> None:
         if self.attn_blocks < 0 or self.mlp_blocks < 0:

@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
-from ac_bench.models.ac.base import SUBLAYERS, Policy
+from ac_bench.models.ac.base import SUBLAYERS, Policy, parse_count
 
 
 @dataclass(frozen=True)
@@ -27,7 +27,18 @@ class RegionAC(Policy):
     use_reentrant: bool = False
 
     kind: ClassVar[str] = "region"
+    name_grammar: ClassVar[str | None] = "every_N (N >= 2)"
     composition: ClassVar[str | None] = "regions"
+
+    @classmethod
+    def from_name(cls, name: str) -> Policy | None:
+        """``every_N``: both sublayers of blocks 1, 1+N, ... (``every_2`` is ``every_other``)."""
+        if cls is not RegionAC:  # subclasses name their own policies
+            return None
+        n = parse_count(r"every_(\d+)", name, 2, "every_N needs N >= 2")
+        if n is None:
+            return None
+        return cls("every_other" if n == 2 else f"every_{n}", sublayers=("attn", "mlp"), block_step=n)
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sublayers if s not in SUBLAYERS]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
-import re
-
 from ac_bench.models.ac.base import Policy
-from ac_bench.models.ac.compile_budget import CompileBudgetAC, budget_name
+from ac_bench.models.ac.compile_budget import CompileBudgetAC
 from ac_bench.models.ac.offload import OffloadAC
 from ac_bench.models.ac.plan import PlanAC
 from ac_bench.models.ac.region import RegionAC
@@ -31,49 +28,18 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     OffloadAC("offload"),
 )}
 
-#: Parameterised families: name pattern -> builder. ``every_2`` is ``every_other``.
-_FAMILIES = (
-    (re.compile(r"every_(\d+)"), lambda n: POLICIES["every_other"] if n == 2 else
-        RegionAC(f"every_{n}", sublayers=("attn", "mlp"), block_step=n), 2, "every_N needs N >= 2"),
-    (re.compile(r"sequential_(\d+)"), lambda k: SequentialAC(f"sequential_{k}", segments=k), 1,
-        "sequential_K needs K >= 1"),
-)
-_PLAN = re.compile(r"plan_a(\d+)_m(\d+)")
-_BUDGET = re.compile(r"budget_(.*)")
-
-
 def get_policy(name: str) -> Policy:
-    """A policy by name (``full``, ``every_4``, ``sequential_3``), or a ValueError naming the valid ones."""
+    """A policy by name: a registry key (``full``) or a parameterised name that one kind reads
+    (``every_4``, ``sequential_3``, ``plan_a2_m1``, ``budget_0.3``: ``Policy.from_name``);
+    otherwise a ValueError naming the valid ones."""
     if name in POLICIES:
         return POLICIES[name]
-    m = _PLAN.fullmatch(name)
-    if m:
-        a, mlp = (int(g) for g in m.groups())
-        if name != f"plan_a{a}_m{mlp}":
-            raise ValueError(f"checkpointing policy {name!r}: write the block counts without leading zeros, "
-                             f"plan_a{a}_m{mlp}")
-        return PlanAC.of(a, mlp)
-    m = _BUDGET.fullmatch(name)
-    if m:
-        try:
-            budget = float(m.group(1))
-        except ValueError:
-            budget = math.nan
-        if not (0.0 <= budget <= 1.0):
-            raise ValueError(f"checkpointing policy {name!r}: budget_B needs a number B in [0, 1], e.g. budget_0.3")
-        if name != budget_name(budget):
-            raise ValueError(f"checkpointing policy {name!r}: write the budget as {budget_name(budget)}")
-        return CompileBudgetAC(name, budget=budget)
-    for pattern, build, least, rule in _FAMILIES:
-        m = pattern.fullmatch(name)
-        if m:
-            n = int(m.group(1))
-            if n < least or m.group(1) != str(n):
-                raise ValueError(f"checkpointing policy {name!r}: {rule}")
-            return build(n)
-    raise ValueError(f"unknown checkpointing policy {name!r}; valid names: {', '.join(POLICIES)}, "
-                     f"every_N (N >= 2), sequential_K (K >= 1), plan_aA_mM (a planner's plan), "
-                     f"budget_B (torch.compile's activation memory budget, 0 <= B <= 1)")
+    for kind in KINDS:
+        policy = kind.from_name(name)
+        if policy is not None:  # a registered setting is the registry's own object (every_2: every_other)
+            return POLICIES[policy.name] if POLICIES.get(policy.name) == policy else policy
+    grammar = ", ".join(k.name_grammar for k in KINDS if k.__dict__.get("name_grammar"))
+    raise ValueError(f"unknown checkpointing policy {name!r}; valid names: {', '.join(POLICIES)}, {grammar}")
 
 
 def variant_id(policy: Policy | str, attention: str) -> str:

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint_sequential
 
-from ac_bench.models.ac.base import Policy
+from ac_bench.models.ac.base import Policy, parse_count
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,14 @@ class SequentialAC(Policy):
 
     kind: ClassVar[str] = "sequential"
     composition: ClassVar[str | None] = "sequential"
+
+    name_grammar: ClassVar[str | None] = "sequential_K (K >= 1)"
+
+    @classmethod
+    def from_name(cls, name: str) -> Policy | None:
+        """``sequential_K``: ``checkpoint_sequential`` in K segments."""
+        k = parse_count(r"sequential_(\d+)", name, 1, "sequential_K needs K >= 1")
+        return None if k is None else cls(f"sequential_{k}", segments=k)
 
     def __post_init__(self) -> None:
         if self.segments is not None and self.segments < 1:

@@ -13,29 +13,35 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Metric:
+    """One gated figure: its record field, unit (``B`` bytes, ``FLOP``), the relative tolerance
+    the gate allows in either direction, what it means (the report's definition)."""
+
     name: str
     unit: str
     tolerance: float
     meaning: str
     #: May be null in a record (with a ``{name}_note`` saying why): not measurable for that policy.
     nullable: bool = False
+    #: The report's column header for this metric (``ac_bench.report.tables``), or None: not a column.
+    column: str | None = None
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("resident_bytes", "B", 0.01, "allocated before the step: parameters, gradients, optimizer state, input"),
-    Metric("peak_bytes", "B", 0.02, "the training step's peak allocation"),
+    Metric("peak_bytes", "B", 0.02, "the training step's peak allocation", column="peak MiB"),
     Metric("optimizer_step_peak_bytes", "B", 0.02,
            "the peak allocation during optimizer.step(): parameters, gradients, optimizer state and the "
            "update's temporaries (AdamW's foreach implementation keeps a copy of every parameter's update)"),
     Metric("activation_peak_bytes", "B", 0.02,
-           "the forward+backward peak above what was allocated just before the forward"),
+           "the forward+backward peak above what was allocated just before the forward", column="act. peak MiB"),
     Metric("forward_kept_bytes", "B", 0.01,
            "device bytes still allocated after the forward minus those before it, less the output: "
-           "what the policy keeps for backward, SAC's cache included"),
+           "what the policy keeps for backward, SAC's cache included", column="kept MiB"),
     Metric("saved_bytes", "B", 0.01,
            "bytes autograd saved for backward (saved_tensors_hooks, by storage; parameters and input "
-           "excluded); null where hooks cannot see what is kept", nullable=True),
-    Metric("offloaded_bytes", "B", 0.01, "bytes moved from the device to host memory by save_on_cpu"),
+           "excluded); null where hooks cannot see what is kept", nullable=True, column="saved MiB"),
+    Metric("offloaded_bytes", "B", 0.01, "bytes moved from the device to host memory by save_on_cpu",
+           column="offloaded MiB"),
     Metric("flops", "FLOP", 0.005, "matmul FLOPs of forward+backward, recomputation included"),
 )}
 

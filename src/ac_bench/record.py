@@ -276,30 +276,29 @@ def frozen_heap():
 @dataclass
 class StepFigures:
     """What ``measure_step`` saw: the record's figures that do not depend on how the model was
-    built (one process or sharded), and the objects the caller describes them with."""
+    built (one process or sharded), and the objects the caller describes them with.
+    ``metrics``: one value per metric of the registry (``ac_bench.metrics.METRICS``), by name."""
 
     method: str
     foreign_bytes: int
-    resident_bytes: int
-    peak_bytes: int
-    optimizer_step_peak_bytes: int
-    activation_peak_bytes: int
-    forward_kept_bytes: int
-    saved_bytes: int | None
+    metrics: dict[str, int | None]
     saved_bytes_note: str | None
-    offloaded_bytes: int
     breakdown: dict[str, int] | None
-    flops: int
     flops_by_op: dict[str, int]
     attention_kernel: str
     outcome: str
     outcome_note: str | None
 
     def fields(self) -> dict:
-        """As ``Measurement`` keyword arguments (``method`` is ``memory_method``)."""
-        data = dataclasses.asdict(self)
+        """As ``Measurement`` keyword arguments (``method`` is ``memory_method``). A ValueError
+        if the step did not give exactly the registry's metrics (a metric declared but not
+        measured, or measured but not declared)."""
+        if set(self.metrics) != set(METRICS):
+            raise ValueError(f"measure_step gave the metrics {sorted(self.metrics)}, the registry declares "
+                             f"{sorted(METRICS)}: measure each declared metric in _measured_step")
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "metrics"}
         data["memory_method"] = data.pop("method")
-        return data
+        return {**data, **self.metrics}
 
 
 def measure_step(training: Training, probe_factory, saved_counter_factory=SavedTensorCounter,
@@ -360,18 +359,20 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
 
     peak = max(phases, key=lambda ph: ph.peak_bytes)
     note = policy.hidden_from_saved_tensors_hooks
+    metrics = {
+        "resident_bytes": phases[0].start_bytes,
+        "peak_bytes": peak.peak_bytes,
+        "optimizer_step_peak_bytes": optimizer_step.peak_bytes,
+        "activation_peak_bytes": forward_backward.peak_bytes - before_forward,
+        "forward_kept_bytes": forward_kept,
+        "saved_bytes": None if note else saved_bytes,
+        "offloaded_bytes": getattr(hooks, "offloaded_bytes", 0),
+        "flops": int(counter.get_total_flops()),
+    }
     return StepFigures(
-        method=probe.method, foreign_bytes=probe.foreign_bytes,
-        resident_bytes=phases[0].start_bytes,
-        peak_bytes=peak.peak_bytes,
-        optimizer_step_peak_bytes=optimizer_step.peak_bytes,
-        activation_peak_bytes=forward_backward.peak_bytes - before_forward,
-        forward_kept_bytes=forward_kept,
-        saved_bytes=None if note else saved_bytes,
+        method=probe.method, foreign_bytes=probe.foreign_bytes, metrics=metrics,
         saved_bytes_note=note,
-        offloaded_bytes=getattr(hooks, "offloaded_bytes", 0),
         breakdown=peak.breakdown,
-        flops=int(counter.get_total_flops()),
         flops_by_op=flops_by_op(counter),
         attention_kernel=kernels.kernel,
         outcome=OK if loss_problem is None else NON_FINITE_LOSS,

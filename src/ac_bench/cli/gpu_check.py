@@ -83,7 +83,7 @@ def summary_text(gpu_json: Path, cpu_figures: Path, steps: list[dict]) -> str:
         raise CheckError(f"{gpu_json}: no 'measurements' records: not written by this suite's pytest run")
     cpu = _load_json(cpu_figures, "the committed CPU figures").get("entries", {}) if cpu_figures.exists() else {}
     medians = {b.get("extra_info", {}).get("variant"): b.get("stats", {}).get("median")
-               for b in data.get("benchmarks", []) if b.get("name", "").startswith("test_training_step[")}
+               for b in data.get("benchmarks", []) if "variant" in b.get("extra_info", {})}
     lines = ["GPU check", f"device: {data.get('machine_info', {}).get('torch', {}).get('device_name', '?')}, "
              f"torch {records[0].get('torch_version')}", ""]
     lines += [f"step {s['step']}: {'ok' if s['rc'] == 0 else 'FAILED (' + str(s['rc']) + ')'} in {s['seconds']} s"

@@ -4,7 +4,7 @@ recompute cost with the Pareto frontier marked, as text, Markdown and a PNG plot
     python -m ac_bench.report table RUN.json [AFTER.json ...] [--markdown FILE] [--plot FILE] [--flavor ...]
 
 Input files are written by ``pytest bench/ --benchmark-json FILE``: their ``measurements``
-are ``ac_bench.record.Measurement`` records; ``test_training_step`` benchmarks add the timing.
+are ``ac_bench.record.Measurement`` records; the benchmarks that timed a step add its time.
 
 One module per job: ``load`` (files into records and timings), ``frontier`` (ratios to
 ``none``, the Pareto frontier, moves between runs), ``tables`` (text and Markdown, the

@@ -1,6 +1,7 @@
 """Reading runs: a ``pytest bench/ --benchmark-json FILE`` of this suite becomes its
-``ac_bench.record.Measurement`` records, each beside the median step time of its
-``test_training_step`` benchmark where it was timed."""
+``ac_bench.record.Measurement`` records, each beside the median step time of the benchmark
+that timed its training step, where one did (a benchmark whose ``extra_info`` carries the
+record: ``STEP_TIMING_KEYS``)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from ac_bench.record import Measurement
 
 #: The memory method of figures estimated on fake tensors (``seed`` on the CPU).
 ESTIMATE_METHOD = FAKE_MEMTRACKER
-#: The benchmark whose median is a variant's step time (bench/test_speed.py).
-TIMED_TEST = "test_training_step"
+#: A benchmark whose ``extra_info`` names these is a variant's timed training step: its median
+#: is that variant's step time (the benchmark's own name is the test's business, not the report's).
+STEP_TIMING_KEYS = ("flavor", "device", "variant")
 
 
 class ReportInputError(Exception):
@@ -79,11 +81,13 @@ def _medians(path: Path, benchmarks: object) -> dict[tuple[str, str, str], tuple
         raise ReportInputError(f"{path}: 'benchmarks' is not a list")
     medians = {}
     for bench in benchmarks:
-        name = bench.get("name", "") if isinstance(bench, dict) else ""
-        if not isinstance(name, str) or not name.startswith(TIMED_TEST + "["):
-            continue
+        if not isinstance(bench, dict):
+            raise ReportInputError(f"{path}: an entry of 'benchmarks' is not an object")
+        name = bench.get("name", "?")
         info, stats = (bench.get(k) if isinstance(bench.get(k), dict) else {} for k in ("extra_info", "stats"))
-        key = tuple(info.get(f) for f in ("flavor", "device", "variant"))
+        if not any(f in info for f in STEP_TIMING_KEYS):
+            continue  # not a timed training step
+        key = tuple(info.get(f) for f in STEP_TIMING_KEYS)
         median = stats.get("median")
         if not all(isinstance(k, str) for k in key) or not _number(median) or not 0 < median < float("inf"):
             raise ReportInputError(f"{path}: benchmark {name} lacks extra_info flavor/device/variant or a "

@@ -25,7 +25,7 @@ from ac_bench.report.frontier import (
     run_moves,
     variant_order,
 )
-from ac_bench.report.load import ESTIMATE_METHOD, TIMED_TEST, Run
+from ac_bench.report.load import ESTIMATE_METHOD, Run
 from ac_bench.sweep import BudgetFit, SweepPoint
 
 GIB = 2 ** 30
@@ -88,14 +88,9 @@ def _maybe(x: float | None, fmt: str) -> str:
 
 # --- what the columns mean -------------------------------------------------------------------
 
-#: Columns showing a byte metric in MiB, header -> metric name (``ac_bench.metrics.METRICS``).
-MIB_COLUMNS: dict[str, str] = {
-    "peak MiB": "peak_bytes",
-    "act. peak MiB": "activation_peak_bytes",
-    "kept MiB": "forward_kept_bytes",
-    "saved MiB": "saved_bytes",
-    "offloaded MiB": "offloaded_bytes",
-}
+#: Columns showing a byte metric in MiB, header -> metric name: every metric of the registry
+#: (``ac_bench.metrics.METRICS``) that declares a report column, in the registry's order.
+MIB_COLUMNS: dict[str, str] = {m.column: m.name for m in METRICS.values() if m.column and m.unit == "B"}
 #: The memory columns of a sweep (offloading shows in the report's table).
 SWEEP_MIB_COLUMNS = ("peak MiB", "act. peak MiB", "kept MiB", "saved MiB")
 
@@ -115,7 +110,7 @@ def _flops_bullet() -> str:
 
 #: The bullets that say what each column means; a document lists those its tables use.
 DEFINITIONS: dict[str, str] = {
-    "time": f"- step ms: median of `{TIMED_TEST}` (zero_grad, forward, backward, AdamW step); x none: that "
+    "time": "- step ms: median of the timed training step (zero_grad, forward, backward, AdamW step); x none: that "
             "median over the median of `none` with the same attention; recompute ms: the median backward phase "
             "(recomputation included) minus `none`'s with the same attention; blank where not timed.",
     **{header: _metric_bullet(header, name) for header, name in MIB_COLUMNS.items()},
