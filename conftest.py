@@ -9,4 +9,5 @@ if importlib.util.find_spec("ac_bench") is None:
     raise SystemExit("ac_bench is not installed in this Python: run `pip install -e .` in the repository "
                      "(make bench and make test do it, in .venv)")
 
-pytest_plugins = ["ac_bench.plugin"]
+# pytester: the self-tests that need pytest itself run it in-process (tests/test_plugin.py).
+pytest_plugins = ["ac_bench.plugin", "pytester"]

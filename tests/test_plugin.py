@@ -1,0 +1,51 @@
+"""The plugin as a user's own test file sees it, in-process (pytest's ``pytester``): the
+parametrization follows --flavor and the families, a bad option is one usage-error line, and
+the fixtures hand out the measure-once records."""
+
+from __future__ import annotations
+
+import pytest
+
+from ac_bench.models import VARIANTS
+
+USER_TEST = """
+def test_each_case(case):
+    assert case.device == "cpu"
+
+def test_record(case, measurements):
+    record = measurements.get(case)
+    assert record.variant == case.variant and record.family == case.flavor.family
+"""
+
+
+def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
+    return pytester.runpytest_inprocess("-p", "ac_bench.plugin", "-p", "no:cacheprovider", "-p", "no:benchmark",
+                                        "--device", "cpu", "--baselines-dir", str(pytester.path / "baselines"), *args)
+
+
+def test_a_users_test_file_is_parametrized_over_the_selected_flavor(pytester: pytest.Pytester):
+    pytester.makepyfile(test_user=USER_TEST)
+    result = _run(pytester, "--flavor", "tiny", "--collect-only", "-q")
+    assert result.ret == 0, result.stdout.str()
+    ids = [line for line in result.outlines if line.startswith("test_user.py::test_each_case[")]
+    assert ids == [f"test_user.py::test_each_case[cpu-tiny-{v}]" for v in VARIANTS], ids
+
+
+def test_the_records_come_from_the_session_cache(pytester: pytest.Pytester):
+    pytester.makepyfile(test_user=USER_TEST)
+    result = _run(pytester, "--flavor", "tiny", "-k", "test_record and full-sdpa", "-q")
+    result.assert_outcomes(passed=1, deselected=2 * len(VARIANTS) - 1)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("--flavor", "huge"), "unknown flavor 'huge'"),
+    (("--flavor", "tiny,tiny"), "--flavor names 'tiny' twice"),
+    (("--model-spec", "no_such_module:SPEC"), "cannot import 'no_such_module'"),
+])
+def test_a_bad_option_is_one_usage_error_line(pytester: pytest.Pytester, args, message):
+    pytester.makepyfile(test_user=USER_TEST)
+    result = _run(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()
+    errors = [line for line in result.errlines if line.startswith("ERROR:")]
+    assert len(errors) == 1 and message in errors[0], result.errlines
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
