@@ -8,6 +8,9 @@ from ac_bench.cases import COMPILE_BUDGETS, COMPILE_FLAVOR, Case
 from ac_bench.models import ATTENTIONS, budget_name, get_flavor
 from ac_bench.plugin.session import gate_record
 
+#: The gate alone: `pytest bench/ -m gate` (what scripts/gpu-check runs against committed baselines).
+pytestmark = pytest.mark.gate
+
 
 def test_figures_match_baseline(case, measurements, baseline_gate, update_baselines):
     """Fails when a memory figure or the FLOPs move beyond tolerance, in either direction."""

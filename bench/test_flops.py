@@ -18,7 +18,7 @@ def _skip_unless_modelled(case) -> None:
 
 def test_step_flops_match_analytic_model(case, measurements):
     """All matmul FLOPs of forward+backward are counted, the attention kernels included
-    (the CPU flash SDPA kernel has no formula in PyTorch; bench/flops.py registers one)."""
+    (the CPU flash SDPA kernel has no formula in PyTorch; ac_bench/probes/flops.py registers one)."""
     _skip_unless_modelled(case)
     record = measurements.get(case)
     predicted = analytic.step_flops(analytic.Shape.of_record(record), case.policy, case.attention)

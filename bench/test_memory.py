@@ -1,6 +1,6 @@
 """Memory: every variant's figures, the orderings the analytic model guarantees, the model itself.
 
-Asserted orders, each derived from bench/analytic.py (see its docstring for the counts).
+Asserted orders, each derived from ac_bench/analytic (see its docstring for the counts).
 The notebook's five strategies:
 - eager: none > mlp > every_other > attn > full, on saved_bytes and activation_peak_bytes.
   Checkpointing a sublayer replaces what it saves by its input; eager attention saves

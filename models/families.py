@@ -17,6 +17,8 @@ and selective policies wrap; the loss is ``output.mean()``.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -140,13 +142,19 @@ LLAMA = register_family(Family(
 
 def load_family_spec(spec: str) -> Family:
     """``package.module:NAME`` (``:SPEC`` when left out) -> the ``Family`` it names, registered
-    with its flavors. Any problem raises a ValueError whose message is one line."""
+    with its flavors; the module is imported from sys.path, else from the current folder.
+    Any problem raises a ValueError whose message is one line."""
     module_name, _, attribute = spec.partition(":")
     attribute = attribute or "SPEC"
     if not module_name or not all(part.isidentifier() for part in module_name.split(".")) \
             or not attribute.isidentifier():
         raise ValueError(f"--model-spec {spec!r}: write it as package.module:NAME, "
                          f"e.g. examples.my_family:SPEC")
+    # The user's module is found on sys.path, else in the current folder (pytest's console script
+    # does not put it on sys.path, ``python -m`` does); appended last, so that a folder of this
+    # repository never shadows a user's package of the same name found elsewhere.
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except Exception as exc:  # the user's module: any error while importing it is theirs

@@ -141,7 +141,7 @@ def test_missing_baselines_skip_with_instructions(tmp_path):
 
 
 def test_every_registry_metric_is_gated(record):
-    """The gate compares what bench/metrics.py declares, not a list of its own."""
+    """The gate compares what ac_bench/metrics.py declares, not a list of its own."""
     from ac_bench.metrics import METRICS
     assert set(DEFAULT_TOLERANCES) == set(METRICS)
     for metric in METRICS:

@@ -123,7 +123,7 @@ def test_without_the_option_an_empty_history_still_fails():
 
 @pytest.mark.parametrize("path", COMMITTED, ids=lambda p: p.parent.name)
 def test_committed_tolerances_are_no_looser_than_declared(path):
-    """Every committed baselines file has a tolerance for every metric of bench/metrics.py, none
+    """Every committed baselines file has a tolerance for every metric of ac_bench/metrics.py, none
     looser than the metric declares: loosening a committed tolerance to hide a change fails here."""
     assert looser_tolerances(BaselineFile.load(path)) == []
 

@@ -1,4 +1,4 @@
-"""The report (bench/report/) and sweeps (bench/sweep.py, bench/sweep_cli.py): frontier, tables,
+"""The report (bench/report/) and sweeps (ac_bench/sweep, ac_bench/cli/sweep.py): frontier, tables,
 plots, bad input, budget selection, OOM as a result, both command lines.
 
 ``data/cpu-small-seed.json`` is a run of ``pytest bench/ --benchmark-json`` on the CPU (``small``

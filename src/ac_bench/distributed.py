@@ -15,7 +15,7 @@ Each rank writes its records (``ac_bench.record.Measurement``, with ``world_size
 atomically to ``DIR/rank{R}.json``; rank 0 gathers every rank's records over the process group
 (so it works across machines that share no file system) and writes ``DIR/records.json``.
 With ``--save-state`` rank 0 also writes ``DIR/state/{variant}.pt``: the full gradients of the
-first step and the full parameters after it, which ``bench/test_distributed.py`` compares
+first step and the full parameters after it, which the benchmark's sharded tests compare
 with the single-process run of the global batch and across policies.
 """
 

@@ -164,7 +164,7 @@ class Measurement:
     #: eager attention, or SDPA's math fallback); null in records older than schema version 3
     #: and where the step gave no figures.
     attention_kernel: str | None = None
-    #: Processes in the run (1: a single-process step; W: FSDP2 over W ranks, bench/distributed.py)
+    #: Processes in the run (1: a single-process step; W: FSDP2 over W ranks, ac_bench/distributed.py)
     #: and this record's rank; every figure above is this rank's.
     world_size: int = 1
     rank: int = 0

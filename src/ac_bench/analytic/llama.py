@@ -1,4 +1,4 @@
-"""The llama family's analytic model (``ac_bench.models.llama``), counted op by op like bench/analytic.py.
+"""The llama family's analytic model (``ac_bench.models.llama``), counted op by op like ac_bench/analytic.
 
 Notation: b batch, s sequence, d model width, h heads, k key/value heads, hd = d/h head size,
 dk = k*hd the grouped K/V width, f the SwiGLU hidden size, e bytes per element, a = max(e, 4)

@@ -7,13 +7,15 @@ On a machine with one CUDA GPU and a CUDA torch already installed it runs, in th
 1. ``pytest bench/ --device cuda --flavor seed --update-baselines --benchmark-autosave``, writing
    ``OUTDIR/gpu.json`` and the new baselines into ``OUTDIR/baselines/<gpu>/`` (figures.json and
    pytest-benchmark's timing storage): every assertion runs, the gate stages instead of comparing;
-2. ``pytest bench/test_baselines.py`` against the committed ``baselines/<gpu>/figures.json``
+2. the gate alone (``pytest bench/ -m gate``) against the committed ``baselines/<gpu>/figures.json``
    (skipped with its reason where none is committed yet);
 3. ``python -m ac_bench.report table`` into ``OUTDIR/report.md`` and ``OUTDIR/pareto.png``;
 4. ``OUTDIR/summary.txt``: per variant the CUDA measurement against the CPU's fake-tensor
    estimate (the committed ``baselines/cpu/figures.json``), the time/FLOP ratios, the outcome
    of each step.
-It exits non-zero when any step failed, after writing the summary. ``--summary-only`` rewrites
+It runs in the repository (``--repo``, default the current folder: scripts/gpu-check starts
+there), whose ``bench/`` holds the benchmark. It exits non-zero when any step failed, after
+writing the summary. ``--summary-only`` rewrites
 the summary from an existing ``OUTDIR/gpu.json`` (no GPU needed; the self-tests use it).
 """
 
@@ -27,8 +29,6 @@ import sys
 import time
 from pathlib import Path
 
-#: The repository the check runs the suite in (scripts/gpu-check starts there).
-ROOT = Path.cwd()
 #: Metrics compared against the CPU estimate, with the relative tolerance the suite asserts
 #: (activation_peak_bytes: an absolute allowance, ``ac_bench.probes.device.cuda_backward_allowance``).
 ESTIMATE_CHECKS = (("forward_kept_bytes", 0.02), ("activation_peak_bytes", "allowance"), ("peak_bytes", None),
@@ -53,13 +53,13 @@ class CheckError(Exception):
     """Input the check cannot use; the message says what and how to fix it."""
 
 
-def _run(step: str, cmd: list[str], log: Path, timeout_s: float) -> dict:
+def _run(step: str, cmd: list[str], log: Path, timeout_s: float, repo: Path) -> dict:
     start = time.monotonic()
     with log.open("a") as f:
         f.write(f"\n$ {' '.join(cmd)}\n")
         f.flush()
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s,
+            rc = subprocess.run(cmd, cwd=repo, stdout=f, stderr=subprocess.STDOUT, timeout=timeout_s,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1"}).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
@@ -124,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("outdir", type=Path, help="folder for everything the check writes (created)")
     parser.add_argument("--flavor", default="seed", help="flavors to run on CUDA (default: seed)")
     parser.add_argument("--timeout-s", type=float, default=480.0, help="limit for the whole suite run (default 480)")
+    parser.add_argument("--repo", type=Path, default=Path.cwd(),
+                        help="the repository whose bench/ and baselines/ the check uses (default: the current folder)")
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite OUTDIR/summary.txt from an existing OUTDIR/gpu.json (no GPU needed)")
     args = parser.parse_args(argv)
@@ -145,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(_run("suite", [py, "-m", "pytest", "bench/", "--device", "cuda", "--flavor", args.flavor, "-ra",
                                         "-p", "no:cacheprovider", "--update-baselines", "--benchmark-autosave",
                                         "--baselines-dir", str(out / "baselines"), "--benchmark-json", str(out / "gpu.json")],
-                              log, args.timeout_s))
-            steps.append(_run("gate", [py, "-m", "pytest", "bench/test_baselines.py", "--device", "cuda", "--flavor",
-                                       args.flavor, "-ra", "-q", "-p", "no:cacheprovider"], log, args.timeout_s / 2))
+                              log, args.timeout_s, args.repo))
+            steps.append(_run("gate", [py, "-m", "pytest", "bench/", "-m", "gate", "--device", "cuda", "--flavor",
+                                       args.flavor, "-ra", "-q", "-p", "no:cacheprovider"], log, args.timeout_s / 2, args.repo))
             steps.append(_run("report", [py, "-m", "ac_bench.report", "table", str(out / "gpu.json"), "--markdown",
-                                         str(out / "report.md"), "--plot", str(out / "pareto.png")], log, 120))
-        (out / "summary.txt").write_text(summary_text(out / "gpu.json", ROOT / "baselines" / "cpu" / "figures.json", steps))
+                                         str(out / "report.md"), "--plot", str(out / "pareto.png")], log, 120, args.repo))
+        cpu_figures = args.repo / "baselines" / "cpu" / "figures.json"
+        (out / "summary.txt").write_text(summary_text(out / "gpu.json", cpu_figures, steps))
     except CheckError as exc:
         print(f"gpu-check: {exc}", file=sys.stderr)
         return 2

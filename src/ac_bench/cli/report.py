@@ -1,7 +1,7 @@
 """The report's command line: ``python -m ac_bench.report table RUN.json [AFTER.json ...]``.
 
 ``python -m ac_bench.report sweep ...`` is kept as an alias of ``python -m ac_bench.sweep``
-(bench/sweep_cli.py), with the same options and output.
+(ac_bench/cli/sweep.py), with the same options and output.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The sweep's command line: ``python -m ac_bench.sweep`` (``bench/sweep.py`` runs ``main``).
+"""The sweep's command line: ``python -m ac_bench.sweep`` (``ac_bench/sweep`` runs ``main``).
 
     python -m ac_bench.sweep [--flavor seed] [--seq-lens N,N,...] [--variants V,V,...] [--budget-gib N]
                           [--device cpu|cuda] [--jobs N] [--markdown FILE] [--plot FILE]

@@ -54,6 +54,7 @@ MARKERS = (
     "slow: a sweep too long for the default run of pytest bench/; runs with --slow",
     "timing: a timing test (wall or CPU time): run in one process, not beside pytest-xdist workers "
     "(make test times them last); skipped when pytest-benchmark is disabled",
+    "gate: the deterministic figures against the committed baselines (pytest bench/ -m gate)",
     "distributed: launches torchrun (FSDP2 at world size 2, gloo); deselect with -m 'not distributed'",
 )
 

@@ -207,7 +207,7 @@ def xdist_worker_gpu(worker_id: str | None, visible: list[str]) -> str | None:
 
 def bind_xdist_worker_gpu(environ: dict | None = None) -> str | None:
     """Under pytest-xdist on a machine with several GPUs, restrict this worker to its own GPU
-    by setting ``CUDA_VISIBLE_DEVICES`` before CUDA initialises (conftest calls it at import).
+    by setting ``CUDA_VISIBLE_DEVICES`` before CUDA initialises (``ac_bench.plugin`` calls it at import).
 
     The GPUs are those CUDA_VISIBLE_DEVICES already lists, or ``nvidia-smi -L`` counts; on a
     CPU machine there is none and nothing changes. Returns the GPU bound, or None. Only the

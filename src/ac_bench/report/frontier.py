@@ -62,7 +62,7 @@ def variant_order(variant: str) -> tuple:
 
 def group_label(record) -> str:
     """What a group is named by: the flavor, or for one rank of a sharded run (FSDP2 over W
-    ranks, ``bench/distributed.py``) ``tiny FSDP2 W=2 rank 0``: each rank is its own group,
+    ranks, ``ac_bench/distributed.py``) ``tiny FSDP2 W=2 rank 0``: each rank is its own group,
     since its figures are that rank's."""
     if record.world_size == 1:
         return record.flavor

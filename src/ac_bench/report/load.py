@@ -124,7 +124,7 @@ def load_run(path: str | Path) -> Run:
             rank = f" (rank {r.rank} of {r.world_size})" if r.world_size > 1 else ""
             raise ReportInputError(f"{path}: two measurement records of {r.flavor} {r.variant} on {r.device}{rank}")
         seen.add((*key, r.world_size, r.rank))
-        # A rank of a sharded run (bench/distributed.py) is not timed by pytest-benchmark: its
+        # A rank of a sharded run (ac_bench/distributed.py) is not timed by pytest-benchmark: its
         # record carries the median of its own timed steps.
         timed = (r.step_seconds, None) if r.world_size > 1 else medians.get(key, (None, None))
         entries.append(Entry(r, *timed))

@@ -233,7 +233,7 @@ def sweep_table(points: Sequence[SweepPoint], title: str) -> Table:
                    else tuple(mib(getattr(p.record, MIB_COLUMNS[h])) for h in SWEEP_MIB_COLUMNS))
         rows.append((p.variant, str(p.seq_len), *figures, mib(p.predicted_saved_bytes),
                      pct(overheads[(p.variant, p.seq_len)]), pct(p.predicted_flop_overhead)))
-    notes = ("analytic: bench/analytic.py's prediction for the same shape (kept: `forward_kept_bytes`). "
+    notes = ("analytic: ac_bench/analytic's prediction for the same shape (kept: `forward_kept_bytes`). "
              "OOM: the step ran out of device memory.",
              *null_notes([p.record for p in points if p.record is not None], SWEEP_MIB_COLUMNS))
     return Table(f"Sweep: {title}", ("variant", "seq len", *SWEEP_MIB_COLUMNS, "kept MiB (analytic)",
