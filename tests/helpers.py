@@ -14,9 +14,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _child_env() -> dict[str, str]:
-    """This environment for a child pytest: the repository importable, and not an xdist worker
-    even when this process is one."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    """This environment for a child pytest: not an xdist worker even when this process is one.
+    The library is installed; ``tests.plugins.*`` (``-p``) import from the child's current
+    folder, the repository root, which ``python -m`` and ``python -c`` put on sys.path."""
+    env = dict(os.environ)
     env.pop("PYTEST_XDIST_WORKER", None)
     return env
 

@@ -49,3 +49,32 @@ def test_a_bad_option_is_one_usage_error_line(pytester: pytest.Pytester, args, m
     errors = [line for line in result.errlines if line.startswith("ERROR:")]
     assert len(errors) == 1 and message in errors[0], result.errlines
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def test_an_xdist_without_the_overridden_scheduler_method_is_one_line(monkeypatch):
+    """The pytest-xdist adapter overrides ``LoadGroupScheduling._split_scope``; a version that
+    lacks it fails the run once, naming the version and the pinned one."""
+    from xdist import scheduler
+
+    from ac_bench.plugin import xdist
+
+    for cls in scheduler.LoadGroupScheduling.__mro__:  # defined on LoadScopeScheduling and overridden
+        if "_split_scope" in vars(cls):
+            monkeypatch.delattr(cls, "_split_scope")
+    config = type("Config", (), {"getvalue": lambda self, name: "loadgroup", "getini": lambda self, name: []})()
+    with pytest.raises(pytest.UsageError, match=r"pytest-xdist==\S+ \(requirements-cpu.txt, tox.ini\)$") as info:
+        xdist.make_scheduler(config, log=None)
+    assert "\n" not in str(info.value) and "_split_scope" in str(info.value)
+
+
+def test_a_pytest_benchmark_whose_session_lacks_what_is_read_is_one_line():
+    """The pytest-benchmark adapter reads attributes of its private session object; a version
+    whose session lacks one fails once, naming them and the pinned version."""
+    from ac_bench.plugin import benchmark
+
+    session = type("Session", (), {a: None for a in benchmark.SESSION_ATTRIBUTES if a != "compared_mapping"})()
+    config = type("Config", (), {"_benchmarksession": session})()
+    with pytest.raises(pytest.UsageError, match=r"lacks compared_mapping, .* install pytest-benchmark==5\.3\.1") as info:
+        benchmark.check_version(config)
+    assert "\n" not in str(info.value)
+    benchmark.check_version(type("Config", (), {"_benchmarksession": None})())  # -p no:benchmark: nothing to check

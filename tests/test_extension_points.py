@@ -1,0 +1,127 @@
+"""Each extension point is one place (docs/extending.md), checked by extending the suite here:
+a new policy kind is one class listed in ``KINDS`` (it parses its own names, declares its
+analytic composition and whether it composes with FSDP2, and is measured like any other), the
+report's columns and the step's figures come from the metric registry, and a record describes
+its model without the live registries."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+import torch
+from torch.utils.checkpoint import checkpoint
+
+from ac_bench import analytic
+from ac_bench.distributed import DEFAULT_POLICIES, NOT_COMPOSED
+from ac_bench.metrics import METRICS
+from ac_bench.models import KINDS, POLICIES, CompileBudgetAC, Policy, get_flavor, get_policy
+from ac_bench.models.ac import registry
+from ac_bench.models.ac.base import parse_count
+from ac_bench.record import Measurement, StepFigures, measure_variant
+from ac_bench.report import tables
+
+
+@dataclass(frozen=True)
+class WholeBlockAC(Policy):
+    """A kind the suite does not have: whole blocks ``first..depth-1`` under one checkpoint
+    (Hugging Face's ``gradient_checkpointing_enable()`` shape), named ``blocks_from_N``."""
+
+    first: int = 0
+
+    kind: ClassVar[str] = "whole_block"
+    name_grammar: ClassVar[str | None] = "blocks_from_N (N >= 0)"
+    fsdp2_incompatibility: ClassVar[str | None] = "not tried under FSDP2 (a self-test's kind)"
+
+    @classmethod
+    def from_name(cls, name: str) -> Policy | None:
+        n = parse_count(r"blocks_from_(\d+)", name, 0, "blocks_from_N needs N >= 0")
+        return None if n is None else cls(name, first=n)
+
+    def apply(self, model: torch.nn.Module) -> torch.nn.Module:
+        for index, block in enumerate(model.blocks):
+            if index >= self.first:
+                forward = block.forward
+                block.forward = lambda *a, _f=forward: checkpoint(_f, *a, use_reentrant=False,
+                                                                  preserve_rng_state=self.preserve_rng_state)
+        return model
+
+
+@pytest.fixture
+def with_new_kind(monkeypatch):
+    monkeypatch.setattr(registry, "KINDS", (*KINDS, WholeBlockAC))
+    return WholeBlockAC
+
+
+def test_a_new_kind_is_one_class_listed_in_kinds(with_new_kind):
+    policy = get_policy("blocks_from_1")
+    assert policy == WholeBlockAC("blocks_from_1", first=1)
+    with pytest.raises(ValueError, match="blocks_from_N needs N >= 0"):
+        get_policy("blocks_from_01")
+    with pytest.raises(ValueError, match=r"blocks_from_N \(N >= 0\)"):
+        get_policy("no_such_policy")  # the unknown-name message lists the new kind's grammar
+
+
+def test_a_new_kind_is_measured_and_recorded_like_every_other(with_new_kind):
+    tiny = get_flavor("tiny")
+    none, record = (measure_variant(tiny, v, "cpu") for v in ("none-sdpa", "blocks_from_1-sdpa"))
+    assert (record.policy, record.policy_kind, record.policy_params) == (
+        "blocks_from_1", "whole_block", {"preserve_rng_state": True, "first": 1}), record
+    assert record.forward_kept_bytes < none.forward_kept_bytes, "two of three blocks keep only their input"
+    assert record.flops > none.flops, "checkpointed blocks are recomputed"
+
+
+def test_a_kind_without_a_composition_skips_the_analytic_checks_with_the_reason(with_new_kind):
+    reason = analytic.not_modelled_reason(get_flavor("tiny"), "blocks_from_1")
+    assert reason is not None and "'whole_block' declares no analytic composition" in reason and "\n" not in reason
+    assert analytic.not_modelled_reason(get_flavor("tiny"), "full") is None
+    assert analytic.not_modelled_reason(get_flavor("tiny"), "every_4") is None
+
+
+def test_fsdp2_composition_is_declared_by_each_kind():
+    assert NOT_COMPOSED == {"compile_budget": CompileBudgetAC.fsdp2_incompatibility}
+    assert DEFAULT_POLICIES == tuple(POLICIES), "every registered policy's kind composes with FSDP2"
+
+
+def test_the_reports_columns_are_the_registrys():
+    declared = {m.column: m.name for m in METRICS.values() if m.column and m.unit == "B"}
+    assert tables.MIB_COLUMNS == declared and list(tables.MIB_COLUMNS.values()) == [
+        "peak_bytes", "activation_peak_bytes", "forward_kept_bytes", "saved_bytes", "offloaded_bytes"]
+    for header, name in declared.items():
+        assert METRICS[name].meaning in tables.DEFINITIONS[header]
+
+
+def test_the_steps_figures_are_checked_against_the_registry():
+    figures = StepFigures(method="memtracker", foreign_bytes=0, metrics={m: 1 for m in METRICS}, saved_bytes_note=None,
+                          breakdown=None, flops_by_op={}, attention_kernel="math", outcome="ok", outcome_note=None)
+    assert {name: figures.fields()[name] for name in METRICS} == {m: 1 for m in METRICS}
+    figures.metrics.pop("flops")
+    with pytest.raises(ValueError, match="the registry declares"):
+        figures.fields()
+
+
+def test_a_record_describes_its_model_without_the_registries(monkeypatch):
+    """A llama record names its family and the shape fields it adds, and the analytic shape is
+    read from the record alone, even with the flavor gone from the registry."""
+    flavor = get_flavor("llama-small")  # SwiGLU hidden: int(2 * 4 * 128 / 3) = 341, up to a multiple of 64
+    record = Measurement.from_dict(measure_variant(flavor, "full-sdpa", "cpu").as_dict())
+    assert record.family == "llama" and record.schema_version == 4
+    assert record.family_shape == {"n_kv_heads": 2, "mlp_hidden": 384, "multiple_of": 64, "ffn_dim_multiplier": None,
+                                   "rope_theta": 500000.0, "norm_eps": 1e-05}, record.family_shape
+    expected = analytic.Shape.of(flavor, torch.float32, "cpu")
+    monkeypatch.delitem(analytic.FLAVORS, "llama-small")
+    assert analytic.Shape.of_record(record) == expected
+    older = {**record.as_dict(), "schema_version": 3}
+    del older["family"], older["family_shape"]
+    assert Measurement.from_dict(older).family is None, "a version-3 record is read with the new fields null"
+
+
+def test_the_flavor_registry_is_complete_from_any_import():
+    """``ac_bench.models.transformer`` imported first still sees every family's flavors (the
+    package's ``__init__`` registers the families before any submodule is used)."""
+    code = "from ac_bench.models.transformer import FLAVORS; print(sorted(FLAVORS))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "'llama-small'" in out and "'llama3-8b-4l'" in out and "'small'" in out, out
