@@ -43,6 +43,10 @@ def pytest_generate_tests(metafunc):
               for f in flavors
               for budgets, extra in ((PLAN_BUDGETS, ()), (SLOW_PLAN_BUDGETS, (pytest.mark.slow,)))
               for a, b in budgets.get(f.name, ())]
+    if not params:  # say why rather than pytest's "got empty parameter set"
+        declared = sorted({*PLAN_BUDGETS, *SLOW_PLAN_BUDGETS})
+        params = [pytest.param(None, id=f"{device}-no-budgets", marks=pytest.mark.skip(
+            reason=f"no selected flavor declares planner budgets (PLAN_BUDGETS, SLOW_PLAN_BUDGETS: {', '.join(declared)})"))]
     metafunc.parametrize("plan_budget", params)
 
 

@@ -165,7 +165,7 @@ def load_family_spec(spec: str) -> Family:
                          f"has no attribute {attribute!r}")
     family = getattr(module, attribute)
     if not isinstance(family, Family):
-        raise ValueError(f"--model-spec {spec!r}: {attribute} is a {type(family).__name__}, not a "
+        raise ValueError(f"--model-spec {spec!r}: {attribute} is a {type(family).__name__}, not an "
                          f"ac_bench.models.families.Family")
     if not family.flavors:
         raise ValueError(f"--model-spec {spec!r}: family {family.name!r} declares no flavors; give it "

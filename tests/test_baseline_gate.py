@@ -6,15 +6,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shlex
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from ac_bench.gate.baselines import DEFAULT_TOLERANCES, BaselineError, BaselineFile, BaselineGate, baseline_path, compare
 from ac_bench.models import get_flavor
 from ac_bench.record import measure_variant
-from tests.helpers import run_pytest, run_pytest_cases
+from tests.helpers import ROOT, run_pytest, run_pytest_cases
 
 TINY = get_flavor("tiny")
 
@@ -316,3 +319,29 @@ def test_the_record_states_the_optimizer_it_used(monkeypatch):
                         lambda model: torch.optim.AdamW(model.parameters(), foreach=False))
     changed = measure_variant(TINY, "none-sdpa", "cpu")
     assert changed.optimizer.startswith("AdamW(") and "foreach=False" in changed.optimizer
+
+
+def test_the_accept_command_for_a_users_family_works_when_pasted_from_anywhere(tmp_path):
+    """A ``--model-spec`` family's printed command repeats ``--model-spec`` (else its flavor is
+    unknown) and, run from another folder, names the benchmark by its absolute path and the
+    baselines folder as given: pasted as printed in that folder, it writes the entry, and the
+    gate then passes."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # examples/ importable from tmp_path
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300, env=env)
+
+    common = (str(ROOT / "bench" / "test_baselines.py"), "--model-spec", "examples.my_family:SPEC",
+              "--baselines-dir", "baselines", "-rs")
+    assert run(*common, "--update-baselines", "-k", "my-gpt-tiny-none-eager").returncode == 0
+    first = run(*common, "-k", "my-gpt-tiny-none-sdpa")
+    assert first.returncode == 0 and "1 skipped" in first.stdout, first.stdout + first.stderr
+    command = re.search(r"add it with `(pytest [^`]+)`", first.stdout).group(1)
+    assert command == (f"pytest {ROOT / 'bench'} --device cpu --flavor my-gpt-tiny --model-spec examples.my_family:SPEC "
+                       f"--baselines-dir baselines --update-baselines -k my-gpt-tiny-none-sdpa"), command
+    pasted = subprocess.run([sys.executable, "-m", *shlex.split(command), "-p", "no:cacheprovider", "-q"],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert pasted.returncode == 0, pasted.stdout + pasted.stderr
+    again = run(*common, "-k", "my-gpt-tiny-none-sdpa")
+    assert again.returncode == 0 and "1 passed" in again.stdout, again.stdout

@@ -47,7 +47,7 @@ def _variants() -> list[str]:
 @pytest.mark.parametrize(("spec", "says"), [
     ("examples.nowhere:SPEC", "cannot import 'examples.nowhere': ModuleNotFoundError"),
     ("examples.my_family:NOPE", "has no attribute 'NOPE'"),
-    ("examples.my_family:MyGPT", "MyGPT is a type, not a ac_bench.models.families.Family"),
+    ("examples.my_family:MyGPT", "MyGPT is a type, not an ac_bench.models.families.Family"),
     ("not a spec", "write it as package.module:NAME"),
 ])
 def test_bad_spec_is_one_line(spec, says):

@@ -49,8 +49,8 @@ def write_user_package(folder: Path, package: str, family: str) -> str:
 
 
 def user_env() -> dict[str, str]:
-    """The environment of a user's shell: nothing puts the repository on ``sys.path``
-    (``tests.helpers`` sets PYTHONPATH to it for the other self-tests), not an xdist worker."""
+    """The environment of a user's shell: nothing puts the repository on ``sys.path`` (no
+    PYTHONPATH, no user site), not an xdist worker."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTEST_XDIST_WORKER", "PYTEST_PLUGINS")}
     env["PYTHONNOUSERSITE"] = "1"
     return env

@@ -18,9 +18,13 @@ def test_record(case, measurements):
 """
 
 
-def _run(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
-    return pytester.runpytest_inprocess("-p", "ac_bench.plugin", "-p", "no:cacheprovider", "-p", "no:benchmark",
-                                        "--device", "cpu", "--baselines-dir", str(pytester.path / "baselines"), *args)
+def _run(pytester: pytest.Pytester, *args: str, subprocess: bool = False) -> pytest.RunResult:
+    """pytest with the plugin on ``pytester``'s folder. In-process where nothing is measured;
+    a measuring run goes to a subprocess: pytester forgets the modules an in-process run imported,
+    and torch's lazily imported operator libraries cannot be registered twice in one process."""
+    run = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
+    return run("-p", "ac_bench.plugin", "-p", "no:cacheprovider", "-p", "no:benchmark",
+               "--device", "cpu", "--baselines-dir", str(pytester.path / "baselines"), *args)
 
 
 def test_a_users_test_file_is_parametrized_over_the_selected_flavor(pytester: pytest.Pytester):
@@ -33,7 +37,7 @@ def test_a_users_test_file_is_parametrized_over_the_selected_flavor(pytester: py
 
 def test_the_records_come_from_the_session_cache(pytester: pytest.Pytester):
     pytester.makepyfile(test_user=USER_TEST)
-    result = _run(pytester, "--flavor", "tiny", "-k", "test_record and full-sdpa", "-q")
+    result = _run(pytester, "--flavor", "tiny", "-k", "test_record and full-sdpa", "-q", subprocess=True)
     result.assert_outcomes(passed=1, deselected=2 * len(VARIANTS) - 1)
 
 

@@ -119,15 +119,20 @@ class BaselineFile:
 DEFAULT_BASELINES_DIR = Path("baselines")
 
 
-def accept_command(record: Measurement, directory: Path | None = None) -> str:
+def accept_command(record: Measurement, directory: Path | None = None, suite: str = "bench/",
+                   options: tuple[str, ...] = (), default_directory: Path = DEFAULT_BASELINES_DIR) -> str:
     """The command that accepts ``record``'s figures, with every option that selects what ran
-    and where the baselines live, so that it works when pasted as is."""
+    and where the baselines live, so that it works when pasted as is: ``suite`` is the path of
+    the benchmark's folder as the user's shell sees it, ``options`` the run's options that a
+    flavor name depends on (``--model-spec SPEC``, ``--sdpa-backend NAME``); ``--baselines-dir``
+    is left out where ``directory`` is ``default_directory``, the run's default."""
     device = record.device.split(":")[0]
     where = ""
-    if directory is not None and Path(directory).resolve() != DEFAULT_BASELINES_DIR.resolve():
+    if directory is not None and Path(directory).resolve() != Path(default_directory).resolve():
         where = f" --baselines-dir {shlex.quote(str(directory))}"
-    return (f"pytest bench/ --device {device} --flavor {record.flavor}{where} --update-baselines "
-            f"-k {record.case_id}")
+    extra = "".join(f" {shlex.quote(o)}" for o in options)
+    return (f"pytest {shlex.quote(suite) if suite != 'bench/' else suite} --device {device} --flavor {record.flavor}"
+            f"{extra}{where} --update-baselines -k {record.case_id}")
 
 
 def _number(value: object) -> bool:
@@ -184,15 +189,23 @@ def compare(record: Measurement, baseline: dict, tolerances: dict[str, float], f
 class BaselineGate:
     """Compares records against one directory of baselines, or stages them for update."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, suite: str = "bench/", options: tuple[str, ...] = (),
+                 default_directory: Path = DEFAULT_BASELINES_DIR) -> None:
+        """``suite``, ``options``, ``default_directory``: what ``accept_command`` prints beside
+        the record's own (the benchmark's folder, the options that select the flavor, and the
+        folder that needs no ``--baselines-dir``)."""
         self.directory = Path(directory)
+        self.suite = suite
+        self.options = tuple(options)
+        self.default_directory = Path(default_directory)
         self._files: dict[str, BaselineFile | None] = {}
         self._staged: dict[str, dict[str, dict]] = {}
         #: What ``write_staged`` changed beyond the entries, one line each (for the summary).
         self.repairs: list[str] = []
 
     def accept_command(self, record: Measurement) -> str:
-        return accept_command(record, self.directory)
+        """The command that accepts ``record``'s figures in this gate's folder."""
+        return accept_command(record, self.directory, self.suite, self.options, self.default_directory)
 
     def file_for(self, device_key: str) -> BaselineFile | None:
         if device_key not in self._files:

@@ -26,10 +26,11 @@ bind_xdist_worker_gpu()
 
 import pytest  # noqa: E402
 
-from ac_bench.gate.baselines import BaselineError, BaselineGate  # noqa: E402
+from ac_bench.gate.baselines import DEFAULT_BASELINES_DIR, BaselineError, BaselineGate  # noqa: E402
 from ac_bench.models import resolve_dtype  # noqa: E402
 from ac_bench.plugin import benchmark, parametrize, xdist  # noqa: E402
 from ac_bench.plugin.options import (  # noqa: E402
+    accept_options,
     add_options,
     baselines_dir,
     check_outputs,
@@ -37,6 +38,7 @@ from ac_bench.plugin.options import (  # noqa: E402
     selected_device,
     selected_device_key,
     selected_flavors,
+    suite_path,
 )
 from ac_bench.plugin.session import MeasurementStore  # noqa: E402
 from ac_bench.probes.attention import check_backend, forced_backend  # noqa: E402
@@ -86,7 +88,8 @@ def open_baselines(config: pytest.Config) -> BaselineGate:
     """The gate over ``--baselines-dir``. The device's file is validated once, before anything
     is measured: a broken file fails the run with one message, also under --update-baselines
     (which would otherwise keep it); a missing tolerance too, unless the update adds it."""
-    gate = BaselineGate(baselines_dir(config))
+    gate = BaselineGate(baselines_dir(config), suite=suite_path(config), options=accept_options(config),
+                        default_directory=config.rootpath / DEFAULT_BASELINES_DIR)
     try:
         existing = gate.file_for(selected_device_key(config))
     except BaselineError as exc:

@@ -65,6 +65,24 @@ def baselines_dir(config: pytest.Config) -> Path:
     return Path(given)
 
 
+def suite_path(config: pytest.Config) -> str:
+    """The benchmark's folder as the user's shell sees it: ``bench/`` from the rootdir, else its
+    absolute path (for the printed accept command)."""
+    folder = config.rootpath / "bench"
+    return "bench/" if Path.cwd().resolve() == config.rootpath.resolve() else str(folder)
+
+
+def accept_options(config: pytest.Config) -> tuple[str, ...]:
+    """The options a printed accept command must repeat for its flavor names and figures to mean
+    what they meant in this run: each ``--model-spec`` and ``--sdpa-backend``."""
+    options: list[str] = []
+    for spec in config.getoption("--model-spec"):
+        options += ["--model-spec", spec]
+    if config.getoption("--sdpa-backend"):
+        options += ["--sdpa-backend", config.getoption("--sdpa-backend")]
+    return tuple(options)
+
+
 def loaded_families(config: pytest.Config) -> list:
     """The families named by --model-spec, registered (once per process); a bad spec is a
     one-line usage error."""
