@@ -19,7 +19,7 @@ def test_figures_match_baseline(case, measurements, baseline_gate, update_baseli
 
 @pytest.mark.parametrize("variant", [f"{budget_name(b)}-{a}" for b in COMPILE_BUDGETS for a in ATTENTIONS],
                          ids=lambda v: f"{COMPILE_FLAVOR}-{v}")
-def test_compile_budget_figures_match_baseline(session_device, variant, measurements, baseline_gate,
+def test_compile_budget_figures_match_baseline(session_device, suite_models, variant, measurements, baseline_gate,
                                                update_baselines):
     """torch.compile's budget sweep (test_compile_budget.py) against the baselines: what
     the min-cut partitioner keeps at each B is what a torch upgrade changes."""

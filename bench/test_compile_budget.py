@@ -41,7 +41,8 @@ def _check_monotonic(records: dict, label: str) -> None:
 
 
 @pytest.fixture
-def device(session_device) -> str:
+def device(session_device, suite_models) -> str:
+    """The session's device; the sweep at COMPILE_FLAVOR runs only where the suite's own models do."""
     return session_device
 
 

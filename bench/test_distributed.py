@@ -57,7 +57,7 @@ pytestmark = pytest.mark.distributed
 
 
 @pytest.fixture(scope="session")
-def sharded_run(tmp_path_factory, session_device, measurements):
+def sharded_run(tmp_path_factory, session_device, suite_models, measurements):
     """The world-size-2 run: its merged records by (variant, rank), the state folder, stdout.
     Every rank's record also goes into the session's ``--benchmark-json`` (``measurements``)."""
     if session_device != "cpu":

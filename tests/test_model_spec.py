@@ -66,3 +66,25 @@ def test_loading_registers_the_family_and_its_flavors_once():
     family = load_family_spec(SPEC)
     assert FAMILIES["my-gpt"] is family and FLAVORS[FLAVOR].family == "my-gpt"
     assert load_family_spec(SPEC) is family  # a second load (xdist workers, reruns) is a no-op
+
+
+def test_a_run_about_a_users_sdpa_only_family_measures_that_family_only(tmp_path):
+    """A family that declares only ``sdpa``: its variants run and pass, the checks that compare
+    with eager attention skip saying so (no error), and the suite's own ``tiny`` model (the
+    compile-budget sweep, the FSDP2 launch) is neither measured nor written into the user's
+    baselines: those tests skip with the reason."""
+    text = (ROOT / "examples" / "my_family.py").read_text().replace('"my-gpt', '"sdpa-gpt')
+    text = text.replace('SPEC = Family("sdpa-gpt", build=MyGPT,', 'SPEC = Family("sdpa-gpt", build=MyGPT, attentions=("sdpa",),')
+    assert 'attentions=("sdpa",)' in text, "examples/my_family.py no longer declares SPEC as expected"
+    (tmp_path / "sdpa_family.py").write_text(text)
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(ROOT / "bench"), "--model-spec", "sdpa_family:SPEC",
+         "--baselines-dir", "baselines", "--update-baselines", "-m", "not timing", "-rs", "-q",
+         "-k", "none-sdpa or full-sdpa or offload or budget_1.0 or w2-full or close_to_eager"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
+    assert " failed" not in result.stdout and " error" not in result.stdout, result.stdout[-4000:]
+    assert "family 'sdpa-gpt' has no eager attention" in result.stdout, result.stdout[-4000:]
+    assert "this run is about the --model-spec family sdpa-gpt" in result.stdout, result.stdout[-4000:]
+    entries = json.loads((tmp_path / "baselines" / "cpu" / "figures.json").read_text())["entries"]
+    assert sorted(entries) == ["sdpa-gpt-tiny-full-sdpa", "sdpa-gpt-tiny-none-sdpa", "sdpa-gpt-tiny-offload-sdpa"], entries

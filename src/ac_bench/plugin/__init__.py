@@ -35,6 +35,7 @@ from ac_bench.plugin.options import (  # noqa: E402
     baselines_dir,
     check_outputs,
     loaded_families,
+    only_user_families,
     selected_device,
     selected_device_key,
     selected_flavors,
@@ -170,6 +171,17 @@ def measurements(request: pytest.FixtureRequest) -> MeasurementStore:
 def session_device(request: pytest.FixtureRequest) -> str:
     """The device this session measures on (``--device``, default cuda when available)."""
     return selected_device(request.config)
+
+
+@pytest.fixture(scope="session")
+def suite_models(request: pytest.FixtureRequest) -> None:
+    """For tests of the suite's own models whatever ``--flavor`` selects (the compile-budget
+    sweep and the FSDP2 launch at ``tiny``): skipped, saying so, in a run only about
+    ``--model-spec`` families, whose baselines and report they would otherwise join."""
+    users = only_user_families(request.config)
+    if users:
+        pytest.skip(f"this run is about the --model-spec family {', '.join(users)}: the suite's own models "
+                    f"(the compile-budget sweep and the FSDP2 launch at tiny) run when one of their flavors is selected")
 
 
 @pytest.fixture(scope="session")

@@ -109,6 +109,14 @@ def selected_flavors(config: pytest.Config) -> tuple:
         raise pytest.UsageError(str(exc)) from None
 
 
+def only_user_families(config: pytest.Config) -> tuple[str, ...]:
+    """The ``--model-spec`` families a run is only about (every selected flavor is theirs), or
+    ``()`` when it selects a flavor of the suite's own families too."""
+    users = {family.name for family in loaded_families(config)}
+    families = {flavor.family for flavor in selected_flavors(config)}
+    return tuple(sorted(families)) if users and families <= users else ()
+
+
 def selected_device_key(config: pytest.Config) -> str:
     """The baselines key of the device: ``cpu`` or the GPU's model (``nvidia-h200``)."""
     device = selected_device(config)
