@@ -43,3 +43,42 @@ def test_dropout_without_rng_preservation_is_caught():
     reference, model, x = twin_models(TINY, "eager", no_rng, "cpu", dropout=0.5)
     problems = mismatches(run_step(reference, x, rng_seed=7), run_step(model, x, rng_seed=7))
     assert problems and all(p.startswith("grad ") for p in problems)
+
+
+class _NormalizedMLP(torch.nn.Module):
+    """A block's MLP sublayer behind a BatchNorm over d_model: its running statistics and
+    counter change in every training forward, so a recomputed forward changes them again."""
+
+    def __init__(self, mlp: torch.nn.Module, d_model: int) -> None:
+        super().__init__()
+        self.bn = torch.nn.BatchNorm1d(d_model)
+        self.inner = mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.inner(self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape))
+
+
+def test_state_beyond_gradients_is_caught():
+    """Recomputation that updates a buffer a second time (pytorch's BatchNorm under
+    checkpointing: ``num_batches_tracked`` 1 without it, 2 with it, in every checkpointed block)
+    leaves the loss, the output and every gradient bitwise equal; the check names the buffers."""
+    from ac_bench.models import apply_policy, build_model
+
+    def normalized():
+        model = build_model(TINY, "sdpa", "cpu")
+        for block in model.blocks:
+            block.mlp = _NormalizedMLP(block.mlp, TINY.d_model)
+        return model
+
+    torch.manual_seed(0)
+    reference = normalized()
+    model = normalized()
+    model.load_state_dict(reference.state_dict())
+    apply_policy(model, "full")  # the MLP sublayers of blocks 1..depth-1
+    x = torch.randn(TINY.input_shape())
+    problems = mismatches(run_step(reference, x), run_step(model, x))
+    assert problems and all(p.startswith("buffer blocks.") for p in problems), problems
+    for block in range(1, TINY.depth):
+        assert f"buffer blocks.{block}.mlp.bn.num_batches_tracked: 1 in the reference, 2 in the checkpointed model " \
+               f"after the step" in problems, problems
+    assert not any(p.startswith("buffer blocks.0.") for p in problems), "block 0 is not checkpointed by full"

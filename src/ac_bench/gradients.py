@@ -45,11 +45,15 @@ SHARDED_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 
 @dataclass
 class StepResult:
-    """Loss, output and every parameter's gradient (None where it got none) of one step."""
+    """Loss, output and every parameter's gradient (None where it got none) of one step, and
+    every buffer after it (``buffers``: running statistics, counters; None where not read):
+    recomputation that updates a buffer a second time (a BatchNorm's ``num_batches_tracked``)
+    leaves the gradients equal and the model's state not."""
 
     loss: torch.Tensor
     output: torch.Tensor
     grads: dict[str, torch.Tensor | None]
+    buffers: dict[str, torch.Tensor] | None = None
 
 
 def run_step(model: torch.nn.Module, x: torch.Tensor, rng_seed: int | None = None,
@@ -67,7 +71,8 @@ def run_step(model: torch.nn.Module, x: torch.Tensor, rng_seed: int | None = Non
     # checkpoint_wrapper inserts a prefix into parameter names (not into state-dict keys).
     grads = {n.replace(_CHECKPOINT_PREFIX, ""): (p.grad.detach().clone() if p.grad is not None else None)
              for n, p in model.named_parameters()}
-    return StepResult(loss.detach(), output.detach(), grads)
+    buffers = {n.replace(_CHECKPOINT_PREFIX, ""): b.detach().clone() for n, b in model.named_buffers()}
+    return StepResult(loss.detach(), output.detach(), grads, buffers)
 
 
 def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: str,
@@ -87,7 +92,11 @@ def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: st
 
 def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = None,
                atol: float | None = None) -> list[str]:
-    """Names of what differs: bitwise (``torch.equal``) when no tolerance is given."""
+    """Names of what differs: bitwise (``torch.equal``) when no tolerance is given. Buffers are
+    compared in that bitwise check of a model against its own checkpointed twin, where both
+    results read them (a counter or a running statistic updated once more is another state,
+    however small the difference); a comparison with a tolerance is between implementations
+    (eager against sdpa, one process against sharded), whose buffers may differ by design."""
     def differs(a: torch.Tensor | None, b: torch.Tensor | None) -> str | None:
         if a is None or b is None:
             return None if a is None and b is None else f"gradient is {'None' if b is None else 'set'} " \
@@ -111,4 +120,12 @@ def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = No
         problem = differs(a, b)
         if problem:
             found.append(f"{name}: {problem}")
+    if rtol is None and expected.buffers is not None and actual.buffers is not None:
+        for name in sorted(set(expected.buffers) | set(actual.buffers)):
+            a, b = expected.buffers.get(name), actual.buffers.get(name)
+            if a is None or b is None:
+                found.append(f"buffer {name}: only in the {'checkpointed' if a is None else 'reference'} model")
+            elif a.shape != b.shape or not torch.equal(a, b):
+                found.append(f"buffer {name}: {a.tolist() if a.numel() == 1 else 'values'} in the reference, "
+                             f"{b.tolist() if b.numel() == 1 else 'other values'} in the checkpointed model after the step")
     return found
