@@ -31,6 +31,14 @@ from ac_bench.models.llama import LLAMA_FLAVORS, build_llama, llama_shape
 from ac_bench.models.transformer import FLAVORS, Flavor, build_transformer, resolve_dtype
 
 
+def resolve_reference(ref: Any) -> Any:
+    """``"module:attribute"`` -> that attribute, imported when first needed; anything else as it is."""
+    if isinstance(ref, str):
+        module, _, attribute = ref.partition(":")
+        return getattr(importlib.import_module(module), attribute)
+    return ref
+
+
 @dataclass(frozen=True)
 class Family:
     """A model family: its builder, flavors, what policies may wrap, and its analytic model.
@@ -69,10 +77,7 @@ class Family:
 
     def analytic_model(self) -> Any:
         """The analytic model object, or None."""
-        if isinstance(self.analytic, str):
-            module, _, attribute = self.analytic.partition(":")
-            return getattr(importlib.import_module(module), attribute)
-        return self.analytic
+        return resolve_reference(self.analytic)
 
     def shape_fields(self, flavor: Flavor) -> dict:
         """The shape fields this family adds, for ``flavor`` (``{}`` where it adds none)."""

@@ -22,10 +22,15 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def run_pytest(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python -m pytest ARGS`` in the repository root; output captured as text."""
-    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=ROOT,
-                          env=_child_env(), capture_output=True, text=True, timeout=timeout)
+def run_pytest(*args: str, timeout: float = 300, cwd: Path = ROOT,
+               pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m pytest ARGS`` in ``cwd`` (the repository root, or a user's folder), with
+    ``pythonpath`` on PYTHONPATH if given; output captured as text."""
+    env = _child_env()
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def tox_gpu_phases() -> list[list[str]]:

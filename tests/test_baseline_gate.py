@@ -9,8 +9,6 @@ import os
 import re
 import shlex
 import stat
-import subprocess
-import sys
 
 import pytest
 
@@ -326,11 +324,8 @@ def test_the_accept_command_for_a_users_family_works_when_pasted_from_anywhere(t
     unknown) and, run from another folder, names the benchmark by its absolute path and the
     baselines folder as given: pasted as printed in that folder, it writes the entry, and the
     gate then passes."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # examples/ importable from tmp_path
-
-    def run(*args):
-        return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300, env=env)
+    def run(*args):  # from the user's folder, examples/ importable there
+        return run_pytest(*args, cwd=tmp_path, pythonpath=ROOT)
 
     common = (str(ROOT / "bench" / "test_baselines.py"), "--model-spec", "examples.my_family:SPEC",
               "--baselines-dir", "baselines", "-rs")
@@ -340,8 +335,7 @@ def test_the_accept_command_for_a_users_family_works_when_pasted_from_anywhere(t
     command = re.search(r"add it with `(pytest [^`]+)`", first.stdout).group(1)
     assert command == (f"pytest {ROOT / 'bench'} --device cpu --flavor my-gpt-tiny --model-spec examples.my_family:SPEC "
                        f"--baselines-dir baselines --update-baselines -k my-gpt-tiny-none-sdpa"), command
-    pasted = subprocess.run([sys.executable, "-m", *shlex.split(command), "-p", "no:cacheprovider", "-q"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    pasted = run(*shlex.split(command)[1:], "-q")  # run_pytest adds `python -m pytest`
     assert pasted.returncode == 0, pasted.stdout + pasted.stderr
     again = run(*common, "-k", "my-gpt-tiny-none-sdpa")
     assert again.returncode == 0 and "1 passed" in again.stdout, again.stdout

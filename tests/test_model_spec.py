@@ -77,11 +77,10 @@ def test_a_run_about_a_users_sdpa_only_family_measures_that_family_only(tmp_path
     text = text.replace('SPEC = Family("sdpa-gpt", build=MyGPT,', 'SPEC = Family("sdpa-gpt", build=MyGPT, attentions=("sdpa",),')
     assert 'attentions=("sdpa",)' in text, "examples/my_family.py no longer declares SPEC as expected"
     (tmp_path / "sdpa_family.py").write_text(text)
-    result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(ROOT / "bench"), "--model-spec", "sdpa_family:SPEC",
-         "--baselines-dir", "baselines", "--update-baselines", "-m", "not timing", "-rs", "-q",
-         "-k", "none-sdpa or full-sdpa or offload or budget_1.0 or w2-full or close_to_eager"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    result = run_pytest(str(ROOT / "bench"), "--model-spec", "sdpa_family:SPEC", "--baselines-dir", "baselines",
+                        "--update-baselines", "-m", "not timing", "-rs", "-q",
+                        "-k", "none-sdpa or full-sdpa or offload or budget_1.0 or w2-full or close_to_eager",
+                        cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-3000:]
     assert " failed" not in result.stdout and " error" not in result.stdout, result.stdout[-4000:]
     assert "family 'sdpa-gpt' has no eager attention" in result.stdout, result.stdout[-4000:]

@@ -34,7 +34,9 @@ def get_policy(name: str) -> Policy:
     otherwise a ValueError naming the valid ones."""
     if name in POLICIES:
         return POLICIES[name]
-    for kind in KINDS:
+    # Only the kinds that read names themselves: a subclass that inherits ``from_name`` (SelectiveAC
+    # from RegionAC) does not name its parent's policies, as ``name_grammar`` below is its own too.
+    for kind in (k for k in KINDS if "from_name" in vars(k)):
         policy = kind.from_name(name)
         if policy is not None:  # a registered setting is the registry's own object (every_2: every_other)
             return POLICIES[policy.name] if POLICIES.get(policy.name) == policy else policy

@@ -42,14 +42,13 @@ and the MLP only fc1's 8*b*s*d^2.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 from dataclasses import dataclass
 
 import torch
 
 from ac_bench.models import FLAVORS, SUBLAYERS, Flavor, Policy, RegionAC, SelectiveAC, get_policy
 from ac_bench.models.ac import CORE_ATTENTION_OPS, SAC_SAVE_OPS
-from ac_bench.models.families import FAMILIES, family_of
+from ac_bench.models.families import FAMILIES, family_of, resolve_reference
 
 
 class NotModelled(ValueError):
@@ -180,11 +179,7 @@ BUILTIN_MODELS: dict[str, str] = {
 def family_model(family) -> FamilyCounts | None:
     """The analytic model of ``family`` (an ``ac_bench.models.Family``): its own
     ``analytic``, else the suite's for a built-in family, else None."""
-    model = family.analytic_model()
-    if model is None and family.name in BUILTIN_MODELS:
-        module, _, attribute = BUILTIN_MODELS[family.name].partition(":")
-        model = getattr(importlib.import_module(module), attribute)
-    return model
+    return resolve_reference(family.analytic if family.analytic is not None else BUILTIN_MODELS.get(family.name))
 
 
 def _counts_or_none(shape: Shape) -> FamilyCounts | None:
