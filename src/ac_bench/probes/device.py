@@ -106,6 +106,23 @@ class Phase:
     breakdown: dict[str, int] | None = field(default=None)
 
 
+def warm_library_workspaces(device: torch.device) -> None:
+    """Make cuBLAS and cuBLASLt allocate their workspaces now, for this thread and for autograd's
+    backward thread. They allocate them through the caching allocator at their first matmul on
+    each (handle, stream) and keep them for the process: 65 to 66 MiB on the H200 (torch 2.11,
+    ``scripts/cuda_resident.py``, output in ``docs/gpu/2026-11-30-h200-resident.txt``). Made
+    inside the first variant measured in a process they counted in its ``resident_bytes`` (+65 MiB
+    for ``none-eager``) and in no later variant's; made here, before ``foreign_bytes`` is read,
+    they are foreign to every variant alike."""
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        w = torch.ones(16, 16, device=device, dtype=dtype, requires_grad=True)
+        b = torch.ones(16, device=device, dtype=dtype, requires_grad=True)
+        x = torch.ones(4, 16, device=device, dtype=dtype)
+        # linear with a bias is addmm (cuBLASLt); the backward's mm runs on autograd's thread.
+        (torch.nn.functional.linear(x, w, b) @ w).sum().backward()
+    torch.cuda.synchronize(device)
+
+
 class CudaAllocatorProbe:
     """The CUDA caching allocator's statistics, relative to what was allocated at creation.
 
@@ -117,6 +134,7 @@ class CudaAllocatorProbe:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
+        warm_library_workspaces(device)
         gc.collect()
         torch.cuda.synchronize(device)
         torch.cuda.empty_cache()
