@@ -1,9 +1,9 @@
 """Memory that grows from step to step: a variant stepped several times, every byte counted.
 
 One measured step cannot see a leak: a wrapper that keeps a reference to each step's output
-(the shape of pytorch #80151) or a reference cycle through an autograd Function that only the
-cyclic collector frees (pytorch #84413) adds the same bytes in every step, and a step's figures
-start from whatever was already there. ``measure_growth`` builds the variant, starts its memory
+(the shape of pytorch #80151) or a reference cycle through an autograd Function, which
+reference counting never frees (pytorch #84413), adds the same bytes in every step, and a
+step's figures start from whatever was already there. ``measure_growth`` builds the variant, starts its memory
 probe before the first step, so that everything any step leaves alive is counted, and records
 the bytes allocated after each step and the peak of each step; ``StepSeries.problems`` says, by
 name and in bytes per step, where they still change after the warm-up.
@@ -11,13 +11,14 @@ name and in bytes per step, where they still change after the warm-up.
 The cyclic collector is paused while the steps run (one full collection before the first). A
 training loop never forces a collection between steps; the collector runs when Python's own
 object counts say so, which have nothing to do with tensor bytes, so what a cycle holds stays
-allocated for as long as that takes: on a GPU that is how #84413 ran out of memory. Left to run,
-the collector freed the planted cycle's bytes in some steps of ``tiny`` and not in others
-(+12,288, +8,192, +8,192 B), so whether a cycle was caught would depend on how many Python
-objects a model happens to make; forcing a collection between steps (as the single-step
-measurement does, ``ac_bench.record.reset_collector``) hides it completely. Paused, every byte
-only the collector would free shows as growth, the same in every run, and a step whose tensors
-are all freed by reference counting (every variant of the suite) does not move by a byte.
+allocated for as long as that takes: on a GPU that is how #84413 ran out of memory. The planted
+cycle of ``tests/test_memory_growth.py`` (two leaking blocks at ``tiny``, 4,096 B each per step)
+grew by +8,192 B per step with the collector paused, by +8,192, +4,096, +4,096 B with it running
+as usual, and by +4,096 B per step with a collection forced before each step (as the single-step
+measurement runs, ``ac_bench.record.reset_collector``): how much of a cycle shows would depend on
+when the collector happens to run. Paused, every byte that only the collector would free (or
+that it cannot) shows as growth, the same in every run, and a step whose tensors are all freed
+by reference counting (every variant of the suite) does not move by a byte.
 """
 
 from __future__ import annotations
@@ -76,8 +77,8 @@ class StepSeries:
                              f"step{'s' if self.warmup != 1 else ''}")
         if lines:
             lines.append(f"{self.case_id}: each step leaves tensors alive: a reference kept to an output or "
-                         f"activation, or a reference cycle that only the cyclic collector frees (paused here, "
-                         f"as it may stay in training until Python's object counts trigger it)")
+                         f"activation, or a reference cycle, which reference counting never frees (the cyclic "
+                         f"collector is paused here: in training it runs when Python's object counts say so)")
         return lines
 
 
