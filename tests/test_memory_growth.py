@@ -130,3 +130,22 @@ def test_the_collector_is_paused_while_the_steps_run_and_restored():
 def test_too_few_steps_to_compare_is_an_error():
     with pytest.raises(ValueError, match="at least 3 steps"):
         measure_growth(TINY, "none-sdpa", "cpu", steps=2)
+
+
+def test_a_users_family_that_leaks_fails_the_benchmark_by_name_without_baselines(tmp_path):
+    """``pytest bench/test_memory_growth.py --model-spec ...`` for a family of the user's, with an
+    empty baselines folder: every variant fails by name with the bytes it gains per step, one
+    MLP output per block (``leaky-tiny`` has the shape of ``tiny``), whatever the policy."""
+    from tests.helpers import run_pytest
+
+    result = run_pytest("bench/test_memory_growth.py", "--model-spec", "tests.plugins.leaky_family:SPEC",
+                        "--device", "cpu", "--baselines-dir", str(tmp_path), "-k", "none-sdpa or full-eager", "-q")
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    per_step = TINY.depth * OUTPUT_BYTES
+    lines = result.stdout.splitlines()
+    for variant in ("none-sdpa", "full-eager"):
+        for figure in ("allocated after each step", "peak of each step"):
+            start = f"cpu-leaky-tiny-{variant}: memory grows from step to step (memtracker): {figure} "
+            end = f" B, +{per_step:,}, +{per_step:,} B per step after 1 warm-up step"
+            assert any(start in line and line.endswith(end) for line in lines), (variant, figure, result.stdout[-3000:])
+    assert "2 failed" in result.stdout, result.stdout[-3000:]
