@@ -107,7 +107,7 @@ def step_size(flavor: Flavor) -> int:
 
 
 def growth_flavors(flavors: tuple[Flavor, ...]) -> tuple[Flavor, ...]:
-    """The flavors the default run checks for memory growth (``bench/test_memory_growth.py``):
+    """The flavors the default run checks for memory growth (the ``growth_case`` parameters):
     for each family of ``flavors``, its cheapest flavor (``step_size``) among those it declares
     and those selected (``tiny`` for the notebook's block, ``llama-small`` for ``llama``). A leak
     does not depend on the size; four steps of every variant at every selected flavor would add

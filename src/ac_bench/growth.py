@@ -11,12 +11,12 @@ name and in bytes per step, where they still change after the warm-up.
 The cyclic collector is paused while the steps run (one full collection before the first). A
 training loop never forces a collection between steps; the collector runs when Python's own
 object counts say so, which have nothing to do with tensor bytes, so what a cycle holds stays
-allocated for as long as that takes: on a GPU that is how #84413 ran out of memory. The planted
-cycle of ``tests/test_memory_growth.py`` (two leaking blocks at ``tiny``, 4,096 B each per step)
-grew by +8,192 B per step with the collector paused, by +8,192, +4,096, +4,096 B with it running
-as usual, and by +4,096 B per step with a collection forced before each step (as the single-step
-measurement runs, ``ac_bench.record.reset_collector``): how much of a cycle shows would depend on
-when the collector happens to run. Paused, every byte that only the collector would free (or
+allocated for as long as that takes: on a GPU that is how #84413 ran out of memory. The
+self-tests' planted cycle (two leaking blocks at ``tiny``, 4,096 B each per step) grew by
++8,192 B per step with the collector paused, by +8,192, +4,096, +4,096 B with it running as
+usual, and by +4,096 B per step with a collection forced before each step (as the single-step
+measurement runs, ``ac_bench.record.reset_collector``): how much of a cycle shows would depend
+on when the collector happens to run. Paused, every byte that only the collector would free (or
 that it cannot) shows as growth, the same in every run, and a step whose tensors are all freed
 by reference counting (every variant of the suite) does not move by a byte.
 """
