@@ -82,3 +82,68 @@ def test_state_beyond_gradients_is_caught():
         assert f"buffer blocks.{block}.mlp.bn.num_batches_tracked: 1 in the reference, 2 in the checkpointed model " \
                f"after the step" in problems, problems
     assert not any(p.startswith("buffer blocks.0.") for p in problems), "block 0 is not checkpointed by full"
+
+
+class _EmaMLP(torch.nn.Module):
+    """A block's MLP sublayer that keeps an exponential moving average of its first weight as a
+    frozen parameter (``requires_grad=False``, so no gradient and no buffer), updated in every
+    training forward, as EMA or teacher copies of weights are often kept."""
+
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = mlp
+        weight = next(mlp.parameters())
+        self.ema = torch.nn.Parameter(torch.zeros_like(weight), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            with torch.no_grad():
+                self.ema.mul_(0.9).add_(next(self.inner.parameters()), alpha=0.1)
+        return self.inner(x)
+
+
+def test_frozen_parameter_updated_again_is_caught():
+    """Recomputation updates the EMA parameter a second time: loss, output, every gradient and
+    every buffer stay bitwise equal (it affects none of them), and only the training state after
+    the step names it: the parameter, in every checkpointed block and no other."""
+    from ac_bench.models import apply_policy, build_model
+
+    def with_ema():
+        model = build_model(TINY, "sdpa", "cpu")
+        for block in model.blocks:
+            block.mlp = _EmaMLP(block.mlp)
+        return model
+
+    torch.manual_seed(0)
+    reference = with_ema()
+    model = with_ema()
+    model.load_state_dict(reference.state_dict())
+    apply_policy(model, "full")  # the MLP sublayers of blocks 1..depth-1
+    x = torch.randn(TINY.input_shape())
+    expected, actual = run_step(reference, x), run_step(model, x)
+    problems = mismatches(expected, actual)
+    def diff(name: str) -> float:
+        return (expected.parameters[name].double() - actual.parameters[name].double()).abs().max().item()
+
+    assert sorted(problems) == [f"parameter blocks.{b}.mlp.ema: not bitwise equal to the reference's after the optimizer step "
+                                f"(max abs diff {diff(f'blocks.{b}.mlp.ema'):.3e})" for b in range(1, TINY.depth)], problems
+    assert all(diff(f"blocks.{b}.mlp.ema") > 0 for b in range(1, TINY.depth)) and diff("blocks.0.mlp.ema") == 0
+    # Without the optimizer step's state, the same fault passes: what the check adds.
+    assert not mismatches(run_step(reference, x, optimizer_step=False), run_step(model, x, optimizer_step=False))
+
+
+def test_optimizer_state_is_compared_and_the_step_leaves_the_weights_as_they_were():
+    """The optimizer's state after the step is in the bitwise check (a state tensor moved by
+    one ulp is named), and reading it leaves the model's weights as they were."""
+    reference, model, x = twin_models(TINY, "eager", "full", "cpu")
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    expected, actual = run_step(reference, x), run_step(model, x)
+    assert all(torch.equal(p, weights[n]) for n, p in model.named_parameters()), "run_step changed the weights"
+    assert not mismatches(expected, actual)
+    assert {"blocks.0.mlp.fc1.weight.exp_avg", "blocks.0.mlp.fc1.weight.exp_avg_sq", "blocks.0.mlp.fc1.weight.step"} \
+        <= set(actual.optimizer_state), sorted(actual.optimizer_state)[:6]
+    t = actual.optimizer_state["blocks.0.mlp.fc1.weight.exp_avg"]
+    t.view(-1)[0] = t.view(-1)[0].nextafter(t.view(-1)[0] + 1)
+    assert mismatches(expected, actual) == [
+        "optimizer state blocks.0.mlp.fc1.weight.exp_avg: not bitwise equal to the reference's after the optimizer step "
+        f"(max abs diff {(t.double() - expected.optimizer_state['blocks.0.mlp.fc1.weight.exp_avg'].double()).abs().max().item():.3e})"]

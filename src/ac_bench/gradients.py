@@ -46,20 +46,50 @@ SHARDED_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 @dataclass
 class StepResult:
     """Loss, output and every parameter's gradient (None where it got none) of one step, and
-    every buffer after it (``buffers``: running statistics, counters; None where not read):
-    recomputation that updates a buffer a second time (a BatchNorm's ``num_batches_tracked``)
-    leaves the gradients equal and the model's state not."""
+    the training state after it, None where not read: every buffer (``buffers``: running
+    statistics, counters), every parameter after the optimizer step (``parameters``, frozen ones
+    included) and every optimizer state tensor (``optimizer_state``, ``"<parameter>.<key>"``:
+    AdamW's ``step``, ``exp_avg``, ``exp_avg_sq``). Recomputation that updates a buffer or a
+    frozen parameter a second time (a BatchNorm's ``num_batches_tracked``, an EMA copy of the
+    weights kept as a parameter) leaves the gradients equal and the model's state not."""
 
     loss: torch.Tensor
     output: torch.Tensor
     grads: dict[str, torch.Tensor | None]
     buffers: dict[str, torch.Tensor] | None = None
+    parameters: dict[str, torch.Tensor] | None = None
+    optimizer_state: dict[str, torch.Tensor] | None = None
+
+
+def _clean(name: str) -> str:
+    """A parameter or buffer name without checkpoint_wrapper's prefix (not in state-dict keys)."""
+    return name.replace(_CHECKPOINT_PREFIX, "")
+
+
+def _optimizer_step(model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """One step of the suite's optimizer (``ac_bench.record.make_optimizer``: AdamW, foreach)
+    on the gradients the model holds; the parameters and the optimizer state after it, by name.
+    The model's weights are then put back, so that a step result leaves the model as it was."""
+    from ac_bench.record import make_optimizer
+
+    names = {p: _clean(n) for n, p in model.named_parameters()}
+    before = {n: p.detach().clone() for p, n in names.items()}
+    optimizer = make_optimizer(model)
+    optimizer.step()
+    parameters = {n: p.detach().clone() for p, n in names.items()}
+    state = {f"{names[p]}.{key}": value.detach().clone() for p, st in optimizer.state.items()
+             for key, value in st.items() if isinstance(value, torch.Tensor)}
+    with torch.no_grad():
+        for p, n in names.items():
+            p.copy_(before[n])
+    return parameters, state
 
 
 def run_step(model: torch.nn.Module, x: torch.Tensor, rng_seed: int | None = None,
-             policy: Policy | str | None = None) -> StepResult:
-    """Forward (inside ``policy``'s forward context, if any), ``output.mean()``, backward;
-    ``rng_seed`` reseeds first (dropout)."""
+             policy: Policy | str | None = None, optimizer_step: bool = True) -> StepResult:
+    """Forward (inside ``policy``'s forward context, if any), ``output.mean()``, backward, and
+    (``optimizer_step``) one AdamW step whose parameters and state are read and whose weight
+    update is then undone (``_optimizer_step``); ``rng_seed`` reseeds first (dropout)."""
     if rng_seed is not None:
         torch.manual_seed(rng_seed)
     model.zero_grad(set_to_none=True)
@@ -69,10 +99,10 @@ def run_step(model: torch.nn.Module, x: torch.Tensor, rng_seed: int | None = Non
     loss = loss_fn(output)
     loss.backward()
     # checkpoint_wrapper inserts a prefix into parameter names (not into state-dict keys).
-    grads = {n.replace(_CHECKPOINT_PREFIX, ""): (p.grad.detach().clone() if p.grad is not None else None)
-             for n, p in model.named_parameters()}
-    buffers = {n.replace(_CHECKPOINT_PREFIX, ""): b.detach().clone() for n, b in model.named_buffers()}
-    return StepResult(loss.detach(), output.detach(), grads, buffers)
+    grads = {_clean(n): (p.grad.detach().clone() if p.grad is not None else None) for n, p in model.named_parameters()}
+    buffers = {_clean(n): b.detach().clone() for n, b in model.named_buffers()}
+    parameters, state = _optimizer_step(model) if optimizer_step else (None, None)
+    return StepResult(loss.detach(), output.detach(), grads, buffers, parameters, state)
 
 
 def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: str,
@@ -92,8 +122,8 @@ def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: st
 
 def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = None,
                atol: float | None = None) -> list[str]:
-    """Names of what differs: bitwise (``torch.equal``) when no tolerance is given. Buffers are
-    compared in that bitwise check of a model against its own checkpointed twin, where both
+    """Names of what differs: bitwise (``torch.equal``) when no tolerance is given. Buffers,
+    parameters after the optimizer step and the optimizer's state are compared in that bitwise check of a model against its own checkpointed twin, where both
     results read them (a counter or a running statistic updated once more is another state,
     however small the difference); a comparison with a tolerance is between implementations
     (eager against sdpa, one process against sharded), whose buffers may differ by design."""
@@ -128,4 +158,21 @@ def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = No
             elif a.shape != b.shape or not torch.equal(a, b):
                 found.append(f"buffer {name}: {a.tolist() if a.numel() == 1 else 'values'} in the reference, "
                              f"{b.tolist() if b.numel() == 1 else 'other values'} in the checkpointed model after the step")
+        # A parameter whose gradient differs is already named; its state after the step follows.
+        named = {f[len("grad "):].split(":")[0] for f in found if f.startswith("grad ")}
+        for what, ref, got in (("parameter", expected.parameters, actual.parameters),
+                               ("optimizer state", expected.optimizer_state, actual.optimizer_state)):
+            if ref is None or got is None:
+                continue
+            for name in sorted(set(ref) | set(got)):
+                if (name if what == "parameter" else name.rsplit(".", 1)[0]) in named:
+                    continue
+                a, b = ref.get(name), got.get(name)
+                if a is None or b is None:
+                    found.append(f"{what} {name}: only in the {'checkpointed' if a is None else 'reference'} model's step")
+                elif a.shape != b.shape:
+                    found.append(f"{what} {name}: shape {tuple(b.shape)}, the reference's {tuple(a.shape)}")
+                elif not torch.equal(a, b):
+                    found.append(f"{what} {name}: not bitwise equal to the reference's after the optimizer step "
+                                 f"(max abs diff {(a.double() - b.double()).abs().max().item():.3e})")
     return found

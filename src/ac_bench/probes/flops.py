@@ -39,10 +39,27 @@ def register_missing_formulas() -> None:
 register_missing_formulas()
 
 
+#: Higher-order operators that only run one op while saving or restoring the RNG state: what a
+#: compiled checkpointed region calls (Inductor's RNG functionalization). Their op is a random
+#: draw, which has no FLOP formula, so passing them through counts exactly what is counted now.
+RNG_HIGHER_ORDER_OPS = ("run_and_save_rng_state", "run_with_rng_state", "graphsafe_run_with_rng_state")
+
+
 class _CompileAwareInnerMode(flop_counter._FlopCounterMode):
     @classmethod
     def ignore_compile_internals(cls) -> bool:
         return True
+
+    def _handle_higher_order_ops(self, func, types, args, kwargs):
+        """torch's FlopCounterMode (2.13) declares it takes every higher-order operator and
+        returns NotImplemented for those it has no rule for, which the compiled code receives
+        as the op's result: a compiled block with a checkpoint then fails in its forward with
+        ``TypeError: 'NotImplementedType' object is not subscriptable`` (pytorch #120381's
+        shape, seen here with ``torch.compile`` on each block of a checkpointed model). The RNG
+        ones are run as they are."""
+        if getattr(func, "__name__", None) in RNG_HIGHER_ORDER_OPS:
+            return func(*args, **kwargs)
+        return super()._handle_higher_order_ops(func, types, args, kwargs)
 
 
 class _GlobalOnly:
