@@ -108,11 +108,37 @@ def variant_problem(flavor: Flavor, variant: str) -> str | None:
     if not family.applies(policy):
         return (f"{variant}: policy {policy_name!r} wraps sublayers that family {family.name!r} does not declare "
                 f"(it declares {', '.join(family.sublayers)})")
+    problem = build_problem(flavor, attention, "cpu")
+    if problem:
+        return f"{variant}: {problem}"
     try:
         policy.apply(build_model(flavor, attention, "meta", resolve_dtype(flavor, "cpu")))
     except ValueError as exc:
-        return f"{variant} on flavor {flavor.name!r} (depth {flavor.depth}): {' '.join(str(exc).split())}"
+        return f"{variant} on flavor {flavor.name!r} (depth {flavor.depth}): {_one_line(exc)}"
     return None
+
+
+def build_problem(flavor: Flavor, attention: str, device: str, dropout: float = 0.0) -> str | None:
+    """Why the flavor's family cannot build its model (None if it can), in one line naming the
+    flavor, the attention and the exception the family's builder raised. Tried on the meta
+    device (no memory); a builder that fails there only (one that reads a tensor's values while
+    building) is tried again on ``device`` before its failure counts."""
+    try:
+        build_model(flavor, attention, "meta", resolve_dtype(flavor, device), dropout)
+        return None
+    except Exception:  # the family's own code: anything it raises
+        pass
+    try:
+        build_model(flavor, attention, device, resolve_dtype(flavor, device), dropout)
+        return None
+    except Exception as exc:
+        return (f"building flavor {flavor.name!r} with {attention} attention"
+                f"{f' and dropout {dropout}' if dropout else ''} raised {type(exc).__name__}: {_one_line(exc)}")
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def xdist_scope(nodeid: str, shared_modules: tuple[str, ...] = ()) -> str | None:
