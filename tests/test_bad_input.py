@@ -221,6 +221,10 @@ REPORT_FILES = [
     (lambda d: d["benchmarks"][0]["stats"].update(median=float("inf")), "positive finite stats.median (got inf)"),
     (lambda d: d["benchmarks"][0]["stats"].update(median=-0.1), "positive finite stats.median (got -0.1)"),
     (lambda d: d["benchmarks"][0]["stats"].update(median="1"), "positive finite stats.median (got '1')"),
+    # Numbers no float holds (an OverflowError and a traceback before).
+    (lambda d: d["benchmarks"][0]["stats"].update(median=10**400),
+     "positive finite stats.median (got 1000000000000000000000000000000000000000... (401 characters))"),
+    (lambda d: d["measurements"][0].update(peak_bytes=10**400), "peak_bytes has 401 digits, more than any figure"),
 ]
 
 
@@ -274,3 +278,24 @@ def test_distributed_refuses_what_it_cannot_write_or_run_before_measuring(tmp_pa
     assert ours[0].startswith(f"ac_bench.distributed: {_fill([says], paths)[0]}"), ours
     assert "measured" not in proc.stdout and "NotADirectoryError" not in proc.stderr, proc.stdout + proc.stderr[-3000:]
     assert sorted(p.name for p in Path(paths["DIR"]).iterdir()) == []
+
+
+#: JSON no reader can take as data: nesting deeper than the parser's recursion, an integer
+#: longer than Python converts (4300 digits). A RecursionError or ValueError traceback before.
+UNPARSABLE = [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+              ('{"measurements": [{"peak_bytes": 1' + "0" * 5000 + "}]}", "Exceeds the limit (4300 digits)")]
+
+
+@pytest.mark.parametrize(("text", "says"), UNPARSABLE, ids=["deep", "long integer"])
+def test_json_no_parser_takes_is_one_line(tmp_path, capsys, text, says):
+    """The report's input and a baselines file: one line naming the file, no traceback."""
+    from ac_bench.gate.baselines import BaselineError, BaselineFile
+    path = tmp_path / "figures.json"
+    path.write_text(text)
+    assert report_main(["table", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ac_bench.report: error: {path}: ") and says in err and err.count("\n") == 1, err
+    with pytest.raises(BaselineError) as info:
+        BaselineFile.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable baselines file (") and says in message and "\n" not in message

@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from ac_bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, METRICS
+from ac_bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, MAX_FIGURE, METRICS
 from ac_bench.outputs import locked, write_text_atomic
 from ac_bench.record import Measurement
 
@@ -38,9 +38,6 @@ BASELINES_SCHEMA_VERSION = 1
 #: The largest relative tolerance a file may set: beyond 100% any decrease passes, so a lost
 #: saving could never fail the gate.
 MAX_TOLERANCE = 1.0
-
-#: The largest figure a file may hold: what a signed 64-bit counter (bytes, FLOPs) can.
-MAX_FIGURE = 2**63 - 1
 
 
 def baseline_path(directory: Path, device_key: str) -> Path:
