@@ -15,8 +15,9 @@ from ac_bench.models import Flavor, Policy, apply_policy, build_model, get_polic
 #: Each is a few hundred ulps of the dtype at the values' scale (fp32 eps 1.2e-7, bf16 eps
 #: 7.8e-3, fp16 eps 9.8e-4), which covers reordered sums over seq_len terms and their
 #: propagation through depth blocks and backward, and is far below a real bug (a wrong mask,
-#: scale or missing head changes results at order 1). ``atol`` is relative to the largest
-#: magnitude of the reference tensor, since gradients of ``output.mean()`` are ~1/numel.
+#: scale or missing head changes results at order 1). ``atol`` is relative to the scale a
+#: value is computed from (``tolerance_scales``: the step's largest gradient, or output), since
+#: gradients of ``output.mean()`` are ~1/numel and some are zero in exact arithmetic.
 CROSS_ATTENTION_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
     torch.float32: {"rtol": 1e-4, "atol": 1e-4},
     torch.bfloat16: {"rtol": 5e-2, "atol": 5e-2},
@@ -25,7 +26,7 @@ CROSS_ATTENTION_TOLERANCES: dict[torch.dtype, dict[str, float]] = {
 
 
 #: Tolerances for the gradients of a step sharded over W ranks (FSDP2) against the single
-#: process stepping the same global batch, relative to each tensor's largest magnitude. The
+#: process stepping the same global batch, relative to ``tolerance_scales``. The
 #: math is the same; the summation order is not: a weight's gradient sums over the batch x seq
 #: rows, in one GEMM in the single process and as W per-rank GEMMs whose results the
 #: reduce-scatter adds and divides by W (exact for W a power of two). Reassociating a sum of n
@@ -120,34 +121,64 @@ def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: st
     return reference, model, x
 
 
+def tolerance_scales(result: StepResult) -> dict[str, float]:
+    """What a value's absolute tolerance scales with in ``mismatches``, from the reference step:
+    ``output`` (for the loss and the output) its largest magnitude, since the loss is the
+    output's mean, which is ~0 for an output of mean ~0; ``grad`` (every gradient) the step's
+    largest gradient magnitude, since a gradient that is zero in exact arithmetic (a bias in
+    front of a BatchNorm, which removes any per-feature constant) is computed as the rounding
+    noise of terms of about that size, not of its own (at ``tiny``: 3.5e-9 against 3.9e-2).
+    Non-finite values are left out; 0.0 where nothing finite is left."""
+    def largest(tensors) -> float:
+        finite = [t.abs().nan_to_num(0.0, 0.0, 0.0).max().item() for t in tensors if t is not None and t.numel()]
+        return max(finite, default=0.0)
+    return {"output": largest([result.output]), "grad": largest(result.grads.values())}
+
+
 def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = None,
-               atol: float | None = None) -> list[str]:
+               atol: float | None = None, labels: tuple[str, str] = ("reference", "checkpointed")) -> list[str]:
     """Names of what differs: bitwise (``torch.equal``) when no tolerance is given. Buffers,
     parameters after the optimizer step and the optimizer's state are compared in that bitwise check of a model against its own checkpointed twin, where both
     results read them (a counter or a running statistic updated once more is another state,
     however small the difference); a comparison with a tolerance is between implementations
-    (eager against sdpa, one process against sharded), whose buffers may differ by design."""
-    def differs(a: torch.Tensor | None, b: torch.Tensor | None) -> str | None:
+    (eager against sdpa, one process against sharded), whose buffers may differ by design.
+    With a tolerance, ``atol`` is relative to ``tolerance_scales`` (what a value is computed
+    from), never to the value itself, which may be zero in exact arithmetic. A non-finite loss
+    is the one line returned; a non-finite value elsewhere is named, never compared. ``labels``
+    name the two models in those lines."""
+    scales = tolerance_scales(expected)
+
+    def differs(a: torch.Tensor | None, b: torch.Tensor | None, floor: float) -> str | None:
         if a is None or b is None:
             return None if a is None and b is None else f"gradient is {'None' if b is None else 'set'} " \
                 f"but the reference's is {'None' if a is None else 'set'}"
+        bad = [f"{int((~torch.isfinite(t)).sum())} of {t.numel()} values not finite in the {label} model"
+               for label, t in zip(labels, (a, b)) if not torch.isfinite(t).all()]
+        if bad:
+            return "; ".join(bad)
         if rtol is None:
             if torch.equal(a, b):
                 return None
             return f"not bitwise equal (max abs diff {(a.double() - b.double()).abs().max().item():.3e})"
-        scale = a.abs().max().item()
+        scale = max(a.abs().max().item(), floor)
         try:
             torch.testing.assert_close(b, a, rtol=rtol, atol=atol * scale if scale else atol)
         except AssertionError as exc:
             return str(exc).splitlines()[0] + f" (max abs diff {(a.double() - b.double()).abs().max().item():.3e}, scale {scale:.3e})"
         return None
 
-    # A loss that is not finite trains nothing, however equal the two runs are.
-    found = [f"loss: the {label} model's loss is {r.loss.item()}, not finite"
-             for label, r in (("reference", expected), ("checkpointed", actual)) if not torch.isfinite(r.loss).all()]
-    for name, a, b in [("loss", expected.loss, actual.loss), ("output", expected.output, actual.output),
-                       *((f"grad {n}", expected.grads[n], actual.grads.get(n)) for n in expected.grads)]:
-        problem = differs(a, b)
+    # A loss that is not finite trains nothing, however equal the two runs are; nothing else
+    # is compared (its gradients are not finite either, and a tolerance cannot scale to them).
+    bad = [f"the {label} model's loss is {r.loss.item()}" for label, r in zip(labels, (expected, actual))
+           if not torch.isfinite(r.loss).all()]
+    if bad:
+        return [f"loss: {' and '.join(bad)}, not finite"]
+    found = []
+    for name, a, b, floor in [("loss", expected.loss, actual.loss, scales["output"]),
+                              ("output", expected.output, actual.output, scales["output"]),
+                              *((f"grad {n}", expected.grads[n], actual.grads.get(n), scales["grad"])
+                                for n in expected.grads)]:
+        problem = differs(a, b, floor)
         if problem:
             found.append(f"{name}: {problem}")
     if rtol is None and expected.buffers is not None and actual.buffers is not None:

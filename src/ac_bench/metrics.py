@@ -10,6 +10,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: The largest value a metric may have in any file the suite reads (a baselines file, a run's
+#: JSON): what a signed 64-bit counter of bytes or FLOPs holds. A larger one is a broken file,
+#: not a figure (and no float can hold a 400-digit one).
+MAX_FIGURE = 2**63 - 1
+
 
 @dataclass(frozen=True)
 class Metric:
