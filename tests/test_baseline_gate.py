@@ -446,3 +446,22 @@ def test_two_updates_of_one_file_at_once_keep_both_runs_entries(tmp_path, monkey
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     entries = BaselineFile.load(baseline_path(tmp_path / "baselines", "cpu")).entries
     assert sorted(entries) == ["tiny-full-sdpa", "tiny-none-eager"], sorted(entries)
+
+
+def test_an_update_never_overwrites_a_file_that_became_unreadable_meanwhile(tmp_path, record):
+    """The file is read again at write time: if another run (or a newer suite) left it in a form
+    this suite refuses since this run started, the update stops with one line and the file stays
+    byte for byte, instead of being overwritten from the copy read at start."""
+    gate = BaselineGate(tmp_path)
+    gate.stage(record)
+    (path,) = gate.write_staged()
+    gate = BaselineGate(tmp_path)
+    gate.file_for(record.device_key)  # read at start
+    gate.stage(dataclasses.replace(record, variant="none-eager"))
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    before = path.read_bytes()
+    with pytest.raises(BaselineError, match="baselines schema_version 99 was written by a newer ac-bench"):
+        gate.write_staged()
+    assert path.read_bytes() == before

@@ -62,7 +62,19 @@ def test_bad_spec_option_is_a_usage_error():
     assert "--model-spec 'examples.my_family:NOPE'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_loading_registers_the_family_and_its_flavors_once():
+@pytest.fixture
+def registries_restored():
+    """The family and flavor registries as they were after the test: a family registered here
+    would otherwise be among the valid names that later tests of this process print."""
+    families, flavors = dict(FAMILIES), dict(FLAVORS)
+    yield
+    FAMILIES.clear()
+    FAMILIES.update(families)
+    FLAVORS.clear()
+    FLAVORS.update(flavors)
+
+
+def test_loading_registers_the_family_and_its_flavors_once(registries_restored):
     family = load_family_spec(SPEC)
     assert FAMILIES["my-gpt"] is family and FLAVORS[FLAVOR].family == "my-gpt"
     assert load_family_spec(SPEC) is family  # a second load (xdist workers, reruns) is a no-op

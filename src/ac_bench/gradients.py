@@ -123,16 +123,19 @@ def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: st
 
 def tolerance_scales(result: StepResult) -> dict[str, float]:
     """What a value's absolute tolerance scales with in ``mismatches``, from the reference step:
-    ``output`` (for the loss and the output) its largest magnitude, since the loss is the
-    output's mean, which is ~0 for an output of mean ~0; ``grad`` (every gradient) the step's
-    largest gradient magnitude, since a gradient that is zero in exact arithmetic (a bias in
-    front of a BatchNorm, which removes any per-feature constant) is computed as the rounding
-    noise of terms of about that size, not of its own (at ``tiny``: 3.5e-9 against 3.9e-2).
-    Non-finite values are left out; 0.0 where nothing finite is left."""
+    ``loss`` the mean magnitude of the output, the terms the loss (their mean) sums, since the
+    loss itself is ~0 for an output of mean ~0; ``output`` its largest magnitude; ``grad`` (every
+    gradient) the step's largest gradient magnitude, since a gradient that is zero in exact
+    arithmetic (a bias in front of a BatchNorm, which removes any per-feature constant) is
+    computed as the rounding noise of terms of about that size, not of its own (at ``tiny``:
+    3.5e-9 against 3.9e-2). Non-finite values are left out; 0.0 where nothing finite is left."""
+    def finite(t: torch.Tensor) -> torch.Tensor:
+        return t.abs().nan_to_num(0.0, 0.0, 0.0)
+
     def largest(tensors) -> float:
-        finite = [t.abs().nan_to_num(0.0, 0.0, 0.0).max().item() for t in tensors if t is not None and t.numel()]
-        return max(finite, default=0.0)
-    return {"output": largest([result.output]), "grad": largest(result.grads.values())}
+        return max((finite(t).max().item() for t in tensors if t is not None and t.numel()), default=0.0)
+    mean = finite(result.output).mean().item() if result.output.numel() else 0.0
+    return {"loss": mean, "output": largest([result.output]), "grad": largest(result.grads.values())}
 
 
 def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = None,
@@ -174,7 +177,7 @@ def mismatches(expected: StepResult, actual: StepResult, rtol: float | None = No
     if bad:
         return [f"loss: {' and '.join(bad)}, not finite"]
     found = []
-    for name, a, b, floor in [("loss", expected.loss, actual.loss, scales["output"]),
+    for name, a, b, floor in [("loss", expected.loss, actual.loss, scales["loss"]),
                               ("output", expected.output, actual.output, scales["output"]),
                               *((f"grad {n}", expected.grads[n], actual.grads.get(n), scales["grad"])
                                 for n in expected.grads)]:
