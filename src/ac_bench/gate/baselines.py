@@ -21,7 +21,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from ac_bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, MAX_FIGURE, METRICS
+from ac_bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, MAX_FIGURE, METRICS, declared_tolerances
 from ac_bench.outputs import locked, write_text_atomic
 from ac_bench.record import Measurement
 
@@ -278,11 +278,13 @@ class BaselineGate:
             path = baseline_path(self.directory, key)
             with locked(path):
                 existing = BaselineFile.load(path)
-                # A metric new to the registry gets its default tolerance; existing ones are kept.
+                # A metric new to the registry gets its declared tolerance (the CUDA allocator's
+                # for a file of allocator figures); existing ones are kept.
+                defaults = declared_tolerances(next(iter(entries.values())).get("memory_method"))
                 if existing:
-                    self.repairs += [f"{existing.path}: added the default tolerance {DEFAULT_TOLERANCES[m]} for {m}"
+                    self.repairs += [f"{existing.path}: added the default tolerance {defaults[m]} for {m}"
                                      for m in existing.missing_tolerances()]
-                merged = BaselineFile(path, {**DEFAULT_TOLERANCES, **(existing.tolerances if existing else {})},
+                merged = BaselineFile(path, {**defaults, **(existing.tolerances if existing else {})},
                                       dict(existing.entries) if existing else {})
                 merged.entries.update(entries)
                 merged.write()
