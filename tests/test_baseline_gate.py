@@ -40,6 +40,17 @@ def test_change_beyond_tolerance_fails_in_either_direction(record, factor):
     for part in ("tiny-full-eager", "saved_bytes", f"{old:,}", f"{record.saved_bytes:,}", "torch 2.99.0",
                  f"torch {record.torch_version}", "pytest bench/ --device cpu --flavor tiny --update-baselines -k tiny-full-eager"):
         assert part in message, (part, message)
+    # Saving or loss (fewer bytes than the baseline is a saving), and who moved it: the baseline
+    # was made with a newer torch than this run's, so this run is a torch change, not an upgrade.
+    verdict = "a saving" if record.saved_bytes < old else "a loss"
+    assert f"{verdict} with the torch change (2.99.0 -> {record.torch_version})" in message, message
+
+
+def test_a_change_with_the_same_torch_says_saving_or_loss_without_a_version_change(record):
+    (message,) = compare(record, _entry(record, flops=int(record.flops * 0.9)), DEFAULT_TOLERANCES)
+    assert "(tolerance ±0.50%), a loss: baseline" in message, message
+    (message,) = compare(record, _entry(record, flops=int(record.flops * 1.1), torch_version="2.1.0"), DEFAULT_TOLERANCES)
+    assert f"a saving with the torch upgrade (2.1.0 -> {record.torch_version}):" in message, message
 
 
 def test_change_within_tolerance_passes(record):

@@ -231,11 +231,25 @@ def compare(record: Measurement, baseline: dict, tolerances: dict[str, float], f
         change = (new - old) / old if old else (0.0 if new == old else float("inf"))
         if abs(change) > tol:
             messages.append(
-                f"{case}: {metric} moved {change:+.2%} (tolerance ±{tol:.2%}): "
+                f"{case}: {metric} moved {change:+.2%} (tolerance ±{tol:.2%}), "
+                f"{'a saving' if new < old else 'a loss'}{_torch_change(old_torch, record.torch_version)}: "
                 f"baseline {old:,} (torch {old_torch}) -> now {new:,} (torch {record.torch_version}). "
                 f"If the change is intended, accept it with: {fix}"
             )
     return messages
+
+
+def _torch_change(old: str | None, new: str) -> str:
+    """`` with the torch upgrade (2.13.0 -> 2.14.1)`` where the versions differ: every figure is
+    bytes or FLOPs, so fewer is a saving and more a loss, and the version says who moved it."""
+    if old is None or old == new:
+        return ""
+    return f" with the torch {'upgrade' if _version_key(new) > _version_key(old) else 'change'} ({old} -> {new})"
+
+
+def _version_key(version: str) -> tuple:
+    """``2.13.0+cpu`` -> (2, 13, 0); a part that is not a number sorts as 0."""
+    return tuple(int(p) if p.isdigit() else 0 for p in version.split("+")[0].split(".")[:3])
 
 
 class BaselineGate:
