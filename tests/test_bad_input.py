@@ -150,6 +150,10 @@ SWEEP_CASES = [
     (["--markdown", "MISSING/sweep.md"], "--markdown"),
     (["--plot", "DIR"], "--plot"),
     (["--plot", "FILE/sweep.png"], "is a file, not a folder"),
+    # Variants the flavor's model cannot take (tiny has 3 blocks): refused before measuring.
+    (["--flavor", "tiny", "--variants", "sequential_5-sdpa"],
+     "--variants sequential_5-sdpa on flavor 'tiny' (depth 3): policy 'sequential_5': 5 segments for a model of depth 3"),
+    (["--flavor", "tiny", "--variants", "none-sdpa,plan_a4_m0-eager"], "checkpoints 4 blocks of a model of depth 3"),
 ]
 
 ANALYTIC_CASES = [
@@ -217,6 +221,10 @@ REPORT_FILES = [
     (lambda d: d["benchmarks"][0]["stats"].update(median=float("inf")), "positive finite stats.median (got inf)"),
     (lambda d: d["benchmarks"][0]["stats"].update(median=-0.1), "positive finite stats.median (got -0.1)"),
     (lambda d: d["benchmarks"][0]["stats"].update(median="1"), "positive finite stats.median (got '1')"),
+    # Numbers no float holds (an OverflowError and a traceback before).
+    (lambda d: d["benchmarks"][0]["stats"].update(median=10**400),
+     "positive finite stats.median (got 1000000000000000000000000000000000000000... (401 characters))"),
+    (lambda d: d["measurements"][0].update(peak_bytes=10**400), "peak_bytes has 401 digits, more than any figure"),
 ]
 
 
@@ -237,3 +245,56 @@ def test_each_command_in_a_real_process(command):
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"python -m {command[0]}" in proc.stderr and "--help" in proc.stderr
+
+
+def test_a_variant_the_flavor_cannot_take_is_one_line_in_a_real_process():
+    """``python -m ac_bench.sweep --flavor tiny --variants sequential_5-sdpa``: more segments than
+    blocks. One line, exit status 2, nothing measured (it was 51 lines, three tracebacks, exit 1)."""
+    proc = subprocess.run([sys.executable, "-m", "ac_bench.sweep", "--flavor", "tiny", "--variants",
+                           "sequential_5-sdpa"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "ac_bench.sweep: error: --variants sequential_5-sdpa on flavor 'tiny' (depth 3): policy 'sequential_5': "
+        "5 segments for a model of depth 3; use at most 3; choose variants for --flavor tiny"], proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--out", "FILE/out"], "--out FILE/out: cannot write: FILE is a file, not a folder; choose another path"),
+    (["--out", "DIR", "--variants", "sequential_5-sdpa"], "--variants sequential_5-sdpa on flavor 'tiny' (depth 3)"),
+], ids=["out under a file", "more segments than blocks"])
+def test_distributed_refuses_what_it_cannot_write_or_run_before_measuring(tmp_path, args, says):
+    """``torchrun ... -m ac_bench.distributed`` with an --out it cannot write (it measured every
+    variant first, then each rank died with NotADirectoryError) or a variant the flavor cannot
+    take: one line of ours (torchrun then reports the failed ranks in its own words), a non-zero
+    exit, nothing measured and nothing written."""
+    from ac_bench.distributed import launch_env, torchrun_command
+    paths = _paths(tmp_path)
+    proc = subprocess.run(torchrun_command("--nproc-per-node", "2", "-m", "ac_bench.distributed", *_fill(args, paths)),
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=launch_env())
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("ac_bench.distributed: ")]
+    assert proc.returncode != 0 and len(ours) == 1, proc.stderr[-3000:]
+    assert ours[0].startswith(f"ac_bench.distributed: {_fill([says], paths)[0]}"), ours
+    assert "measured" not in proc.stdout and "NotADirectoryError" not in proc.stderr, proc.stdout + proc.stderr[-3000:]
+    assert sorted(p.name for p in Path(paths["DIR"]).iterdir()) == []
+
+
+#: JSON no reader can take as data: nesting deeper than the parser's recursion, an integer
+#: longer than Python converts (4300 digits). A RecursionError or ValueError traceback before.
+UNPARSABLE = [("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+              ('{"measurements": [{"peak_bytes": 1' + "0" * 5000 + "}]}", "Exceeds the limit (4300 digits)")]
+
+
+@pytest.mark.parametrize(("text", "says"), UNPARSABLE, ids=["deep", "long integer"])
+def test_json_no_parser_takes_is_one_line(tmp_path, capsys, text, says):
+    """The report's input and a baselines file: one line naming the file, no traceback."""
+    from ac_bench.gate.baselines import BaselineError, BaselineFile
+    path = tmp_path / "figures.json"
+    path.write_text(text)
+    assert report_main(["table", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"ac_bench.report: error: {path}: ") and says in err and err.count("\n") == 1, err
+    with pytest.raises(BaselineError) as info:
+        BaselineFile.load(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: not a readable baselines file (") and says in message and "\n" not in message

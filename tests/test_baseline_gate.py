@@ -40,6 +40,17 @@ def test_change_beyond_tolerance_fails_in_either_direction(record, factor):
     for part in ("tiny-full-eager", "saved_bytes", f"{old:,}", f"{record.saved_bytes:,}", "torch 2.99.0",
                  f"torch {record.torch_version}", "pytest bench/ --device cpu --flavor tiny --update-baselines -k tiny-full-eager"):
         assert part in message, (part, message)
+    # Saving or loss (fewer bytes than the baseline is a saving), and who moved it: the baseline
+    # was made with a newer torch than this run's, so this run is a torch change, not an upgrade.
+    verdict = "a saving" if record.saved_bytes < old else "a loss"
+    assert f"{verdict} with the torch change (2.99.0 -> {record.torch_version})" in message, message
+
+
+def test_a_change_with_the_same_torch_says_saving_or_loss_without_a_version_change(record):
+    (message,) = compare(record, _entry(record, flops=int(record.flops * 0.9)), DEFAULT_TOLERANCES)
+    assert "(tolerance ±0.50%), a loss: baseline" in message, message
+    (message,) = compare(record, _entry(record, flops=int(record.flops * 1.1), torch_version="2.1.0"), DEFAULT_TOLERANCES)
+    assert f"a saving with the torch upgrade (2.1.0 -> {record.torch_version}):" in message, message
 
 
 def test_change_within_tolerance_passes(record):
@@ -94,7 +105,8 @@ def test_failed_write_leaves_the_old_file_intact(tmp_path, record, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         gate.write_staged()
     assert path.read_bytes() == before
-    assert [p.name for p in path.parent.iterdir()] == ["figures.json"]  # no temporary file left
+    # No temporary file left (the lock's sidecar stays: removing it would race with a waiter).
+    assert sorted(p.name for p in path.parent.iterdir()) == [".figures.json.lock", "figures.json"]
 
 
 def test_corrupt_file_names_the_file_and_the_fix(tmp_path):
@@ -217,7 +229,7 @@ def test_atomic_write_keeps_the_files_mode_and_leaves_no_temporary_file(tmp_path
     gate.stage(record)
     gate.write_staged()
     assert stat.S_IMODE(path.stat().st_mode) == 0o640
-    assert sorted(p.name for p in path.parent.iterdir()) == ["figures.json"]
+    assert sorted(p.name for p in path.parent.iterdir()) == [".figures.json.lock", "figures.json"]
 
 
 def _umask() -> int:
@@ -254,6 +266,16 @@ BROKEN = [
     (lambda d: d["entries"]["tiny-full-sdpa"].update(resident_bytes=-1), "resident_bytes is -1"),
     (lambda d: d["entries"]["tiny-full-sdpa"].update(flops=None), "flops is None"),
     (lambda d: d["entries"]["tiny-full-sdpa"].update(memory_method=3), "memory_method is 3, not a string"),
+    # Numbers no float holds, or no tolerance can mean (INTERNALERROR before: OverflowError).
+    (lambda d: d["tolerances"].update(flops=10**400), "tolerance of flops is 1000000000000000000000000000000000000000..."),
+    (lambda d: d["tolerances"].update(flops=1e300), "tolerance of flops is 1e+300, not a positive finite number of at most 1.0"),
+    (lambda d: d["entries"]["tiny-full-sdpa"].update(flops=10**400), "flops is 1000000000000000000000000000000000000000..."),
+    (lambda d: d["entries"]["tiny-full-sdpa"].update(peak_bytes=2**63), "peak_bytes is 9223372036854775808, not a"),
+    # The file's own format version: one from a newer suite is refused, not read as this one.
+    (lambda d: d.update(schema_version=99), "baselines schema_version 99 was written by a newer ac-bench; this suite "
+                                            "reads versions up to 1"),
+    (lambda d: d.update(schema_version="1"), "schema_version is '1', not a positive integer"),
+    (lambda d: d.update(schema_version=10**400), "schema_version 1000000000000000000000000000000000000000... (401 characters) was written by a newer"),
 ]
 UPDATE = {"gate": [], "update": ["--update-baselines"]}
 
@@ -339,3 +361,118 @@ def test_the_accept_command_for_a_users_family_works_when_pasted_from_anywhere(t
     assert pasted.returncode == 0, pasted.stdout + pasted.stderr
     again = run(*common, "-k", "my-gpt-tiny-none-sdpa")
     assert again.returncode == 0 and "1 passed" in again.stdout, again.stdout
+
+
+# --- the file's own schema version, and writers at the same time -----------------------------------
+
+def test_the_file_states_its_schema_version_and_one_without_is_read_as_current(tmp_path, record):
+    """Every write states ``schema_version``; a file written before the field (the committed
+    ones were) reads as the current version and is rewritten with it; a newer one is refused."""
+    from ac_bench.gate.baselines import BASELINES_SCHEMA_VERSION
+    gate = BaselineGate(tmp_path)
+    gate.stage(record)
+    (path,) = gate.write_staged()
+    assert path.read_text().splitlines()[1] == f'"schema_version": {BASELINES_SCHEMA_VERSION},'
+    data = json.loads(path.read_text())
+    assert data["schema_version"] == BASELINES_SCHEMA_VERSION
+    del data["schema_version"]
+    path.write_text(json.dumps(data))
+    assert BaselineFile.load(path).entries == data["entries"]
+    gate = BaselineGate(tmp_path)
+    gate.stage(dataclasses.replace(record, variant="none-eager"))
+    gate.write_staged()
+    assert json.loads(path.read_text())["schema_version"] == BASELINES_SCHEMA_VERSION
+    data["schema_version"] = BASELINES_SCHEMA_VERSION + 1
+    path.write_text(json.dumps(data))
+    with pytest.raises(BaselineError, match=f"this suite reads versions up to {BASELINES_SCHEMA_VERSION}"):
+        BaselineFile.load(path)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "baselines").glob("*/figures.json")),
+                         ids=lambda p: p.parent.name)
+def test_committed_baselines_state_their_schema_version(path):
+    from ac_bench.gate.baselines import BASELINES_SCHEMA_VERSION
+    assert json.loads(path.read_text()).get("schema_version") == BASELINES_SCHEMA_VERSION, (
+        f"{path} states no schema_version {BASELINES_SCHEMA_VERSION}; rewrite it through BaselineFile.write")
+    assert BaselineFile.load(path).dumps() == path.read_text(), f"{path} is not as BaselineFile writes it"
+
+
+_WRITER = r"""
+import dataclasses, json, sys, time
+from pathlib import Path
+from ac_bench.gate.baselines import BaselineGate
+from ac_bench.record import Measurement
+folder, writer, writes = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+record = Measurement.from_dict(json.loads((folder / "record.json").read_text()))
+(folder / f"ready-{writer}").touch()
+while not (folder / "go").exists():
+    time.sleep(0.001)
+for i in range(writes):
+    gate = BaselineGate(folder / "baselines")
+    gate.file_for(record.device_key)  # read first, as a run reads its file at start
+    gate.stage(dataclasses.replace(record, variant=f"every_{2 + 1000 * writer + i}-eager"))
+    gate.write_staged()
+"""
+
+
+def test_writers_at_the_same_time_never_lose_an_entry(tmp_path, record):
+    """Three processes, started together, each writing 30 entries of its own one at a time through
+    ``BaselineGate.write_staged`` into one file: every entry of every writer is there at the end
+    (without the lock and the merge with the file on disk, a writer's read-modify-write drops
+    what another wrote in between)."""
+    import subprocess
+    import sys
+    import time
+    writers, writes = 3, 30
+    (tmp_path / "record.json").write_text(json.dumps(record.as_dict()))
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path), str(w), str(writes)], cwd=ROOT,
+                              stderr=subprocess.PIPE, text=True) for w in range(writers)]
+    deadline = time.monotonic() + 240
+    while len(list(tmp_path.glob("ready-*"))) < writers and time.monotonic() < deadline \
+            and all(p.poll() is None for p in procs):
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    errors = [p.communicate(timeout=300)[1] for p in procs]
+    assert all(p.returncode == 0 for p in procs), errors
+    entries = BaselineFile.load(baseline_path(tmp_path / "baselines", record.device_key)).entries
+    expected = {f"tiny-every_{2 + 1000 * w + i}-eager" for w in range(writers) for i in range(writes)}
+    assert not expected - set(entries), f"{len(expected - set(entries))} of {len(expected)} entries lost"
+
+
+def test_two_updates_of_one_file_at_once_keep_both_runs_entries(tmp_path, monkeypatch):
+    """Two ``pytest bench/ --update-baselines`` runs with different ``-k`` on one baselines
+    folder, each holding (tests/plugins/hold_after_reading.py) until both have read the file at
+    start: both exit 0 and the file holds both runs' entries (before the fix the second write
+    was the copy it read at start plus its own, and the first run's entries were lost)."""
+    from concurrent.futures import ThreadPoolExecutor
+    hold = tmp_path / "hold"
+    hold.mkdir()
+    monkeypatch.setenv("AC_BENCH_HOLD_DIR", str(hold))
+    monkeypatch.setenv("AC_BENCH_HOLD_RUNS", "2")
+    common = ["bench/test_baselines.py", "--device", "cpu", "--flavor", "tiny", "--baselines-dir",
+              str(tmp_path / "baselines"), "-q", "--update-baselines", "-p", "tests.plugins.hold_after_reading"]
+    with ThreadPoolExecutor(2) as pool:
+        runs = list(pool.map(lambda k: run_pytest(*common, "-k", k), ["none-eager", "full-sdpa"]))
+    for run in runs:
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    entries = BaselineFile.load(baseline_path(tmp_path / "baselines", "cpu")).entries
+    assert sorted(entries) == ["tiny-full-sdpa", "tiny-none-eager"], sorted(entries)
+
+
+def test_an_update_never_overwrites_a_file_that_became_unreadable_meanwhile(tmp_path, record):
+    """The file is read again at write time: if another run (or a newer suite) left it in a form
+    this suite refuses since this run started, the update stops with one line and the file stays
+    byte for byte, instead of being overwritten from the copy read at start."""
+    gate = BaselineGate(tmp_path)
+    gate.stage(record)
+    (path,) = gate.write_staged()
+    gate = BaselineGate(tmp_path)
+    gate.file_for(record.device_key)  # read at start
+    gate.stage(dataclasses.replace(record, variant="none-eager"))
+    data = json.loads(path.read_text())
+    data["schema_version"] = 99
+    path.write_text(json.dumps(data))
+    before = path.read_bytes()
+    with pytest.raises(BaselineError, match="baselines schema_version 99 was written by a newer ac-bench"):
+        gate.write_staged()
+    assert path.read_bytes() == before

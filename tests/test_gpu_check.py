@@ -59,6 +59,7 @@ def test_a_figure_beyond_the_suites_tolerance_is_flagged(tmp_path):
 
 @pytest.mark.parametrize(("setup", "args", "message"), [
     (lambda d: (d / "f").write_text(""), ["f", "--summary-only"], "exists and is not a folder"),
+    (lambda d: (d / "f").write_text(""), ["f/out", "--summary-only"], "is a file, not a folder"),
     (lambda d: None, ["empty", "--summary-only"], "gpu.json: no such file"),
     (lambda d: (d / "bad").mkdir() or (d / "bad" / "gpu.json").write_text("{"), ["bad", "--summary-only"], "not readable JSON"),
     (lambda d: (d / "old").mkdir() or (d / "old" / "gpu.json").write_text("{}"), ["old", "--summary-only"], "no 'measurements'"),

@@ -62,7 +62,19 @@ def test_bad_spec_option_is_a_usage_error():
     assert "--model-spec 'examples.my_family:NOPE'" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_loading_registers_the_family_and_its_flavors_once():
+@pytest.fixture
+def registries_restored():
+    """The family and flavor registries as they were after the test: a family registered here
+    would otherwise be among the valid names that later tests of this process print."""
+    families, flavors = dict(FAMILIES), dict(FLAVORS)
+    yield
+    FAMILIES.clear()
+    FAMILIES.update(families)
+    FLAVORS.clear()
+    FLAVORS.update(flavors)
+
+
+def test_loading_registers_the_family_and_its_flavors_once(registries_restored):
     family = load_family_spec(SPEC)
     assert FAMILIES["my-gpt"] is family and FLAVORS[FLAVOR].family == "my-gpt"
     assert load_family_spec(SPEC) is family  # a second load (xdist workers, reruns) is a no-op
@@ -87,3 +99,39 @@ def test_a_run_about_a_users_sdpa_only_family_measures_that_family_only(tmp_path
     assert "this run is about the --model-spec family sdpa-gpt" in result.stdout, result.stdout[-4000:]
     entries = json.loads((tmp_path / "baselines" / "cpu" / "figures.json").read_text())["entries"]
     assert sorted(entries) == ["sdpa-gpt-tiny-full-sdpa", "sdpa-gpt-tiny-none-sdpa", "sdpa-gpt-tiny-offload-sdpa"], entries
+
+
+def test_a_family_whose_build_raises_is_one_line_naming_the_spec():
+    """A builder that raises (tests/families.py's BROKEN_BUILD: its weights file is missing):
+    one usage error naming the --model-spec, the flavor and the exception, before anything is
+    collected or measured; it was a full traceback in every test of every variant."""
+    result = run_pytest("bench/", "-q", "--model-spec", "tests.families:BROKEN_BUILD", "-k", "none-sdpa")
+    assert result.returncode == 4, result.stdout[-3000:] + result.stderr[-3000:]
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [
+        "ERROR: --model-spec 'tests.families:BROKEN_BUILD': building flavor 'broken-gpt-tiny' with eager attention "
+        "raised FileNotFoundError: no weights for broken-gpt-tiny at /nowhere/weights.pt; fix the family's build "
+        "function"], result.stderr
+    assert "Traceback" not in result.stdout + result.stderr and "collected" not in result.stdout
+
+
+def test_a_build_that_fails_only_on_the_meta_device_is_no_refusal(monkeypatch):
+    """The check builds on the meta device first; a builder that reads a value while building
+    (which the meta device cannot give) is tried on the run's device before it is refused."""
+    from ac_bench.cases import build_problem
+    from ac_bench.models import Family, Flavor
+    from ac_bench.models.transformer import build_transformer
+
+    def reads_a_value(flavor, attention, dropout=0.0):
+        model = build_transformer(flavor, attention, dropout)
+        model.blocks[0].attn.ln.weight.sum().item()  # no value on the meta device: raises there
+        return model
+
+    def raises(flavor, attention, dropout=0.0):
+        raise ValueError("bad\nconfig")
+
+    flavor = Flavor("meta-gpt-tiny", d_model=32, n_heads=2, depth=3, batch=2, seq_len=16, family="meta-gpt")
+    monkeypatch.setitem(FAMILIES, "meta-gpt", Family("meta-gpt", build=reads_a_value, flavors=(flavor,)))
+    assert build_problem(flavor, "sdpa", "cpu") is None
+    monkeypatch.setitem(FAMILIES, "meta-gpt", Family("meta-gpt", build=raises, flavors=(flavor,)))
+    assert build_problem(flavor, "sdpa", "cpu", dropout=0.1) == (
+        "building flavor 'meta-gpt-tiny' with sdpa attention and dropout 0.1 raised ValueError: bad config")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch._functorch.config as functorch_config  # read below; not imported by `import torch` alone
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper
 
 from ac_bench.models import (
@@ -45,28 +46,33 @@ def wrapped(model) -> set[tuple[int, str]]:
 
 @pytest.mark.parametrize("name", list(POLICIES))
 def test_apply_wraps_exactly_the_policys_sublayers(name):
-    assert set(EXPECTED_WRAPPED) == set(POLICIES)
+    assert set(EXPECTED_WRAPPED) == set(POLICIES), (
+        f"policies without an expectation here: {sorted(set(POLICIES) - set(EXPECTED_WRAPPED))}; "
+        f"expectations of no policy: {sorted(set(EXPECTED_WRAPPED) - set(POLICIES))}")
     model = apply_policy(build_model(FLAVOR, "sdpa"), name)
-    assert wrapped(model) == EXPECTED_WRAPPED[name]
-    assert type(model).__name__ == "Transformer"
-    assert list(model.state_dict()) == list(build_model(FLAVOR, "sdpa").state_dict())
+    assert wrapped(model) == EXPECTED_WRAPPED[name], (
+        f"{name} wraps (block, sublayer) {sorted(wrapped(model))}, expected {sorted(EXPECTED_WRAPPED[name])}")
+    assert type(model).__name__ == "Transformer", f"{name} changed the model's class to {type(model).__name__}"
+    assert list(model.state_dict()) == list(build_model(FLAVOR, "sdpa").state_dict()), f"{name} changed state-dict keys"
 
 
 def test_region_blocks_at_any_depth():
-    assert list(POLICIES["every_other"].checkpointed_blocks(12)) == [1, 3, 5, 7, 9, 11]
-    assert list(POLICIES["every_3"].checkpointed_blocks(12)) == [1, 4, 7, 10]
-    assert list(POLICIES["full"].checkpointed_blocks(12)) == list(range(1, 12))
-    assert list(POLICIES["none"].checkpointed_blocks(12)) == []
+    for name, expected in [("every_other", [1, 3, 5, 7, 9, 11]), ("every_3", [1, 4, 7, 10]),
+                           ("full", list(range(1, 12))), ("none", [])]:
+        got = list(POLICIES[name].checkpointed_blocks(12))
+        assert got == expected, f"{name} at depth 12 checkpoints blocks {got}, expected {expected}"
 
 
 def test_sequential_segments_as_checkpoint_sequential_cuts_them():
     """depth // K blocks per segment, the last segment (with the remainder) not checkpointed."""
     seq = POLICIES["sequential"]
-    assert seq.segments_for(12) == 3 and seq.segments_for(4) == 2 and seq.segments_for(3) == 2
-    assert [(list(r), c) for r, c in seq.segment_ranges(12)] == [
-        ([0, 1, 2, 3], True), ([4, 5, 6, 7], True), ([8, 9, 10, 11], False)]
-    assert [(list(r), c) for r, c in get_policy("sequential_4").segment_ranges(10)] == [
-        ([0, 1], True), ([2, 3], True), ([4, 5], True), ([6, 7, 8, 9], False)]
+    segments = {depth: seq.segments_for(depth) for depth in (12, 4, 3)}
+    assert segments == {12: 3, 4: 2, 3: 2}, f"sequential: segments by depth {segments}"
+    for name, depth, expected in [
+            ("sequential", 12, [([0, 1, 2, 3], True), ([4, 5, 6, 7], True), ([8, 9, 10, 11], False)]),
+            ("sequential_4", 10, [([0, 1], True), ([2, 3], True), ([4, 5], True), ([6, 7, 8, 9], False)])]:
+        got = [(list(r), c) for r, c in get_policy(name).segment_ranges(depth)]
+        assert got == expected, f"{name} at depth {depth}: segments (blocks, checkpointed) {got}, expected {expected}"
     with pytest.raises(ValueError, match="at most 3"):
         get_policy("sequential_5").apply(build_model(FLAVOR, "sdpa"))
 
@@ -75,15 +81,15 @@ def test_sequential_segments_as_checkpoint_sequential_cuts_them():
                                   "plan_a2_m0", "plan_a12_m3", "budget_0.3", "budget_1.0", "budget_0.0"])
 def test_names_parse_both_ways(name):
     policy = get_policy(name)
-    assert policy.name == name and get_policy(policy.name) == policy
+    assert policy.name == name and get_policy(policy.name) == policy, f"{name} parses to {policy!r}, named {policy.name!r}"
     variant = variant_id(policy, "eager")
-    assert parse_variant(variant) == (name, "eager")
+    assert parse_variant(variant) == (name, "eager"), f"{name}: variant {variant!r} parses to {parse_variant(variant)}"
     # A plain pytest id and baseline key (pytest's -k accepts word characters, '-' and '.').
-    assert variant.replace("_", "").replace("-", "").replace(".", "").isalnum()
+    assert variant.replace("_", "").replace("-", "").replace(".", "").isalnum(), f"{name}: variant id {variant!r}"
 
 
 def test_every_2_is_every_other_and_bad_names_say_what_is_valid():
-    assert get_policy("every_2") is POLICIES["every_other"]
+    assert get_policy("every_2") is POLICIES["every_other"], f"every_2 is {get_policy('every_2')!r}, not every_other"
     for bad, message in [("every_1", "N >= 2"), ("every_02", "N >= 2"), ("sequential_0", "K >= 1"),
                          ("selective", "valid names: none, full"), ("plan_a01_m2", "leading zeros"),
                          ("budget_1", "write the budget as budget_1.0"), ("budget_1.5", r"in \[0, 1\]"),
@@ -93,17 +99,20 @@ def test_every_2_is_every_other_and_bad_names_say_what_is_valid():
 
 
 def test_every_variant_is_listed_once():
-    assert len(VARIANTS) == len(set(VARIANTS)) == 2 * len(POLICIES)
+    assert len(VARIANTS) == len(set(VARIANTS)) == 2 * len(POLICIES), (
+        f"{len(VARIANTS)} variants, {len(set(VARIANTS))} distinct, for {len(POLICIES)} policies x 2 attentions")
 
 
 def test_policy_is_recorded_as_data():
-    assert POLICIES["every_3"].as_record() == {
+    record = POLICIES["every_3"].as_record()
+    assert record == {
         "name": "every_3", "kind": "region",
         "params": {"preserve_rng_state": True, "sublayers": ["attn", "mlp"], "first_block": 1, "block_step": 3,
-                   "use_reentrant": False}}
-    assert POLICIES["sequential"].as_record()["params"]["segments"] is None
-    assert POLICIES["sac"].as_record()["kind"] == "selective"
-    assert "aten.mm.default" in POLICIES["sac"].params()["save_ops"]
+                   "use_reentrant": False}}, f"every_3 recorded as {record}"
+    assert POLICIES["sequential"].as_record()["params"]["segments"] is None, (
+        f"sequential recorded as {POLICIES['sequential'].as_record()}")
+    assert POLICIES["sac"].as_record()["kind"] == "selective", f"sac recorded as {POLICIES['sac'].as_record()}"
+    assert "aten.mm.default" in POLICIES["sac"].params()["save_ops"], f"sac saves {POLICIES['sac'].params()['save_ops']}"
 
 
 def test_bad_policy_settings_are_rejected():
@@ -141,16 +150,17 @@ def test_sac_saves_what_it_lists_and_recomputes_the_rest():
 
     none_fwd, none_bwd = count("none")
     sac_fwd, sac_bwd = count("sac")
-    assert sac_fwd == none_fwd
+    assert sac_fwd == none_fwd, f"sac-eager's forward runs aten.bmm {sac_fwd} times, none-eager's {none_fwd}"
     # Two checkpointed attention sublayers each recompute QK^T and PV.
-    assert sac_bwd == none_bwd + 2 * 2
+    assert sac_bwd == none_bwd + 2 * 2, (
+        f"sac-eager's backward runs aten.bmm {sac_bwd} times, none-eager's {none_bwd}: expected 4 more (QK^T, PV x 2)")
 
 
 def test_interleaved_timing_alternates_the_steps():
     calls: list[str] = []
     medians = interleaved_medians({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, rounds=3, warmup=1)
-    assert calls == ["a", "b"] * 4
-    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values())
+    assert calls == ["a", "b"] * 4, f"steps ran in the order {calls}"
+    assert set(medians) == {"a", "b"} and all(m >= 0 for m in medians.values()), f"medians {medians}"
 
 
 def test_offload_context_yields_its_live_counter():
@@ -161,7 +171,9 @@ def test_offload_context_yields_its_live_counter():
     model = build_model(FLAVOR, "sdpa")
     with get_policy("offload").forward_context("cpu") as hooks:
         model(torch.randn(FLAVOR.input_shape())).mean()
-    assert hooks is not None and hooks.packed > 0 and hooks.offloaded_bytes == 0
+    assert hooks is not None and hooks.packed > 0 and hooks.offloaded_bytes == 0, (
+        f"offload's forward_context yielded {hooks!r}" + ("" if hooks is None else
+                                                           f": packed {hooks.packed}, offloaded {hooks.offloaded_bytes} B"))
 
 
 @pytest.mark.parametrize("attn_blocks,mlp_blocks", [(0, 0), (3, 0), (0, 3), (2, 1), (3, 3)])
@@ -171,12 +183,14 @@ def test_plan_wraps_the_first_blocks(attn_blocks, mlp_blocks):
     policy = get_policy(f"plan_a{attn_blocks}_m{mlp_blocks}")
     model = apply_policy(build_model(FLAVOR, "sdpa"), policy)
     expected = {(b, "attn") for b in range(attn_blocks)} | {(b, "mlp") for b in range(mlp_blocks)}
-    assert wrapped(model) == expected == set(policy.regions(FLAVOR.depth))
-    assert {(b, s) for b in range(FLAVOR.depth) for s in ("attn", "mlp")
-            if policy.is_checkpointed(b, s, FLAVOR.depth)} == expected
+    assert wrapped(model) == expected == set(policy.regions(FLAVOR.depth)), (
+        f"{policy.name} wraps {sorted(wrapped(model))}, its regions are {sorted(policy.regions(FLAVOR.depth))}, "
+        f"expected {sorted(expected)}")
+    marked = {(b, s) for b in range(FLAVOR.depth) for s in ("attn", "mlp") if policy.is_checkpointed(b, s, FLAVOR.depth)}
+    assert marked == expected, f"{policy.name}.is_checkpointed marks {sorted(marked)}, expected {sorted(expected)}"
     assert policy.as_record() == {"name": policy.name, "kind": "plan",
                                   "params": {"attn_blocks": attn_blocks, "mlp_blocks": mlp_blocks,
-                                             "preserve_rng_state": True}}
+                                             "preserve_rng_state": True}}, f"{policy.name} recorded as {policy.as_record()}"
 
 
 def test_plan_deeper_than_the_model_is_refused():
@@ -186,13 +200,16 @@ def test_plan_deeper_than_the_model_is_refused():
 
 def test_compile_budget_records_its_backend_and_patches_the_partitioner():
     policy = get_policy("budget_0.3")
-    assert policy.kind == "compile_budget" and policy.compiles
-    assert policy.record_params("cpu") == {"preserve_rng_state": True, "budget": 0.3,
-                                           "backend": "aot_eager_decomp_partition"}
-    assert policy.record_params("cuda")["backend"] == "inductor"
-    before = torch._functorch.config.activation_memory_budget
+    assert policy.kind == "compile_budget" and policy.compiles, f"budget_0.3: kind {policy.kind}, compiles {policy.compiles}"
+    cpu = policy.record_params("cpu")
+    assert cpu == {"preserve_rng_state": True, "budget": 0.3, "backend": "aot_eager_decomp_partition"}, (
+        f"budget_0.3 on the CPU recorded as {cpu}")
+    assert policy.record_params("cuda")["backend"] == "inductor", f"budget_0.3 on CUDA: {policy.record_params('cuda')}"
+    before = functorch_config.activation_memory_budget
     with policy.forward_context("cpu"):
-        assert torch._functorch.config.activation_memory_budget == 0.3
-    assert torch._functorch.config.activation_memory_budget == before
+        inside = functorch_config.activation_memory_budget
+    assert inside == 0.3, f"budget_0.3's forward context sets activation_memory_budget to {inside}"
+    after = functorch_config.activation_memory_budget
+    assert after == before, f"budget_0.3's forward context leaves activation_memory_budget at {after}, not {before}"
     model = apply_policy(build_model(FLAVOR, "sdpa"), policy)
-    assert list(model.state_dict()) == list(build_model(FLAVOR, "sdpa").state_dict())  # keys kept
+    assert list(model.state_dict()) == list(build_model(FLAVOR, "sdpa").state_dict()), "budget_0.3 changed state-dict keys"

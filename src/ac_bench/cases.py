@@ -8,7 +8,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ac_bench.models import FLAVORS, VARIANTS, Flavor, family_of, get_flavor, get_policy, parse_variant
+from ac_bench.models import (
+    FLAVORS,
+    VARIANTS,
+    Flavor,
+    build_model,
+    family_of,
+    get_flavor,
+    get_policy,
+    parse_variant,
+    resolve_dtype,
+)
 
 DEVICES: tuple[str, ...] = ("cpu", "cuda")
 
@@ -81,6 +91,54 @@ def _applies(flavor: Flavor, variant: str) -> bool:
     family = family_of(flavor)
     policy, attention = parse_variant(variant)
     return attention in family.attentions and family.applies(get_policy(policy))
+
+
+def variant_problem(flavor: Flavor, variant: str) -> str | None:
+    """Why ``variant`` cannot run on ``flavor`` (None if it can), in one line: its family lacks
+    the attention implementation or the sublayers the policy wraps, or the policy refuses the
+    model (``sequential_5`` on a model of 3 blocks, ``plan_a9_m0`` on one of 4). Found by
+    applying the policy to the model built on the meta device: no memory, no compute, and the
+    policy's own check, so a new kind's limits need no rule here. Raises ValueError for a
+    variant name that does not parse."""
+    policy_name, attention = parse_variant(variant)
+    family, policy = family_of(flavor), get_policy(policy_name)
+    if attention not in family.attentions:
+        return (f"{variant}: family {family.name!r} of flavor {flavor.name!r} has no {attention} attention "
+                f"(it declares {', '.join(family.attentions)})")
+    if not family.applies(policy):
+        return (f"{variant}: policy {policy_name!r} wraps sublayers that family {family.name!r} does not declare "
+                f"(it declares {', '.join(family.sublayers)})")
+    problem = build_problem(flavor, attention, "cpu")
+    if problem:
+        return f"{variant}: {problem}"
+    try:
+        policy.apply(build_model(flavor, attention, "meta", resolve_dtype(flavor, "cpu")))
+    except ValueError as exc:
+        return f"{variant} on flavor {flavor.name!r} (depth {flavor.depth}): {_one_line(exc)}"
+    return None
+
+
+def build_problem(flavor: Flavor, attention: str, device: str, dropout: float = 0.0) -> str | None:
+    """Why the flavor's family cannot build its model (None if it can), in one line naming the
+    flavor, the attention and the exception the family's builder raised. Tried on the meta
+    device (no memory); a builder that fails there only (one that reads a tensor's values while
+    building) is tried again on ``device`` before its failure counts."""
+    try:
+        build_model(flavor, attention, "meta", resolve_dtype(flavor, device), dropout)
+        return None
+    except Exception:  # the family's own code: anything it raises
+        pass
+    try:
+        build_model(flavor, attention, device, resolve_dtype(flavor, device), dropout)
+        return None
+    except Exception as exc:
+        return (f"building flavor {flavor.name!r} with {attention} attention"
+                f"{f' and dropout {dropout}' if dropout else ''} raised {type(exc).__name__}: {_one_line(exc)}")
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def xdist_scope(nodeid: str, shared_modules: tuple[str, ...] = ()) -> str | None:

@@ -34,8 +34,9 @@ import torch.distributed as dist
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 from torch.distributed.fsdp import fully_shard
 
+from ac_bench.cases import variant_problem
 from ac_bench.models import ATTENTIONS, KINDS, POLICIES, Flavor, Policy, get_flavor, get_policy, parse_variant, resolve_dtype, variant_id
-from ac_bench.outputs import write_text_atomic
+from ac_bench.outputs import folder_problem, write_text_atomic
 from ac_bench.probes.device import distributed_backend, rank_device
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
 from ac_bench.probes.timing import device_synchronized_timer, interleaved_medians
@@ -177,6 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         variants = parse_variants(args.variants)
     except ValueError as exc:
         print(f"ac_bench.distributed: {exc}", file=sys.stderr)
+        return 2
+    # Before the process group and the minutes of measuring: each rank would otherwise die
+    # writing its records (an --out under a regular file, or unwritable) and lose the run.
+    problems = [f"--out {args.out}: {p}" for p in [folder_problem(args.out, create=True)] if p]
+    problems += [f"--variants {p}" for p in (variant_problem(flavor, v) for v in variants) if p]
+    if problems:
+        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line per machine, not one per rank
+            print(f"ac_bench.distributed: {problems[0]}", file=sys.stderr)
         return 2
     if "RANK" not in os.environ:
         print("ac_bench.distributed: run it under torchrun (RANK, WORLD_SIZE and the rendezvous come from there), "

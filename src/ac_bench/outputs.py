@@ -4,6 +4,7 @@ cannot write its JSON, its baselines or its report has lost its work."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import signal
 import stat
@@ -83,6 +84,24 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for ``path`` while the block runs, so that writers who read the
+    file, merge and write it back take turns: ``fcntl.flock`` on a sidecar ``.NAME.lock`` in the
+    same folder (created if missing and left there, since removing it would let a third
+    writer lock a new file while the second still holds the old one). Advisory and POSIX only
+    (Linux, macOS; also over NFS, where Linux emulates flock with fcntl locks): it orders the
+    suite's own writers, not other programs. Blocks until the lock is free."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the last descriptor releases the lock
 
 
 @contextlib.contextmanager

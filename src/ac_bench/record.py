@@ -330,6 +330,24 @@ def measure_step(training: Training, probe_factory, saved_counter_factory=SavedT
         return _measured_step(training, probe, saved_counter_factory, counter, kernels, backward_ops.ops)
 
 
+def _saved_bytes(training: Training, saved_counter_factory) -> int:
+    """Bytes saved for backward by one forward of its own, after the measured step, under the
+    counter's ``saved_tensors_hooks`` (the policy's hooks inside them: only the innermost pair
+    applies), its graph then dropped without a backward. Not in the measured forward: with any
+    saved_tensors_hooks on, autograd hands back each saved tensor as a new tensor object, so a
+    checkpointed function called as ``f(h, h, h)`` is recomputed with three distinct inputs, and
+    one that branches on their identity (``nn.MultiheadAttention``'s ``query is key`` self-attention
+    path, one packed projection instead of three) recomputes other ops and fails the checkpoint's
+    metadata check (``CheckpointError``). The counter would have changed the step it measures."""
+    saved = saved_counter_factory(training.model, training.x)
+    with saved.count(), training.policy.forward_context(training.device):
+        out = training.model(training.x)
+    saved_bytes = saved.saved_bytes
+    del saved, out
+    reset_collector()
+    return saved_bytes
+
+
 def _measured_step(training: Training, probe, saved_counter_factory, counter, kernels,
                    backward_ops: int) -> StepFigures:
     """``measure_step``'s measured step, in three phases, each from a collected heap."""
@@ -341,15 +359,11 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
         optimizer.zero_grad(set_to_none=True)
     phases.append(p)
     before_forward = probe.current()
-    saved = saved_counter_factory(model, x)
     reset_collector()
     with probe.phase() as p:
-        # The policy's hooks inside the counter's: only the innermost pair applies.
-        with saved.count(), policy.forward_context(device) as hooks:
+        with policy.forward_context(device) as hooks:
             out = model(x)
         forward_kept = probe.current() - before_forward - out.untyped_storage().nbytes()
-        saved_bytes = saved.saved_bytes
-        del saved
         loss = loss_fn(out)
         del out
         loss.backward()
@@ -364,6 +378,7 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
         optimizer.step()
     phases.append(p)
     optimizer_step = p
+    saved_bytes = _saved_bytes(training, saved_counter_factory)
 
     peak = max(phases, key=lambda ph: ph.peak_bytes)
     note = policy.hidden_from_saved_tensors_hooks

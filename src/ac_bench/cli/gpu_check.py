@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+from ac_bench.outputs import folder_problem
+
 #: Metrics compared against the CPU estimate, with the relative tolerance the suite asserts
 #: (activation_peak_bytes: an absolute allowance, ``ac_bench.probes.device.cuda_backward_allowance``).
 ESTIMATE_CHECKS = (("forward_kept_bytes", 0.02), ("activation_peak_bytes", "allowance"), ("peak_bytes", None),
@@ -133,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if out.exists() and not out.is_dir():
             raise CheckError(f"{out} exists and is not a folder; give a folder to write into")
+        problem = folder_problem(out, create=True)  # a folder under a file, or unwritable: before the run
+        if problem:
+            raise CheckError(f"{out}: {problem}")
         out.mkdir(parents=True, exist_ok=True)
         steps: list[dict] = []
         if not args.summary_only:

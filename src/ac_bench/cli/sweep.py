@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ac_bench.cases import variant_problem
 from ac_bench.cli.common import ArgumentParser, check_output_files
 from ac_bench.models import FLAVORS, VARIANTS, get_flavor, parse_variant, variant_id
 from ac_bench.probes.device import cuda_available, device_key
@@ -146,6 +147,10 @@ def sweep_command(args: argparse.Namespace) -> None:
     if device == "cuda" and not cuda_available():
         raise ReportInputError("--device cuda: no CUDA device is available")
     flavor = args.flavor
+    for variant in args.variants:  # a variant the flavor's model cannot take, before anything is measured
+        problem = variant_problem(flavor, variant)
+        if problem:
+            raise ReportInputError(f"--variants {problem}; choose variants for --flavor {flavor.name}")
 
     def progress(point: SweepPoint, seconds: float) -> None:
         print(f"  {flavor.name} seq {point.seq_len:>6} {point.variant:<18} "

@@ -6,6 +6,11 @@ sorted, so a diff is readable. A figure that moves beyond its metric's relative 
 in either direction, fails; an intended change is accepted by rerunning with
 ``--update-baselines``, which rewrites the entries of what ran, keeps the rest, and writes
 atomically (temporary file, then rename).
+
+The file states its own format version (``schema_version``, ``BASELINES_SCHEMA_VERSION``; not
+the record's): a file without one is read as the current version, one from a newer suite is
+refused. Two runs updating the same file at once take turns under a lock and each merges its
+entries into the file as it is on disk then, so neither loses the other's.
 """
 
 from __future__ import annotations
@@ -16,13 +21,23 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from ac_bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, METRICS
-from ac_bench.outputs import write_text_atomic
+from ac_bench.metrics import DEFAULT_TOLERANCES, INFO_FIELDS, MAX_FIGURE, METRICS, declared_tolerances
+from ac_bench.outputs import locked, write_text_atomic
 from ac_bench.record import Measurement
 
 
 class BaselineError(Exception):
     """A baselines file that cannot be used; the message says which file and why."""
+
+
+#: The version of the baselines file's format that this suite writes and reads. 1: a JSON object
+#: with ``schema_version``, ``tolerances`` (metric -> relative tolerance) and ``entries`` (case
+#: id -> figures). Files written before the field existed have the same format and are read as 1.
+BASELINES_SCHEMA_VERSION = 1
+
+#: The largest relative tolerance a file may set: beyond 100% any decrease passes, so a lost
+#: saving could never fail the gate.
+MAX_TOLERANCE = 1.0
 
 
 def baseline_path(directory: Path, device_key: str) -> Path:
@@ -35,20 +50,29 @@ def entry_of(record: Measurement) -> dict:
     return {k: data[k] for k in sorted((*DEFAULT_TOLERANCES, *INFO_FIELDS))}
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, with the length of what was cut (a number of
+    400 digits in a message stays readable)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def schema_problems(tolerances: dict, entries: dict) -> list[str]:
     """What makes a baselines file unusable, each naming the entry: a tolerance that is not a
-    positive finite number or names no metric; an entry that is not an object; a figure that is
-    not a finite non-negative integer (null only for a nullable metric); an info field that is
-    not a string. A missing tolerance is not here: ``missing_tolerances`` (updatable)."""
+    finite number in (0, ``MAX_TOLERANCE``] or names no metric; an entry that is not an object; a
+    figure that is not an integer in [0, ``MAX_FIGURE``] (null only for a nullable metric); an
+    info field that is not a string. A missing tolerance is not here: ``missing_tolerances``
+    (updatable)."""
     problems = []
     for metric, tol in sorted(tolerances.items()):
         if metric not in METRICS:
-            problems.append(f"tolerance for unknown metric {metric!r} (valid: {', '.join(sorted(METRICS))})")
-        elif not _number(tol) or tol <= 0:
-            problems.append(f"tolerance of {metric} is {tol!r}, not a positive finite number")
+            problems.append(f"tolerance for unknown metric {shown(metric)} (valid: {', '.join(sorted(METRICS))})")
+        elif not _number(tol) or not 0 < tol <= MAX_TOLERANCE:
+            problems.append(f"tolerance of {metric} is {shown(tol)}, not a positive finite number of at most "
+                            f"{MAX_TOLERANCE} (a relative tolerance: 0.01 is 1%)")
     for key, entry in sorted(entries.items()):
         if not isinstance(entry, dict):
-            problems.append(f"entry {key!r} is {type(entry).__name__}, not an object")
+            problems.append(f"entry {shown(key)} is {type(entry).__name__}, not an object")
             continue
         for metric, spec in sorted(METRICS.items()):
             if metric not in entry:
@@ -56,12 +80,27 @@ def schema_problems(tolerances: dict, entries: dict) -> list[str]:
             value = entry[metric]
             if value is None and spec.nullable:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                problems.append(f"entry {key!r}: {metric} is {value!r}, not a non-negative integer")
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_FIGURE:
+                problems.append(f"entry {shown(key)}: {metric} is {shown(value)}, not a non-negative integer "
+                                f"of at most 2**63 - 1")
         for info in INFO_FIELDS:
             if not isinstance(entry.get(info), str):
-                problems.append(f"entry {key!r}: {info} is {entry.get(info)!r}, not a string")
+                problems.append(f"entry {shown(key)}: {info} is {shown(entry.get(info))}, not a string")
     return problems
+
+
+def version_problem(path: Path, version: object) -> str | None:
+    """Why a file's ``schema_version`` cannot be read (None if it can): not a positive integer,
+    or newer than ``BASELINES_SCHEMA_VERSION``."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        return (f"{path}: schema_version is {shown(version)}, not a positive integer; restore the file with "
+                f"`git checkout -- {path}`, or delete the field (a file without one is read as version "
+                f"{BASELINES_SCHEMA_VERSION})")
+    if version > BASELINES_SCHEMA_VERSION:
+        return (f"{path}: baselines schema_version {shown(version)} was written by a newer ac-bench; this suite "
+                f"reads versions up to {BASELINES_SCHEMA_VERSION}: update ac-bench to the version that wrote it, "
+                f"or restore this suite's file with `git checkout -- {path}`")
+    return None
 
 
 @dataclass
@@ -74,19 +113,26 @@ class BaselineFile:
 
     @classmethod
     def load(cls, path: Path) -> "BaselineFile | None":
-        """The file's contents, None if it does not exist; a corrupt file raises BaselineError."""
+        """The file's contents, None if it does not exist. Raises BaselineError, with one line
+        naming the file, the problem and the fix, for a file that is not JSON (or nested too
+        deeply to parse), not of this shape, of a newer ``schema_version``, or with a value
+        ``schema_problems`` refuses."""
         path = Path(path)
         if not path.exists():
             return None
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise BaselineError(f"{path}: not a readable baselines file ({exc}); restore it with "
+        except (OSError, ValueError, RecursionError) as exc:
+            reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
+            raise BaselineError(f"{path}: not a readable baselines file ({reason}); restore it with "
                                 f"`git checkout -- {path}` or delete it and rerun with --update-baselines") from None
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict) \
                 or not isinstance(data.get("tolerances"), dict):
             raise BaselineError(f"{path}: expected a JSON object with 'tolerances' and 'entries'; restore it "
                                 f"with `git checkout -- {path}` or delete it and rerun with --update-baselines")
+        problem = version_problem(path, data.get("schema_version", BASELINES_SCHEMA_VERSION))
+        if problem:
+            raise BaselineError(problem)
         problems = schema_problems(data["tolerances"], data["entries"])
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -99,8 +145,8 @@ class BaselineFile:
         return sorted(set(METRICS) - set(self.tolerances))
 
     def dumps(self) -> str:
-        """Stable text: sorted keys, one entry per line."""
-        lines = ["{", f'"tolerances": {json.dumps(self.tolerances, sort_keys=True)},', '"entries": {']
+        """Stable text: this suite's ``schema_version``, then sorted keys, one entry per line."""
+        lines = ["{", f'"schema_version": {BASELINES_SCHEMA_VERSION},', f'"tolerances": {json.dumps(self.tolerances, sort_keys=True)},', '"entries": {']
         items = sorted(self.entries.items())
         for i, (key, entry) in enumerate(items):
             comma = "," if i < len(items) - 1 else ""
@@ -136,7 +182,13 @@ def accept_command(record: Measurement, directory: Path | None = None, suite: st
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float (not a bool); an int too large for a float is not finite here."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
 
 
 def compare(record: Measurement, baseline: dict, tolerances: dict[str, float], fix: str | None = None) -> list[str]:
@@ -179,11 +231,25 @@ def compare(record: Measurement, baseline: dict, tolerances: dict[str, float], f
         change = (new - old) / old if old else (0.0 if new == old else float("inf"))
         if abs(change) > tol:
             messages.append(
-                f"{case}: {metric} moved {change:+.2%} (tolerance ±{tol:.2%}): "
+                f"{case}: {metric} moved {change:+.2%} (tolerance ±{tol:.2%}), "
+                f"{'a saving' if new < old else 'a loss'}{_torch_change(old_torch, record.torch_version)}: "
                 f"baseline {old:,} (torch {old_torch}) -> now {new:,} (torch {record.torch_version}). "
                 f"If the change is intended, accept it with: {fix}"
             )
     return messages
+
+
+def _torch_change(old: str | None, new: str) -> str:
+    """`` with the torch upgrade (2.13.0 -> 2.14.1)`` where the versions differ: every figure is
+    bytes or FLOPs, so fewer is a saving and more a loss, and the version says who moved it."""
+    if old is None or old == new:
+        return ""
+    return f" with the torch {'upgrade' if _version_key(new) > _version_key(old) else 'change'} ({old} -> {new})"
+
+
+def _version_key(version: str) -> tuple:
+    """``2.13.0+cpu`` -> (2, 13, 0); a part that is not a number sorts as 0."""
+    return tuple(int(p) if p.isdigit() else 0 for p in version.split("+")[0].split(".")[:3])
 
 
 class BaselineGate:
@@ -217,19 +283,25 @@ class BaselineGate:
         self._staged.setdefault(record.device_key, {})[record.case_id] = entry_of(record)
 
     def write_staged(self) -> list[Path]:
-        """Merge staged entries into their files (others kept) and write each atomically."""
+        """Merge staged entries into their files and write each atomically. The file is read
+        again under its lock (``ac_bench.outputs.locked``) at write time, so that entries another
+        run wrote since this one started are kept, and two runs writing at once take turns.
+        Raises BaselineError if the file on disk has become unusable (nothing is written)."""
         written = []
         for key, entries in sorted(self._staged.items()):
-            existing = self.file_for(key)
-            # A metric new to the registry gets its default tolerance; existing ones are kept.
-            if existing:
-                self.repairs += [f"{existing.path}: added the default tolerance {DEFAULT_TOLERANCES[m]} for {m}"
-                                 for m in existing.missing_tolerances()]
-            merged = BaselineFile(baseline_path(self.directory, key),
-                                  {**DEFAULT_TOLERANCES, **(existing.tolerances if existing else {})},
-                                  dict(existing.entries) if existing else {})
-            merged.entries.update(entries)
-            merged.write()
+            path = baseline_path(self.directory, key)
+            with locked(path):
+                existing = BaselineFile.load(path)
+                # A metric new to the registry gets its declared tolerance (the CUDA allocator's
+                # for a file of allocator figures); existing ones are kept.
+                defaults = declared_tolerances(next(iter(entries.values())).get("memory_method"))
+                if existing:
+                    self.repairs += [f"{existing.path}: added the default tolerance {defaults[m]} for {m}"
+                                     for m in existing.missing_tolerances()]
+                merged = BaselineFile(path, {**defaults, **(existing.tolerances if existing else {})},
+                                      dict(existing.entries) if existing else {})
+                merged.entries.update(entries)
+                merged.write()
             self._files[key] = merged
             written.append(merged.path)
         self._staged.clear()

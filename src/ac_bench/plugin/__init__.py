@@ -33,6 +33,7 @@ from ac_bench.plugin.options import (  # noqa: E402
     accept_options,
     add_options,
     baselines_dir,
+    check_family_builds,
     check_outputs,
     loaded_families,
     only_user_families,
@@ -75,6 +76,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(benchmark.BenchmarkHooks(store), "ac-bench-benchmark-hooks")
     loaded_families(config)  # --model-spec: before any flavor name is read
     selected_flavors(config)  # fail early on a bad --flavor
+    check_family_builds(config)  # and on a --model-spec family that cannot build its model
     xdist.use_loadgroup(config)
     if config.getoption("--update-baselines") and xdist.requested(config):
         raise pytest.UsageError("--update-baselines cannot be combined with pytest-xdist (-n): "

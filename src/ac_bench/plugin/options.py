@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ac_bench.cases import DEFAULT_FLAVORS, DEVICES, parse_flavor_list
+from ac_bench.cases import DEFAULT_FLAVORS, DEVICES, build_problem, parse_flavor_list
 from ac_bench.gate.baselines import DEFAULT_BASELINES_DIR
-from ac_bench.models import FLAVORS, load_family_spec
+from ac_bench.models import FLAVORS, family_of, load_family_spec
 from ac_bench.outputs import file_problem, folder_problem
 from ac_bench.probes.attention import SDPA_BACKENDS
 from ac_bench.probes.device import cuda_available, device_key, timing_key
@@ -93,6 +93,25 @@ def loaded_families(config: pytest.Config) -> list:
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     return families
+
+
+def check_family_builds(config: pytest.Config) -> None:
+    """Each ``--model-spec`` family builds each of its selected flavors, with each attention it
+    declares (and a dropout, where it takes one), before anything is measured: a builder that
+    raises is one usage error naming the ``--model-spec``, the flavor and the exception, instead
+    of a traceback in every test of every variant (``ac_bench.cases.build_problem``)."""
+    specs = dict(zip((family.name for family in loaded_families(config)), config.getoption("--model-spec")))
+    device = selected_device(config)
+    for flavor in selected_flavors(config):
+        if flavor.family not in specs:
+            continue
+        family = family_of(flavor)
+        for attention in family.attentions:
+            for dropout in (0.0, 0.1) if family.dropout else (0.0,):
+                problem = build_problem(flavor, attention, device, dropout)
+                if problem:
+                    raise pytest.UsageError(f"--model-spec {specs[flavor.family]!r}: {problem}; fix the family's "
+                                            f"build function")
 
 
 def selected_flavors(config: pytest.Config) -> tuple:

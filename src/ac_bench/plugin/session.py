@@ -3,6 +3,7 @@ tests, the JSON and the gate read, and gates a record against this device's base
 
 from __future__ import annotations
 
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 
 from ac_bench.cases import Case
 from ac_bench.gate.baselines import BaselineError, BaselineGate, baseline_path, compare
+from ac_bench.probes.device import release_cached_memory
 from ac_bench.record import OK, Measurement, measure_variant
 
 
@@ -22,6 +24,8 @@ class MeasurementStore:
 
     def __init__(self) -> None:
         self._records: dict[str, Measurement] = {}
+        #: Cases whose measurement raised: the first line of the error, by case id.
+        self._errors: dict[str, str] = {}
         self.from_workers: dict[str, dict] = {}
         self.time_ratios: dict[str, dict[str, float]] = {}
 
@@ -29,8 +33,21 @@ class MeasurementStore:
         """The case's record, measured on first use. A step that ran out of memory or whose
         loss is not finite fails every test that asks for it, by name, once per test; the
         record stays in the JSON and the other variants are measured as usual."""
+        if case.id in self._errors:
+            pytest.fail(f"{case.id}: its measurement failed earlier in this session ({self._errors[case.id]}); the "
+                        f"first test that asked for it shows the traceback", pytrace=False)
         if case.id not in self._records:
-            self._records[case.id] = measure_variant(case.flavor, case.variant, case.device)
+            try:
+                self._records[case.id] = measure_variant(case.flavor, case.variant, case.device)
+            except Exception as exc:
+                # Once per cause: later tests of the case fail in one line, without measuring
+                # again. The traceback's frames (the variant's model and tensors, fake ones
+                # with their mode) are cleared, so that nothing of it reaches the next variant.
+                first = (str(exc).strip().splitlines() or [""])[0]
+                self._errors[case.id] = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+                traceback.clear_frames(exc.__traceback__)
+                release_cached_memory()
+                raise
         record = self._records[case.id]
         if record.outcome != OK:
             pytest.fail(f"{case.id}: {record.outcome}: {record.outcome_note}; its figures cannot be checked "

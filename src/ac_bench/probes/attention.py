@@ -53,8 +53,13 @@ class KernelRecorder(TorchDispatchMode):
         the compiled graph's ops still pass through here."""
         return True
 
+    #: Higher-order operators pass through too (the checkpoint's ``run_and_save_rng_state`` in a
+    #: compiled block, pytorch #120381's shape): without this torch raises NotImplementedError
+    #: ("no rule registered for HigherOrderOperator") and the probe would break the step it watches.
+    supports_higher_order_operators = True
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        name = func._overloadpacket.__name__
+        name = getattr(getattr(func, "_overloadpacket", None), "__name__", None)
         if name in FUSED_KERNELS:
             self.fused.add(FUSED_KERNELS[name])
         return func(*args, **(kwargs or {}))

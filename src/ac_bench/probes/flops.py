@@ -38,13 +38,85 @@ def register_missing_formulas() -> None:
         register_flop_formula(_CPU_FLASH_BWD)(_cpu_flash_backward_flop)
 
 
+def gqa_sdpa_flop_count(query_shape, key_shape, value_shape) -> int:
+    """FLOPs of SDPA's forward (QK^T and PV, 2 FLOPs per multiply-add) for query
+    (b, h_q, s_q, d), key (b, h_kv, s_k, d) and value (b, h_kv, s_k, d_v), where h_q is a
+    multiple of h_kv (grouped-query attention: each key/value head serves h_q / h_kv query
+    heads). PyTorch's own formula from 2.12 on (``torch.utils.flop_counter.sdpa_flop_count``);
+    torch 2.11 and older assert equal head counts. Raises ValueError for shapes that are not
+    SDPA's."""
+    b, h_q, s_q, d_q = query_shape
+    b_k, h_kv, s_k, d_k = key_shape
+    b_v, h_v, s_v, d_v = value_shape
+    if not (b == b_k == b_v and h_kv == h_v and d_q == d_k and s_k == s_v) or h_kv <= 0 or h_q % h_kv:
+        raise ValueError(f"sdpa: query/key/value shapes are incompatible: q={query_shape}, k={key_shape}, v={value_shape}")
+    return flop_counter.bmm_flop((b * h_q, s_q, d_q), (b * h_q, d_q, s_k)) + \
+        flop_counter.bmm_flop((b * h_q, s_q, s_k), (b * h_q, s_k, d_v))
+
+
+def gqa_sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape) -> int:
+    """FLOPs of SDPA's backward (the scores recomputed, then four matmuls: dV, dP, dQ, dK), with
+    grouped-query shapes as ``gqa_sdpa_flop_count``; PyTorch's own formula from 2.12 on
+    (``torch.utils.flop_counter.sdpa_backward_flop_count``). Raises ValueError as that does."""
+    b, h_q, s_q, d_q = query_shape
+    _, h_kv, s_k, _ = key_shape
+    d_v = value_shape[-1]
+    if tuple(grad_out_shape) != (b, h_q, s_q, d_v):
+        raise ValueError(f"sdpa backward: grad_out {grad_out_shape} does not match q={query_shape}, v={value_shape}")
+    scores = gqa_sdpa_flop_count(query_shape, key_shape, value_shape) - \
+        flop_counter.bmm_flop((b * h_q, s_q, s_k), (b * h_q, s_k, d_v))
+    return (scores
+            + flop_counter.bmm_flop((b * h_q, s_q, d_v), (b * h_q, d_v, s_k))
+            + flop_counter.bmm_flop((b * h_q, s_k, s_q), (b * h_q, s_q, d_v))
+            + flop_counter.bmm_flop((b * h_q, s_q, s_k), (b * h_q, s_k, d_q))
+            + flop_counter.bmm_flop((b * h_q, d_q, s_q), (b * h_q, s_q, s_k)))
+
+
+#: Shapes of grouped-query attention (4 query heads over 2 key/value heads), to ask torch's formula.
+_GQA_PROBE = ((1, 4, 8, 16), (1, 2, 8, 16), (1, 2, 8, 16))
+
+
+def supply_gqa_formulas() -> bool:
+    """Where this torch's SDPA FLOP formulas refuse grouped-query shapes (2.11 and older:
+    ``AssertionError: sdpa_flop_count: query/key/value shapes are incompatible`` for every
+    Llama flavor with fewer KV heads), put ``gqa_sdpa_flop_count`` and
+    ``gqa_sdpa_backward_flop_count`` in their place in ``torch.utils.flop_counter``, whose
+    registered SDPA formulas look them up when called. Returns whether it did."""
+    try:
+        flop_counter.sdpa_flop_count(*_GQA_PROBE)
+        flop_counter.sdpa_backward_flop_count((1, 4, 8, 16), *_GQA_PROBE)
+        return False
+    except AssertionError:
+        flop_counter.sdpa_flop_count = gqa_sdpa_flop_count
+        flop_counter.sdpa_backward_flop_count = gqa_sdpa_backward_flop_count
+        return True
+
+
 register_missing_formulas()
+supply_gqa_formulas()
+
+
+#: Higher-order operators that only run one op while saving or restoring the RNG state: what a
+#: compiled checkpointed region calls (Inductor's RNG functionalization). Their op is a random
+#: draw, which has no FLOP formula, so passing them through counts exactly what is counted now.
+RNG_HIGHER_ORDER_OPS = ("run_and_save_rng_state", "run_with_rng_state", "graphsafe_run_with_rng_state")
 
 
 class _CompileAwareInnerMode(flop_counter._FlopCounterMode):
     @classmethod
     def ignore_compile_internals(cls) -> bool:
         return True
+
+    def _handle_higher_order_ops(self, func, types, args, kwargs):
+        """torch's FlopCounterMode (2.13) declares it takes every higher-order operator and
+        returns NotImplemented for those it has no rule for, which the compiled code receives
+        as the op's result: a compiled block with a checkpoint then fails in its forward with
+        ``TypeError: 'NotImplementedType' object is not subscriptable`` (pytorch #120381's
+        shape, seen here with ``torch.compile`` on each block of a checkpointed model). The RNG
+        ones are run as they are."""
+        if getattr(func, "__name__", None) in RNG_HIGHER_ORDER_OPS:
+            return func(*args, **kwargs)
+        return super()._handle_higher_order_ops(func, types, args, kwargs)
 
 
 class _GlobalOnly:
@@ -136,6 +208,10 @@ class BackwardOpCounter(TorchDispatchMode):
     def ignore_compile_internals(cls) -> bool:
         return True
 
+    #: Higher-order operators pass through uncounted (as in ``ac_bench.probes.attention``'s
+    #: recorder): the ops they run are dispatched, and counted, on their own.
+    supports_higher_order_operators = True
+
     def mark(self, phase: str) -> None:
         """``Training.step``'s marks: count from the end of the forward to the end of backward."""
         if phase == "forward":
@@ -144,6 +220,7 @@ class BackwardOpCounter(TorchDispatchMode):
             self.counting = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.counting and not is_view_op(func) and not is_metadata_query(func):
+        if self.counting and isinstance(func, torch._ops.OpOverload) and not is_view_op(func) \
+                and not is_metadata_query(func):
             self.ops += 1
         return func(*args, **(kwargs or {}))

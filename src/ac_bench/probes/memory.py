@@ -49,6 +49,12 @@ def compile_aware_mem_tracker_class() -> type:
         it sees as usual. Without this, a ``budget_B`` variant would be measured uncompiled.
         """
 
+        #: Higher-order operators come through ``__torch_dispatch__`` like any op, which runs them
+        #: and tracks the tensors they return. Without this torch raises NotImplementedError for
+        #: the checkpoint's ``run_and_save_rng_state`` in a compiled block (pytorch #120381's
+        #: shape): the tracker would break the step it measures.
+        supports_higher_order_operators = True
+
         @classmethod
         def ignore_compile_internals(cls) -> bool:
             return True

@@ -129,3 +129,13 @@ def interleaved_medians(steps: dict[str, Callable[[], None]], rounds: int, warmu
                         timer: Callable[[], float] = device_synchronized_timer) -> dict[str, float]:
     """Median seconds per call of each step (``interleaved_times``)."""
     return {name: statistics.median(ts) for name, ts in interleaved_times(steps, rounds, warmup, timer).items()}
+
+
+def band_reached(median_deviation: float, round_deviations: list[float], band: tuple[float, float]) -> bool:
+    """Whether a timing ratio's deviation (``time ratio / FLOP ratio - 1``) reaches ``band``
+    (low, high): the deviation of the medians, or that of any one round, inside it. Load on a
+    shared machine spreads the rounds (each times the two steps next to each other); a quiet
+    machine's rounds are close, so it is held to the band, and a step whose every round is
+    outside the band fails under any load."""
+    low, high = band
+    return any(low <= d <= high for d in (median_deviation, *round_deviations))

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ac_bench.metrics import MAX_FIGURE, METRICS
 from ac_bench.probes.memory import FAKE_MEMTRACKER
 from ac_bench.record import Measurement
 
@@ -53,7 +54,20 @@ class Run:
 
 
 def _number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """An int or float (not a bool) that a float holds: a 400-digit integer is not one."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        float(value)
+    except OverflowError:
+        return False
+    return True
+
+
+def _shown(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters with the length of the whole."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def _records(path: Path, data: object) -> list[Measurement]:
@@ -67,7 +81,12 @@ def _records(path: Path, data: object) -> list[Measurement]:
         try:
             record = Measurement.from_dict(item)
         except (ValueError, TypeError) as exc:
-            raise ReportInputError(f"{path}: measurements[{i}]: {exc}") from None
+            raise ReportInputError(f"{path}: measurements[{i}]: {' '.join(str(exc).split())[:300]}") from None
+        for metric in METRICS:
+            value = getattr(record, metric)
+            if value is not None and value > MAX_FIGURE:
+                raise ReportInputError(f"{path}: measurements[{i}]: {metric} has {len(str(value))} digits, more than "
+                                       f"any figure (at most 2**63 - 1); the file is not a run of this suite")
         records.append(record)
     return records
 
@@ -91,7 +110,7 @@ def _medians(path: Path, benchmarks: object) -> dict[tuple[str, str, str], tuple
         median = stats.get("median")
         if not all(isinstance(k, str) for k in key) or not _number(median) or not 0 < median < float("inf"):
             raise ReportInputError(f"{path}: benchmark {name} lacks extra_info flavor/device/variant or a "
-                                   f"positive finite stats.median (got {median!r}); rerun the benchmark")
+                                   f"positive finite stats.median (got {_shown(median)}); rerun the benchmark")
         phases = (info.get("timing") or {}).get("phases_s") if isinstance(info.get("timing"), dict) else None
         backward = phases.get("backward") if isinstance(phases, dict) else None
         medians[key] = (float(median), float(backward) if _number(backward) else None)
@@ -111,6 +130,9 @@ def load_run(path: str | Path) -> Run:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ReportInputError(f"{path}: not JSON ({exc.msg}, line {exc.lineno} column {exc.colno})") from None
+    except (ValueError, RecursionError) as exc:  # an integer of more than 4300 digits; nesting too deep
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
+        raise ReportInputError(f"{path}: not a run of this suite ({reason})") from None
     if not isinstance(data, dict) or "measurements" not in data:
         raise ReportInputError(f"{path}: not written by this suite's `pytest bench/ --benchmark-json`: "
                                f"no 'measurements' list of records")
