@@ -99,3 +99,19 @@ def test_gradients_equal_to_budget_one(device, attention, budget, dropout):
     if dropout:
         assert not run_step(reference, x, rng_seed=4321, policy=reference_policy).output.equal(expected.output), (
             f"{policy.name}-{attention}: dropout {dropout} drew the same masks for two seeds")
+
+
+def test_recompute_flops_cannot_see_shows_in_backward_ops(device, measurements):
+    """``budget_0.99`` against ``budget_1.0`` at COMPILE_FLAVOR, sdpa: the partitioner keeps less
+    and recomputes only ops without FLOPs (matmul FLOPs identical), which the ops of backward
+    count. On CUDA inductor fuses the recomputed ops into its own kernels, which no dispatch
+    mode sees, so the comparison is asserted with the CPU's non-fusing backend only."""
+    if device != "cpu":
+        pytest.skip("inductor (CUDA) fuses recomputed elementwise ops into generated kernels, which dispatch no "
+                    "aten op: the ops of backward are compared with the CPU's aot_eager_decomp_partition backend")
+    flavor = get_flavor(COMPILE_FLAVOR)
+    high, low = (measurements.get(Case(device, flavor, f"{budget_name(b)}-sdpa")) for b in (1.0, 0.99))
+    figures = {r.variant: (r.forward_kept_bytes, r.flops, r.backward_ops) for r in (high, low)}
+    assert low.flops == high.flops, f"{flavor.name}: (kept bytes, FLOPs, backward ops) {figures}"
+    assert low.forward_kept_bytes < high.forward_kept_bytes, f"{flavor.name}: {figures}"
+    assert low.backward_ops > high.backward_ops, f"{flavor.name}: the recompute does not show in backward ops: {figures}"

@@ -1,4 +1,5 @@
-"""Recompute cost in FLOPs: exactly the forward passes the policy recomputes."""
+"""Recompute cost: in FLOPs, exactly the forward passes the policy recomputes; in ops of backward,
+also what FLOPs do not count (elementwise, normalisation, copies)."""
 
 from __future__ import annotations
 
@@ -35,3 +36,21 @@ def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):
     predicted = analytic.recompute_flops(analytic.Shape.of_record(record), case.policy, case.attention) / none.flops
     assert overhead == pytest.approx(predicted, rel=RECOMPUTE_TOLERANCE, abs=1e-12), (
         f"{case.id}: measured overhead {overhead:.4%}, predicted {predicted:.4%}")
+
+
+def test_backward_ops_count_the_recompute_flops_miss(case, measurements):
+    """The ops of backward (``backward_ops``: views left out) see what FLOPs do not: a policy
+    that checkpoints anything dispatches more of them than `none` with the same attention, also
+    where it recomputes no matmul (``sac-sdpa``: the FLOPs of `none`); `none` and, on the CPU,
+    `offload` (the host is the device: nothing moves) exactly `none`'s; on CUDA `offload` copies
+    each saved tensor back, so at least `none`'s."""
+    record = measurements.get(case)
+    none = measurements.get(Case(case.device, case.flavor, f"none-{case.attention}"))
+    message = (f"{case.id}: {record.backward_ops:,} ops in backward, none-{case.attention} "
+               f"{none.backward_ops:,}; FLOPs {record.flops:,} against {none.flops:,}")
+    if case.policy == "none" or (record.policy_kind == "offload" and case.device == "cpu"):
+        assert record.backward_ops == none.backward_ops, message
+    elif record.policy_kind == "offload":
+        assert record.backward_ops >= none.backward_ops, message
+    else:
+        assert record.backward_ops > none.backward_ops, message

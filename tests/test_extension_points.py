@@ -111,7 +111,7 @@ def test_a_record_describes_its_model_without_the_registries(monkeypatch):
     read from the record alone, even with the flavor gone from the registry."""
     flavor = get_flavor("llama-small")  # SwiGLU hidden: int(2 * 4 * 128 / 3) = 341, up to a multiple of 64
     record = Measurement.from_dict(measure_variant(flavor, "full-sdpa", "cpu").as_dict())
-    assert record.family == "llama" and record.schema_version == 4
+    assert record.family == "llama" and record.schema_version == 5
     assert record.family_shape == {"n_kv_heads": 2, "mlp_hidden": 384, "multiple_of": 64, "ffn_dim_multiplier": None,
                                    "rope_theta": 500000.0, "norm_eps": 1e-05}, record.family_shape
     expected = analytic.Shape.of(flavor, torch.float32, "cpu")
@@ -120,6 +120,9 @@ def test_a_record_describes_its_model_without_the_registries(monkeypatch):
     older = {**record.as_dict(), "schema_version": 3}
     del older["family"], older["family_shape"]
     assert Measurement.from_dict(older).family is None, "a version-3 record is read with the new fields null"
+    version4 = {**record.as_dict(), "schema_version": 4}
+    del version4["backward_ops"]
+    assert Measurement.from_dict(version4).backward_ops is None, "a version-4 record has no count of backward ops"
 
 
 def test_the_flavor_registry_is_complete_from_any_import():

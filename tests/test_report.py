@@ -173,8 +173,10 @@ def test_table_content_against_the_fixture(tmp_path, capsys):
         recs, med = records(data, flavor), medians(data, flavor)
         assert set(rows) == set(recs)
         for variant, r in recs.items():
-            step, ratio, recompute, peak, act, kept, saved, offloaded, overhead, on_front, figures, kernel = rows[variant]
+            step, ratio, recompute, peak, act, kept, saved, offloaded, overhead, bwd_ops, on_front, figures, kernel = \
+                rows[variant]
             assert recompute == ""  # the fixture predates phase timing
+            assert bwd_ops == "-"  # and the count of backward ops (schema 5)
             assert kernel == (r.get("attention_kernel") or "-")  # the fixture is schema 2: not recorded
             none = recs[f"none-{r['attention']}"]
             assert [peak, act, kept, saved, offloaded] == [_mib(r[m]) for m in (
@@ -243,6 +245,22 @@ def test_recompute_time_is_backward_minus_nones_and_the_kernel_is_shown():
     cells = {row[0]: (row[recompute], row[kernel]) for row in table.rows}
     assert cells == {"none-sdpa": ("0.0", "cpu_flash"), "full-sdpa": ("120.0", "cpu_flash"),
                      "none-eager": ("", "math"), "full-eager": ("", "math")}
+
+
+def test_the_report_shows_the_ops_of_backward():
+    """bwd ops: the record's ``backward_ops`` and, in brackets, how many more than `none` with
+    the same attention; without `none` the count alone; ``-`` where the record has none."""
+    def counted(variant: str, ops: int | None) -> Entry:
+        e = entry(variant, 100, 1000)
+        return Entry(dataclasses.replace(e.record, backward_ops=ops))
+
+    group = make_group([counted("none-sdpa", 94), counted("sac-sdpa", 106), counted("full-eager", 112),
+                        counted("full-sdpa", None)])
+    table = tables.group_table(group)
+    column = table.header.index(METRICS["backward_ops"].column)
+    assert {row[0]: row[column] for row in table.rows} == {
+        "none-sdpa": "94 (+0)", "sac-sdpa": "106 (+12)", "full-eager": "112", "full-sdpa": "-"}
+    assert METRICS["backward_ops"].meaning in tables.report_text([load_run(RUN)], markdown=True)
 
 
 def test_null_saved_bytes_show_as_dash_with_the_note():

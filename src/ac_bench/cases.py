@@ -156,3 +156,21 @@ def xdist_scope(nodeid: str, shared_modules: tuple[str, ...] = ()) -> str | None
         except ValueError:
             return None
     return None
+
+
+def step_size(flavor: Flavor) -> int:
+    """Elements of activations one step makes, roughly (depth x batch x seq x (width + heads x
+    seq)): the order of the flavors' step costs, used to pick the cheapest."""
+    return flavor.depth * flavor.batch * flavor.seq_len * (flavor.d_model + flavor.n_heads * flavor.seq_len)
+
+
+def growth_flavors(flavors: tuple[Flavor, ...]) -> tuple[Flavor, ...]:
+    """The flavors the default run checks for memory growth (the ``growth_case`` parameters):
+    for each family of ``flavors``, its cheapest flavor (``step_size``) among those it declares
+    and those selected (``tiny`` for the notebook's block, ``llama-small`` for ``llama``). A leak
+    does not depend on the size; four steps of every variant at every selected flavor would add
+    minutes, so the others run with ``--slow``."""
+    by_family: dict[str, list[Flavor]] = {}
+    for flavor in flavors:
+        by_family.setdefault(flavor.family, [flavor, *family_of(flavor).flavors])
+    return tuple(min(candidates, key=lambda f: (step_size(f), f.name)) for candidates in by_family.values())

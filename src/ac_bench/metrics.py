@@ -3,7 +3,8 @@ declared once (name, unit, relative tolerance, meaning). A new metric is one lin
 gated by default.
 
 Tolerances: MemTracker and FlopCounterMode are exact on the CPU; the CUDA allocator rounds
-blocks, so memory tolerances leave a little room without hiding a lost saving.
+blocks, so memory tolerances leave a little room without hiding a lost saving. An op count is
+exact on every device: its tolerance (0.01%) is below one op for every count under 10,000.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("offloaded_bytes", "B", 0.01, "bytes moved from the device to host memory by save_on_cpu",
            column="offloaded MiB"),
     Metric("flops", "FLOP", 0.005, "matmul FLOPs of forward+backward, recomputation included"),
+    Metric("backward_ops", "op", 0.0001,
+           "aten ops that compute or copy (views left out) dispatched during backward, recomputation "
+           "included: the elementwise, normalisation and copy ops a policy recomputes, which FLOPs do not "
+           "count", column="bwd ops"),
 )}
 
 #: Recorded with each baseline entry and compared for identity (another method is not comparable).

@@ -20,7 +20,7 @@ from ac_bench.metrics import METRICS
 from ac_bench.models import Flavor, Policy, build_model, family_of, get_policy, loss_fn, parse_variant, resolve_dtype
 from ac_bench.probes.attention import KernelRecorder
 from ac_bench.probes.device import CUDA_ALLOCATOR, CudaAllocatorProbe, OutOfMemoryError, Phase, device_key, release_cached_memory
-from ac_bench.probes.flops import flop_counter_mode, flops_by_op
+from ac_bench.probes.flops import BackwardOpCounter, flop_counter_mode, flops_by_op
 from ac_bench.probes.memory import FAKE_MEMTRACKER, MEMTRACKER, MemTrackerProbe, SavedTensorCounter
 
 
@@ -96,15 +96,18 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
 #: ``optimizer_step_peak_bytes``, the step's ``outcome``, the ``attention_kernel`` that ran, and
 #: ``world_size``, ``rank``, ``global_batch`` and ``step_seconds`` (sharded runs,
 #: ``ac_bench.distributed``); version 4 the ``family`` and the shape fields it adds
-#: (``family_shape``), so that a record describes its model without the live registries.
-SCHEMA_VERSION = 4
+#: (``family_shape``), so that a record describes its model without the live registries;
+#: version 5 ``backward_ops``, the aten ops dispatched in backward (the recompute FLOPs miss).
+SCHEMA_VERSION = 5
 
 #: Older versions a reader still accepts, and the value each field added since gets in such a
 #: record (a metric absent from an old record is null, shown as not measured).
 READABLE_VERSIONS: dict[int, dict[str, object]] = {
     2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None, "attention_kernel": None,
-        "world_size": 1, "rank": 0, "step_seconds": None, "family": None, "family_shape": None},
-    3: {"family": None, "family_shape": None},
+        "world_size": 1, "rank": 0, "step_seconds": None, "family": None, "family_shape": None,
+        "backward_ops": None},
+    3: {"family": None, "family_shape": None, "backward_ops": None},
+    4: {"backward_ops": None},
 }
 
 #: What became of a variant's measured step. Only ``ok`` has figures; an out-of-memory step
@@ -156,6 +159,9 @@ class Measurement:
     breakdown: dict[str, int] | None
     flops: int
     flops_by_op: dict[str, int]
+    #: Aten ops dispatched during the warm-up step's backward, recomputation included (null in
+    #: records older than schema version 5).
+    backward_ops: int | None = None
     #: ``ok``, ``out-of-memory`` or ``non-finite-loss`` (``OUTCOMES``); the note says what happened.
     outcome: str = OK
     outcome_note: str | None = None
@@ -306,21 +312,22 @@ def measure_step(training: Training, probe_factory, saved_counter_factory=SavedT
     """A warm-up step (compiled variants first take one plain step), then one step measured in
     three phases (zero_grad, forward+backward, optimizer step) by the probe that
     ``probe_factory(training)`` returns after the warm-up, unless ``training`` already came with
-    an allocator probe (``probe_factory`` may return one made earlier). FLOPs are the warm-up's;
+    an allocator probe (``probe_factory`` may return one made earlier). FLOPs and the ops of
+    backward (``ac_bench.probes.flops.BackwardOpCounter``) are the warm-up's;
     ``after_warmup(training)`` runs between the two steps (gradients of the first step are there)."""
     if training.policy.compiles:
         training.step()  # compiles, outside every counter (see ac_bench.probes.memory.compile_aware_mem_tracker_class)
     # Warm-up step: gradients and optimizer state now exist. Its forward and backward
-    # give the FLOP count (the same ops as every step); FlopCounterMode's module hooks
-    # would otherwise hold memory during the measured step.
+    # give the FLOP count and the ops of backward (the same ops as every step);
+    # FlopCounterMode's module hooks would otherwise hold memory during the measured step.
     counter = flop_counter_mode()
-    with KernelRecorder() as kernels:
-        training.step(around_forward_backward=counter)
+    with KernelRecorder() as kernels, BackwardOpCounter() as backward_ops:
+        training.step(around_forward_backward=counter, mark=backward_ops.mark)
     if after_warmup is not None:
         after_warmup(training)
     probe = probe_factory(training)
     with frozen_heap():
-        return _measured_step(training, probe, saved_counter_factory, counter, kernels)
+        return _measured_step(training, probe, saved_counter_factory, counter, kernels, backward_ops.ops)
 
 
 def _saved_bytes(training: Training, saved_counter_factory) -> int:
@@ -341,7 +348,8 @@ def _saved_bytes(training: Training, saved_counter_factory) -> int:
     return saved_bytes
 
 
-def _measured_step(training: Training, probe, saved_counter_factory, counter, kernels) -> StepFigures:
+def _measured_step(training: Training, probe, saved_counter_factory, counter, kernels,
+                   backward_ops: int) -> StepFigures:
     """``measure_step``'s measured step, in three phases, each from a collected heap."""
     model, optimizer, x, policy, device = (training.model, training.optimizer, training.x, training.policy,
                                            training.device)
@@ -383,6 +391,7 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
         "saved_bytes": None if note else saved_bytes,
         "offloaded_bytes": getattr(hooks, "offloaded_bytes", 0),
         "flops": int(counter.get_total_flops()),
+        "backward_ops": backward_ops,
     }
     return StepFigures(
         method=probe.method, foreign_bytes=probe.foreign_bytes, metrics=metrics,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from ac_bench.cases import cases
+from ac_bench.cases import cases, growth_flavors
 from ac_bench.plugin.options import selected_device, selected_flavors
 from ac_bench.probes.device import cuda_available
 from ac_bench.record import is_estimate
@@ -31,7 +31,7 @@ def selected(config: pytest.Config, real_tensors: bool = False) -> tuple[str, tu
 
 
 def generate(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``case``, ``flavor_on_device`` and ``cuda_case`` over the selection."""
+    """Parametrize ``case``, ``flavor_on_device``, ``cuda_case`` and ``growth_case`` over the selection."""
     config = metafunc.config
     device, flavors = selected(config, real_tensors=bool(metafunc.definition.get_closest_marker("real_tensors")))
     marks = device_marks(device)
@@ -39,6 +39,14 @@ def generate(metafunc: pytest.Metafunc) -> None:
     if "case" in metafunc.fixturenames:
         chosen = [c for c in cases(device, flavors) if attention is None or c.attention == attention.args[0]]
         metafunc.parametrize("case", [pytest.param(c, id=c.id, marks=marks) for c in chosen])
+    if "growth_case" in metafunc.fixturenames:
+        # Every variant of each selected family's cheapest flavor, then of every selected flavor
+        # with --slow (ac_bench.cases.growth_flavors says why).
+        quick = growth_flavors(flavors)
+        slow = [pytest.mark.slow]
+        params = [pytest.param(c, id=c.id, marks=marks + ([] if c.flavor in quick else slow))
+                  for c in cases(device, tuple(dict.fromkeys((*quick, *flavors))))]
+        metafunc.parametrize("growth_case", params)
     if "flavor_on_device" in metafunc.fixturenames:
         params = [pytest.param((device, f), id=f"{device}-{f.name}", marks=marks) for f in flavors]
         metafunc.parametrize("flavor_on_device", params)

@@ -1,4 +1,5 @@
-"""FLOP counting with ``torch.utils.flop_counter.FlopCounterMode``.
+"""FLOP counting with ``torch.utils.flop_counter.FlopCounterMode``, and the ops of backward
+(``BackwardOpCounter``).
 
 FlopCounterMode has no formula for the CPU flash-attention kernel that ``sdpa`` runs on the
 CPU, so without the registration below an ``sdpa`` variant's attention FLOPs would silently
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch.utils import flop_counter
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 aten = torch.ops.aten
@@ -160,3 +162,65 @@ def flop_counter_mode() -> FlopCounterMode:
 def flops_by_op(counter: FlopCounterMode) -> dict[str, int]:
     """Global FLOPs per aten op name, sorted by name."""
     return {str(op): int(n) for op, n in sorted(counter.get_flop_counts()["Global"].items(), key=lambda kv: str(kv[0]))}
+
+
+def is_view_op(func: torch._ops.OpOverload) -> bool:
+    """An op that only makes a view of its input (no kernel, no memory read or written): its
+    schema says so (``detach``, ``view``, ``t``, ``transpose``, ``select``, ...), or it is
+    ``_unsafe_view``, a view whose schema does not declare the alias."""
+    return func.is_view or func._overloadpacket is aten._unsafe_view
+
+
+def is_metadata_query(func: torch._ops.OpOverload) -> bool:
+    """An op that returns no tensor, only metadata (``prim.device``, ``aten.sym_size``,
+    ``aten.is_contiguous``): FakeTensorMode dispatches these where real tensors answer without
+    the dispatcher (``tensor.cpu()`` on a fake tensor asks ``prim.device`` twice), so counting
+    them would make a fake-tensor count differ from the real one. An op with no return at all
+    (an in-place ``_foreach_`` op) writes tensors and is not one."""
+    returns = func._schema.returns
+    return bool(returns) and not any("Tensor" in str(r.type) for r in returns)
+
+
+class BackwardOpCounter(TorchDispatchMode):
+    """Counts the aten ops dispatched during backward (between ``Training.step``'s ``forward``
+    and ``backward`` marks: pass ``mark`` to the step) that compute or copy, recomputation
+    included; views (``is_view_op``) are left out.
+
+    FLOPs count matmuls only; a policy that recomputes LayerNorm, softmax, activations and
+    copies (``sac-sdpa``, or the compile partitioner at ``activation_memory_budget`` 0.99
+    against 1.0) costs no FLOP more, but dispatches more ops in backward, each a kernel that
+    reads and writes memory (pytorch #149258). Views are left out because they cost neither:
+    unpacking a saved tensor through ``saved_tensors_hooks`` adds a ``detach`` per tensor (50
+    for ``offload-sdpa`` at ``tiny``, where on the CPU nothing moves), which would count as
+    work; so are metadata queries (``is_metadata_query``), which only fake tensors dispatch.
+    Each other op counts once, in-place ones included, as the dispatcher sees them below
+    autograd (composite ops decomposed). It nests
+    with FlopCounterMode, FakeTensorMode and the kernel recorder, and lets a compiled model run
+    compiled: with ``aot_eager_decomp_partition`` the compiled backward's aten ops pass through
+    here; under inductor (CUDA) only what is not fused into generated kernels would."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counting = False
+        self.ops = 0
+
+    @classmethod
+    def ignore_compile_internals(cls) -> bool:
+        return True
+
+    #: Higher-order operators pass through uncounted (as in ``ac_bench.probes.attention``'s
+    #: recorder): the ops they run are dispatched, and counted, on their own.
+    supports_higher_order_operators = True
+
+    def mark(self, phase: str) -> None:
+        """``Training.step``'s marks: count from the end of the forward to the end of backward."""
+        if phase == "forward":
+            self.counting = True
+        elif phase == "backward":
+            self.counting = False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if self.counting and isinstance(func, torch._ops.OpOverload) and not is_view_op(func) \
+                and not is_metadata_query(func):
+            self.ops += 1
+        return func(*args, **(kwargs or {}))

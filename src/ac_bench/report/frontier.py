@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ac_bench.models import ATTENTIONS, FLAVORS, POLICIES, variant_id
 from ac_bench.report.load import Entry, Run
@@ -88,6 +88,9 @@ class Row:
     on_frontier: bool
     #: Recompute time: median backward seconds minus `none`'s with the same attention (None: not timed by phase).
     recompute_s: float | None = None
+    #: Ops of backward beyond `none`'s with the same attention (``backward_ops``): the recompute,
+    #: elementwise ops included, that FLOPs do not count (None: no `none` or no count).
+    extra_backward_ops: int | None = None
 
     @property
     def variant(self) -> str:
@@ -148,11 +151,14 @@ def make_group(entries: Sequence[Entry], axis: str | None = None) -> Group:
                     if none and none.record.flops and r.flops is not None else None)
         recompute = (e.backward_s - none.backward_s if none and e.backward_s is not None and none.backward_s is not None
                      else None)
-        partial.append(Row(e, ratio, overhead, on_frontier=False, recompute_s=recompute))
+        extra_ops = (r.backward_ops - none.record.backward_ops
+                     if none and r.backward_ops is not None and none.record.backward_ops is not None else None)
+        partial.append(Row(e, ratio, overhead, on_frontier=False, recompute_s=recompute,
+                           extra_backward_ops=extra_ops))
     # A variant without figures (out of memory) is neither on the frontier nor dominates one.
     front = pareto_front({r.variant: None if r.speed(axis) is None or r.entry.record.peak_bytes is None
                           else (r.speed(axis), r.entry.record.peak_bytes) for r in partial})
-    rows = tuple(Row(r.entry, r.time_ratio, r.flop_overhead, r.variant in front, r.recompute_s) for r in partial)
+    rows = tuple(replace(r, on_frontier=r.variant in front) for r in partial)
     first = entries[0].record
     return Group(group_label(first), first.device_key, axis, rows)
 

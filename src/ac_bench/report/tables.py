@@ -102,6 +102,20 @@ def _metric_bullet(header: str, name: str) -> str:
     return f"- {header}: `{name}` in {unit}, {metric.meaning}{null}."
 
 
+def backward_ops_cell(ops: int | None, extra: int | None) -> str:
+    """``112 (+18)``: the ops of backward and how many more than `none`'s; ``-`` where not counted."""
+    if ops is None:
+        return NULL
+    return f"{ops:,}" if extra is None else f"{ops:,} ({extra:+,})"
+
+
+def _backward_ops_bullet() -> str:
+    metric = METRICS["backward_ops"]
+    return (f"- {metric.column}: `backward_ops`, {metric.meaning}; in brackets, how many more than `none` with "
+            f"the same attention dispatches (the recomputed ops); `{NULL}` in records that predate it (schema "
+            f"version 4).")
+
+
 def _flops_bullet() -> str:
     metric = METRICS["flops"]
     return (f"- FLOP overhead: `flops` ({metric.meaning}) over `flops` of `none` with the same attention, "
@@ -115,6 +129,7 @@ DEFINITIONS: dict[str, str] = {
             "(recomputation included) minus `none`'s with the same attention; blank where not timed.",
     **{header: _metric_bullet(header, name) for header, name in MIB_COLUMNS.items()},
     "flops": _flops_bullet(),
+    "backward ops": _backward_ops_bullet(),
     "frontier": "- frontier: no other variant is at least as fast and at least as small (peak) and strictly "
                 "better in one; exact ties on both stay on the frontier. Faster: lower median step time when "
                 "every variant of the table is timed, else lower FLOP overhead.",
@@ -162,6 +177,7 @@ def group_table(group: Group, prefix: str = "") -> Table:
         _maybe(None if r.recompute_s is None else r.recompute_s * 1e3, ".1f"),
         *(mib(getattr(r.entry.record, name)) for name in MIB_COLUMNS.values()),
         pct(r.flop_overhead),
+        backward_ops_cell(r.entry.record.backward_ops, r.extra_backward_ops),
         "yes" if r.on_frontier else "",
         r.entry.record.outcome if r.entry.record.outcome != OK else "estimate" if r.entry.estimated else "measured",
         r.entry.record.attention_kernel or NULL,
@@ -171,8 +187,8 @@ def group_table(group: Group, prefix: str = "") -> Table:
     axis = ("median step time" if group.axis == TIME
             else f"FLOP overhead ({'not every variant is' if timed else 'not'} timed)")
     notes = (f"Frontier on {axis} and peak.", *null_notes([r.entry.record for r in group.rows], MIB_COLUMNS))
-    return Table(title, ("variant", "step ms", "x none", "recompute ms", *MIB_COLUMNS, "FLOP overhead", "frontier", "figures",
-                                  "kernel"),
+    return Table(title, ("variant", "step ms", "x none", "recompute ms", *MIB_COLUMNS, "FLOP overhead",
+                         METRICS["backward_ops"].column, "frontier", "figures", "kernel"),
                  rows, notes=notes)
 
 
@@ -198,7 +214,7 @@ def report_text(runs: Sequence[Run], markdown: bool) -> str:
     labels = run_labels(runs)
     sources = [f"`{label}` (torch {', '.join(run.torch_versions)})" for label, run in zip(labels, runs)]
     intro = [("Input: " if len(runs) == 1 else "Runs, in order: ") + "; ".join(sources) + ".",
-             definitions("time", *MIB_COLUMNS, "flops", "frontier", "estimate", "kernel")]
+             definitions("time", *MIB_COLUMNS, "flops", "backward ops", "frontier", "estimate", "kernel")]
     tables = [group_table(g, prefix=f"{label}: " if len(runs) > 1 else "")
               for label, run in zip(labels, runs) for g in run_groups(run)]
     if len(runs) > 1:
