@@ -42,7 +42,9 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
 @dataclass
 class Training:
     """A variant ready to train: its model (seeded weights, policy applied), optimizer, input
-    and policy, in the flavor's dtype on ``device`` (fake tensors where a FakeTensorMode is active)."""
+    (the family's: ``Family.input_for``) and policy, in the flavor's dtype on ``device`` (fake
+    tensors where a FakeTensorMode is active). The loss is ``loss_fn(model(x))``: the output's
+    mean, which leaves a model's own scalar loss as it is (the transformers families')."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -83,7 +85,7 @@ def build_training(flavor: Flavor, variant: str, device: str | torch.device,
     dtype = resolve_dtype(flavor, device)
     torch.manual_seed(0)
     model = policy.apply(build_model(flavor, attention, device, dtype))
-    x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
+    x = family_of(flavor).input_for(flavor, device, dtype)
     return Training(model, make_optimizer(model), x, policy, device)
 
 
