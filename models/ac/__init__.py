@@ -31,6 +31,7 @@ from ac_bench.models.ac.selective import CORE_ATTENTION_OPS, SAC_SAVE_OPS, Selec
 from ac_bench.models.ac.sequential import SequentialAC
 
 __all__ = [
-    "CORE_ATTENTION_OPS", "CompileBudgetAC", "KINDS", "LIBRARY_POLICIES", "LayerAC", "NativeAC", "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",
+    "CORE_ATTENTION_OPS", "CompileBudgetAC", "KINDS", "LIBRARY_POLICIES", "LayerAC", "NativeAC",
+    "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",
     "SelectiveAC", "SequentialAC", "VARIANTS", "budget_name", "get_policy", "parse_variant", "variant_id",
 ]
