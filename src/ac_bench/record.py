@@ -78,9 +78,13 @@ def _no_mark(phase: str) -> None:
 def build_training(flavor: Flavor, variant: str, device: str | torch.device,
                    policy: Policy | None = None) -> Training:
     """The variant's model, optimizer and input (see ``Training``); ``policy``, if given,
-    replaces the one the variant names (a policy object no registry name describes)."""
+    replaces the one the variant names (a policy object no registry name describes). A policy
+    the flavor's family cannot run raises a ValueError with the family's reason."""
     policy_name, attention = parse_variant(variant)
     policy = policy or get_policy(policy_name)
+    reason = family_of(flavor).exclusion(policy)
+    if reason:
+        raise ValueError(reason)
     device = torch.device(device)
     dtype = resolve_dtype(flavor, device)
     torch.manual_seed(0)
