@@ -5,6 +5,7 @@ transformers is not installed (CI installs it: requirements-cpu.txt)."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import pytest
@@ -143,3 +144,15 @@ def test_every_family_runs_through_the_suite(tmp_path):
     assert not skipped_native, skipped_native
     second = run_pytest("bench/test_baselines.py", *common, timeout=900)
     assert second.returncode == 0 and "no entry" not in second.stdout, second.stdout[-3000:]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_whole_layers_every_n_is_transformers_every_n_layers(n):
+    """The layers ``whole_layers_every_N`` wraps are those ``gradient_checkpointing_enable(every_n_layers=N)``
+    flags, at depth 5."""
+    flavor = dataclasses.replace(_flavor("hf-llama"), depth=5)
+    switched = build_model(flavor, "sdpa")
+    switched.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=n)
+    ours = apply_policy(build_model(flavor, "sdpa"), f"whole_layers_every_{n}")
+    flags = [layer.gradient_checkpointing for layer in switched.blocks]
+    assert flags == [isinstance(layer, CheckpointWrapper) for layer in ours.blocks] == [i % n == 0 for i in range(5)]
