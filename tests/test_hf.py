@@ -6,6 +6,7 @@ transformers is not installed (CI installs it: requirements-cpu.txt)."""
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import sys
 
 import pytest
@@ -20,10 +21,11 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from transformers.modeling_layers import GradientCheckpointingLayer  # noqa: E402
 
 from ac_bench.gradients import mismatches, run_step, twin_models  # noqa: E402
-from ac_bench.models import apply_policy, build_model, get_policy, hf, load_family_spec  # noqa: E402
+from ac_bench.models import FLAVORS, apply_policy, build_model, families, get_policy, load_family_spec  # noqa: E402
 from tests.helpers import run_pytest  # noqa: E402
 
-FAMILIES = {f.name: f for f in hf.ALL}
+#: The families' names, known without importing ac_bench.models.hf (which registers them).
+NAMES = [f"hf-{t}" for t in ("llama", "qwen2", "qwen3", "mistral", "gpt2") if t in transformers.CONFIG_MAPPING]
 
 #: Where each library model keeps its decoder layers, and what its attention and MLP are called:
 #: read from transformers 5.18's modeling files (modeling_llama.py, …, modeling_gpt2.py).
@@ -36,20 +38,37 @@ STRUCTURE = {
 }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def hf():
+    """``ac_bench.models.hf``, imported for this module's tests only: its families and flavors
+    leave the registries afterwards, so that later tests (and the valid names they print) see the
+    registries as a process that never imported it does."""
+    saved = dict(families.FAMILIES), dict(FLAVORS)
+    imported = "ac_bench.models.hf" in sys.modules
+    yield importlib.import_module("ac_bench.models.hf")
+    if not imported:
+        sys.modules.pop("ac_bench.models.hf", None)
+        for registry, before in zip((families.FAMILIES, FLAVORS), saved):
+            registry.clear()
+            registry.update(before)
+
+
+def _family(name):
+    return families.FAMILIES[name]
+
+
 def _flavor(name):
-    return FAMILIES[name].flavors[0]
+    return _family(name).flavors[0]
 
 
-def test_the_families_this_transformers_has():
-    expected = {"hf-llama", "hf-qwen2", "hf-mistral", "hf-gpt2"} | (
-        {"hf-qwen3"} if "qwen3" in transformers.CONFIG_MAPPING else set())
-    assert set(FAMILIES) == expected
+def test_the_families_this_transformers_has(hf):
+    assert [f.name for f in hf.ALL] == NAMES
     assert load_family_spec("ac_bench.models.hf:ALL") == hf.ALL  # registered once, loaded again as a no-op
     assert load_family_spec("ac_bench.models.hf:GPT2") is hf.GPT2
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_layers_and_sublayers_are_the_librarys_own(name):
+@pytest.mark.parametrize("name", NAMES)
+def test_layers_and_sublayers_are_the_librarys_own(name, hf):
     layers, attn, attn_class, mlp_class = STRUCTURE[name]
     flavor = _flavor(name)
     model = build_model(flavor, "sdpa")
@@ -64,13 +83,13 @@ def test_layers_and_sublayers_are_the_librarys_own(name):
     assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
-def test_the_step_is_token_ids_in_and_the_models_own_loss_out(name):
+@pytest.mark.parametrize("name", NAMES)
+def test_the_step_is_token_ids_in_and_the_models_own_loss_out(name, hf):
     """Input: int64 token ids below the vocabulary; output: the model's loss, which is the
     cross-entropy over the vocabulary of each next token, computed here from its logits."""
     flavor = _flavor(name)
     model = build_model(flavor, "sdpa")
-    x = FAMILIES[name].input_for(flavor, "cpu", torch.float32)
+    x = _family(name).input_for(flavor, "cpu", torch.float32)
     assert x.dtype == torch.int64 and x.shape == (flavor.batch, flavor.seq_len)
     assert 0 <= int(x.min()) and int(x.max()) < hf.VOCAB_SIZE
     loss = model(x)
@@ -81,7 +100,7 @@ def test_the_step_is_token_ids_in_and_the_models_own_loss_out(name):
     torch.testing.assert_close(loss, expected)
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", NAMES)
 def test_policies_wrap_the_librarys_modules(name):
     """``full``: attention and MLP of layers 1…; ``whole_layers``: every layer; ``native``: the
     library's flag on every layer; the state-dict keys never change."""
@@ -99,16 +118,16 @@ def test_policies_wrap_the_librarys_modules(name):
         assert list(model.state_dict()) == keys
 
 
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", NAMES)
 def test_sequential_is_not_generated_and_says_why(name):
-    family = FAMILIES[name]
+    family = _family(name)
     assert not [v for v in family.variants() if v.startswith("sequential-")]
     assert {"whole_layers-sdpa", "native-sdpa", "full-eager"} <= set(family.variants())
     assert "checkpoint_sequential replaces the model's forward" in family.exclusion(get_policy("sequential"))
 
 
 @pytest.mark.parametrize("policy", ["whole_layers", "native", "full", "sac"])
-@pytest.mark.parametrize("name", list(FAMILIES))
+@pytest.mark.parametrize("name", NAMES)
 def test_gradients_bitwise_equal_to_no_checkpointing_with_dropout(name, policy):
     """The twin check with every dropout of the config at 0.1 (GPT-2's attention, residual and
     embedding dropout; the others' attention dropout): recomputation replays the RNG state."""
@@ -129,7 +148,7 @@ def test_without_transformers_the_spec_is_one_line(monkeypatch):
 
 
 @pytest.mark.slow
-def test_every_family_runs_through_the_suite(tmp_path):
+def test_every_family_runs_through_the_suite(tmp_path, hf):
     """``pytest bench/ --model-spec ac_bench.models.hf:ALL`` at ``none``, ``whole_layers`` and
     ``native``: the memory record, gradients, FLOPs recorded and native equal to whole_layers
     pass on every family; baselines are written, then gated against."""
@@ -138,8 +157,8 @@ def test_every_family_runs_through_the_suite(tmp_path):
     modules = ["bench/test_memory.py", "bench/test_gradients.py", "bench/test_native.py", "bench/test_baselines.py"]
     first = run_pytest(*modules, *common, "--update-baselines", timeout=900)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for name, family in FAMILIES.items():
-        assert f"{family.flavors[0].name}-native-sdpa" in (tmp_path / "cpu" / "figures.json").read_text(), name
+    for family in hf.ALL:
+        assert f"{family.flavors[0].name}-native-sdpa" in (tmp_path / "cpu" / "figures.json").read_text(), family.name
     skipped_native = [line for line in first.stdout.splitlines() if "test_native.py" in line and "SKIPPED" in line]
     assert not skipped_native, skipped_native
     second = run_pytest("bench/test_baselines.py", *common, timeout=900)
