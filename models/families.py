@@ -88,6 +88,11 @@ class Family:
         bad = [s for s in self.sublayers if s not in SUBLAYERS]
         if bad:
             raise ValueError(f"family {self.name!r}: unknown sublayers {bad}; the policies wrap {SUBLAYERS}")
+        for name in self.extra_policies:
+            try:
+                get_policy(name)
+            except ValueError as exc:
+                raise ValueError(f"family {self.name!r}: extra_policies: {exc}") from None
         strangers = [f.name for f in self.flavors if f.family != self.name]
         if strangers:
             raise ValueError(f"family {self.name!r}: flavors {strangers} name another family; "

@@ -97,3 +97,9 @@ def test_a_policy_the_family_cannot_run_is_refused_with_the_reason(monkeypatch):
     with pytest.raises(ValueError, match=r"^family 'transformer' cannot run policy 'sequential' \(sequential\): "
                                          r"its blocks take two inputs$"):
         build_training(FLAVOR, "sequential-sdpa", "cpu")
+
+
+def test_a_family_listing_an_unknown_policy_is_refused_in_one_line():
+    from ac_bench.models import Family
+    with pytest.raises(ValueError, match=r"^family 'x': extra_policies: unknown checkpointing policy 'nope'; valid names"):
+        Family("x", build=lambda flavor, attention, dropout: None, extra_policies=("nope",))
