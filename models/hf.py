@@ -115,9 +115,9 @@ def hf_config(model_type: str, flavor: Flavor, dropout: float = 0.0, **extra: An
     """The library's config class for ``model_type`` (``AutoConfig.for_model``) at the flavor's
     sizes: hidden ``d_model``, ``depth`` layers, ``n_heads`` heads of ``d_model // n_heads``
     (``n_kv_heads`` key/value heads where the config has them), ``VOCAB_SIZE`` tokens, ``seq_len``
-    positions (GPT-2's learned position table), every dropout probability of the config (``*dropout*``, ``*_pdrop``: GPT-2
-    defaults to 0.1) set to ``dropout``; ``extra`` on top (``intermediate_size``); the rest the
-    library's defaults."""
+    positions (GPT-2's learned position table), every dropout probability of the config
+    (``*dropout*``, ``*_pdrop``: GPT-2 defaults to 0.1) set to ``dropout``; ``extra`` on top
+    (``intermediate_size``); the rest the library's defaults."""
     config = AutoConfig.for_model(model_type)
     # Special tokens inside the small vocabulary (GPT-2's default 50256 is not, and the library warns).
     sizes = dict(hidden_size=flavor.d_model, num_hidden_layers=flavor.depth, num_attention_heads=flavor.n_heads,
