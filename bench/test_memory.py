@@ -36,7 +36,7 @@ import pytest
 from ac_bench import analytic
 from ac_bench.cases import Case
 from ac_bench.metrics import METRICS
-from ac_bench.models import POLICIES, family_of
+from ac_bench.models import family_of, get_policy
 from ac_bench.probes.device import cuda_backward_allowance
 from ac_bench.record import Measurement, is_estimate, measure_variant
 
@@ -66,7 +66,7 @@ def test_memory_record(case, measurements):
     assert [f for f, v in data.items() if v is None and f not in NULLABLE_FIELDS] == [], case.id
     assert Measurement.from_dict(data) == record, case.id  # what the JSON, the gate and the report read back
     assert (record.variant, record.flavor, record.memory_method) == (case.variant, case.flavor.name, expected_method(case)), case.id
-    assert (record.policy, record.policy_kind) == (case.policy, POLICIES[case.policy].kind), case.id
+    assert (record.policy, record.policy_kind) == (case.policy, get_policy(case.policy).kind), case.id
     assert record.resident_bytes > 0, case.id
     assert record.forward_kept_bytes > 0 or (record.policy == "offload" and record.device != "cpu"), case.id
     assert record.peak_bytes >= record.resident_bytes, case.id
@@ -79,7 +79,9 @@ def test_memory_record(case, measurements):
         # Where hooks see everything kept, the two figures are one: exact under MemTracker;
         # on CUDA the allocator's block rounding adds to forward_kept_bytes (full-sdpa: +1.1%
         # on the H200), so there within the analytic tolerance.
-        if record.memory_method == "cuda-allocator":
+        if family_of(case.flavor).saved_bytes_gap is not None:  # hooks miss some (the reason is declared there)
+            assert record.saved_bytes <= record.forward_kept_bytes, case.id
+        elif record.memory_method == "cuda-allocator":
             assert record.forward_kept_bytes == pytest.approx(record.saved_bytes, rel=ANALYTIC_TOLERANCE), case.id
         else:
             assert record.forward_kept_bytes == record.saved_bytes, case.id

@@ -11,7 +11,11 @@ The contract a family's model keeps, so that every policy kind applies: ``model.
 ``nn.ModuleList`` that ``forward`` runs in sequence on the input (the sequential policy replaces
 ``forward`` by ``checkpoint_sequential`` over it); each block has one attribute per declared
 sublayer, a module called on the residual stream (``x -> x + f(x)``), which the region, plan
-and selective policies wrap; the loss is ``output.mean()``.
+and selective policies wrap; the loss is ``output.mean()``. A family may supply its own input
+(``Family.make_input``: token ids, say) and a model whose forward returns its own scalar loss,
+which ``output.mean()`` leaves as it is; its blocks' sublayers may sit under other attribute
+names (the model's ``sublayer_attributes``). The transformers adapter (``ac_bench.models.hf``)
+does both.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import torch
 from torch import nn
 
 from ac_bench.models.ac.base import SUBLAYERS, Policy
+from ac_bench.models.ac.registry import POLICIES, get_policy, variant_id
 from ac_bench.models.llama import LLAMA_FLAVORS, build_llama, llama_shape
 from ac_bench.models.transformer import FLAVORS, Flavor, build_transformer, resolve_dtype
 
@@ -65,11 +70,29 @@ class Family:
     #: seq_len), as the record stores them (``Measurement.family_shape``): ``shape(flavor)``
     #: gives a JSON-able dict; None: the family adds none.
     shape: Callable[[Flavor], dict] | None = None
+    #: The step's input, ``make_input(flavor, device, dtype)``, made right after the model is
+    #: built from seed 0; None: ``randn(batch, seq_len, d_model)`` in ``dtype`` (the notebook's
+    #: step). The transformers families give token ids, ``(batch, seq_len)`` int64 < vocab.
+    make_input: Callable[[Flavor, torch.device, torch.dtype], torch.Tensor] | None = None
+    #: Policies beyond ``POLICIES`` that this family runs, by name (``LIBRARY_POLICIES``: the
+    #: libraries' own semantics, ``whole_layers`` and ``native``, on the transformers families).
+    extra_policies: tuple[str, ...] = ()
+    #: Policy kinds (``Policy.kind``) this family's models cannot run, each with the reason:
+    #: their variants are not generated, and asking for one explicitly raises that reason.
+    unsupported_kinds: tuple[tuple[str, str], ...] = ()
+    #: Why ``saved_tensors_hooks`` miss some of what this family's checkpointed regions keep (then
+    #: ``saved_bytes <= forward_kept_bytes`` is checked instead of equality), or None: they miss none.
+    saved_bytes_gap: str | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sublayers if s not in SUBLAYERS]
         if bad:
             raise ValueError(f"family {self.name!r}: unknown sublayers {bad}; the policies wrap {SUBLAYERS}")
+        for name in self.extra_policies:
+            try:
+                get_policy(name)
+            except ValueError as exc:
+                raise ValueError(f"family {self.name!r}: extra_policies: {exc}") from None
         strangers = [f.name for f in self.flavors if f.family != self.name]
         if strangers:
             raise ValueError(f"family {self.name!r}: flavors {strangers} name another family; "
@@ -83,10 +106,31 @@ class Family:
         """The shape fields this family adds, for ``flavor`` (``{}`` where it adds none)."""
         return dict(self.shape(flavor)) if self.shape is not None else {}
 
+    def input_for(self, flavor: Flavor, device: str | torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The step's input for ``flavor`` (``make_input``, or ``randn(flavor.input_shape())``)."""
+        if self.make_input is not None:
+            return self.make_input(flavor, torch.device(device), dtype)
+        return torch.randn(flavor.input_shape(), device=device, dtype=dtype)
+
+    def exclusion(self, policy: Policy) -> str | None:
+        """Why this family cannot run ``policy`` (it wraps a sublayer the family lacks, or its kind
+        is in ``unsupported_kinds``), or None where it can."""
+        missing = [s for s in getattr(policy, "sublayers", ()) if s not in self.sublayers]
+        if missing:
+            return (f"family {self.name!r} has no sublayer {', '.join(missing)} for policy {policy.name!r} to wrap "
+                    f"(it declares {', '.join(self.sublayers)})")
+        reason = dict(self.unsupported_kinds).get(policy.kind)
+        return reason and f"family {self.name!r} cannot run policy {policy.name!r} ({policy.kind}): {reason}"
+
     def applies(self, policy: Policy) -> bool:
-        """Whether ``policy`` wraps only sublayers this family declares."""
-        wrapped = getattr(policy, "sublayers", ())
-        return all(s in self.sublayers for s in wrapped)
+        """Whether this family runs ``policy`` (``exclusion`` is None)."""
+        return self.exclusion(policy) is None
+
+    def variants(self) -> tuple[str, ...]:
+        """The variants this family runs: ``POLICIES`` and its ``extra_policies``, each policy it
+        can run with each attention it declares, policies outer."""
+        return tuple(variant_id(p, a) for p in (*POLICIES, *self.extra_policies) for a in self.attentions
+                     if self.applies(get_policy(p)))
 
 
 FAMILIES: dict[str, Family] = {}
@@ -145,10 +189,11 @@ LLAMA = register_family(Family(
     description="torchtitan llama3 / gpt-fast style: RMSNorm, RoPE, GQA, causal, SwiGLU, no biases"))
 
 
-def load_family_spec(spec: str) -> Family:
-    """``package.module:NAME`` (``:SPEC`` when left out) -> the ``Family`` it names, registered
-    with its flavors; the module is imported from sys.path, else from the current folder.
-    Any problem raises a ValueError whose message is one line."""
+def load_family_spec(spec: str) -> Family | tuple[Family, ...]:
+    """``package.module:NAME`` (``:SPEC`` when left out) -> the ``Family`` it names, or the tuple
+    of families (``ac_bench.models.hf:ALL``), registered with their flavors; the module is imported
+    from sys.path, else from the current folder. Any problem raises a ValueError whose message
+    is one line."""
     module_name, _, attribute = spec.partition(":")
     attribute = attribute or "SPEC"
     if not module_name or not all(part.isidentifier() for part in module_name.split(".")) \
@@ -168,14 +213,17 @@ def load_family_spec(spec: str) -> Family:
     if not hasattr(module, attribute):
         raise ValueError(f"--model-spec {spec!r}: module {module_name!r} ({getattr(module, '__file__', '?')}) "
                          f"has no attribute {attribute!r}")
-    family = getattr(module, attribute)
-    if not isinstance(family, Family):
-        raise ValueError(f"--model-spec {spec!r}: {attribute} is a {type(family).__name__}, not an "
-                         f"ac_bench.models.families.Family")
-    if not family.flavors:
-        raise ValueError(f"--model-spec {spec!r}: family {family.name!r} declares no flavors; give it "
-                         f"flavors=(Flavor(..., family={family.name!r}),)")
+    found = getattr(module, attribute)
+    families = found if isinstance(found, tuple) and found else (found,)
+    for family in families:
+        if not isinstance(family, Family):
+            raise ValueError(f"--model-spec {spec!r}: {attribute} is a {type(found).__name__}, not an "
+                             f"ac_bench.models.families.Family (or a tuple of them)")
+        if not family.flavors:
+            raise ValueError(f"--model-spec {spec!r}: family {family.name!r} declares no flavors; give it "
+                             f"flavors=(Flavor(..., family={family.name!r}),)")
     try:
-        return register_family(family)
+        registered = tuple(register_family(family) for family in families)
     except ValueError as exc:
         raise ValueError(f"--model-spec {spec!r}: {exc}") from None
+    return registered if isinstance(found, tuple) else registered[0]

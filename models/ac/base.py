@@ -13,6 +13,13 @@ import torch
 SUBLAYERS: tuple[str, ...] = ("attn", "mlp")
 
 
+def sublayer_attribute(model: torch.nn.Module, sublayer: str) -> str:
+    """The attribute of ``model``'s blocks that holds ``sublayer`` (``attn``, ``mlp``): the
+    model's ``sublayer_attributes`` mapping where it has one (a transformers Llama layer's
+    attention is ``self_attn``), else the sublayer's own name."""
+    return getattr(model, "sublayer_attributes", {}).get(sublayer, sublayer)
+
+
 def parse_count(pattern: str, name: str, least: int, rule: str) -> int | None:
     """``N`` of a name ``pattern`` (one ``(\\d+)`` group) fully matching ``name``, None when it does
     not match; a ValueError saying ``rule`` when N < ``least`` or is written with leading zeros."""

@@ -8,7 +8,7 @@ from typing import ClassVar
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
-from ac_bench.models.ac.base import SUBLAYERS, Policy, parse_count
+from ac_bench.models.ac.base import SUBLAYERS, Policy, parse_count, sublayer_attribute
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,9 @@ class RegionAC(Policy):
         """Wrap the sublayers in place with ``checkpoint_wrapper``, which keeps state-dict keys."""
         impl = CheckpointImpl.REENTRANT if self.use_reentrant else CheckpointImpl.NO_REENTRANT
         for i, sublayer in self.regions(len(model.blocks)):
-            block = model.blocks[i]
-            module: nn.Module = getattr(block, sublayer)
-            setattr(block, sublayer, checkpoint_wrapper(
+            block, attribute = model.blocks[i], sublayer_attribute(model, sublayer)
+            module: nn.Module = getattr(block, attribute)
+            setattr(block, attribute, checkpoint_wrapper(
                 module, checkpoint_impl=impl, preserve_rng_state=self.preserve_rng_state,
                 **self.wrap_kwargs()))
         return model

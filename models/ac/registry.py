@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from ac_bench.models.ac.base import Policy
 from ac_bench.models.ac.compile_budget import CompileBudgetAC
+from ac_bench.models.ac.layer import LayerAC
+from ac_bench.models.ac.native import NativeAC
 from ac_bench.models.ac.offload import OffloadAC
 from ac_bench.models.ac.plan import PlanAC
 from ac_bench.models.ac.region import RegionAC
@@ -12,7 +14,8 @@ from ac_bench.models.ac.sequential import SequentialAC
 from ac_bench.models.transformer import ATTENTIONS, check_attention
 
 #: Every policy kind, one class each.
-KINDS: tuple[type[Policy], ...] = (RegionAC, SequentialAC, SelectiveAC, OffloadAC, PlanAC, CompileBudgetAC)
+KINDS: tuple[type[Policy], ...] = (RegionAC, SequentialAC, SelectiveAC, OffloadAC, PlanAC, CompileBudgetAC, LayerAC,
+                                   NativeAC)
 
 #: The policies every run measures, in the order tables list them.
 POLICIES: dict[str, Policy] = {p.name: p for p in (
@@ -28,12 +31,22 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
     OffloadAC("offload"),
 )}
 
+#: The libraries' own checkpointing semantics, named apart from ours: ``whole_layers`` (every
+#: layer whole, layer 0 included: transformers' ``gradient_checkpointing_enable()``, torchtitan's
+#: ``FullAC``; ours, ``full``, wraps the sublayers of blocks 1…) and ``native`` (the model's own
+#: switch, measured as it is). Run on the families that list them (``Family.extra_policies``),
+#: not in the default run; valid wherever a policy is named.
+LIBRARY_POLICIES: dict[str, Policy] = {p.name: p for p in (
+    LayerAC("whole_layers"),
+    NativeAC("native"),
+)}
+
 def get_policy(name: str) -> Policy:
     """A policy by name: a registry key (``full``) or a parameterised name that one kind reads
     (``every_4``, ``sequential_3``, ``plan_a2_m1``, ``budget_0.3``: ``Policy.from_name``);
     otherwise a ValueError naming the valid ones."""
-    if name in POLICIES:
-        return POLICIES[name]
+    if name in POLICIES or name in LIBRARY_POLICIES:
+        return POLICIES.get(name) or LIBRARY_POLICIES[name]
     # Only the kinds that read names themselves: a subclass that inherits ``from_name`` (SelectiveAC
     # from RegionAC) does not name its parent's policies, as ``name_grammar`` below is its own too.
     for kind in (k for k in KINDS if "from_name" in vars(k)):
@@ -41,7 +54,8 @@ def get_policy(name: str) -> Policy:
         if policy is not None:  # a registered setting is the registry's own object (every_2: every_other)
             return POLICIES[policy.name] if POLICIES.get(policy.name) == policy else policy
     grammar = ", ".join(k.name_grammar for k in KINDS if k.__dict__.get("name_grammar"))
-    raise ValueError(f"unknown checkpointing policy {name!r}; valid names: {', '.join(POLICIES)}, {grammar}")
+    raise ValueError(f"unknown checkpointing policy {name!r}; valid names: {', '.join([*POLICIES, *LIBRARY_POLICIES])}, "
+                     f"{grammar}")
 
 
 def variant_id(policy: Policy | str, attention: str) -> str:

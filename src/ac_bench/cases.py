@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 from ac_bench.models import (
     FLAVORS,
-    VARIANTS,
     Flavor,
     build_model,
     family_of,
@@ -81,10 +80,12 @@ def parse_flavor_list(text: str) -> tuple[Flavor, ...]:
     return tuple(get_flavor(n) for n in names)
 
 
-def cases(device: str, flavors: tuple[Flavor, ...], variants: tuple[str, ...] = VARIANTS) -> list[Case]:
-    """Every variant of every flavor on ``device`` whose family declares its attention and the
-    sublayers its policy wraps, flavors outer."""
-    return [Case(device, f, v) for f in flavors for v in variants if _applies(f, v)]
+def cases(device: str, flavors: tuple[Flavor, ...], variants: tuple[str, ...] | None = None) -> list[Case]:
+    """Every variant of every flavor on ``device`` that its family runs (``Family.variants``:
+    ``POLICIES`` and the family's ``extra_policies``, where it declares the attention, the
+    sublayers and the policy's kind), or of ``variants`` where given, flavors outer."""
+    return [Case(device, f, v) for f in flavors
+            for v in (family_of(f).variants() if variants is None else variants) if _applies(f, v)]
 
 
 def _applies(flavor: Flavor, variant: str) -> bool:
@@ -95,7 +96,8 @@ def _applies(flavor: Flavor, variant: str) -> bool:
 
 def variant_problem(flavor: Flavor, variant: str) -> str | None:
     """Why ``variant`` cannot run on ``flavor`` (None if it can), in one line: its family lacks
-    the attention implementation or the sublayers the policy wraps, or the policy refuses the
+    the attention implementation or the sublayers the policy wraps, or cannot run its kind
+    (``Family.unsupported_kinds``), or the policy refuses the
     model (``sequential_5`` on a model of 3 blocks, ``plan_a9_m0`` on one of 4). Found by
     applying the policy to the model built on the meta device: no memory, no compute, and the
     policy's own check, so a new kind's limits need no rule here. Raises ValueError for a
@@ -105,9 +107,9 @@ def variant_problem(flavor: Flavor, variant: str) -> str | None:
     if attention not in family.attentions:
         return (f"{variant}: family {family.name!r} of flavor {flavor.name!r} has no {attention} attention "
                 f"(it declares {', '.join(family.attentions)})")
-    if not family.applies(policy):
-        return (f"{variant}: policy {policy_name!r} wraps sublayers that family {family.name!r} does not declare "
-                f"(it declares {', '.join(family.sublayers)})")
+    reason = family.exclusion(policy)  # a sublayer it lacks, or a kind it cannot run
+    if reason:
+        return f"{variant}: {reason}"
     problem = build_problem(flavor, attention, "cpu")
     if problem:
         return f"{variant}: {problem}"

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPOINT_PREFIX
 
-from ac_bench.models import Flavor, Policy, apply_policy, build_model, get_policy, loss_fn, resolve_dtype
+from ac_bench.models import Flavor, Policy, apply_policy, build_model, family_of, get_policy, loss_fn, resolve_dtype
 
 #: Tolerances for ``X-sdpa`` against ``X-eager`` (same weights, same input): the fused kernel
 #: sums QK^T and PV in another order and, on the CPU, in blocks with an online softmax.
@@ -117,7 +117,7 @@ def twin_models(flavor: Flavor, attention: str, policy: Policy | str, device: st
                              reference_policy)
     model = apply_policy(build_model(flavor, attention, device, dtype, dropout), policy)
     model.load_state_dict(reference.state_dict())
-    x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
+    x = family_of(flavor).input_for(flavor, device, dtype)
     return reference, model, x
 
 

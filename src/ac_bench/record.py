@@ -42,7 +42,9 @@ def describe_optimizer(optimizer: torch.optim.Optimizer) -> str:
 @dataclass
 class Training:
     """A variant ready to train: its model (seeded weights, policy applied), optimizer, input
-    and policy, in the flavor's dtype on ``device`` (fake tensors where a FakeTensorMode is active)."""
+    (the family's: ``Family.input_for``) and policy, in the flavor's dtype on ``device`` (fake
+    tensors where a FakeTensorMode is active). The loss is ``loss_fn(model(x))``: the output's
+    mean, which leaves a model's own scalar loss as it is (the transformers families')."""
 
     model: nn.Module
     optimizer: torch.optim.Optimizer
@@ -76,14 +78,18 @@ def _no_mark(phase: str) -> None:
 def build_training(flavor: Flavor, variant: str, device: str | torch.device,
                    policy: Policy | None = None) -> Training:
     """The variant's model, optimizer and input (see ``Training``); ``policy``, if given,
-    replaces the one the variant names (a policy object no registry name describes)."""
+    replaces the one the variant names (a policy object no registry name describes). A policy
+    the flavor's family cannot run raises a ValueError with the family's reason."""
     policy_name, attention = parse_variant(variant)
     policy = policy or get_policy(policy_name)
+    reason = family_of(flavor).exclusion(policy)
+    if reason:
+        raise ValueError(reason)
     device = torch.device(device)
     dtype = resolve_dtype(flavor, device)
     torch.manual_seed(0)
     model = policy.apply(build_model(flavor, attention, device, dtype))
-    x = torch.randn(flavor.input_shape(), device=device, dtype=dtype)
+    x = family_of(flavor).input_for(flavor, device, dtype)
     return Training(model, make_optimizer(model), x, policy, device)
 
 

@@ -89,7 +89,8 @@ def loaded_families(config: pytest.Config) -> list:
     families = []
     for spec in config.getoption("--model-spec"):
         try:
-            families.append(load_family_spec(spec))
+            loaded = load_family_spec(spec)
+            families.extend(loaded if isinstance(loaded, tuple) else (loaded,))
         except ValueError as exc:
             raise pytest.UsageError(str(exc)) from None
     return families

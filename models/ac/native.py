@@ -1,0 +1,41 @@
+"""The model's own checkpointing switch, measured as it is: transformers'
+``gradient_checkpointing_enable``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from torch import nn
+
+from ac_bench.models.ac.base import Policy
+
+#: What ``native`` passes to the switch: non-reentrant ``torch.utils.checkpoint``, as the
+#: suite's own policies use (transformers 5.18's default too); torch's default
+#: ``preserve_rng_state=True`` applies.
+NATIVE_KWARGS: dict = {"use_reentrant": False}
+
+
+@dataclass(frozen=True)
+class NativeAC(Policy):
+    """``model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})``:
+    the library decides what is checkpointed (transformers 5.18: every ``GradientCheckpointingLayer``,
+    that is every decoder layer, layer 0 included, when the model is in training mode;
+    ``modeling_utils.PreTrainedModel.gradient_checkpointing_enable`` and ``modeling_layers.py``).
+    Measured as it is, so a model whose switch does less than it says (an override that leaves
+    some layers out, or a silent no-op) differs from ``whole_layers``, which the suite checks.
+    A model without such a switch cannot run it: ``apply`` says so in one line."""
+
+    kind: ClassVar[str] = "native"
+    #: What the library checkpoints is its own business: not modelled.
+    composition: ClassVar[str | None] = None
+    fsdp2_incompatibility: ClassVar[str | None] = "not yet launched under FSDP2 (ac_bench.distributed)"
+
+    def apply(self, model: nn.Module) -> nn.Module:
+        """Call the model's own switch; a ValueError if it has none."""
+        switch = getattr(model, "gradient_checkpointing_enable", None)
+        if not callable(switch):
+            raise ValueError(f"policy {self.name!r}: {type(model).__name__} has no checkpointing switch of its own "
+                             f"(transformers' gradient_checkpointing_enable); 'native' runs on transformers models only")
+        switch(gradient_checkpointing_kwargs=dict(NATIVE_KWARGS))
+        return model

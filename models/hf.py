@@ -1,0 +1,185 @@
+"""Hugging Face transformers causal LMs as families: the library's own model classes, built from
+its config classes at small sizes with random weights (no download), stepped as they train.
+
+``pytest bench/ --model-spec ac_bench.models.hf:ALL`` runs them all (``:LLAMA``, ``:QWEN2``,
+``:QWEN3``, ``:MISTRAL``, ``:GPT2`` one each). Importing this module needs transformers (the
+``hf`` extra); the families register on import.
+
+What the adapter takes from the library, and what it adds:
+
+- the model: ``AutoModelForCausalLM.from_config(AutoConfig.for_model(model_type, ...),
+  attn_implementation=attention)``; attention implementations are the library's names
+  (``eager``, ``sdpa``); its forward is called as it is;
+- the step: token ids in (``randint(vocab_size, (batch, seq_len))``), the model's own loss out:
+  ``lm(input_ids=ids, labels=ids, use_cache=False).loss``, transformers' ``ForCausalLMLoss``
+  (labels shifted by one, cross-entropy over the vocabulary, mean over the tokens), so the
+  embedding, every decoder layer, the final norm, the output head and the loss are measured;
+- the decoder layers: the one ``nn.ModuleList`` of ``GradientCheckpointingLayer`` instances, the
+  modules transformers' own ``gradient_checkpointing_enable`` switches; a layer's attention: its
+  child of the class the model records attentions from (``_can_record_outputs["attentions"]``);
+  its MLP: its child ``mlp`` (the library's name in every family here);
+- policies: ours wrap those submodules (``attn`` -> ``self_attn`` in Llama, ``attn`` in GPT-2)
+  or, for ``whole_layers``, the layers; ``native`` calls the model's own switch.
+  ``checkpoint_sequential`` cannot run here (``Family.unsupported_kinds`` says why).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import torch
+import transformers
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+from transformers.modeling_layers import GradientCheckpointingLayer
+
+from ac_bench.models.families import Family, register_family
+from ac_bench.models.transformer import Flavor
+
+#: The vocabulary of every flavor here: small, so the output head and the loss (batch x seq x
+#: vocab logits) stay comparable to a layer's activations at hidden size 64.
+VOCAB_SIZE = 256
+
+#: Why ``sequential`` (``checkpoint_sequential``) is not generated for these families.
+NO_SEQUENTIAL = ("checkpoint_sequential replaces the model's forward and passes one tensor from layer to layer; a "
+                 "transformers decoder layer also takes the position embeddings and the attention mask that the "
+                 "model's own forward computes, and that forward (embedding, final norm, output head, loss) would "
+                 "be lost")
+
+
+#: Why ``saved_bytes`` can be below ``forward_kept_bytes`` here (``Family.saved_bytes_gap``).
+KEYWORD_INPUTS = ("transformers passes a layer's position embeddings and ids, and a sublayer's inputs, as keyword "
+                  "arguments; a non-reentrant checkpoint keeps keyword-argument tensors as a Python object "
+                  "(torch.utils.checkpoint saves only positional tensors for backward), so saved_tensors_hooks do "
+                  "not see them where no op outside the region saves them too")
+
+
+def decoder_layers(lm: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The name and the module of ``lm``'s decoder layers: the one ``nn.ModuleList`` whose
+    children are all ``GradientCheckpointingLayer``s (transformers 5: ``modeling_layers.py``);
+    a ValueError when there is not exactly one such list."""
+    found = [(name, m) for name, m in lm.named_modules() if isinstance(m, nn.ModuleList) and len(m)
+             and all(isinstance(layer, GradientCheckpointingLayer) for layer in m)]
+    if len(found) != 1:
+        raise ValueError(f"{type(lm).__name__}: expected one ModuleList of GradientCheckpointingLayer "
+                         f"(its decoder layers), found {len(found)}: {[n for n, _ in found]}")
+    return found[0]
+
+
+def sublayer_attributes(lm: nn.Module, layer: nn.Module) -> dict[str, str]:
+    """``{"attn": ..., "mlp": ...}``: the attributes of ``layer`` holding its attention (its child
+    of the class ``lm`` records attentions from, ``_can_record_outputs["attentions"]``, a class or
+    an ``OutputRecorder``) and its MLP (its child ``mlp``); a ValueError naming what is missing."""
+    recorded = getattr(lm, "_can_record_outputs", None) or {}
+    target = recorded.get("attentions")
+    target = getattr(target, "target_class", target)
+    attn = [name for name, child in layer.named_children() if isinstance(target, type) and isinstance(child, target)]
+    if len(attn) != 1 or not isinstance(getattr(layer, "mlp", None), nn.Module):
+        raise ValueError(f"{type(layer).__name__}: expected one attention child of the class "
+                         f"{getattr(target, '__name__', target)} and an 'mlp' child, found attention {attn} and "
+                         f"children {[n for n, _ in layer.named_children()]}")
+    return {"attn": attn[0], "mlp": "mlp"}
+
+
+class CausalLMStep(nn.Module):
+    """A transformers causal LM as the suite steps it: token ids ``(batch, seq_len)`` in, the
+    model's own loss (a 0-dim tensor, cross-entropy in nats per token) out.
+
+    ``lm`` is the library's model, unchanged (state-dict keys ``lm.…``). ``blocks`` is its
+    decoder-layer list (``decoder_layers``), which the policies wrap in place; the model reads
+    its layers from there, so a wrapped layer runs inside the model's own forward.
+    ``sublayer_attributes`` names each layer's attention and MLP for the suite's ``attn`` and
+    ``mlp``. ``gradient_checkpointing_enable`` is the library's switch (``native``)."""
+
+    def __init__(self, lm: nn.Module) -> None:
+        super().__init__()
+        self.lm = lm
+        self._layers_name, layers = decoder_layers(lm)
+        self.sublayer_attributes = sublayer_attributes(lm, layers[0])
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        return self.lm.get_submodule(self._layers_name)
+
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """transformers' ``PreTrainedModel.gradient_checkpointing_enable``, on the model."""
+        self.lm.gradient_checkpointing_enable(**kwargs)
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The model's forward with ``labels=input_ids`` (a training step, no KV cache); its loss."""
+        return self.lm(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+
+
+def hf_config(model_type: str, flavor: Flavor, dropout: float = 0.0, **extra: Any):
+    """The library's config class for ``model_type`` (``AutoConfig.for_model``) at the flavor's
+    sizes: hidden ``d_model``, ``depth`` layers, ``n_heads`` heads of ``d_model // n_heads``
+    (``n_kv_heads`` key/value heads where the config has them), ``VOCAB_SIZE`` tokens, ``seq_len``
+    positions (GPT-2's learned position table), every dropout probability of the config
+    (``*dropout*``, ``*_pdrop``: GPT-2 defaults to 0.1) set to ``dropout``; ``extra`` on top
+    (``intermediate_size``); the rest the library's defaults."""
+    config = AutoConfig.for_model(model_type)
+    # Special tokens inside the small vocabulary (GPT-2's default 50256 is not, and the library warns).
+    sizes = dict(hidden_size=flavor.d_model, num_hidden_layers=flavor.depth, num_attention_heads=flavor.n_heads,
+                 vocab_size=VOCAB_SIZE, max_position_embeddings=flavor.seq_len,
+                 bos_token_id=0, eos_token_id=0, pad_token_id=None)
+    if hasattr(config, "num_key_value_heads"):
+        sizes["num_key_value_heads"] = flavor.n_kv_heads or flavor.n_heads
+    if hasattr(config, "head_dim"):
+        sizes["head_dim"] = flavor.d_model // flavor.n_heads
+    dropouts = {k: dropout for k, v in config.to_dict().items()
+                if isinstance(v, float) and ("dropout" in k or k.endswith("_pdrop"))}
+    return AutoConfig.for_model(model_type, **{**sizes, **dropouts, **extra})
+
+
+def build_causal_lm(model_type: str, extra: tuple[tuple[str, Any], ...], flavor: Flavor, attention: str,
+                    dropout: float = 0.0) -> CausalLMStep:
+    """The library's causal LM for ``model_type`` (``AutoModelForCausalLM.from_config``) with
+    ``attn_implementation=attention``, random weights drawn by its own initialisation in the
+    default dtype (``build_model`` sets it and the device), in training mode."""
+    config = hf_config(model_type, flavor, dropout, **dict(extra))
+    lm = AutoModelForCausalLM.from_config(config, attn_implementation=attention, dtype=torch.get_default_dtype())
+    return CausalLMStep(lm.train())
+
+
+def token_ids(flavor: Flavor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """The step's input: ``(batch, seq_len)`` int64 token ids, uniform below ``VOCAB_SIZE``."""
+    return torch.randint(VOCAB_SIZE, (flavor.batch, flavor.seq_len), device=device)
+
+
+def hf_shape(model_type: str, extra: tuple[tuple[str, Any], ...], flavor: Flavor) -> dict:
+    """The record's ``family_shape``: what the config adds to the common shape fields."""
+    config = hf_config(model_type, flavor, **dict(extra))
+    return {"model_type": model_type, "vocab_size": config.vocab_size,
+            "intermediate_size": getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None)
+            or 4 * flavor.d_model,
+            "n_kv_heads": getattr(config, "num_key_value_heads", flavor.n_heads),
+            "transformers_version": transformers.__version__}
+
+
+def hf_family(model_type: str, n_kv_heads: int | None = 2, **extra: Any) -> Family:
+    """A transformers family ``hf-{model_type}`` with one flavor, ``hf-{model_type}-tiny``:
+    hidden 64, 4 heads (``n_kv_heads`` key/value heads), 2 layers, batch 2, seq 64, fp32.
+    ``extra``: config fields of this model type (``intermediate_size``)."""
+    name = f"hf-{model_type}"
+    frozen = tuple(sorted(extra.items()))
+    flavor = Flavor(f"{name}-tiny", d_model=64, n_heads=4, depth=2, batch=2, seq_len=64, n_kv_heads=n_kv_heads,
+                    family=name)
+    return register_family(Family(
+        name, functools.partial(build_causal_lm, model_type, frozen), flavors=(flavor,),
+        make_input=token_ids, shape=functools.partial(hf_shape, model_type, frozen),
+        extra_policies=("whole_layers", "native"), unsupported_kinds=(("sequential", NO_SEQUENTIAL),),
+        saved_bytes_gap=KEYWORD_INPUTS,
+        description=f"transformers' {AutoConfig.for_model(model_type).__class__.__name__} model for causal LM, "
+                    f"token ids in, its own loss out"))
+
+
+LLAMA = hf_family("llama", intermediate_size=128)
+QWEN2 = hf_family("qwen2", intermediate_size=128)
+MISTRAL = hf_family("mistral", intermediate_size=128)
+GPT2 = hf_family("gpt2", n_kv_heads=None)
+#: Qwen3 where the installed transformers has it (4.51 and later).
+QWEN3 = hf_family("qwen3", intermediate_size=128) if "qwen3" in transformers.CONFIG_MAPPING else None
+
+#: Every transformers family here: ``--model-spec ac_bench.models.hf:ALL``.
+ALL: tuple[Family, ...] = tuple(f for f in (LLAMA, QWEN2, QWEN3, MISTRAL, GPT2) if f is not None)

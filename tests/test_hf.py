@@ -1,0 +1,177 @@
+"""The transformers families (``ac_bench.models.hf``): built by the library from its config
+classes, layers and sublayers found by its own structure, the real training step, the policies
+applied to the library's modules, and the suite run on every family. Skipped, saying so, where
+transformers is not installed (CI installs it: requirements-cpu.txt)."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+transformers = pytest.importorskip(
+    "transformers", reason="transformers is not installed (pip install -e '.[hf]', or requirements-cpu.txt): "
+                           "the transformers families cannot be built")
+
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointWrapper  # noqa: E402
+from transformers.modeling_layers import GradientCheckpointingLayer  # noqa: E402
+
+from ac_bench.gradients import mismatches, run_step, twin_models  # noqa: E402
+from ac_bench.models import FLAVORS, apply_policy, build_model, families, get_policy, load_family_spec  # noqa: E402
+from tests.helpers import run_pytest  # noqa: E402
+
+#: The families' names, known without importing ac_bench.models.hf (which registers them).
+NAMES = [f"hf-{t}" for t in ("llama", "qwen2", "qwen3", "mistral", "gpt2") if t in transformers.CONFIG_MAPPING]
+
+#: Where each library model keeps its decoder layers, and what its attention and MLP are called:
+#: read from transformers 5.18's modeling files (modeling_llama.py, …, modeling_gpt2.py).
+STRUCTURE = {
+    "hf-llama": ("model.layers", "self_attn", "LlamaAttention", "LlamaMLP"),
+    "hf-qwen2": ("model.layers", "self_attn", "Qwen2Attention", "Qwen2MLP"),
+    "hf-qwen3": ("model.layers", "self_attn", "Qwen3Attention", "Qwen3MLP"),
+    "hf-mistral": ("model.layers", "self_attn", "MistralAttention", "MistralMLP"),
+    "hf-gpt2": ("transformer.h", "attn", "GPT2Attention", "GPT2MLP"),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def hf():
+    """``ac_bench.models.hf``, imported for this module's tests only: its families and flavors
+    leave the registries afterwards, so that later tests (and the valid names they print) see the
+    registries as a process that never imported it does."""
+    saved = dict(families.FAMILIES), dict(FLAVORS)
+    imported = "ac_bench.models.hf" in sys.modules
+    yield importlib.import_module("ac_bench.models.hf")
+    if not imported:
+        sys.modules.pop("ac_bench.models.hf", None)
+        for registry, before in zip((families.FAMILIES, FLAVORS), saved):
+            registry.clear()
+            registry.update(before)
+
+
+def _family(name):
+    return families.FAMILIES[name]
+
+
+def _flavor(name):
+    return _family(name).flavors[0]
+
+
+def test_the_families_this_transformers_has(hf):
+    assert [f.name for f in hf.ALL] == NAMES
+    assert load_family_spec("ac_bench.models.hf:ALL") == hf.ALL  # registered once, loaded again as a no-op
+    assert load_family_spec("ac_bench.models.hf:GPT2") is hf.GPT2
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_layers_and_sublayers_are_the_librarys_own(name, hf):
+    layers, attn, attn_class, mlp_class = STRUCTURE[name]
+    flavor = _flavor(name)
+    model = build_model(flavor, "sdpa")
+    assert model.blocks is model.lm.get_submodule(layers) and len(model.blocks) == flavor.depth
+    assert all(isinstance(layer, GradientCheckpointingLayer) for layer in model.blocks)
+    assert model.sublayer_attributes == {"attn": attn, "mlp": "mlp"}
+    assert [type(getattr(model.blocks[0], a)).__name__ for a in (attn, "mlp")] == [attn_class, mlp_class]
+    config = model.lm.config
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads, config.vocab_size) == (
+        64, 2, 4, hf.VOCAB_SIZE)
+    assert config._attn_implementation == "sdpa" and model.training
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_the_step_is_token_ids_in_and_the_models_own_loss_out(name, hf):
+    """Input: int64 token ids below the vocabulary; output: the model's loss, which is the
+    cross-entropy over the vocabulary of each next token, computed here from its logits."""
+    flavor = _flavor(name)
+    model = build_model(flavor, "sdpa")
+    x = _family(name).input_for(flavor, "cpu", torch.float32)
+    assert x.dtype == torch.int64 and x.shape == (flavor.batch, flavor.seq_len)
+    assert 0 <= int(x.min()) and int(x.max()) < hf.VOCAB_SIZE
+    loss = model(x)
+    assert loss.dim() == 0 and loss.requires_grad
+    logits = model.lm(input_ids=x, use_cache=False).logits
+    assert logits.shape == (flavor.batch, flavor.seq_len, hf.VOCAB_SIZE)
+    expected = F.cross_entropy(logits[:, :-1].reshape(-1, hf.VOCAB_SIZE), x[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss, expected)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_policies_wrap_the_librarys_modules(name):
+    """``full``: attention and MLP of layers 1…; ``whole_layers``: every layer; ``native``: the
+    library's flag on every layer; the state-dict keys never change."""
+    flavor = _flavor(name)
+    attn = STRUCTURE[name][1]
+    keys = list(build_model(flavor, "sdpa").state_dict())
+    full = apply_policy(build_model(flavor, "sdpa"), "full")
+    assert [(i, s) for i, layer in enumerate(full.blocks) for s in (attn, "mlp")
+            if isinstance(getattr(layer, s), CheckpointWrapper)] == [(1, attn), (1, "mlp")]
+    layers = apply_policy(build_model(flavor, "sdpa"), "whole_layers")
+    assert all(isinstance(layer, CheckpointWrapper) for layer in layers.blocks)
+    native = apply_policy(build_model(flavor, "sdpa"), "native")
+    assert [layer.gradient_checkpointing for layer in native.blocks] == [True] * flavor.depth
+    for model in (full, layers, native):
+        assert list(model.state_dict()) == keys
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_sequential_is_not_generated_and_says_why(name):
+    family = _family(name)
+    assert not [v for v in family.variants() if v.startswith("sequential-")]
+    assert {"whole_layers-sdpa", "native-sdpa", "full-eager"} <= set(family.variants())
+    assert "checkpoint_sequential replaces the model's forward" in family.exclusion(get_policy("sequential"))
+
+
+@pytest.mark.parametrize("policy", ["whole_layers", "native", "full", "sac"])
+@pytest.mark.parametrize("name", NAMES)
+def test_gradients_bitwise_equal_to_no_checkpointing_with_dropout(name, policy):
+    """The twin check with every dropout of the config at 0.1 (GPT-2's attention, residual and
+    embedding dropout; the others' attention dropout): recomputation replays the RNG state."""
+    reference, model, x = twin_models(_flavor(name), "eager", policy, "cpu", dropout=0.1)
+    expected, actual = run_step(reference, x, rng_seed=7), run_step(model, x, rng_seed=7, policy=policy)
+    problems = mismatches(expected, actual)
+    assert not problems, f"{name} {policy}:\n" + "\n".join(problems)
+    assert not run_step(reference, x, rng_seed=8).loss.equal(expected.loss), f"{name}: dropout is not active"
+
+
+def test_without_transformers_the_spec_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)
+    monkeypatch.delitem(sys.modules, "ac_bench.models.hf")
+    with pytest.raises(ValueError) as info:
+        load_family_spec("ac_bench.models.hf:ALL")
+    assert str(info.value).startswith("--model-spec 'ac_bench.models.hf:ALL': cannot import 'ac_bench.models.hf': "
+                                      "ModuleNotFoundError") and "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_every_family_runs_through_the_suite(tmp_path, hf):
+    """``pytest bench/ --model-spec ac_bench.models.hf:ALL`` at ``none``, ``whole_layers`` and
+    ``native``: the memory record, gradients, FLOPs recorded and native equal to whole_layers
+    pass on every family; baselines are written, then gated against."""
+    common = ["--model-spec", "ac_bench.models.hf:ALL", "--baselines-dir", str(tmp_path), "--benchmark-skip",
+              "-m", "not distributed", "-k", "none or whole_layers or native", "-q", "-rs"]
+    modules = ["bench/test_memory.py", "bench/test_gradients.py", "bench/test_native.py", "bench/test_baselines.py"]
+    first = run_pytest(*modules, *common, "--update-baselines", timeout=900)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    for family in hf.ALL:
+        assert f"{family.flavors[0].name}-native-sdpa" in (tmp_path / "cpu" / "figures.json").read_text(), family.name
+    skipped_native = [line for line in first.stdout.splitlines() if "test_native.py" in line and "SKIPPED" in line]
+    assert not skipped_native, skipped_native
+    second = run_pytest("bench/test_baselines.py", *common, timeout=900)
+    assert second.returncode == 0 and "no entry" not in second.stdout, second.stdout[-3000:]
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_whole_layers_every_n_is_transformers_every_n_layers(n):
+    """The layers ``whole_layers_every_N`` wraps are those ``gradient_checkpointing_enable(every_n_layers=N)``
+    flags, at depth 5."""
+    flavor = dataclasses.replace(_flavor("hf-llama"), depth=5)
+    switched = build_model(flavor, "sdpa")
+    switched.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}, every_n_layers=n)
+    ours = apply_policy(build_model(flavor, "sdpa"), f"whole_layers_every_{n}")
+    flags = [layer.gradient_checkpointing for layer in switched.blocks]
+    assert flags == [isinstance(layer, CheckpointWrapper) for layer in ours.blocks] == [i % n == 0 for i in range(5)]
