@@ -213,3 +213,18 @@ def test_compile_budget_records_its_backend_and_patches_the_partitioner():
     assert after == before, f"budget_0.3's forward context leaves activation_memory_budget at {after}, not {before}"
     model = apply_policy(build_model(FLAVOR, "sdpa"), policy)
     assert list(model.state_dict()) == list(build_model(FLAVOR, "sdpa").state_dict()), "budget_0.3 changed state-dict keys"
+
+
+def test_sac_keeps_its_saves_out_of_saved_tensors_hooks_on_every_torch(monkeypatch):
+    """torch 2.14 lets checkpoint route SAC's saves through surrounding saved_tensors_hooks and
+    warns that a future release will by default; the suite asks for the behaviour of every
+    earlier torch explicitly where the choice exists, and passes nothing where it does not."""
+    from ac_bench.models.ac import selective
+
+    for has_choice in (True, False):
+        monkeypatch.setattr(selective, "RESPECTS_SAVED_TENSORS_HOOKS", has_choice)
+        for name in ("sac", "core_attn"):
+            kwargs = get_policy(name).wrap_kwargs()
+            expected = {"context_fn", "respect_saved_tensors_hooks"} if has_choice else {"context_fn"}
+            assert set(kwargs) == expected and kwargs.get("respect_saved_tensors_hooks", False) is False, (
+                f"{name} with{'' if has_choice else 'out'} the choice passes {kwargs}")

@@ -21,6 +21,7 @@ recomputed.
 
 from __future__ import annotations
 
+import inspect
 from collections import defaultdict
 from dataclasses import dataclass
 from functools import lru_cache, partial
@@ -30,6 +31,9 @@ import torch
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from ac_bench.models.ac.region import RegionAC
+
+#: Whether this torch's ``checkpoint`` takes ``respect_saved_tensors_hooks`` (2.14 on).
+RESPECTS_SAVED_TENSORS_HOOKS = "respect_saved_tensors_hooks" in inspect.signature(torch.utils.checkpoint.checkpoint).parameters
 
 #: Matmul ops that the every-second-matmul rule counts.
 MATMUL_OPS: tuple[str, ...] = ("aten.mm.default", "aten.addmm.default")
@@ -103,4 +107,13 @@ class SelectiveAC(RegionAC):
                     defaultdict(int)))
 
     def wrap_kwargs(self) -> dict:
-        return {"context_fn": self.context_fn}
+        """``context_fn``, and where this torch has the choice (2.14 on),
+        ``respect_saved_tensors_hooks=False``: what SAC saves stays out of surrounding
+        ``saved_tensors_hooks``, as in every earlier torch. torch 2.14.1 warns (FutureWarning) that
+        a future release will route them through the hooks by default; that would change what
+        ``offload`` moves and what ``saved_bytes`` sees (null for SAC policies today), so the
+        suite keeps one behaviour across versions until it measures the other on purpose."""
+        kwargs = {"context_fn": self.context_fn}
+        if RESPECTS_SAVED_TENSORS_HOOKS:
+            kwargs["respect_saved_tensors_hooks"] = False
+        return kwargs
