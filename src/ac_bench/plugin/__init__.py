@@ -60,6 +60,8 @@ MARKERS = (
     "(make test times them last); skipped when pytest-benchmark is disabled",
     "gate: the deterministic figures against the committed baselines (pytest bench/ -m gate)",
     "distributed: launches torchrun (FSDP2 at world size 2, gloo); deselect with -m 'not distributed'",
+    "growth_all: the memory-growth check at a flavor other than its family's cheapest (also slow); "
+    "make test leaves it out (-m 'not growth_all') to keep CI within its time, tox -e cpu runs it",
 )
 
 

@@ -43,7 +43,7 @@ def generate(metafunc: pytest.Metafunc) -> None:
         # Every variant of each selected family's cheapest flavor, then of every selected flavor
         # with --slow (ac_bench.cases.growth_flavors says why).
         quick = growth_flavors(flavors)
-        slow = [pytest.mark.slow]
+        slow = [pytest.mark.slow, pytest.mark.growth_all]
         params = [pytest.param(c, id=c.id, marks=marks + ([] if c.flavor in quick else slow))
                   for c in cases(device, tuple(dict.fromkeys((*quick, *flavors))))]
         metafunc.parametrize("growth_case", params)
