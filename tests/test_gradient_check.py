@@ -9,6 +9,7 @@ import torch
 
 from ac_bench.gradients import mismatches, run_step, twin_models
 from ac_bench.models import RegionAC, get_flavor, get_policy
+from tests.families import NormalizedMLP
 
 TINY = get_flavor("tiny")
 
@@ -45,37 +46,30 @@ def test_dropout_without_rng_preservation_is_caught():
     assert problems and all(p.startswith("grad ") for p in problems)
 
 
-class _NormalizedMLP(torch.nn.Module):
-    """A block's MLP sublayer behind a BatchNorm over d_model: its running statistics and
-    counter change in every training forward, so a recomputed forward changes them again."""
+def full_twins_with_wrapped_mlp(wrap):
+    """A tiny sdpa model whose every MLP sublayer is ``wrap(mlp)``, and its twin with the same
+    weights under ``full`` (the MLP sublayers of blocks 1..depth-1 checkpointed), and an input."""
+    from ac_bench.models import apply_policy, build_model
 
-    def __init__(self, mlp: torch.nn.Module, d_model: int) -> None:
-        super().__init__()
-        self.bn = torch.nn.BatchNorm1d(d_model)
-        self.inner = mlp
+    def built():
+        model = build_model(TINY, "sdpa", "cpu")
+        for block in model.blocks:
+            block.mlp = wrap(block.mlp)
+        return model
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.inner(self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape))
+    torch.manual_seed(0)
+    reference = built()
+    model = built()
+    model.load_state_dict(reference.state_dict())
+    apply_policy(model, "full")
+    return reference, model, torch.randn(TINY.input_shape())
 
 
 def test_state_beyond_gradients_is_caught():
     """Recomputation that updates a buffer a second time (pytorch's BatchNorm under
     checkpointing: ``num_batches_tracked`` 1 without it, 2 with it, in every checkpointed block)
     leaves the loss, the output and every gradient bitwise equal; the check names the buffers."""
-    from ac_bench.models import apply_policy, build_model
-
-    def normalized():
-        model = build_model(TINY, "sdpa", "cpu")
-        for block in model.blocks:
-            block.mlp = _NormalizedMLP(block.mlp, TINY.d_model)
-        return model
-
-    torch.manual_seed(0)
-    reference = normalized()
-    model = normalized()
-    model.load_state_dict(reference.state_dict())
-    apply_policy(model, "full")  # the MLP sublayers of blocks 1..depth-1
-    x = torch.randn(TINY.input_shape())
+    reference, model, x = full_twins_with_wrapped_mlp(lambda mlp: NormalizedMLP(mlp, TINY.d_model))
     problems = mismatches(run_step(reference, x), run_step(model, x))
     assert problems and all(p.startswith("buffer blocks.") for p in problems), problems
     for block in range(1, TINY.depth):
@@ -106,20 +100,7 @@ def test_frozen_parameter_updated_again_is_caught():
     """Recomputation updates the EMA parameter a second time: loss, output, every gradient and
     every buffer stay bitwise equal (it affects none of them), and only the training state after
     the step names it: the parameter, in every checkpointed block and no other."""
-    from ac_bench.models import apply_policy, build_model
-
-    def with_ema():
-        model = build_model(TINY, "sdpa", "cpu")
-        for block in model.blocks:
-            block.mlp = _EmaMLP(block.mlp)
-        return model
-
-    torch.manual_seed(0)
-    reference = with_ema()
-    model = with_ema()
-    model.load_state_dict(reference.state_dict())
-    apply_policy(model, "full")  # the MLP sublayers of blocks 1..depth-1
-    x = torch.randn(TINY.input_shape())
+    reference, model, x = full_twins_with_wrapped_mlp(_EmaMLP)
     expected, actual = run_step(reference, x), run_step(model, x)
     problems = mismatches(expected, actual)
     def diff(name: str) -> float:
