@@ -263,3 +263,24 @@ def test_the_sharded_gate_bounds_the_peaks_by_one_block_and_the_rest_by_the_tole
         assert len(found) == 1 and peak in found[0] and fix in found[0], f"{peak} moved by {bound + 1} B: {found}"
     found = problems(forward_kept_bytes=base["forward_kept_bytes"] // 10)
     assert len(found) == 1 and "forward_kept_bytes" in found[0], f"forward_kept_bytes moved by 10%: {found}"
+
+
+@functools.lru_cache(maxsize=None)
+def estimated(variant: str, world_size: int) -> Measurement:
+    """Rank 0 of ``world_size`` estimated in this process (``ac_bench.scale``: fake process group,
+    fake tensors), set up as the launch is (no mixed precision, FSDP2's defaults)."""
+    from ac_bench.scale import ShardedSetup, estimate_rank
+    return estimate_rank(FLAVOR, variant, ShardedSetup(world_size, mp_param_dtype=None, mp_reduce_dtype=None))
+
+
+@variants
+def test_the_estimate_equals_the_launch(sharded_run, variant):
+    """The one-process estimate of a rank (``ac_bench.scale.estimate_rank``, about 1 s at tiny)
+    against each rank of the real gloo launch: every figure equal, the peaks within one block's
+    FSDP buffers above the estimate (``ac_bench.scale.launch_differences``)."""
+    records, _, _, _ = sharded_run
+    from ac_bench.scale import launch_differences
+    estimate = estimated(variant, WORLD_SIZE)
+    assert estimate.memory_method == "fake-fsdp-memtracker" and estimate.sharding["world_size"] == WORLD_SIZE
+    problems = [p for rank in range(WORLD_SIZE) for p in launch_differences(estimate, records[(variant, rank)])]
+    assert problems == [], "\n".join(problems)

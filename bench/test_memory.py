@@ -49,7 +49,7 @@ SEVERAL_TIMES = 3.0
 
 #: Fields that may be null: the breakdown where the method gives none, the step time of a record
 #: pytest-benchmark times, and nullable metrics.
-NULLABLE_FIELDS = ({"breakdown", "saved_bytes_note", "outcome_note", "step_seconds"}
+NULLABLE_FIELDS = ({"breakdown", "saved_bytes_note", "outcome_note", "step_seconds", "sharding"}
                    | {m.name for m in METRICS.values() if m.nullable})
 
 

@@ -183,3 +183,33 @@ QWEN3 = hf_family("qwen3", intermediate_size=128) if "qwen3" in transformers.CON
 
 #: Every transformers family here: ``--model-spec ac_bench.models.hf:ALL``.
 ALL: tuple[Family, ...] = tuple(f for f in (LLAMA, QWEN2, QWEN3, MISTRAL, GPT2) if f is not None)
+
+
+#: Llama 3's vocabulary (the published ``params.json`` of 8B, 70B and 405B: ``vocab_size`` 128256).
+LLAMA3_VOCAB_SIZE = 128256
+
+
+def llama3_extra(flavor: Flavor) -> tuple[tuple[str, Any], ...]:
+    """The LlamaConfig fields a Llama-3 flavor sets beyond ``hf_config``'s: the SwiGLU width by
+    torchtitan's llama3 rule (``ac_bench.models.llama.ffn_hidden_dim``: 14336 at 8B, 28672 at
+    70B, 53248 at 405B, the published ``intermediate_size``), the 128256-token vocabulary,
+    RoPE's base and RMSNorm's epsilon from the flavor."""
+    from ac_bench.models.llama import ffn_hidden_dim
+    return (("intermediate_size", ffn_hidden_dim(flavor)), ("vocab_size", LLAMA3_VOCAB_SIZE),
+            ("rope_theta", flavor.rope_theta), ("rms_norm_eps", flavor.norm_eps))
+
+
+def build_llama3(flavor: Flavor, attention: str, dropout: float = 0.0) -> CausalLMStep:
+    """transformers' ``LlamaForCausalLM`` at a Llama-3 flavor's sizes (``llama3_extra``)."""
+    return build_causal_lm("llama", llama3_extra(flavor), flavor, attention, dropout)
+
+
+#: transformers' Llama at Llama 3's published shapes (``ac_bench.scale.SCALE_MODELS`` holds its
+#: flavors, which are estimated on fake tensors only): not in ``ALL``, registered with no flavor.
+LLAMA3 = register_family(Family(
+    "hf-llama3", build_llama3, flavors=(), make_input=token_ids,
+    shape=lambda flavor: hf_shape("llama", llama3_extra(flavor), flavor),
+    extra_policies=("whole_layers", "native"), unsupported_kinds=(("sequential", NO_SEQUENTIAL),),
+    saved_bytes_gap=KEYWORD_INPUTS,
+    description="transformers' LlamaForCausalLM at Llama 3's published shapes (vocabulary 128256), token ids in, "
+                "its own loss out"))

@@ -88,7 +88,8 @@ class LlamaAttention(nn.Module):
     def rope(self, x: torch.Tensor) -> torch.Tensor:
         """(b, s, heads, hd): rotate each head's halves by the position's angles."""
         s = x.shape[1]
-        cos, sin = self.cos[:s, None, :], self.sin[:s, None, :]
+        # In x's dtype: the same tensors unless FSDP2's mixed precision computes in another one.
+        cos, sin = self.cos[:s, None, :].to(x.dtype), self.sin[:s, None, :].to(x.dtype)
         return x * cos + rotate_half(x) * sin
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +103,7 @@ class LlamaAttention(nn.Module):
         else:
             repeat = self.n_heads // self.n_kv_heads
             k, v = k.repeat_interleave(repeat, dim=1), v.repeat_interleave(repeat, dim=1)
-            scores = q @ k.transpose(-2, -1) * (1.0 / math.sqrt(self.head_dim)) + self.causal_mask[:s, :s]
+            scores = q @ k.transpose(-2, -1) * (1.0 / math.sqrt(self.head_dim)) + self.causal_mask[:s, :s].to(q.dtype)
             out = torch.softmax(scores, dim=-1) @ v
         return x + self.drop(self.wo(out.transpose(1, 2).reshape(b, s, -1)))
 

@@ -21,7 +21,7 @@ from ac_bench.metrics import METRICS
 from ac_bench.models import KINDS, POLICIES, CompileBudgetAC, Policy, get_flavor, get_policy
 from ac_bench.models.ac import registry
 from ac_bench.models.ac.base import parse_count
-from ac_bench.record import Measurement, StepFigures, measure_variant
+from ac_bench.record import SCHEMA_VERSION, Measurement, StepFigures, measure_variant
 from ac_bench.report import tables
 
 
@@ -111,7 +111,7 @@ def test_a_record_describes_its_model_without_the_registries(monkeypatch):
     read from the record alone, even with the flavor gone from the registry."""
     flavor = get_flavor("llama-small")  # SwiGLU hidden: int(2 * 4 * 128 / 3) = 341, up to a multiple of 64
     record = Measurement.from_dict(measure_variant(flavor, "full-sdpa", "cpu").as_dict())
-    assert record.family == "llama" and record.schema_version == 5
+    assert record.family == "llama" and record.schema_version == SCHEMA_VERSION == 6
     assert record.family_shape == {"n_kv_heads": 2, "mlp_hidden": 384, "multiple_of": 64, "ffn_dim_multiplier": None,
                                    "rope_theta": 500000.0, "norm_eps": 1e-05}, record.family_shape
     expected = analytic.Shape.of(flavor, torch.float32, "cpu")

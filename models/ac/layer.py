@@ -33,7 +33,7 @@ class LayerAC(Policy):
     #: Not modelled: a whole layer's region keeps its input only, which the "regions" composition
     #: (per sublayer) does not describe; the analytic checks skip for it, saying so.
     composition: ClassVar[str | None] = None
-    fsdp2_incompatibility: ClassVar[str | None] = "not yet launched under FSDP2 (ac_bench.distributed)"
+    fsdp2_incompatibility: ClassVar[str | None] = None
     name_grammar: ClassVar[str | None] = "whole_layers_every_N (N >= 2)"
 
     @classmethod

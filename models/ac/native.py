@@ -29,7 +29,7 @@ class NativeAC(Policy):
     kind: ClassVar[str] = "native"
     #: What the library checkpoints is its own business: not modelled.
     composition: ClassVar[str | None] = None
-    fsdp2_incompatibility: ClassVar[str | None] = "not yet launched under FSDP2 (ac_bench.distributed)"
+    fsdp2_incompatibility: ClassVar[str | None] = None
 
     def apply(self, model: nn.Module) -> nn.Module:
         """Call the model's own switch; a ValueError if it has none."""

@@ -70,25 +70,29 @@ def global_flavor(flavor: Flavor, world_size: int) -> Flavor:
     return dataclasses.replace(flavor, batch=flavor.batch * world_size)
 
 
-def shard(training: Training, world_size: int, rank: int) -> Training:
+def shard(training: Training, world_size: int, rank: int, **fsdp_kwargs) -> Training:
     """``training`` sharded: ``fully_shard`` on each block, then on the root (the root gets the
     blocks' parameters' leftovers, here none), a fresh AdamW over the sharded (DTensor)
-    parameters, and this rank's slice of the global input."""
+    parameters, and this rank's slice of the global input. ``fsdp_kwargs`` go to every
+    ``fully_shard`` call (``mesh``, ``mp_policy``, ``reshard_after_forward``; the estimate of
+    ``ac_bench.scale`` passes them); none: FSDP2's defaults, as torchrun runs it here."""
     model = training.model
     for block in model.blocks:
-        fully_shard(block)
-    fully_shard(model)
+        fully_shard(block, **fsdp_kwargs)
+    fully_shard(model, **fsdp_kwargs)
     per_rank = training.x.shape[0] // world_size
     x = training.x[rank * per_rank:(rank + 1) * per_rank].clone()
     return Training(model, make_optimizer(model), x, training.policy, training.device)
 
 
 def build_sharded_training(flavor: Flavor, variant: str, device: torch.device, world_size: int,
-                           rank: int) -> Training:
+                           rank: int, **fsdp_kwargs) -> Training:
     """The variant built as a single process builds it at the global batch (same seed, same
-    weights, same input), its policy applied, then sharded over the ranks (``shard``)."""
+    weights, same input), its policy applied, then sharded over the ranks (``shard``, which
+    takes ``fsdp_kwargs``)."""
     policy = check_composes(get_policy(parse_variant(variant)[0]))
-    return shard(build_training(global_flavor(flavor, world_size), variant, device, policy), world_size, rank)
+    return shard(build_training(global_flavor(flavor, world_size), variant, device, policy), world_size, rank,
+                 **fsdp_kwargs)
 
 
 def parameter_name(name: str) -> str:
@@ -113,16 +117,17 @@ def timed_steps(training: Training, steps: int = 3) -> float:
 
 
 def measure_sharded(flavor: Flavor, variant: str, device: torch.device, world_size: int, rank: int,
-                    state_dir: Path | None = None) -> Measurement:
+                    state_dir: Path | None = None, timed: bool = True, **fsdp_kwargs) -> Measurement:
     """One variant on this rank: built and sharded, a warm-up step (FLOPs; with ``state_dir``
     the full gradients and parameters after it go to rank 0's file), one step measured by
-    FSDPMemTracker (CPU) or the allocator (CUDA), then timed steps."""
+    FSDPMemTracker (CPU) or the allocator (CUDA), then timed steps (unless ``timed`` is False:
+    ``step_seconds`` is then None). ``fsdp_kwargs`` go to ``fully_shard`` (``shard``)."""
     dtype = resolve_dtype(flavor, device)
     cuda_probe = None
     if device.type == "cuda":
         from ac_bench.probes.device import CudaAllocatorProbe  # the allocator probe sees everything on the GPU
         cuda_probe = CudaAllocatorProbe(device)
-    training = build_sharded_training(flavor, variant, device, world_size, rank)
+    training = build_sharded_training(flavor, variant, device, world_size, rank, **fsdp_kwargs)
 
     def keep_state(t: Training) -> None:
         if state_dir is None:
@@ -135,7 +140,7 @@ def measure_sharded(flavor: Flavor, variant: str, device: torch.device, world_si
 
     figures = measure_step(training, lambda t: cuda_probe or FSDPMemTrackerProbe(device, t.model, t.optimizer, t.x),
                            saved_counter_factory=ShardedSavedTensorCounter, after_warmup=keep_state)
-    step_seconds = timed_steps(training)
+    step_seconds = timed_steps(training) if timed else None
     return Measurement(**shape_fields(flavor, variant, training.policy, device, dtype),
                        optimizer=describe_optimizer(training.optimizer), **figures.fields(),
                        world_size=world_size, rank=rank, step_seconds=step_seconds)
@@ -258,7 +263,7 @@ def compare_sharded(record: Measurement, entry: dict, tolerances: dict, fix: str
     from ac_bench.analytic import Shape, fsdp_unsharded_peak_bytes
     from ac_bench.gate.baselines import compare
 
-    bound = fsdp_unsharded_peak_bytes(Shape.of_record(record))
+    bound = fsdp_unsharded_peak_bytes(Shape.of_record(record), record.world_size)
     moved = {k: getattr(record, k) - entry[k] for k in PEAK_METRICS if isinstance(entry.get(k), int)}
     problems = [f"{record.case_id}: {k} moved {d:+,} B from the baseline {entry[k]:,}, more than one block's FSDP "
                 f"buffers ({bound:,} B). If intended, accept it with: {fix}"

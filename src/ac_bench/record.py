@@ -103,17 +103,19 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
 #: ``world_size``, ``rank``, ``global_batch`` and ``step_seconds`` (sharded runs,
 #: ``ac_bench.distributed``); version 4 the ``family`` and the shape fields it adds
 #: (``family_shape``), so that a record describes its model without the live registries;
-#: version 5 ``backward_ops``, the aten ops dispatched in backward (the recompute FLOPs miss).
-SCHEMA_VERSION = 5
+#: version 5 ``backward_ops``, the aten ops dispatched in backward (the recompute FLOPs miss);
+#: version 6 ``sharding``, how an estimated rank of a sharded run was set up (``ac_bench.scale``).
+SCHEMA_VERSION = 6
 
 #: Older versions a reader still accepts, and the value each field added since gets in such a
 #: record (a metric absent from an old record is null, shown as not measured).
 READABLE_VERSIONS: dict[int, dict[str, object]] = {
     2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None, "attention_kernel": None,
         "world_size": 1, "rank": 0, "step_seconds": None, "family": None, "family_shape": None,
-        "backward_ops": None},
-    3: {"family": None, "family_shape": None, "backward_ops": None},
-    4: {"backward_ops": None},
+        "backward_ops": None, "sharding": None},
+    3: {"family": None, "family_shape": None, "backward_ops": None, "sharding": None},
+    4: {"backward_ops": None, "sharding": None},
+    5: {"sharding": None},
 }
 
 #: What became of a variant's measured step. Only ``ok`` has figures; an out-of-memory step
@@ -190,6 +192,10 @@ class Measurement:
     #: older than schema version 4.
     family: str | None = None
     family_shape: dict | None = None
+    #: An estimated rank of a sharded run (``ac_bench.scale.ShardedSetup.as_dict``): the fake
+    #: process group, FSDP2's mixed precision and ``reshard_after_forward``, and, where the figures
+    #: were extrapolated in the number of layers, the depths measured; null for every other record.
+    sharding: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:

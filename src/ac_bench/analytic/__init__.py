@@ -130,6 +130,14 @@ class FamilyCounts:
     def parameter_bytes(self, shape: Shape) -> int:
         raise NotImplementedError
 
+    def block_parameter_shapes(self, shape: Shape) -> list[tuple[int, ...]]:
+        """The shapes of one block's parameters (the order does not matter: only sums are taken)."""
+        raise NotImplementedError
+
+    def buffer_bytes(self, shape: Shape, attention: str) -> int:
+        """Bytes of the model's buffers (never sharded by FSDP2): none in the notebook's block."""
+        return 0
+
     def attention_score_bytes(self, shape: Shape, attention: str) -> int:
         """The attention-specific term: eager's probabilities or sdpa's logsumexp."""
         raise NotImplementedError
@@ -226,10 +234,8 @@ def parameter_bytes(shape: Shape) -> int:
 
 
 def block_parameter_shapes(shape: Shape) -> list[tuple[int, ...]]:
-    """The parameter shapes of one block, in ``named_parameters`` order: LN1, in_proj, out_proj,
-    LN2, fc1, fc2 (weights and biases)."""
-    d = shape.d_model
-    return [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
+    """The parameter shapes of one block of the shape's family (``FamilyCounts.block_parameter_shapes``)."""
+    return counts(shape).block_parameter_shapes(shape)
 
 
 def sharded_parameter_bytes(shape: Shape, world_size: int) -> int:
@@ -245,21 +251,26 @@ def optimizer_step_counter_bytes(shape: Shape) -> int:
     return shape.depth * len(block_parameter_shapes(shape)) * 4
 
 
-def sharded_resident_bytes(shape: Shape, world_size: int) -> int:
+def sharded_resident_bytes(shape: Shape, world_size: int, attention: str = "sdpa") -> int:
     """What one rank holds between steps under FSDP2 with AdamW (``resident_bytes``): its shard of
     the parameters, of their gradients and of AdamW's two moments (each ``sharded_parameter_bytes``),
-    the step counters, and its own input (``shape.batch`` is the per-rank batch). At W = 1 this
-    is the single process's resident state."""
+    the step counters, the model's buffers whole (``FamilyCounts.buffer_bytes``: llama's RoPE
+    tables, and eager's causal mask) and its own input (``shape.batch`` is the per-rank batch).
+    At W = 1 this is the single process's resident state."""
     return (4 * sharded_parameter_bytes(shape, world_size) + optimizer_step_counter_bytes(shape)
-            + shape.residual_bytes)
+            + counts(shape).buffer_bytes(shape, attention) + shape.residual_bytes)
 
 
-def fsdp_unsharded_peak_bytes(shape: Shape) -> int:
+def fsdp_unsharded_peak_bytes(shape: Shape, world_size: int = 1) -> int:
     """What FSDP2 holds unsharded at the step's peak (in backward), per rank: one block's full
     parameters (``unsharded_parameters``) and, beside them, the all-gather buffer they were
-    copied out of (``all_gather``), each ``parameter_bytes / depth``; the blocks are the FSDP
-    units, resharded after their forward and after their backward."""
-    return parameter_bytes(shape) // shape.depth
+    copied out of (``all_gather``), each one block's parameters with every dim 0 padded to a
+    multiple of ``world_size`` (the all-gather output is W shards of ceil(dim0 / W) rows; at
+    ``tiny`` and W = 64, 76,288 B instead of 50,816); the blocks are the FSDP units, resharded
+    after their forward and after their backward. ``parameter_bytes / depth`` where W divides
+    every dim 0."""
+    rows = sum(world_size * -(-s[0] // world_size) * (s[1] if len(s) > 1 else 1) for s in block_parameter_shapes(shape))
+    return rows * shape.elem_bytes
 
 
 def attention_score_bytes(shape: Shape, attention: str) -> int:
@@ -392,6 +403,11 @@ class TransformerCounts(FamilyCounts):
         """Per block: two LayerNorms (4d), in_proj (3d^2+3d), out_proj (d^2+d), fc1 (4d^2+4d), fc2 (4d^2+d)."""
         d = shape.d_model
         return shape.depth * (12 * d * d + 13 * d) * shape.elem_bytes
+
+    def block_parameter_shapes(self, shape: Shape) -> list[tuple[int, ...]]:
+        """In ``named_parameters`` order: LN1, in_proj, out_proj, LN2, fc1, fc2 (weights and biases)."""
+        d = shape.d_model
+        return [(d,), (d,), (3 * d, d), (3 * d,), (d, d), (d,), (d,), (d,), (4 * d, d), (4 * d,), (d, 4 * d), (d,)]
 
     def attention_score_bytes(self, shape: Shape, attention: str) -> int:
         if attention == "eager":

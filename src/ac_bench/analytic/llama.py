@@ -81,6 +81,17 @@ class LlamaCounts(FamilyCounts):
         b, s, d, dk, f, e = self._dims(shape)
         return shape.depth * (2 * d * d + 2 * d * dk + 3 * d * f + 2 * d) * e
 
+    def block_parameter_shapes(self, shape: Shape) -> list[tuple[int, ...]]:
+        """The attention's RMSNorm, wq, wk, wv, wo; the MLP's RMSNorm, w1, w3, w2 (no biases)."""
+        b, s, d, dk, f, e = self._dims(shape)
+        return [(d,), (d, d), (dk, d), (dk, d), (d, d), (d,), (f, d), (f, d), (d, f)]
+
+    def buffer_bytes(self, shape: Shape, attention: str) -> int:
+        """Per block: the RoPE tables ``cos`` and ``sin`` (seq x head_dim each) and, for eager, the
+        causal mask (seq x seq), in the compute dtype (``ac_bench.models.llama.LlamaAttention``)."""
+        s, hd = shape.seq_len, shape.d_model // shape.n_heads
+        return shape.depth * (2 * s * hd + (s * s if attention == "eager" else 0)) * shape.elem_bytes
+
     def attention_score_bytes(self, shape: Shape, attention: str) -> int:
         if attention == "eager":
             return shape.batch * shape.n_heads * shape.seq_len ** 2 * shape.elem_bytes

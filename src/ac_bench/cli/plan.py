@@ -4,6 +4,12 @@ Prints the cheapest plan that fits the budget (measured: fake tensors for estima
 the CPU), what each sublayer costs per byte saved, and, with ``--plot``, kept memory against
 recomputed FLOPs for the fixed policies, the planner's frontier over a range of budgets and
 torch.compile's activation-memory-budget sweep.
+
+With ``--model`` (Llama 3 8B, 70B or 405B) and ``--world-size`` it plans at scale: every policy
+estimated for one rank of FSDP2 over that many GPUs (``ac_bench.scale``), the cheapest that fits
+``--budget-gib`` per GPU (fewest recomputed FLOPs), its peak and margin, and the smallest GPU
+memory each policy fits; a budget nothing fits is one line with the smallest feasible memory
+and world size.
 """
 
 from __future__ import annotations
@@ -51,8 +57,32 @@ def _gib(text: str) -> float:
     return value
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ac_bench.scale import SCALE_MODELS
     parser.add_argument("--flavor", default="seed", choices=list(FLAVORS))
+    scale = parser.add_argument_group("at scale (FSDP2 over --world-size GPUs, estimated for one rank)")
+    scale.add_argument("--model", choices=list(SCALE_MODELS),
+                       help="plan at scale for this model (transformers' LlamaForCausalLM at Llama 3's published shape)")
+    scale.add_argument("--world-size", type=_positive_int, metavar="W", help="GPUs the model is sharded over (FSDP2)")
+    scale.add_argument("--seq-len", type=_positive_int, metavar="S", help="sequence length (default: the model's, 8192)")
+    scale.add_argument("--batch", type=_positive_int, metavar="B", help="per-GPU batch (default 1)")
+    scale.add_argument("--mixed-precision", choices=("bf16", "none"), default="bf16",
+                       help="bf16: FSDP2 MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32) over float32 "
+                            "parameters, torchtitan's default; none: float32 throughout (default %(default)s)")
+    scale.add_argument("--no-reshard-after-forward", action="store_true",
+                       help="fully_shard(reshard_after_forward=False): keep each layer unsharded from forward to backward")
+    scale.add_argument("--full-depth", action="store_true",
+                       help="trace every layer instead of extrapolating from three depths (slower)")
     parser.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
     parser.add_argument("--budget-gib", type=_gib, required=True, metavar="GIB",
                         help="the whole step's peak (parameters, gradients, optimizer state included)")
@@ -69,7 +99,41 @@ def _recompute(record: Measurement, none: Measurement) -> int:
     return record.flops - none.flops
 
 
+def scale_plan_command(args: argparse.Namespace) -> None:
+    """``plan --model M --world-size W``: ``ac_bench.scale.plan_at_scale``, printed (and --markdown)."""
+    from ac_bench import scale
+    if args.model is None or args.world_size is None:
+        raise ReportInputError("planning at scale needs both --model and --world-size")
+    if args.plot:
+        raise ReportInputError("--plot draws the single-process planner's picture; at scale the report's "
+                               "`python -m ac_bench.report scale` draws peak against world size")
+    check_output_files(markdown=args.markdown)
+    try:
+        model = scale.at(scale.scale_model(args.model), batch=args.batch, seq_len=args.seq_len)
+        mp = {} if args.mixed_precision == "bf16" else {"mp_param_dtype": None, "mp_reduce_dtype": None}
+        setup = scale.ShardedSetup(args.world_size, reshard_after_forward=not args.no_reshard_after_forward, **mp)
+        plan = scale.plan_at_scale(model, setup, int(args.budget_gib * GIB), args.attention,
+                                   full_depth=args.full_depth)
+        if plan.chosen is None:
+            raise ReportInputError(scale.nothing_fits_line(plan))
+    except scale.ScaleError as exc:
+        raise ReportInputError(str(exc)) from None
+    text = "\n".join(scale.plan_lines(plan)) + "\n"
+    print(text, end="")
+    if args.markdown:
+        options = [f"--model {args.model}", f"--world-size {args.world_size}", f"--budget-gib {args.budget_gib:g}",
+                   f"--seq-len {model.seq_len}", f"--batch {model.batch}", f"--attention {args.attention}",
+                   f"--mixed-precision {args.mixed_precision}"]
+        options += ["--no-reshard-after-forward"] * args.no_reshard_after_forward + ["--full-depth"] * args.full_depth
+        command = f"python -m ac_bench.report plan {' '.join(options)} --markdown {args.markdown}"
+        write_text(args.markdown, f"# Checkpointing plan at scale: {args.model}, {args.world_size} GPUs of "
+                                  f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")
+
+
 def plan_command(args: argparse.Namespace) -> None:
+    if args.model is not None or args.world_size is not None:
+        scale_plan_command(args)
+        return
     flavor = get_flavor(args.flavor)
     check_output_files(plot=args.plot, markdown=args.markdown)  # before minutes of measuring, not after
     planner = Planner(flavor, args.attention, args.device)

@@ -1,0 +1,448 @@
+"""Per-rank memory of FSDP2 training at any world size, estimated in one process on the CPU.
+
+One process stands in for rank 0 of a world of ``world_size`` ranks: PyTorch's fake process
+group (``torch.testing._internal.distributed.fake_pg``, backend ``fake``: every collective is a
+no-op that returns at once) and fake tensors (``FakeTensorMode``: shapes, dtypes and storage
+sizes, no data, no compute). On it the step is the sharded run's (``ac_bench.distributed``): the
+model built as a single process builds it, its checkpointing policy applied, ``fully_shard`` on
+each decoder layer and then on the root with the setup's ``MixedPrecisionPolicy`` and
+``reshard_after_forward``, AdamW over the sharded parameters, a warm-up step, then one step
+measured by ``FSDPMemTracker`` (``ac_bench.probes.memory.FSDPMemTrackerProbe``; memory method
+``fake-fsdp-memtracker``). Every figure is rank 0's; FSDP2 pads each parameter's shard to
+``ceil(rows / world_size)`` rows on every rank, so every rank holds the same bytes.
+
+Against a real launch (gloo on the CPU, ``torchrun -m ac_bench.distributed``) at world sizes 2
+and 4 every figure is equal except the three peaks, which a real rank may exceed by FSDP's
+transient buffers of one block (``ac_bench.analytic.fsdp_unsharded_peak_bytes``: an all-gather
+output that gloo's thread frees a little later than the fake group, which frees it at once);
+``bench/test_scale.py`` asserts both.
+
+Deep models are not traced layer by layer: ``estimate`` measures three depths ``d, d + p,
+d + 2p`` (``p`` the policy's period in layers: 2 for ``every_other``), checks that every
+figure (bytes, FLOPs, ops, each breakdown category and each op's FLOPs) is affine in the number
+of layers there, exactly, and extrapolates to the model's depth; the record says so
+(``sharding["extrapolated_from_depths"]``). A figure that is not affine raises NotAffine
+instead of a guess.
+
+``SCALE_MODELS``: Llama 3 8B, 70B and 405B from their published configurations (Meta's
+``params.json``; torchtitan's ``llama3_configs``) as transformers' ``LlamaForCausalLM``
+(``ac_bench.models.hf.LLAMA3``): token ids in, embedding, layers, final norm, output head
+and the cross-entropy over 128256 tokens measured. They need transformers (the ``hf`` extra).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+import torch
+import torch.distributed as dist
+
+from ac_bench.distributed import build_sharded_training, check_composes
+from ac_bench.metrics import METRICS
+from ac_bench.models import Flavor, Policy, get_policy, parse_variant, resolve_dtype
+from ac_bench.models.families import family_of
+from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
+from ac_bench.record import Measurement, describe_optimizer, measure_step, shape_fields
+
+#: The memory method of an estimated rank (``Measurement.memory_method``).
+FAKE_FSDP_MEMTRACKER = "fake-fsdp-memtracker"
+
+#: Depths up to this are traced whole; deeper models are extrapolated (``estimate``).
+MAX_TRACED_DEPTH = 6
+
+#: What a record of an estimated rank adds (``Measurement.sharding``): the process group.
+PROCESS_GROUP = "fake"
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ScaleError(ValueError):
+    """An estimate that cannot be made as asked; the message names the problem and the fix."""
+
+
+class NotAffine(ScaleError):
+    """A figure that is not affine in the number of layers at the depths measured."""
+
+
+def _dtype_name(name: str | None, option: str) -> str | None:
+    if name is not None and name not in _DTYPES:
+        raise ScaleError(f"{option} {name!r} is not a dtype this estimate knows; choose {', '.join(_DTYPES)}")
+    return name
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedSetup:
+    """How the sharded run is set up (every field goes into the record's ``sharding``).
+
+    ``world_size``: ranks (1 or more); the per-rank batch and the sequence length are the
+    flavor's. ``mp_param_dtype`` / ``mp_reduce_dtype``: FSDP2's ``MixedPrecisionPolicy``
+    ``param_dtype`` (the dtype the unsharded parameters and the compute use) and
+    ``reduce_dtype`` (gradient reduce-scatter); None for both: no mixed precision (the model's
+    own dtype throughout). The default is torchtitan's (``mixed_precision_param`` bfloat16,
+    ``mixed_precision_reduce`` float32) over float32 parameters. ``reshard_after_forward``:
+    FSDP2's, on every ``fully_shard`` call. A ScaleError names a bad value.
+    """
+
+    world_size: int
+    mp_param_dtype: str | None = "bfloat16"
+    mp_reduce_dtype: str | None = "float32"
+    reshard_after_forward: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.world_size, int) or isinstance(self.world_size, bool) or self.world_size < 1:
+            raise ScaleError(f"world size {self.world_size!r}: give a whole number of ranks, 1 or more")
+        _dtype_name(self.mp_param_dtype, "mixed-precision param dtype")
+        _dtype_name(self.mp_reduce_dtype, "mixed-precision reduce dtype")
+
+    def fsdp_kwargs(self, mesh) -> dict:
+        """``fully_shard``'s keyword arguments on ``mesh``."""
+        from torch.distributed.fsdp import MixedPrecisionPolicy
+        kwargs = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward}
+        if self.mp_param_dtype or self.mp_reduce_dtype:
+            kwargs["mp_policy"] = MixedPrecisionPolicy(
+                param_dtype=self.mp_param_dtype and _DTYPES[self.mp_param_dtype],
+                reduce_dtype=self.mp_reduce_dtype and _DTYPES[self.mp_reduce_dtype])
+        return kwargs
+
+    def as_dict(self, extrapolated_from_depths: tuple[int, ...] | None = None) -> dict:
+        """The record's ``sharding``: this setup, the process group, and the depths measured
+        where the figures were extrapolated in the number of layers (None: traced whole)."""
+        return {"process_group": PROCESS_GROUP, **dataclasses.asdict(self),
+                "extrapolated_from_depths": list(extrapolated_from_depths) if extrapolated_from_depths else None}
+
+
+@contextlib.contextmanager
+def fake_world(world_size: int) -> Iterator[object]:
+    """This process as rank 0 of ``world_size`` ranks on the fake process group; yields the
+    1-D CPU ``DeviceMesh`` (made before any fake tensor exists: making it reads real tensors).
+    A ScaleError where a process group is already initialised here (a torchrun rank)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+
+    if dist.is_initialized():
+        raise ScaleError("a process group is already initialised in this process; the estimate makes its own fake "
+                         "one: run it in a process of its own, not under torchrun")
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
+    try:
+        yield init_device_mesh("cpu", (world_size,))
+    finally:
+        dist.destroy_process_group()
+
+
+def at(flavor: Flavor, *, depth: int | None = None, batch: int | None = None, seq_len: int | None = None) -> Flavor:
+    """``flavor`` with another depth, per-rank batch or sequence length (same name), traced on
+    fake tensors on the CPU (``cpu_mode="estimate"``). A ScaleError names a bad value."""
+    for name, value in (("depth", depth), ("batch", batch), ("sequence length", seq_len)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ScaleError(f"{name} {value!r}: give a whole number, 1 or more")
+    changes = {k: v for k, v in (("depth", depth), ("batch", batch), ("seq_len", seq_len)) if v is not None}
+    return dataclasses.replace(flavor, cpu_mode="estimate", **changes)
+
+
+def _probe(training):
+    probe = FSDPMemTrackerProbe(training.device, training.model, training.optimizer, training.x)
+    probe.method = FAKE_FSDP_MEMTRACKER
+    return probe
+
+
+def estimate_rank(flavor: Flavor, variant: str, setup: ShardedSetup) -> Measurement:
+    """Rank 0's figures for one step of ``variant`` at ``flavor`` under FSDP2 over
+    ``setup.world_size`` ranks, every layer traced (see the module). Units as the record's:
+    bytes, FLOPs (this rank's: its batch), ops. Raises ``ac_bench.distributed.DoesNotCompose``
+    for a policy not run under FSDP2, ScaleError where a process group is already up."""
+    policy = check_composes(get_policy(parse_variant(variant)[0]))
+    reason = family_of(flavor).exclusion(policy)
+    if reason:
+        raise ScaleError(reason)
+    device = torch.device("cpu")
+    with fake_world(setup.world_size) as mesh, torch._subclasses.fake_tensor.FakeTensorMode():
+        training = build_sharded_training(flavor, variant, device, setup.world_size, 0, **setup.fsdp_kwargs(mesh))
+        figures = measure_step(training, _probe, saved_counter_factory=ShardedSavedTensorCounter)
+        optimizer = describe_optimizer(training.optimizer)
+        del training
+    return Measurement(**shape_fields(flavor, variant, policy, device, resolve_dtype(flavor, device)),
+                       optimizer=optimizer, **figures.fields(), world_size=setup.world_size, rank=0,
+                       sharding=setup.as_dict())
+
+
+def period(policy: Policy) -> int:
+    """Layers after which the policy repeats itself: ``every_other`` 2, ``every_3`` 3,
+    ``whole_layers_every_N`` N; 1 for every other policy."""
+    return max(int(getattr(policy, "block_step", 1) or 1), int(getattr(policy, "layer_step", 1) or 1))
+
+
+def extrapolation_depths(policy: Policy, depth: int) -> tuple[int, int, int]:
+    """The three depths ``estimate`` measures for ``depth`` layers: ``d, d + p, d + 2p`` with
+    ``p = period(policy)`` and ``d >= 2`` the smallest with ``depth - d`` a multiple of ``p``
+    (layer 0, which the suite's region policies leave alone, and at least one other layer)."""
+    p = period(policy)
+    d = 2 + (depth - 2) % p
+    return d, d + p, d + 2 * p
+
+
+#: The figures checked for affinity and extrapolated: the metrics that are numbers.
+def _numbers(record: Measurement) -> dict[str, int]:
+    out = {name: getattr(record, name) for name in METRICS if getattr(record, name) is not None}
+    out.update({f"breakdown[{k}]": v for k, v in (record.breakdown or {}).items()})
+    out.update({f"flops_by_op[{k}]": v for k, v in record.flops_by_op.items()})
+    return out
+
+
+def extrapolate(records: tuple[Measurement, Measurement, Measurement], depth: int) -> Measurement:
+    """The record at ``depth`` layers from three records at depths ``d, d + p, d + 2p``: each
+    figure ``f(d) + (depth - d) / p * (f(d + p) - f(d))``. NotAffine names the first figure whose
+    two differences are not equal (exactly: the figures are integers)."""
+    a, b, c = records
+    p = b.depth - a.depth
+    if p <= 0 or c.depth - b.depth != p or (depth - a.depth) % p:
+        raise ScaleError(f"depths {a.depth}, {b.depth}, {c.depth} do not step evenly to depth {depth}")
+    fa, fb, fc = _numbers(a), _numbers(b), _numbers(c)
+    if not (set(fa) == set(fb) == set(fc)):
+        odd = sorted(set(fa) ^ set(fb) | set(fb) ^ set(fc))
+        raise NotAffine(f"{a.flavor} {a.variant} at world size {a.world_size}: the figures differ in kind between "
+                        f"depths {a.depth}, {b.depth}, {c.depth} ({', '.join(odd[:3])}); estimate it at full depth "
+                        f"(--full-depth)")
+    for name in fa:
+        if fb[name] - fa[name] != fc[name] - fb[name]:
+            raise NotAffine(f"{a.flavor} {a.variant} at world size {a.world_size}: {name} is {fa[name]:,}, "
+                            f"{fb[name]:,}, {fc[name]:,} at depths {a.depth}, {b.depth}, {c.depth}, not affine in "
+                            f"the number of layers; estimate it at full depth (--full-depth)")
+    steps = (depth - a.depth) // p
+
+    def ext(name: str) -> int:
+        return fa[name] + steps * (fb[name] - fa[name])
+
+    metrics = {name: ext(name) for name in METRICS if getattr(a, name) is not None}
+    breakdown = {k: ext(f"breakdown[{k}]") for k in a.breakdown} if a.breakdown is not None else None
+    flops_by_op = {k: ext(f"flops_by_op[{k}]") for k in a.flops_by_op}
+    sharding = {**a.sharding, "extrapolated_from_depths": [a.depth, b.depth, c.depth]}
+    return dataclasses.replace(a, depth=depth, breakdown=breakdown, flops_by_op=flops_by_op, sharding=sharding,
+                               **metrics)
+
+
+def estimate(flavor: Flavor, variant: str, setup: ShardedSetup, full_depth: bool = False) -> Measurement:
+    """Rank 0's record for ``variant`` at ``flavor`` (its depth, per-rank batch and sequence
+    length) under FSDP2 as ``setup`` says: traced whole up to ``MAX_TRACED_DEPTH`` layers or with
+    ``full_depth``, else extrapolated from three depths (``extrapolation_depths``, ``extrapolate``).
+    Raises what ``estimate_rank`` and ``extrapolate`` raise."""
+    policy = get_policy(parse_variant(variant)[0])
+    if full_depth or flavor.depth <= MAX_TRACED_DEPTH:
+        return estimate_rank(flavor, variant, setup)
+    depths = extrapolation_depths(policy, flavor.depth)
+    if depths[-1] >= flavor.depth:
+        return estimate_rank(flavor, variant, setup)
+    records = tuple(estimate_rank(at(flavor, depth=d), variant, setup) for d in depths)
+    return extrapolate(records, flavor.depth)  # type: ignore[arg-type]
+
+
+def _llama3(name: str, **sizes) -> Flavor:
+    return Flavor(name, batch=1, seq_len=8192, dtype="float32", cpu_mode="estimate", family="hf-llama3",
+                  rope_theta=500000.0, norm_eps=1e-5, **sizes)
+
+
+#: Llama 3 at its published shapes (Meta's ``params.json``: ``dim``, ``n_layers``, ``n_heads``,
+#: ``n_kv_heads``, ``ffn_dim_multiplier``, ``multiple_of``, ``vocab_size`` 128256, ``rope_theta``
+#: 500000; torchtitan's ``llama3_configs`` the same), per-rank batch 1, sequence 8192, float32
+#: parameters (the setup's mixed precision computes in bfloat16). Family ``hf-llama3``.
+SCALE_MODELS: dict[str, Flavor] = {f.name: f for f in (
+    _llama3("llama3-8b", d_model=4096, n_heads=32, depth=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3),
+    _llama3("llama3-70b", d_model=8192, n_heads=64, depth=80, n_kv_heads=8, multiple_of=4096,
+            ffn_dim_multiplier=1.3),
+    _llama3("llama3-405b", d_model=16384, n_heads=128, depth=126, n_kv_heads=8, multiple_of=4096,
+            ffn_dim_multiplier=1.2),
+)}
+
+
+def scale_model(name: str) -> Flavor:
+    """A model of ``SCALE_MODELS`` with its family registered (transformers imported). A
+    ScaleError names the models, or says how to install transformers."""
+    if name not in SCALE_MODELS:
+        raise ScaleError(f"unknown model {name!r}; choose {', '.join(SCALE_MODELS)}")
+    try:
+        import ac_bench.models.hf  # noqa: F401  (registers hf-llama3)
+    except ImportError as exc:
+        raise ScaleError(f"model {name} is transformers' LlamaForCausalLM, and transformers does not import "
+                         f"({exc}); install it: pip install -e '.[hf]'") from None
+    return SCALE_MODELS[name]
+
+
+def scale_policies(flavor: Flavor) -> tuple[str, ...]:
+    """The policies estimated for ``flavor`` under FSDP2: every policy of the registry and of
+    the family's ``extra_policies`` that composes with FSDP2 and that the family runs, less
+    ``offload`` (on the CPU the host memory it offloads to is the memory measured) and the
+    compile budgets (not run under FSDP2)."""
+    from ac_bench.distributed import NOT_COMPOSED
+    from ac_bench.models import POLICIES
+    family = family_of(flavor)
+    names = [*POLICIES, *family.extra_policies]
+    out = []
+    for name in dict.fromkeys(names):
+        policy = get_policy(name)
+        if policy.kind in NOT_COMPOSED or policy.kind == "offload" or not family.applies(policy):
+            continue
+        out.append(name)
+    return tuple(out)
+
+
+#: Fields of a record that say how it was obtained, not what was measured: not compared.
+HOW_FIELDS = frozenset({"memory_method", "step_seconds", "sharding", "rank", "breakdown", "schema_version"})
+
+
+def launch_differences(estimated: Measurement, launched: Measurement) -> list[str]:
+    """How an estimated rank differs from a real launch's rank of the same variant, flavor and
+    world size (``torchrun -m ac_bench.distributed``), beyond what the module allows: every
+    figure and descriptive field equal, except each peak of
+    ``ac_bench.distributed.PEAK_METRICS``, which the real rank may exceed by FSDP's transient
+    buffers of one block (``ac_bench.analytic.fsdp_unsharded_peak_bytes``, bytes) and not
+    undercut; the breakdown at the peak, whose categories other than FSDP's transient ones
+    (``ac_bench.probes.memory.FSDP_TRANSIENT``) and ``temporaries`` must be equal (temporaries
+    within the same bound: the peak moves with them); and ``backward_ops``, which the launch
+    may exceed by one op per layer and one for the root (gloo's reduce-scatter dispatches an op
+    on the calling thread that the fake process group does not: 3 more at ``tiny``, 3 layers,
+    2026-11-30). One line per difference."""
+    from ac_bench.analytic import Shape, fsdp_unsharded_peak_bytes
+    from ac_bench.distributed import PEAK_METRICS
+    from ac_bench.probes.memory import FSDP_TRANSIENT
+
+    where = f"{launched.case_id} rank {launched.rank}"
+    bound = fsdp_unsharded_peak_bytes(Shape.of_record(launched), launched.world_size)
+    est, real = estimated.as_dict(), launched.as_dict()
+    problems = []
+    for name in sorted(set(est) - HOW_FIELDS):
+        if name in PEAK_METRICS:
+            over = real[name] - est[name]
+            if not 0 <= over <= bound:
+                problems.append(f"{where}: {name} launched {real[name]:,} B, estimated {est[name]:,} B: the launch "
+                                f"{'undercuts' if over < 0 else 'exceeds'} the estimate by {abs(over):,} B "
+                                f"(allowed: 0 to {bound:,} B, one block's FSDP buffers)")
+        elif name == "backward_ops" and est[name] is not None and real[name] is not None:
+            if not 0 <= real[name] - est[name] <= launched.depth + 1:
+                problems.append(f"{where}: backward_ops launched {real[name]}, estimated {est[name]}: more apart than "
+                                f"one op per layer and one for the root ({launched.depth + 1})")
+        elif est[name] != real[name]:
+            problems.append(f"{where}: {name} launched {real[name]!r}, estimated {est[name]!r}")
+    steady = {k: v for k, v in (launched.breakdown or {}).items() if k not in FSDP_TRANSIENT}
+    steady_est = {k: v for k, v in (estimated.breakdown or {}).items() if k not in FSDP_TRANSIENT}
+    over = steady.pop("temporaries", 0) - steady_est.pop("temporaries", 0)
+    if steady != steady_est or not 0 <= over <= bound:
+        problems.append(f"{where}: the breakdown at the peak, FSDP's transient buffers left out, launched {steady}, "
+                        f"estimated {steady_est}")
+    return problems
+
+
+GIB = 2 ** 30
+
+
+class NothingFits(ScaleError):
+    """No policy fits the per-GPU memory; the message says the smallest memory and world size that do."""
+
+
+@dataclasses.dataclass
+class ScalePlan:
+    """Every policy's estimated rank at one model, setup and per-GPU memory (``budget_bytes``),
+    and the cheapest that fits: the fewest recomputed FLOPs (``flops`` over ``none``'s; ties:
+    the lower peak). ``records``: policy name -> record, the order of ``scale_policies``."""
+
+    model: Flavor
+    setup: ShardedSetup
+    budget_bytes: int
+    attention: str
+    records: dict[str, Measurement]
+    full_depth: bool = False
+
+    def recompute_flops(self, policy: str) -> int:
+        """FLOPs per step and rank that ``policy`` adds to ``none``'s (its recomputation)."""
+        return self.records[policy].flops - self.records["none"].flops
+
+    def fitting(self) -> list[str]:
+        """Policies whose per-rank peak is at most the budget, cheapest first."""
+        fit = [p for p, r in self.records.items() if r.peak_bytes <= self.budget_bytes]
+        return sorted(fit, key=lambda p: (self.recompute_flops(p), self.records[p].peak_bytes))
+
+    @property
+    def chosen(self) -> str | None:
+        fit = self.fitting()
+        return fit[0] if fit else None
+
+    def lowest(self) -> str:
+        """The policy with the lowest per-rank peak."""
+        return min(self.records, key=lambda p: (self.records[p].peak_bytes, self.recompute_flops(p)))
+
+
+def plan_at_scale(model: Flavor, setup: ShardedSetup, budget_bytes: int, attention: str = "sdpa",
+                  policies: tuple[str, ...] | None = None, full_depth: bool = False) -> ScalePlan:
+    """Estimate every policy (``scale_policies``, or ``policies``) at ``model`` under ``setup``
+    (``estimate``: a few seconds each; ``full_depth`` traces every layer) and return the plan
+    for ``budget_bytes`` per GPU."""
+    names = policies or scale_policies(model)
+    if "none" not in names:
+        names = ("none", *names)
+    records = {p: estimate(model, f"{p}-{attention}", setup, full_depth) for p in names}
+    return ScalePlan(model, setup, budget_bytes, attention, records, full_depth)
+
+
+def smallest_world_size(plan: ScalePlan, max_world_size: int = 4096) -> tuple[int, Measurement] | None:
+    """The smallest world size (doubling from the plan's) at which the plan's lowest-peak policy
+    fits the budget, with its record; None if none up to ``max_world_size`` does."""
+    policy = plan.lowest()
+    world = plan.setup.world_size * 2
+    while world <= max_world_size:
+        record = estimate(plan.model, f"{policy}-{plan.attention}", dataclasses.replace(plan.setup, world_size=world),
+                          plan.full_depth)
+        if record.peak_bytes <= plan.budget_bytes:
+            return world, record
+        world *= 2
+    return None
+
+
+def nothing_fits_line(plan: ScalePlan, max_world_size: int = 4096) -> str:
+    """The one line for a budget no policy fits: the smallest feasible memory per GPU at this
+    world size, and the smallest world size (doubling) at which the lowest-peak policy fits."""
+    lowest = plan.lowest()
+    peak = plan.records[lowest].peak_bytes
+    line = (f"nothing fits {plan.budget_bytes / GIB:g} GiB per GPU for {plan.model.name} at world size "
+            f"{plan.setup.world_size}: the smallest feasible is {peak / GIB:.2f} GiB ({lowest})")
+    found = smallest_world_size(plan, max_world_size)
+    if found:
+        world, record = found
+        return line + f", or {lowest} at world size {world} ({record.peak_bytes / GIB:.2f} GiB per rank)"
+    return line + (f"; no world size up to {max_world_size} fits: lower the sequence length or the per-rank batch")
+
+
+def describe_setup(model: Flavor, setup: ShardedSetup) -> str:
+    """One line: the model, its shape and the sharded setup, as the plan prints it."""
+    mp = (f"{setup.mp_param_dtype} compute, {setup.mp_reduce_dtype} gradient reduction over {model.dtype} parameters"
+          if setup.mp_param_dtype or setup.mp_reduce_dtype else f"{model.dtype} throughout")
+    return (f"{model.name} ({family_of(model).description}; {model.depth} layers, hidden {model.d_model}, "
+            f"{model.n_heads} heads, {model.n_kv_heads or model.n_heads} KV heads), FSDP2 over {setup.world_size} "
+            f"ranks, per-rank batch {model.batch}, sequence {model.seq_len}, {mp}, reshard_after_forward "
+            f"{setup.reshard_after_forward}, AdamW")
+
+
+def plan_lines(plan: ScalePlan) -> list[str]:
+    """The plan as printed: the setup, the answer, then one table row per policy."""
+    budget = plan.budget_bytes / GIB
+    lines = [describe_setup(plan.model, plan.setup), ""]
+    chosen = plan.chosen
+    if chosen is not None:
+        r = plan.records[chosen]
+        lines.append(f"plan: {chosen} fits {budget:g} GiB per GPU: per-rank peak {r.peak_bytes / GIB:.2f} GiB, "
+                     f"margin {(plan.budget_bytes - r.peak_bytes) / GIB:.2f} GiB, recomputes "
+                     f"{plan.recompute_flops(chosen) / 1e12:.1f} TFLOP per step and rank "
+                     f"({plan.recompute_flops(chosen) / plan.records['none'].flops:+.1%} over none)")
+    lines += ["", f"| policy | per-rank peak GiB (the smallest GPU it fits) | fits {budget:g} GiB | margin GiB | "
+              "recompute TFLOP | resident GiB | kept at end of forward GiB |",
+              "| --- | ---: | :---: | ---: | ---: | ---: | ---: |"]
+    for name, r in sorted(plan.records.items(), key=lambda kv: kv[1].peak_bytes):
+        lines.append(f"| {name} | {r.peak_bytes / GIB:.2f} | {'yes' if r.peak_bytes <= plan.budget_bytes else 'no'} | "
+                     f"{(plan.budget_bytes - r.peak_bytes) / GIB:+.2f} | {plan.recompute_flops(name) / 1e12:.1f} | "
+                     f"{r.resident_bytes / GIB:.2f} | {r.forward_kept_bytes / GIB:.2f} |")
+    depths = next(iter(plan.records.values())).sharding.get("extrapolated_from_depths")
+    how = (f"traced at depths such as {depths} and extrapolated to {plan.model.depth} layers (affine, checked)"
+           if depths else f"all {plan.model.depth} layers traced")
+    lines += ["", f"Estimated for rank 0 on the fake process group and fake tensors (FSDPMemTracker), {how}; "
+              f"peaks as the suite measures them: every tensor's storage, no allocator rounding or fragmentation, no "
+              f"CUDA/NCCL context or workspace."]
+    return lines

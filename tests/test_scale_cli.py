@@ -1,0 +1,112 @@
+"""The plan at scale (``python -m ac_bench.report plan --model M --world-size W``) and the
+estimate's inputs: bad input is one line, a budget nothing fits says the smallest memory and
+world size that do, and the printed plan is the cheapest policy that fits."""
+
+from __future__ import annotations
+
+import pytest
+
+from ac_bench.cli.report import main as report_main
+from ac_bench.models import get_flavor
+from ac_bench.scale import (
+    GIB,
+    ScaleError,
+    ShardedSetup,
+    estimate_rank,
+    extrapolation_depths,
+    nothing_fits_line,
+    plan_at_scale,
+)
+
+NO_MP = dict(mp_param_dtype=None, mp_reduce_dtype=None)
+
+
+def one_line_error(capsys, argv: list[str]) -> str:
+    try:
+        status = report_main(argv)
+    except SystemExit as exc:  # argparse's usage errors
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == 2, f"{argv}: exit status {status}, not 2 ({err!r})"
+    assert len(err.strip().splitlines()) == 1, f"{argv}: not one line: {err!r}"
+    return err
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["plan", "--model", "llama3-8b", "--budget-gib", "80"], "needs both --model and --world-size"),
+    (["plan", "--model", "llama3-8b", "--world-size", "0", "--budget-gib", "80"], "--world-size"),
+    (["plan", "--model", "llama3-1t", "--world-size", "8", "--budget-gib", "80"], "--model"),
+    (["plan", "--model", "llama3-8b", "--world-size", "8", "--budget-gib", "80", "--seq-len", "-5"], "--seq-len"),
+    (["plan", "--model", "llama3-8b", "--world-size", "8", "--budget-gib", "80", "--plot", "x.png"], "--plot"),
+    (["scale", "--out", "/dev/null/x"], "--out /dev/null/x"),
+])
+def test_bad_input_is_one_line(capsys, argv, expected):
+    assert expected in one_line_error(capsys, argv)
+
+
+@pytest.mark.parametrize("kwargs,expected", [
+    (dict(world_size=0), "world size 0"), (dict(world_size=2.5), "world size 2.5"),
+    (dict(world_size=2, mp_param_dtype="fp8"), "mixed-precision param dtype 'fp8'"),
+])
+def test_a_bad_setup_names_the_value(kwargs, expected):
+    with pytest.raises(ScaleError, match=expected):
+        ShardedSetup(**kwargs)
+
+
+def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_world_size():
+    """At tiny over 2 ranks (no mixed precision): with a budget between ``full``'s and ``none``'s
+    peak the plan is ``full`` (the only one that fits, more FLOPs than none); with a budget under
+    every peak at 2 ranks that the lowest policy meets at 8 ranks, the line names the smallest
+    feasible memory at 2 and world size 4 or 8 (whichever is the first that fits, measured here)."""
+    tiny = get_flavor("tiny")
+    plan = plan_at_scale(tiny, ShardedSetup(2, **NO_MP), 0, policies=("none", "full"))
+    none, full = plan.records["none"].peak_bytes, plan.records["full"].peak_bytes
+    assert full < none, (full, none)
+    plan.budget_bytes = (full + none) // 2
+    assert plan.chosen == "full" and plan.fitting() == ["full"]
+    plan.budget_bytes = none
+    assert plan.chosen == "none", "with both fitting, the one that recomputes nothing"
+    w4 = estimate_rank(tiny, "full-sdpa", ShardedSetup(4, **NO_MP)).peak_bytes
+    w8 = estimate_rank(tiny, "full-sdpa", ShardedSetup(8, **NO_MP)).peak_bytes
+    assert w8 < w4 < full, (full, w4, w8)
+    plan.budget_bytes = w8
+    line = nothing_fits_line(plan, max_world_size=8)
+    assert line == (f"nothing fits {w8 / GIB:g} GiB per GPU for tiny at world size 2: the smallest feasible is "
+                    f"{full / GIB:.2f} GiB (full), or full at world size 8 ({w8 / GIB:.2f} GiB per rank)"), line
+    plan.budget_bytes = w8 - 1
+    assert nothing_fits_line(plan, max_world_size=8).endswith(
+        "no world size up to 8 fits: lower the sequence length or the per-rank batch")
+
+
+def test_extrapolation_depths_step_by_the_policy_period():
+    from ac_bench.models import get_policy
+    assert extrapolation_depths(get_policy("none"), 32) == (2, 3, 4)
+    assert extrapolation_depths(get_policy("every_other"), 32) == (2, 4, 6)
+    assert extrapolation_depths(get_policy("every_3"), 80) == (2, 5, 8)
+    assert extrapolation_depths(get_policy("every_3"), 126) == (3, 6, 9)
+
+
+def test_an_estimate_refuses_to_run_beside_a_process_group():
+    import torch.distributed as dist
+    from torch.testing._internal.distributed.fake_pg import FakeStore
+    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=2)
+    try:
+        with pytest.raises(ScaleError, match="a process group is already initialised in this process"):
+            estimate_rank(get_flavor("tiny"), "none-sdpa", ShardedSetup(2, **NO_MP))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_plan_for_llama3_8b_prints_the_cheapest_policy(capsys, tmp_path):
+    """The command for Llama-3-8B over 64 GPUs of 40 GiB (~40 s): the plan line names a policy
+    that fits with its margin, the markdown carries the command that regenerates it."""
+    pytest.importorskip("transformers")
+    md = tmp_path / "plan.md"
+    status = report_main(["plan", "--model", "llama3-8b", "--world-size", "64", "--budget-gib", "40",
+                          "--markdown", str(md)])
+    out = capsys.readouterr().out
+    assert status == 0, out
+    plan = next(line for line in out.splitlines() if line.startswith("plan: "))
+    assert "fits 40 GiB per GPU" in plan and "margin" in plan, plan
+    assert "--model llama3-8b --world-size 64 --budget-gib 40" in md.read_text()
