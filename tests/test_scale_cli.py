@@ -110,3 +110,26 @@ def test_plan_for_llama3_8b_prints_the_cheapest_policy(capsys, tmp_path):
     plan = next(line for line in out.splitlines() if line.startswith("plan: "))
     assert "fits 40 GiB per GPU" in plan and "margin" in plan, plan
     assert "--model llama3-8b --world-size 64 --budget-gib 40" in md.read_text()
+
+
+def test_the_device_comparison_script_agrees_with_itself_on_the_cpu(tmp_path):
+    """``scripts/scale_vs_device.py`` (the GPU session's check of the estimate against a real
+    one-GPU run) at tiny on the CPU, gloo, world size 1: the estimate and the run agree on
+    every figure it tabulates (~8 s)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "t.md"
+    result = subprocess.run([sys.executable, str(root / "scripts" / "scale_vs_device.py"), "--flavor", "tiny",
+                             "--depth", "3", "--device", "cpu", "--no-mixed-precision", "--variants",
+                             "none-sdpa,full-sdpa", "--out", str(out)], capture_output=True, text=True, timeout=240,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| none") or
+            line.startswith("| full")]
+    assert len(rows) == 12, out.read_text()
+    moved = [r for r in rows if r[4] != "+0"]
+    assert moved == [], moved

@@ -10,7 +10,10 @@ On a machine with one CUDA GPU and a CUDA torch already installed it runs, in th
 2. the gate alone (``pytest bench/ -m gate``) against the committed ``baselines/<gpu>/figures.json``
    (skipped with its reason where none is committed yet);
 3. ``python -m ac_bench.report table`` into ``OUTDIR/report.md`` and ``OUTDIR/pareto.png``;
-4. ``OUTDIR/summary.txt``: per variant the CUDA measurement against the CPU's fake-tensor
+4. ``scripts/scale_vs_device.py``: the at-scale estimate (``ac_bench.scale``, fake process group on
+   the CPU) against a real FSDP2 step at world size 1 on the GPU, ``llama3-8b-4l`` (4 layers at
+   Llama-3-8B's width, sequence 8192, bf16), figure by figure, into ``OUTDIR/scale-vs-cuda.md``;
+5. ``OUTDIR/summary.txt``: per variant the CUDA measurement against the CPU's fake-tensor
    estimate (the committed ``baselines/cpu/figures.json``), the time/FLOP ratios, the outcome
    of each step.
 It runs in the repository (``--repo``, default the current folder: scripts/gpu-check starts
@@ -157,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
                                        args.flavor, "-ra", "-q", "-p", "no:cacheprovider"], log, args.timeout_s / 2, args.repo))
             steps.append(_run("report", [py, "-m", "ac_bench.report", "table", str(out / "gpu.json"), "--markdown",
                                          str(out / "report.md"), "--plot", str(out / "pareto.png")], log, 120, args.repo))
+            steps.append(_run("scale", [py, "scripts/scale_vs_device.py", "--flavor", "llama3-8b-4l", "--depth", "4",
+                                        "--device", "cuda", "--no-mixed-precision", "--out",
+                                        str(out / "scale-vs-cuda.md")], log, 240, args.repo))
         cpu_figures = args.repo / "baselines" / "cpu" / "figures.json"
         (out / "summary.txt").write_text(summary_text(out / "gpu.json", cpu_figures, steps))
     except CheckError as exc:
