@@ -298,3 +298,27 @@ def test_json_no_parser_takes_is_one_line(tmp_path, capsys, text, says):
         BaselineFile.load(path)
     message = str(info.value)
     assert message.startswith(f"{path}: not a readable baselines file (") and says in message and "\n" not in message
+
+
+def test_a_malformed_xdist_worker_variable_is_one_line():
+    """``PYTEST_XDIST_WORKER`` (read when the plugin loads, to bind a worker's GPU) set by hand to
+    something pytest-xdist never sets: a usage error naming it, no traceback."""
+    import os
+    env = {**os.environ, "PYTEST_XDIST_WORKER": "bogus"}
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "bench/test_memory.py",
+                             "--flavor", "tiny", "-q"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    out = result.stdout + result.stderr
+    assert result.returncode == 4, out[-2000:]
+    assert "PYTEST_XDIST_WORKER='bogus' is not of the form gwN" in out and "Traceback" not in out, out[-2000:]
+
+
+@pytest.mark.parametrize("name", ["RANK", "LOCAL_RANK", "WORLD_SIZE"])
+def test_distributed_refuses_a_malformed_rank_variable(tmp_path, capsys, monkeypatch, name):
+    """torchrun's variables set by hand to a non-number: one line naming the variable, status 2."""
+    from ac_bench.distributed import main as distributed_main
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv(name, "x")
+    status = distributed_main(["--flavor", "tiny", "--variants", "none-sdpa", "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert status == 2 and err.startswith(f"ac_bench.distributed: {name}='x' is not a rank number"), err
+    assert len(err.strip().splitlines()) == 1, err

@@ -196,6 +196,12 @@ def main(argv: list[str] | None = None) -> int:
         print("ac_bench.distributed: run it under torchrun (RANK, WORLD_SIZE and the rendezvous come from there), "
               "e.g. torchrun --nproc-per-node 2 -m ac_bench.distributed --out DIR", file=sys.stderr)
         return 2
+    bad = [f"{k}={os.environ[k]!r}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
+           if k in os.environ and not os.environ[k].isdigit()]
+    if bad:
+        print(f"ac_bench.distributed: {bad[0]} is not a rank number; torchrun sets it: launch with torchrun, "
+              f"not with it set by hand", file=sys.stderr)
+        return 2
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = rank_device(device_type, int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(distributed_backend(device_type))

@@ -22,7 +22,11 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 # initialises CUDA; on a CPU machine nothing changes. Importing torch does not initialise CUDA.
 from ac_bench.probes.device import bind_xdist_worker_gpu  # noqa: E402
 
-bind_xdist_worker_gpu()
+try:
+    bind_xdist_worker_gpu()
+    _ENVIRONMENT_PROBLEM = None
+except ValueError as _exc:  # a malformed PYTEST_XDIST_WORKER: one line at configure time, not a traceback here
+    _ENVIRONMENT_PROBLEM = f"{_exc}: unset it, or run under pytest-xdist, which sets it"
 
 import pytest  # noqa: E402
 
@@ -71,6 +75,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if _ENVIRONMENT_PROBLEM:
+        raise pytest.UsageError(_ENVIRONMENT_PROBLEM)
     for line in MARKERS:
         config.addinivalue_line("markers", line)
     store = config.stash[STORE_KEY] = MeasurementStore()
