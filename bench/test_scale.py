@@ -46,6 +46,11 @@ W4_VARIANTS = ("none-eager", "full-sdpa", "every_other-sdpa", "sac-sdpa")
 NO_MP = dict(mp_param_dtype=None, mp_reduce_dtype=None)
 
 
+@pytest.fixture(autouse=True)
+def _suite_models_only(suite_models):
+    """The suite's own models and Llama 3: skipped in a run only about --model-spec families."""
+
+
 @pytest.fixture(scope="module")
 def launch_w4(tmp_path_factory, session_device):
     """``torchrun --nproc-per-node 4 -m ac_bench.distributed`` at tiny: records by (variant, rank)."""
