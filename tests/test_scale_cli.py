@@ -4,6 +4,8 @@ world size that do, and the printed plan is the cheapest policy that fits."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from ac_bench.cli.report import main as report_main
@@ -133,3 +135,27 @@ def test_the_device_comparison_script_agrees_with_itself_on_the_cpu(tmp_path):
     assert len(rows) == 12, out.read_text()
     moved = [r for r in rows if r[4] != "+0"]
     assert moved == [], moved
+
+
+def test_the_accept_command_of_an_estimate_at_scale_selects_its_test():
+    """The gate's accept command for ``llama3-8b-w64-none-sdpa`` (a model that is no flavor):
+    no ``--flavor`` (which would refuse the name), and its ``-k`` selects exactly the gate test
+    of that variant when pasted (collected, not run)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from ac_bench.gate.baselines import accept_command
+    from ac_bench.record import Measurement
+    record = dataclasses.replace(estimate_rank(get_flavor("tiny"), "none-sdpa", ShardedSetup(64, **NO_MP)),
+                                 flavor="llama3-8b")
+    command = accept_command(record)
+    assert command == "pytest bench/ --device cpu --update-baselines -k llama3-8b-w64-none-sdpa", command
+    assert isinstance(record, Measurement)
+    root = Path(__file__).resolve().parents[1]
+    words = command.split()[1:]
+    result = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *words, "--collect-only", "-q"],
+                            cwd=root, capture_output=True, text=True, timeout=300)
+    selected = [line for line in result.stdout.splitlines() if "::" in line]
+    assert selected == ["bench/test_scale.py::test_llama3_8b_at_world_size_64_matches_baseline[cpu-llama3-8b-w64-none-sdpa]"], \
+        result.stdout[-2000:] + result.stderr[-2000:]

@@ -177,8 +177,10 @@ def accept_command(record: Measurement, directory: Path | None = None, suite: st
     if directory is not None and Path(directory).resolve() != Path(default_directory).resolve():
         where = f" --baselines-dir {shlex.quote(str(directory))}"
     extra = "".join(f" {shlex.quote(o)}" for o in options)
-    # An estimated rank at scale (ac_bench.scale) runs whatever --flavor says: its model is no flavor.
-    flavor = "" if record.sharding else f" --flavor {record.flavor}"
+    # A record whose model is no registered flavor (ac_bench.scale's Llama 3 shapes) is measured
+    # whatever --flavor says, and --flavor with its name would be refused.
+    from ac_bench.models import FLAVORS
+    flavor = f" --flavor {record.flavor}" if record.flavor in FLAVORS else ""
     return (f"pytest {shlex.quote(suite) if suite != 'bench/' else suite} --device {device}{flavor}"
             f"{extra}{where} --update-baselines -k {record.case_id}")
 
