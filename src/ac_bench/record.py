@@ -306,6 +306,9 @@ class StepFigures:
     attention_kernel: str
     outcome: str
     outcome_note: str | None
+    #: Each phase's peak and breakdown at it (``zero_grad``, ``forward_backward``,
+    #: ``optimizer_step``): not a record field; ``ac_bench.scale`` extrapolates each phase apart.
+    phases: dict[str, dict] | None = None
 
     def fields(self) -> dict:
         """As ``Measurement`` keyword arguments (``method`` is ``memory_method``). A ValueError
@@ -314,7 +317,7 @@ class StepFigures:
         if set(self.metrics) != set(METRICS):
             raise ValueError(f"measure_step gave the metrics {sorted(self.metrics)}, the registry declares "
                              f"{sorted(METRICS)}: measure each declared metric in _measured_step")
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "metrics"}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in ("metrics", "phases")}
         data["memory_method"] = data.pop("method")
         return {**data, **self.metrics}
 
@@ -413,6 +416,8 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
         attention_kernel=kernels.kernel,
         outcome=OK if loss_problem is None else NON_FINITE_LOSS,
         outcome_note=loss_problem and f"{loss_problem} in the measured step: the variant does not train",
+        phases={name: {"peak_bytes": ph.peak_bytes, "breakdown": ph.breakdown}
+                for name, ph in zip(("zero_grad", "forward_backward", "optimizer_step"), phases, strict=True)},
     )
 
 

@@ -19,9 +19,10 @@ output that gloo's thread frees a little later than the fake group, which frees 
 
 Deep models are not traced layer by layer: ``estimate`` measures three depths ``d, d + p,
 d + 2p`` (``p`` the policy's period in layers: 2 for ``every_other``), checks that every
-figure (bytes, FLOPs, ops, each breakdown category and each op's FLOPs) is affine in the number
-of layers there, exactly, and extrapolates to the model's depth; the record says so
-(``sharding["extrapolated_from_depths"]``). A figure that is not affine raises NotAffine
+figure (bytes, FLOPs, ops, each phase's peak and breakdown, each op's FLOPs) is affine in the
+number of layers there, exactly, and extrapolates to the model's depth; the step's peak is then
+the largest extrapolated phase peak (which phase peaks can change with depth). The record says
+so (``sharding["extrapolated_from_depths"]``). A figure that is not affine raises NotAffine
 instead of a guess.
 
 ``SCALE_MODELS``: Llama 3 8B, 70B and 405B from their published configurations (Meta's
@@ -51,6 +52,11 @@ FAKE_FSDP_MEMTRACKER = "fake-fsdp-memtracker"
 
 #: Depths up to this are traced whole; deeper models are extrapolated (``estimate``).
 MAX_TRACED_DEPTH = 6
+
+#: How often ``estimate`` moves its three depths one period deeper when they are not affine: the
+#: shallowest can be another regime (Llama-3-405B over 8 ranks without checkpointing peaks at
+#: another point of the backward with 2 layers than with 3 or more; 3, 4, 5 are affine).
+MAX_SHIFTS = 3
 
 #: What a record of an estimated rank adds (``Measurement.sharding``): the process group.
 PROCESS_GROUP = "fake"
@@ -164,7 +170,7 @@ def estimate_rank(flavor: Flavor, variant: str, setup: ShardedSetup) -> Measurem
         del training
     return Measurement(**shape_fields(flavor, variant, policy, device, resolve_dtype(flavor, device)),
                        optimizer=optimizer, **figures.fields(), world_size=setup.world_size, rank=0,
-                       sharding=setup.as_dict())
+                       sharding={**setup.as_dict(), "phases": figures.phases})
 
 
 def period(policy: Policy) -> int:
@@ -182,10 +188,15 @@ def extrapolation_depths(policy: Policy, depth: int) -> tuple[int, int, int]:
     return d, d + p, d + 2 * p
 
 
-#: The figures checked for affinity and extrapolated: the metrics that are numbers.
 def _numbers(record: Measurement) -> dict[str, int]:
-    out = {name: getattr(record, name) for name in METRICS if getattr(record, name) is not None}
-    out.update({f"breakdown[{k}]": v for k, v in (record.breakdown or {}).items()})
+    """The figures checked for affinity and extrapolated: every metric but ``peak_bytes``, each
+    phase's peak and breakdown (``sharding["phases"]``), FLOPs by op. The step's peak is the
+    largest phase peak, and which phase that is can change with depth (at 405B over 8 ranks the
+    optimizer step at 2 layers, backward at 4): each phase is affine, their maximum need not be."""
+    out = {name: getattr(record, name) for name in METRICS if getattr(record, name) is not None and name != "peak_bytes"}
+    for phase, figures in record.sharding["phases"].items():
+        out[f"{phase} peak"] = figures["peak_bytes"]
+        out.update({f"{phase} breakdown[{k}]": v for k, v in (figures["breakdown"] or {}).items()})
     out.update({f"flops_by_op[{k}]": v for k, v in record.flops_by_op.items()})
     return out
 
@@ -214,10 +225,16 @@ def extrapolate(records: tuple[Measurement, Measurement, Measurement], depth: in
     def ext(name: str) -> int:
         return fa[name] + steps * (fb[name] - fa[name])
 
-    metrics = {name: ext(name) for name in METRICS if getattr(a, name) is not None}
-    breakdown = {k: ext(f"breakdown[{k}]") for k in a.breakdown} if a.breakdown is not None else None
+    metrics = {name: ext(name) for name in METRICS if getattr(a, name) is not None and name != "peak_bytes"}
+    phases = {phase: {"peak_bytes": ext(f"{phase} peak"),
+                      "breakdown": None if figures["breakdown"] is None else
+                      {k: ext(f"{phase} breakdown[{k}]") for k in figures["breakdown"]}}
+              for phase, figures in a.sharding["phases"].items()}
+    top = max(phases, key=lambda phase: phases[phase]["peak_bytes"])
+    metrics["peak_bytes"] = phases[top]["peak_bytes"]
+    breakdown = phases[top]["breakdown"]
     flops_by_op = {k: ext(f"flops_by_op[{k}]") for k in a.flops_by_op}
-    sharding = {**a.sharding, "extrapolated_from_depths": [a.depth, b.depth, c.depth]}
+    sharding = {**a.sharding, "phases": phases, "extrapolated_from_depths": [a.depth, b.depth, c.depth]}
     return dataclasses.replace(a, depth=depth, breakdown=breakdown, flops_by_op=flops_by_op, sharding=sharding,
                                **metrics)
 
@@ -225,16 +242,25 @@ def extrapolate(records: tuple[Measurement, Measurement, Measurement], depth: in
 def estimate(flavor: Flavor, variant: str, setup: ShardedSetup, full_depth: bool = False) -> Measurement:
     """Rank 0's record for ``variant`` at ``flavor`` (its depth, per-rank batch and sequence
     length) under FSDP2 as ``setup`` says: traced whole up to ``MAX_TRACED_DEPTH`` layers or with
-    ``full_depth``, else extrapolated from three depths (``extrapolation_depths``, ``extrapolate``).
-    Raises what ``estimate_rank`` and ``extrapolate`` raise."""
+    ``full_depth``, else extrapolated from three depths (``extrapolation_depths``, ``extrapolate``),
+    moved one period deeper, up to ``MAX_SHIFTS`` times, while they are not affine. Raises what
+    ``estimate_rank`` raises, and NotAffine for the last three depths tried."""
     policy = get_policy(parse_variant(variant)[0])
     if full_depth or flavor.depth <= MAX_TRACED_DEPTH:
         return estimate_rank(flavor, variant, setup)
     depths = extrapolation_depths(policy, flavor.depth)
     if depths[-1] >= flavor.depth:
         return estimate_rank(flavor, variant, setup)
-    records = tuple(estimate_rank(at(flavor, depth=d), variant, setup) for d in depths)
-    return extrapolate(records, flavor.depth)  # type: ignore[arg-type]
+    step = depths[1] - depths[0]
+    records = [estimate_rank(at(flavor, depth=d), variant, setup) for d in depths]
+    while True:
+        try:
+            return extrapolate(tuple(records[-3:]), flavor.depth)  # type: ignore[arg-type]
+        except NotAffine:
+            deeper = records[-1].depth + step
+            if len(records) - 3 >= MAX_SHIFTS or deeper >= flavor.depth:
+                raise
+            records.append(estimate_rank(at(flavor, depth=deeper), variant, setup))
 
 
 def _llama3(name: str, **sizes) -> Flavor:

@@ -69,7 +69,10 @@ def scale_command(args: argparse.Namespace) -> None:
     for model in models:
         plans = {}
         for world in args.world_sizes:
-            plan = scale.plan_at_scale(model, scale.ShardedSetup(world), 0, args.attention)
+            try:
+                plan = scale.plan_at_scale(model, scale.ShardedSetup(world), 0, args.attention)
+            except scale.ScaleError as exc:
+                raise ReportInputError(str(exc)) from None
             plans[world] = plan
             records += [r.as_dict() for r in plan.records.values()]
             print(f"{model.name} at world size {world}: estimated", flush=True)
