@@ -159,3 +159,39 @@ def test_the_accept_command_of_an_estimate_at_scale_selects_its_test():
     selected = [line for line in result.stdout.splitlines() if "::" in line]
     assert selected == ["bench/test_scale.py::test_llama3_8b_at_world_size_64_matches_baseline[cpu-llama3-8b-w64-none-sdpa]"], \
         result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def test_the_depths_move_deeper_while_they_are_not_affine(monkeypatch):
+    """``estimate`` at 32 layers with figures affine from 3 layers on and a kink at 2 (as
+    Llama-3-405B over 8 ranks has): extrapolated from depths 3, 4, 5, equal to the affine
+    figures at 32; with the kink at every depth it gives up after ``MAX_SHIFTS`` moves with
+    NotAffine naming the figure."""
+    import ac_bench.scale as scale
+
+    base = estimate_rank(get_flavor("tiny"), "none-sdpa", ShardedSetup(2, **NO_MP))
+
+    def affine(value, d):
+        return value + 1000 * d
+
+    def fake(kink_until: int):
+        def estimate_at(flavor, variant, setup):
+            d = flavor.depth
+            phases = {k: {"peak_bytes": affine(v["peak_bytes"], d),
+                          "breakdown": {c: affine(b, d) for c, b in v["breakdown"].items()}}
+                      for k, v in base.sharding["phases"].items()}
+            metrics = {m: affine(getattr(base, m), d) for m in ("resident_bytes", "optimizer_step_peak_bytes",
+                                                                "activation_peak_bytes", "forward_kept_bytes")}
+            metrics["resident_bytes"] += d * d if d <= kink_until else 0
+            top = max(phases, key=lambda p: phases[p]["peak_bytes"])
+            return dataclasses.replace(base, depth=d, peak_bytes=phases[top]["peak_bytes"],
+                                       breakdown=phases[top]["breakdown"], sharding={**base.sharding, "phases": phases},
+                                       **metrics)
+        return estimate_at
+
+    monkeypatch.setattr(scale, "estimate_rank", fake(kink_until=2))
+    record = scale.estimate(scale.at(get_flavor("tiny"), depth=32), "none-sdpa", ShardedSetup(2, **NO_MP))
+    assert record.sharding["extrapolated_from_depths"] == [3, 4, 5]
+    assert record.resident_bytes == affine(base.resident_bytes, 32), record.resident_bytes
+    monkeypatch.setattr(scale, "estimate_rank", fake(kink_until=99))
+    with pytest.raises(scale.NotAffine, match=r"resident_bytes .* at depths 5, 6, 7"):
+        scale.estimate(scale.at(get_flavor("tiny"), depth=32), "none-sdpa", ShardedSetup(2, **NO_MP))
