@@ -169,3 +169,24 @@ def test_llama3_8b_at_world_size_64_matches_baseline(llama3_8b, policy, baseline
     assert record.depth == 32 and record.sharding["extrapolated_from_depths"], record.sharding
     measurements.add_sharded(record)
     gate_record(record, baseline_gate, update_baselines)
+
+
+#: The larger shapes gated with --slow (each estimate about 5 s at 70B over 256 ranks and 10 s
+#: at 405B, 2 cores): no checkpointing and the libraries' whole layers at 70B over 256 ranks,
+#: whole layers at 405B over 256 (what fits there).
+LARGE_GATES = [("llama3-70b", 256, "none"), ("llama3-70b", 256, "whole_layers"), ("llama3-405b", 256, "whole_layers")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model,world_size,policy", [pytest.param(m, w, p, id=f"cpu-{m}-w{w}-{p}-sdpa")
+                                                     for m, w, p in LARGE_GATES])
+def test_llama3_70b_and_405b_match_baseline(llama3_8b, model, world_size, policy, baseline_gate, update_baselines,
+                                            measurements):
+    """Llama-3-70B and 405B over 256 ranks (the setup of the 8B's gate), extrapolated in depth,
+    against ``{model}-w{W}-{variant}`` in the baselines."""
+    from ac_bench.scale import scale_model
+    flavor = scale_model(model)
+    record = estimate(flavor, f"{policy}-sdpa", ShardedSetup(world_size))
+    assert record.depth == flavor.depth and record.sharding["extrapolated_from_depths"], record.sharding
+    measurements.add_sharded(record)
+    gate_record(record, baseline_gate, update_baselines)
