@@ -195,3 +195,18 @@ def test_the_depths_move_deeper_while_they_are_not_affine(monkeypatch):
     monkeypatch.setattr(scale, "estimate_rank", fake(kink_until=99))
     with pytest.raises(scale.NotAffine, match=r"resident_bytes .* at depths 5, 6, 7"):
         scale.estimate(scale.at(get_flavor("tiny"), depth=32), "none-sdpa", ShardedSetup(2, **NO_MP))
+
+
+def test_the_fake_world_leaves_the_process_as_it_found_it():
+    """After an estimate no process group is left, and ``sys.excepthook`` is the one before
+    (``init_process_group`` wraps it to prefix every traceback line with the rank, for good)."""
+    import sys
+
+    import torch.distributed as dist
+
+    from ac_bench.scale import fake_world
+    hook = sys.excepthook
+    for world in (2, 8):
+        with fake_world(world):
+            assert dist.get_world_size() == world
+    assert not dist.is_initialized() and sys.excepthook is hook

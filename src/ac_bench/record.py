@@ -193,8 +193,9 @@ class Measurement:
     family: str | None = None
     family_shape: dict | None = None
     #: An estimated rank of a sharded run (``ac_bench.scale.ShardedSetup.as_dict``): the fake
-    #: process group, FSDP2's mixed precision and ``reshard_after_forward``, and, where the figures
-    #: were extrapolated in the number of layers, the depths measured; null for every other record.
+    #: process group, FSDP2's mixed precision and ``reshard_after_forward``, each phase's peak and
+    #: breakdown (``phases``), and, where the figures were extrapolated in the number of layers,
+    #: the depths measured; null for every other record.
     sharding: dict | None = None
     schema_version: int = SCHEMA_VERSION
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import sys
 from collections.abc import Iterator
 
 import torch
@@ -130,11 +131,15 @@ def fake_world(world_size: int) -> Iterator[object]:
     if dist.is_initialized():
         raise ScaleError("a process group is already initialised in this process; the estimate makes its own fake "
                          "one: run it in a process of its own, not under torchrun")
+    # init_process_group wraps sys.excepthook to prefix "[rank0]: " to every line of a traceback,
+    # and never unwraps it: after a hundred estimates a traceback had a hundred prefixes a line.
+    hook = sys.excepthook
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
     try:
         yield init_device_mesh("cpu", (world_size,))
     finally:
         dist.destroy_process_group()
+        sys.excepthook = hook
 
 
 def at(flavor: Flavor, *, depth: int | None = None, batch: int | None = None, seq_len: int | None = None) -> Flavor:
