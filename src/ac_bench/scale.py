@@ -15,7 +15,7 @@ Against a real launch (gloo on the CPU, ``torchrun -m ac_bench.distributed``) at
 and 4 every figure is equal except the three peaks, which a real rank may exceed by FSDP's
 transient buffers of one block (``ac_bench.analytic.fsdp_unsharded_peak_bytes``: an all-gather
 output that gloo's thread frees a little later than the fake group, which frees it at once);
-``bench/test_scale.py`` asserts both.
+the benchmark asserts both (docs/scale.md).
 
 Deep models are not traced layer by layer: ``estimate`` measures three depths ``d, d + p,
 d + 2p`` (``p`` the policy's period in layers: 2 for ``every_other``), checks that every
