@@ -17,7 +17,7 @@ For each variant whose policy checkpoints whole regions (``full``, ``attn``, ``m
 
 Gradients bitwise equal to ``none`` are ``bench/test_gradients.py``'s, for every variant of every
 family. Where a family has an analytic model, it must agree with these measured figures for every
-region policy and every plan.
+region policy and every plan; and the planner must choose the same plans from either source.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ import pytest
 
 from ac_bench.analytic import not_modelled_reason
 from ac_bench.cases import Case
-from ac_bench.models import PlanAC, family_of, get_policy
+from ac_bench.models import FLAVORS, PlanAC, family_of, get_policy
+from ac_bench.planner import Planner
 from ac_bench.regions import NotARegionPolicy, from_analytic, measure_regions, policy_regions, sublayers_only
 
 #: Relative tolerance and slack of ``forward_kept_bytes`` where the CUDA allocator counts it
@@ -130,3 +131,64 @@ def test_analytic_model_agrees_with_the_measured_regions(flavor_on_device, atten
                           f"{got[1]:,} FLOPs measured, {want[1]:,} analytic ({measured.describe(regions)})")
     assert not differ, f"{flavor.name} {attention}: the analytic model differs from the measured regions:\n" + \
         "\n".join(differ)
+
+
+#: Where the planner must plan alike from either source: the suite's own models, whatever
+#: ``--flavor`` selects; ``tiny`` with eager attention in the default run (its four calibration
+#: steps take about 5 s), the rest with ``--slow``.
+SAME_PLAN = (("tiny", "eager", ()), ("tiny", "sdpa", (pytest.mark.slow,)), ("small", "eager", (pytest.mark.slow,)),
+             ("small", "sdpa", (pytest.mark.slow,)))
+
+
+def _planner(device: str, flavor, attention: str, profile, measurements) -> Planner:
+    return Planner(flavor, attention, device, profile=profile,
+                   measure=lambda variant: measurements.get(Case(device, flavor, variant)))
+
+
+def _check_plan(planner: Planner) -> None:
+    """The plan for a budget halfway between the smallest predicted peak and the largest: its
+    measured record keeps and peaks as predicted (to the byte where memory is counted exactly)
+    and recomputes the FLOPs the planner's figures give."""
+    cands = planner.candidates()
+    low, high = min(c.predicted_peak_bytes for c in cands), max(c.predicted_peak_bytes for c in cands)
+    plan = planner.plan((low + high) // 2)
+    record, chosen = plan.record, plan.chosen
+    label = f"{planner.flavor.name} {chosen.name}-{planner.attention} at {(low + high) // 2:,} B"
+    recomputed = record.flops - planner.measure("plan_a0_m0").flops
+    if record.memory_method != "cuda-allocator":
+        assert (record.peak_bytes, record.forward_kept_bytes) == (chosen.predicted_peak_bytes, chosen.kept_bytes), (
+            f"{label}: measured peak {record.peak_bytes:,} B, kept {record.forward_kept_bytes:,} B; the planner "
+            f"predicted {chosen.predicted_peak_bytes:,} B and {chosen.kept_bytes:,} B")
+    assert recomputed == chosen.recompute_flops, (
+        f"{label}: recomputes {recomputed:,} FLOPs, the planner's {planner.profile.source} figures {chosen.recompute_flops:,}")
+
+
+@pytest.mark.parametrize(("flavor_name", "attention"), [pytest.param(f, a, marks=m, id=f"{f}-{a}") for f, a, m in SAME_PLAN])
+def test_planner_plans_alike_from_either_source(flavor_name, attention, session_device, suite_models, measurements,
+                                                region_profiles):
+    """The planner fed the measured regions lists every plan with the figures and the predicted
+    peak it has from the analytic model, so it chooses the same plan at every budget (the
+    chosen plan's measurement against the prediction is ``bench/test_planner.py``'s)."""
+    flavor = FLAVORS[flavor_name]
+    from_regions = _planner(session_device, flavor, attention, region_profiles(session_device, flavor, attention),
+                            measurements)
+    from_model = _planner(session_device, flavor, attention, from_analytic(flavor, attention, session_device),
+                          measurements)
+    assert (from_regions.profile.source, from_model.profile.source) == ("measured", "analytic"), flavor.name
+    ours, theirs = from_regions.candidates(), from_model.candidates()
+    assert ours == theirs, f"{flavor.name} {attention}: the candidates differ:\n" + "\n".join(
+        f"measured {a} != analytic {b}" for a, b in zip(ours, theirs) if a != b)
+
+
+@pytest.mark.parametrize("attention", ("eager", "sdpa"))
+def test_planner_plans_without_an_analytic_model(flavor_on_device, attention, measurements, region_profiles):
+    """A family without an analytic model (a transformers family: ``--model-spec
+    ac_bench.models.hf:ALL``) is planned for from its measured regions, and the plan measures as
+    predicted."""
+    device, flavor = flavor_on_device
+    if not_modelled_reason(flavor) is None:
+        pytest.skip(f"{flavor.name}: family {flavor.family!r} has an analytic model; the planner's measured source is "
+                    f"checked against it by test_planner_plans_alike_from_either_source")
+    if attention not in family_of(flavor).attentions:
+        pytest.skip(f"{flavor.name}: family {flavor.family!r} has no {attention} attention")
+    _check_plan(_planner(device, flavor, attention, region_profiles(device, flavor, attention), measurements))

@@ -33,7 +33,7 @@ From these (``RegionProfile``), any region policy's figures compose without an a
   its last save (the last linear layer's matmul, in every family here).
 
 ``from_analytic`` fills the same object from a family's analytic model (``ac_bench.analytic``),
-one lump per sublayer, to compare the two.
+one lump per sublayer, so that the planner reads either (``ac_bench.planner``).
 """
 
 from __future__ import annotations
@@ -307,3 +307,10 @@ def sublayers_only(figures: RegionProfile) -> RegionProfile:
         forward_flops={r: figures.forward_flops[r] for r in keep},
         recompute_flops_by_region={r: figures.recompute_flops_by_region[r] for r in keep})
 
+
+def region_profile(flavor: Flavor, attention: str, device: str | torch.device = "cpu") -> RegionProfile:
+    """The flavor's per-region figures: its family's analytic model's where it has one
+    (``from_analytic``: nothing built or run), else measured (``measure_regions``)."""
+    if analytic.not_modelled_reason(flavor) is None:
+        return from_analytic(flavor, attention, device)
+    return measure_regions(flavor, attention, device)
