@@ -95,9 +95,9 @@ class RegionProfile:
     storage, the sets of regions whose forward was running at each save (``frozenset()``: saved
     outside every region). ``saved_inputs`` / ``held_inputs``: per region, the storages of its
     inputs that a checkpoint saves through saved-tensor hooks (positional tensors) and those it
-    holds as Python objects (keyword or nested tensors). ``forward_flops`` / ``recompute_flops``:
-    per region, its forward's FLOPs and those up to its last save (FlopCounterMode's
-    convention). ``parameter_bytes``: the model's parameters. ``source``: ``measured`` (from a
+    holds as Python objects (keyword or nested tensors). ``forward_flops`` /
+    ``recompute_flops_by_region``: per region, its forward's FLOPs and those up to its last save
+    (FlopCounterMode's convention: 2 per multiply-add, matmul-like ops only). ``parameter_bytes``: the model's parameters. ``source``: ``measured`` (from a
     ``none`` forward, ``measure_regions``) or ``analytic`` (``from_analytic``).
     """
 
@@ -122,6 +122,10 @@ class RegionProfile:
         if unknown:
             raise ValueError(f"{self.source} region figures have no {', '.join(map(region_name, unknown))} "
                              f"(they describe {len(self.forward_flops)} regions of {self.depth} blocks)")
+        nested = sorted(r for r in chosen if r[1] != LAYER and (r[0], LAYER) in chosen)
+        if nested:  # a checkpoint inside another keeps its inputs inside the outer one: not composed here
+            raise ValueError(f"{', '.join(map(region_name, nested))} inside a checkpointed layer: nested checkpoints "
+                             f"do not compose from per-region figures")
         return chosen
 
     def kept_storages(self, regions: Iterable[Region] | Policy | str, held: bool = True) -> set[int]:
