@@ -6,6 +6,9 @@ d_model (on the residual stream): it removes any per-feature constant, so the gr
 attention's output bias in front of it is zero in exact arithmetic and computed as rounding
 noise (~1e-9 at ``tiny``). ``NON_FINITE``: a model whose output, and so its loss, is NaN.
 ``BROKEN_BUILD``: a builder that raises, as a user's does when its weights file is missing.
+``KEYWORD``: the suite's transformer whose blocks call their MLP with a keyword argument
+(``mlp(x=h)``), so that a checkpointed MLP's input is held as a Python object, out of
+saved-tensor hooks' sight, and the family declares no ``saved_bytes_gap``.
 """
 
 from __future__ import annotations
@@ -50,6 +53,24 @@ def build_broken(flavor: Flavor, attention: str, dropout: float = 0.0) -> torch.
     raise FileNotFoundError(f"no weights for {flavor.name} at /nowhere/weights.pt")
 
 
+class KeywordBlock(torch.nn.Module):
+    """A block whose MLP gets its input as a keyword argument."""
+
+    def __init__(self, block: torch.nn.Module) -> None:
+        super().__init__()
+        self.attn, self.mlp = block.attn, block.mlp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x=self.attn(x))
+
+
+def build_keyword(flavor: Flavor, attention: str, dropout: float = 0.0) -> torch.nn.Module:
+    model = build_transformer(flavor, attention, dropout)
+    model.blocks = torch.nn.ModuleList(KeywordBlock(block) for block in model.blocks)
+    return model
+
+
 BATCHNORM = Family("bn-gpt", build=build_batchnorm, flavors=(_tiny("bn-gpt-tiny", "bn-gpt"),))
 NON_FINITE = Family("nan-gpt", build=build_non_finite, flavors=(_tiny("nan-gpt-tiny", "nan-gpt"),))
 BROKEN_BUILD = Family("broken-gpt", build=build_broken, flavors=(_tiny("broken-gpt-tiny", "broken-gpt"),))
+KEYWORD = Family("kw-gpt", build=build_keyword, flavors=(_tiny("kw-gpt-tiny", "kw-gpt"),))

@@ -22,8 +22,10 @@ more than the planner at 56 (eager) and 53 (sdpa); for example eager at 0.8 GiB:
 plan_a12_m7, 549.8 GFLOP, against plan_a11_m7, 509.0 (8% more). Enumeration is exact and small
 ((depth+1)^2 = 169 plans for 12 blocks), so the planner enumerates.
 
-Figures, per plan, from the analytic model (``ac_bench.analytic``, exact on the CPU):
-kept bytes K and recompute FLOPs. The step's peak is ``max(other phases, before_forward + K + T)``,
+Figures, per plan, from per-region figures (``ac_bench.regions.RegionProfile``, injectable as
+``profile``): the family's analytic model where it has one (``from_analytic``, exact on the
+CPU), else measured from one forward of ``none`` (``measure_regions``): kept bytes K and
+recompute FLOPs. The step's peak is ``max(other phases, before_forward + K + T)``,
 where before_forward is the resident state less the gradients (freed by ``zero_grad``) and T
 is backward's transient at the last block, which is the same for every plan in one of four
 classes (is the last block's attention checkpointed? its MLP?). T and the other phases' peak
@@ -43,6 +45,7 @@ import torch
 from ac_bench import analytic
 from ac_bench.models import Flavor, PlanAC, resolve_dtype
 from ac_bench.record import Measurement, measure_variant
+from ac_bench.regions import RegionProfile, region_profile
 
 GIB = 2 ** 30
 
@@ -53,7 +56,7 @@ class InfeasibleBudget(ValueError):
 
 @dataclass(frozen=True)
 class Candidate:
-    """One plan with its analytic figures and predicted peak."""
+    """One plan with its figures (kept bytes, recompute FLOPs) and predicted peak."""
 
     policy: PlanAC
     kept_bytes: int
@@ -106,11 +109,14 @@ def parse_budget(text: str) -> int:
 
 
 class Planner:
-    """Plans for one flavor and attention on one device; measurements are cached."""
+    """Plans for one flavor and attention on one device; measurements are cached. ``profile``:
+    the per-region bytes and FLOPs plans are composed from (``ac_bench.regions.region_profile``
+    when not given: the analytic model's, else measured)."""
 
     def __init__(self, flavor: Flavor, attention: str, device: str = "cpu",
-                 measure: Callable[[str], Measurement] | None = None) -> None:
+                 measure: Callable[[str], Measurement] | None = None, profile: RegionProfile | None = None) -> None:
         self.flavor, self.attention, self.device = flavor, attention, device
+        self.profile = profile or region_profile(flavor, attention, device)
         self._measure = measure or (lambda variant: measure_variant(flavor, variant, device))
         self._cache: dict[str, Measurement] = {}
         dtype = resolve_dtype(flavor, device)
@@ -132,7 +138,7 @@ class Planner:
         for last_attn, last_mlp in ((False, False), (True, False), (False, True), (True, True)):
             policy = PlanAC.of(d if last_attn else 0, d if last_mlp else 0)
             r = self.measure(policy)
-            before_forward = r.resident_bytes - analytic.parameter_bytes(self.shape)
+            before_forward = r.resident_bytes - self.profile.parameter_bytes
             forward_backward_peak = before_forward + r.activation_peak_bytes
             self._transients[(last_attn, last_mlp)] = r.activation_peak_bytes - r.forward_kept_bytes
             if r.peak_bytes > forward_backward_peak:  # zero_grad or the optimizer step
@@ -143,10 +149,10 @@ class Planner:
     def candidate(self, policy: PlanAC) -> Candidate:
         if self._transients is None:
             self._calibrate()
-        kept = analytic.kept_bytes(self.shape, policy, self.attention)
+        kept = self.profile.kept_bytes(policy)
         transient = self._transients[(policy.attn_blocks == self.depth, policy.mlp_blocks == self.depth)]
         predicted = max(self._other_peak, self._before_forward + kept + transient)
-        return Candidate(policy, kept, analytic.recompute_flops(self.shape, policy, self.attention), predicted)
+        return Candidate(policy, kept, self.profile.recompute_flops(policy), predicted)
 
     def candidates(self) -> list[Candidate]:
         """Every plan, cheapest first (ties: fewer kept bytes, then fewer checkpointed sublayers)."""
@@ -164,8 +170,8 @@ class Planner:
         out = {}
         for sublayer, policy in (("attn", PlanAC.of(2, 0)), ("mlp", PlanAC.of(0, 2))):
             one = PlanAC.of(1, 0) if sublayer == "attn" else PlanAC.of(0, 1)
-            saved = analytic.kept_bytes(self.shape, one, self.attention) - analytic.kept_bytes(self.shape, policy, self.attention)
-            flops = analytic.recompute_flops(self.shape, policy, self.attention) - analytic.recompute_flops(self.shape, one, self.attention)
+            saved = self.profile.kept_bytes(one) - self.profile.kept_bytes(policy)
+            flops = self.profile.recompute_flops(policy) - self.profile.recompute_flops(one)
             out[sublayer] = {"bytes_saved": saved, "recompute_flops": flops,
                              "flops_per_mib": flops / (saved / 2 ** 20)}
         return out
