@@ -224,6 +224,7 @@ def plan_figure(planner: Planner, plan, none: Measurement, fixed: dict[str, Meas
 
 def block_plan_command(args: argparse.Namespace) -> None:
     """``plan --space blocks``: the MILP's plan (``ac_bench.milp``), measured, printed (and --markdown)."""
+    from ac_bench.export import export_lines
     from ac_bench.milp import BlockPlanner, NothingFits, SolverMissing
     if args.plot:
         raise ReportInputError("--plot draws the plan_aA_mM planner's picture; for per-block plans against the "
@@ -243,6 +244,7 @@ def block_plan_command(args: argparse.Namespace) -> None:
     for i, choice in enumerate(plan.policy.blocks):
         f = fig.of(i, choice)
         lines.append(f"| {i} | {choice} | {f.kept / MIB:.2f} | {f.recompute_flops / 1e9:.3f} |")
+    lines += ["", *export_lines(plan.policy)]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.markdown:
