@@ -119,3 +119,22 @@ def test_without_pulp_the_solver_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "pulp", None)  # import pulp now raises ImportError
     with pytest.raises(SolverMissing, match=r"^the MILP planner needs PuLP: pip install 'ac-bench\[milp\]'"):
         solve(figures("tiny", "sdpa"), 2 ** 30)
+
+
+@pytest.mark.parametrize("argv,says", [
+    (["frontier", "--points", "1"], "--points needs at least 2 budgets, got 1"),
+    (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "0.0001"],
+     "no per-block plan fits 0.000 GiB (107374 B) for tiny with sdpa attention: the smallest feasible budget is"),
+    (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--plot", "x.png"],
+     "--plot draws the plan_aA_mM planner's picture"),
+])
+def test_bad_input_is_one_line(capsys, argv, says):
+    if "--space" in argv:
+        needs_pulp()
+    from ac_bench.cli.report import main
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2 and says in err and err.count("\n") == 1 and "Traceback" not in err, (code, err)

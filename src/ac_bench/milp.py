@@ -119,9 +119,11 @@ def smallest_peak(figures: RegionFigures) -> tuple[tuple[str, ...], Prediction]:
     return blocks, figures.predict(blocks)
 
 
-def solve(figures: RegionFigures, budget_bytes: int) -> Solution:
+def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | None = None) -> Solution:
     """The plan with the fewest recompute FLOPs whose predicted step peak fits ``budget_bytes``
-    (then the fewest checkpointed regions among those); ``NothingFits`` where none is predicted to."""
+    (then the fewest checkpointed regions among those); ``NothingFits`` where none is predicted to.
+    ``kept_budget_bytes``: also keep at most this much for backward at the end of the forward
+    (``forward_kept_bytes``), to compare with a policy at its kept bytes."""
     if not (isinstance(budget_bytes, int) and budget_bytes > 0):
         raise ValueError(f"budget must be a positive number of bytes, got {budget_bytes!r}")
     pulp = _pulp()
@@ -138,8 +140,13 @@ def solve(figures: RegionFigures, budget_bytes: int) -> Solution:
     rows = _rows(pulp, figures, x)
     for k, row in enumerate(rows):
         prob += row <= room, f"peak_{k}"
+    if kept_budget_bytes is not None:
+        kept = pulp.lpSum(figures.of(i, c).kept * x[i, c] for i in range(figures.depth) for c in BLOCK_CHOICES)
+        prob += kept - figures.output_bytes <= kept_budget_bytes, "kept"
     status, proven = _solve(pulp, prob)
     if status != pulp.LpStatusOptimal:
+        if kept_budget_bytes is not None:
+            raise NothingFits(f"no per-block plan fits {budget_bytes} B keeping at most {kept_budget_bytes} B")
         raise nothing()
     best = round(pulp.value(flops))
     # Among the cheapest, the fewest checkpointed regions: a region whose matmuls are all saved
@@ -149,7 +156,8 @@ def solve(figures: RegionFigures, budget_bytes: int) -> Solution:
     _, proven_second = _solve(pulp, prob)
     blocks = _chosen(figures, x)
     prediction = figures.predict(blocks)
-    if prediction.peak_bytes > budget_bytes or prediction.recompute_flops != best * unit:
+    if (prediction.peak_bytes > budget_bytes or prediction.recompute_flops != best * unit
+            or (kept_budget_bytes is not None and prediction.kept_bytes > kept_budget_bytes)):
         raise RuntimeError(f"the solver's plan {blocks} predicts {prediction}, against its own optimum of "
                            f"{best * unit} FLOPs within {budget_bytes} B: a numerical error in CBC")
     return Solution(blocks, prediction, time.perf_counter() - start, 0.0 if proven and proven_second else None,
