@@ -10,7 +10,7 @@ from typing import ClassVar
 
 import pytest
 
-from ac_bench.export import SAC_CONTEXT_FN, export_all, megatron, torchtitan, transformers
+from ac_bench.export import KEEP_ATTENTION_OUTPUT_CONTEXT_FN, SAC_CONTEXT_FN, export_all, megatron, torchtitan, transformers
 from ac_bench.models import BlockPlanAC, Policy, get_policy
 
 
@@ -27,6 +27,7 @@ def config(exporter, name):
     ("blocks_lf.nn.lf.nn", None),
     ("blocks_ff4", None),
     ("blocks_lf2.ss2", None),
+    ("blocks_lp4", None),
 ])
 def test_torchtitan(name, expected):
     assert config(torchtitan, name) == expected
@@ -40,6 +41,7 @@ def test_torchtitan(name, expected):
     ("blocks_nn.lf3", None),
     ("blocks_ls4", None),
     ("blocks_fn4", None),
+    ("blocks_pn4", None),
 ])
 def test_megatron(name, expected):
     assert config(megatron, name) == expected
@@ -51,6 +53,9 @@ def test_megatron(name, expected):
     ("blocks_lf.nn.lf.nn", {"gradient_checkpointing_kwargs": {"use_reentrant": False}, "every_n_layers": 2}),
     ("blocks_ls.nn3", {"gradient_checkpointing_kwargs": {"use_reentrant": False, "context_fn": SAC_CONTEXT_FN},
                        "every_n_layers": 4}),
+    ("blocks_lp2.nn2", None),
+    ("blocks_lp4", {"gradient_checkpointing_kwargs": {"use_reentrant": False, "context_fn": KEEP_ATTENTION_OUTPUT_CONTEXT_FN},
+                    "every_n_layers": 1}),
     ("blocks_nn.lf.nn.lf", None),
     ("blocks_sf4", None),
 ])

@@ -1,5 +1,5 @@
 """The MILP planner (``ac_bench.milp``) is exact: at ``tiny`` and ``small`` its answer equals
-brute-force enumeration of all 11^depth per-block plans at many budgets; its peak model
+brute-force enumeration of every per-block plan at many budgets; its peak model
 (``ac_bench.blockplan``) equals real measurement on plans it was not calibrated on; plan names
 parse back; bad input is one line.
 
@@ -16,7 +16,7 @@ import sys
 import pytest
 
 from ac_bench.blockplan import brute_force, every_plan, measure_figures, regions
-from ac_bench.models import BLOCK_CHOICES, BlockPlanAC, Flavor, get_flavor, get_policy
+from ac_bench.models import BlockPlanAC, Flavor, get_flavor, get_policy
 from ac_bench.record import measure_variant
 
 #: ``tiny`` with a longer sequence, so that activations rather than the optimizer step set the
@@ -43,7 +43,7 @@ def test_milp_equals_brute_force(flavor_id, attention):
     needs_pulp()
     from ac_bench.milp import NothingFits, solve
     fig = figures(flavor_id, attention)
-    peaks = sorted({fig.predict(b).peak_bytes for b in every_plan(fig.depth)})
+    peaks = sorted({fig.predict(b).peak_bytes for b in every_plan(fig)})
     if flavor_id == "tiny":
         assert len(peaks) == 1, f"tiny: {len(peaks)} distinct peaks; the optimizer step was expected to set every one"
     else:
@@ -73,9 +73,9 @@ def test_prediction_equals_real_measurement(flavor_id, attention):
     needs_pulp()
     from ac_bench.milp import solve
     flavor, fig = FLAVORS[flavor_id], figures(flavor_id, attention)
-    peaks = sorted({fig.predict(b).peak_bytes for b in every_plan(fig.depth)})
+    peaks = sorted({fig.predict(b).peak_bytes for b in every_plan(fig)})
     plans = {solve(fig, peaks[k * (len(peaks) - 1) // 3]).blocks for k in (1, 2)}
-    plans.add(tuple(BLOCK_CHOICES[(3 * i + 7) % len(BLOCK_CHOICES)] for i in range(fig.depth)))
+    plans.add(tuple(fig.space[(3 * i + 7) % len(fig.space)] for i in range(fig.depth)))
     none = measure_variant(flavor, f"none-{attention}", "cpu")
     for blocks in sorted(plans):
         policy, p = BlockPlanAC.of(blocks), fig.predict(blocks)
@@ -87,12 +87,12 @@ def test_prediction_equals_real_measurement(flavor_id, attention):
 
 
 def test_names_parse_back():
-    blocks = ("ff", "ff", "ff", "fs", "lf", "ls", "nn", "nn")
+    blocks = ("ff", "ff", "ff", "fs", "lf", "ls", "nn", "nn", "pf", "lp")
     policy = BlockPlanAC.of(blocks)
-    assert policy.name == "blocks_ff3.fs.lf.ls.nn2"
+    assert policy.name == "blocks_ff3.fs.lf.ls.nn2.pf.lp"
     assert get_policy(policy.name) == policy and get_policy(policy.name).blocks == blocks
     assert policy.regions(len(blocks))[:4] == [(0, "attn"), (0, "mlp"), (1, "attn"), (1, "mlp")]
-    assert (4, "layer") in policy.regions(len(blocks)) and not [r for r in policy.regions(len(blocks)) if r[0] >= 6]
+    assert (4, "layer") in policy.regions(len(blocks)) and not [r for r in policy.regions(len(blocks)) if r[0] in (6, 7)]
 
 
 @pytest.mark.parametrize("name,expected", [
@@ -101,6 +101,7 @@ def test_names_parse_back():
     ("blocks_xy2", "optional run length"),
     ("blocks_", "optional run length"),
     ("blocks_lnn", "optional run length"),
+    ("blocks_fp", "optional run length"),
     ("blocks_ff02", "optional run length"),
 ])
 def test_bad_names_are_one_line(name, expected):

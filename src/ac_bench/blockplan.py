@@ -1,14 +1,17 @@
 """Per-block plans (``blocks_...``, ``ac_bench.models.ac.blocks``): their figures, measured once
 per region kind, and the step peak of any plan predicted from them.
 
-**The space.** Each of the ``depth`` blocks takes one of eleven choices (``BLOCK_CHOICES``): per
-sublayer (attention, MLP) nothing, full recompute or selective (``sac``'s save list), or the
-whole layer as one region, full or selective. 11^depth plans: 1,331 at ``tiny``, 14,641 at
-``small``, 3.1e12 at ``seed``.
+**The space.** Each of the ``depth`` blocks takes one of fifteen choices (``BLOCK_CHOICES``): per
+sublayer (attention, MLP) nothing, full recompute or selective (``sac``'s save list; for attention
+also with its output P·V saved), or the whole layer as one region, full or selective. With sdpa
+the fused kernel has no batched matmul, so the P·V choices are those without it and are left
+out: eleven choices (``space``). 15^depth plans with eager attention: 3,375 at ``tiny``, 50,625
+at ``small``, 1.3e14 at ``seed``; 11^depth with sdpa.
 
 **The figures, measured.** For each choice c, one step of the plan that gives every block c is
 measured on a copy of the flavor three blocks deep (``ac_bench.probes.blocks.block_timeline``;
-on fake tensors on the CPU, where they give the bytes and FLOPs of real ones): eleven steps per flavor and attention, 5 s at ``seed``.
+on fake tensors on the CPU, where they give the bytes and FLOPs of real ones): one step per choice,
+5 to 10 s at ``seed``.
 Three blocks give the three positions a block can hold: the first (its input is the model's,
 which needs no gradient), an interior one, the last (the gradient of its output is the loss's).
 Per position class p and choice c they give:
@@ -58,6 +61,12 @@ CALIBRATION_DEPTH = 3
 _AFTER = {"first": 2, "interior": 1, "last": 0}
 
 
+def space(attention: str) -> tuple[str, ...]:
+    """The choices planned over: every one, less those saving P·V (``p``) with sdpa, whose fused
+    kernel has no batched matmul (there they are the ``s`` choices again)."""
+    return tuple(c for c in BLOCK_CHOICES if attention != "sdpa" or "p" not in c)
+
+
 def position(block: int, depth: int) -> str:
     """``first``, ``last`` or ``interior``."""
     return "first" if block == 0 else "last" if block == depth - 1 else "interior"
@@ -100,6 +109,11 @@ class RegionFigures:
     output_bytes: int
     #: (position class, choice) -> figures.
     choices: dict[tuple[str, str], ChoiceFigures]
+
+    @property
+    def space(self) -> tuple[str, ...]:
+        """The choices these figures cover, in ``BLOCK_CHOICES`` order."""
+        return tuple(c for c in BLOCK_CHOICES if ("first", c) in self.choices)
 
     def of(self, block: int, choice: str) -> ChoiceFigures:
         return self.choices[(position(block, self.depth), choice)]
@@ -152,7 +166,7 @@ def figures_from_timelines(flavor: Flavor, attention: str, timelines: dict[str, 
 
 def measure_figures(flavor: Flavor, attention: str, device: str = "cpu",
                     measure: Callable[[str], Measurement] | None = None) -> RegionFigures:
-    """Measure the figures: eleven three-block steps, one per choice, and ``none`` at the
+    """Measure the figures: three-block steps, one per choice of ``space(attention)``, and ``none`` at the
     flavor's depth through ``measure`` (a variant name -> its record; default
     ``measure_variant``)."""
     if flavor.depth < CALIBRATION_DEPTH:
@@ -162,13 +176,13 @@ def measure_figures(flavor: Flavor, attention: str, device: str = "cpu",
     shallow = dataclasses.replace(flavor, depth=CALIBRATION_DEPTH)
     fake = torch.device(device).type == "cpu"  # exact there, and no compute
     timelines = {c: block_timeline(shallow, attention, BlockPlanAC.of((c,) * CALIBRATION_DEPTH), device, fake=fake)
-                 for c in BLOCK_CHOICES}
+                 for c in space(attention)}
     return figures_from_timelines(flavor, attention, timelines, measure(f"none-{attention}"))
 
 
-def every_plan(depth: int) -> Iterator[tuple[str, ...]]:
-    """All 11^depth plans."""
-    return itertools.product(BLOCK_CHOICES, repeat=depth)
+def every_plan(figures: "RegionFigures") -> Iterator[tuple[str, ...]]:
+    """Every plan of the figures' space (len(space)^depth)."""
+    return itertools.product(figures.space, repeat=figures.depth)
 
 
 def regions(choice: str) -> int:
@@ -178,10 +192,10 @@ def regions(choice: str) -> int:
 
 def brute_force(figures: RegionFigures, budget_bytes: int) -> tuple[tuple[str, ...], Prediction] | None:
     """The exhaustive answer: over every plan predicted to fit, the fewest recompute FLOPs, then
-    the fewest checkpointed regions (``regions``; None: nothing fits). 11^depth predictions:
-    for tiny and small."""
+    the fewest checkpointed regions (``regions``; None: nothing fits). len(space)^depth
+    predictions: for tiny and small."""
     best = None
-    for blocks in every_plan(figures.depth):
+    for blocks in every_plan(figures):
         p = figures.predict(blocks)
         key = (p.recompute_flops, sum(regions(c) for c in blocks))
         if p.peak_bytes <= budget_bytes and (best is None or key < best[0]):

@@ -28,8 +28,10 @@ from dataclasses import dataclass
 from ac_bench.models import BlockPlanAC
 from ac_bench.models.ac.selective import SAC_SAVE_OPS
 
-#: How a selective region's ``context_fn`` is written for transformers (a callable, not data).
+#: How a selective region's ``context_fn`` is written for transformers (a callable, not data):
+#: ``sac``'s, and the one that also saves the attention output (``p``).
 SAC_CONTEXT_FN = "ac_bench.models.SelectiveAC('sac', sublayers=('attn', 'mlp')).context_fn"
+KEEP_ATTENTION_OUTPUT_CONTEXT_FN = "ac_bench.models.ac.blocks.keep_attention_output_context_fn"
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,9 @@ def torchtitan(policy: BlockPlanAC) -> Export:
         if blocks == tuple("lf" if (i + 1) % n == 0 else "nn" for i in range(d)):
             return Export(name, {"mode": "selective", "selective_ac_option": str(n)},
                           f"full AC on one block in every {n} (blocks {n - 1}, {2 * n - 1}, ... counted from 0)")
-    why = (_mixed(blocks) if len(set(blocks)) > 1 else f"every block is {blocks[0]}: attention and MLP apart")
+    why = (_mixed(blocks) if len(set(blocks)) > 1 else
+           "its save list keeps the attention output (bmm), torchtitan's op list no bmm" if blocks[0] == "lp" else
+           f"every block is {blocks[0]}: attention and MLP apart")
     return Export(name, None, f"does not fit: torchtitan applies one mode to whole TransformerBlocks (all, every N-th "
                               f"from block N-1, or op-level SAC on all); {why}")
 
@@ -83,7 +87,7 @@ def megatron(policy: BlockPlanAC) -> Export:
         return Export(name, {"recompute_granularity": "selective", "recompute_modules": ["mlp"]},
                       "the dense MLP of every layer; Megatron's mlp region starts after pre_mlp_layernorm, so it also "
                       "keeps the LayerNorm's output, one hidden-sized tensor per layer more than this plan")
-    if any("s" in c for c in blocks):
+    if any("s" in c or "p" in c for c in blocks):
         why = "its selective regions save per op (sac's list), for which Megatron has no module (core_attn recomputes the attention core only)"
     elif len(set(blocks)) > 1:
         why = _mixed(blocks)
@@ -98,14 +102,15 @@ def transformers(policy: BlockPlanAC) -> Export:
     name = "transformers"
     if set(blocks) == {"nn"}:
         return Export(name, {}, "gradient checkpointing left off")
-    for code in ("lf", "ls"):
+    context = {"lf": {}, "ls": {"context_fn": SAC_CONTEXT_FN}, "lp": {"context_fn": KEEP_ATTENTION_OUTPUT_CONTEXT_FN}}
+    for code in ("lf", "ls", "lp"):
         for n in range(1, d + 1):
             if blocks == tuple(code if i % n == 0 else "nn" for i in range(d)):
-                kwargs = {"use_reentrant": False} | ({"context_fn": SAC_CONTEXT_FN} if code == "ls" else {})
+                kwargs = {"use_reentrant": False} | context[code]
                 where = "every decoder layer" if n == 1 else f"one decoder layer in every {n}, from layer 0"
                 return Export(name, {"gradient_checkpointing_kwargs": kwargs, "every_n_layers": n},
                               f"model.gradient_checkpointing_enable(**config): {where}"
-                              + ("; context_fn is Python, not data: pass the object named" if code == "ls" else ""))
+                              + ("; context_fn is Python, not data: pass the object named" if code != "lf" else ""))
     why = _mixed(blocks) if len(set(blocks)) > 1 else f"every layer is {blocks[0]}: attention and MLP apart"
     return Export(name, None, f"does not fit: transformers checkpoints whole decoder layers (every N-th from layer 0) "
                               f"with one set of checkpoint arguments; {why}")

@@ -1,7 +1,7 @@
 """The per-block plan with the fewest recompute FLOPs under a step-peak budget, solved exactly as a
 mixed-integer linear program (PuLP, with the CBC solver it bundles).
 
-Variables: x[i, c] in {0, 1}, block i takes choice c (``BLOCK_CHOICES``), sum_c x[i, c] = 1.
+Variables: x[i, c] in {0, 1}, block i takes choice c (of ``RegionFigures.space``), sum_c x[i, c] = 1.
 The peak of ``ac_bench.blockplan`` is a maximum of sums that are linear in x, so "peak <= budget"
 is one linear row per moment of the step, with no big-M:
 
@@ -16,7 +16,7 @@ of checkpointed regions (``regions``): the FLOPs counted are matmuls', and a sel
 that saves every matmul output still recomputes its elementwise ops, so of two plans equally
 cheap in FLOPs the one that checkpoints less is taken. Every answer is
 checked against ``RegionFigures.predict`` in integer arithmetic; ``tests/test_milp.py`` checks
-it against brute-force enumeration of all 11^depth plans at ``tiny`` and ``small``.
+it against brute-force enumeration of every plan at ``tiny`` and ``small``.
 
 PuLP is an optional dependency (``pip install 'ac-bench[milp]'``); without it ``solve`` raises
 ``SolverMissing`` with that line.
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from functools import reduce
 
 from ac_bench.blockplan import Prediction, RegionFigures, measure_figures, regions
-from ac_bench.models import BLOCK_CHOICES, BlockPlanAC, Flavor
+from ac_bench.models import BlockPlanAC, Flavor
 from ac_bench.record import Measurement, measure_variant
 
 GIB, MIB = 2 ** 30, 2 ** 20
@@ -75,19 +75,19 @@ def _rows(pulp, figures: RegionFigures, x) -> list:
     """The left-hand sides of the peak rows (bytes above what is allocated when the forward starts)."""
     d, rows, kept_before = figures.depth, [], 0
     for i in range(d):
-        f = {c: figures.of(i, c) for c in BLOCK_CHOICES}
-        rows.append(kept_before + pulp.lpSum(f[c].forward * x[i, c] for c in BLOCK_CHOICES))
-        rows.append(kept_before + pulp.lpSum((f[c].backward + figures.backward_shift(i)) * x[i, c] for c in BLOCK_CHOICES))
-        kept_before = kept_before + pulp.lpSum(f[c].kept * x[i, c] for c in BLOCK_CHOICES)
-    rows.append(kept_before + pulp.lpSum(figures.of(d - 1, c).tail * x[d - 1, c] for c in BLOCK_CHOICES))
+        f = {c: figures.of(i, c) for c in figures.space}
+        rows.append(kept_before + pulp.lpSum(f[c].forward * x[i, c] for c in figures.space))
+        rows.append(kept_before + pulp.lpSum((f[c].backward + figures.backward_shift(i)) * x[i, c] for c in figures.space))
+        kept_before = kept_before + pulp.lpSum(f[c].kept * x[i, c] for c in figures.space)
+    rows.append(kept_before + pulp.lpSum(figures.of(d - 1, c).tail * x[d - 1, c] for c in figures.space))
     return rows
 
 
 def _model(pulp, figures: RegionFigures, sense):
     prob = pulp.LpProblem("checkpointing_plan", sense)
-    x = {(i, c): prob.add_variable(f"x_{i}_{c}", cat="Binary") for i in range(figures.depth) for c in BLOCK_CHOICES}
+    x = {(i, c): prob.add_variable(f"x_{i}_{c}", cat="Binary") for i in range(figures.depth) for c in figures.space}
     for i in range(figures.depth):
-        prob += pulp.lpSum(x[i, c] for c in BLOCK_CHOICES) == 1, f"one_choice_{i}"
+        prob += pulp.lpSum(x[i, c] for c in figures.space) == 1, f"one_choice_{i}"
     return prob, x
 
 
@@ -103,7 +103,7 @@ def _solve(pulp, prob) -> tuple[int, bool]:
 
 
 def _chosen(figures: RegionFigures, x) -> tuple[str, ...]:
-    return tuple(max(BLOCK_CHOICES, key=lambda c: x[i, c].value() or 0.0) for i in range(figures.depth))
+    return tuple(max(figures.space, key=lambda c: x[i, c].value() or 0.0) for i in range(figures.depth))
 
 
 def smallest_peak(figures: RegionFigures) -> tuple[tuple[str, ...], Prediction]:
@@ -135,13 +135,13 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
     unit = reduce(math.gcd, (f.recompute_flops for f in figures.choices.values()), 0) or 1
     prob, x = _model(pulp, figures, pulp.LpMinimize)
     flops = pulp.lpSum(figures.of(i, c).recompute_flops // unit * x[i, c]
-                       for i in range(figures.depth) for c in BLOCK_CHOICES)
+                       for i in range(figures.depth) for c in figures.space)
     prob += flops
     rows = _rows(pulp, figures, x)
     for k, row in enumerate(rows):
         prob += row <= room, f"peak_{k}"
     if kept_budget_bytes is not None:
-        kept = pulp.lpSum(figures.of(i, c).kept * x[i, c] for i in range(figures.depth) for c in BLOCK_CHOICES)
+        kept = pulp.lpSum(figures.of(i, c).kept * x[i, c] for i in range(figures.depth) for c in figures.space)
         prob += kept - figures.output_bytes <= kept_budget_bytes, "kept"
     status, proven = _solve(pulp, prob)
     if status != pulp.LpStatusOptimal:
@@ -151,7 +151,7 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
     best = round(pulp.value(flops))
     # Among the cheapest, the fewest checkpointed regions: a region whose matmuls are all saved
     # (sac with sdpa) recomputes no FLOP counted here but still its elementwise ops.
-    prob.setObjective(pulp.lpSum(regions(c) * x[i, c] for i in range(figures.depth) for c in BLOCK_CHOICES))
+    prob.setObjective(pulp.lpSum(regions(c) * x[i, c] for i in range(figures.depth) for c in figures.space))
     prob += flops <= best, "fewest_flops"
     _, proven_second = _solve(pulp, prob)
     blocks = _chosen(figures, x)
