@@ -40,7 +40,7 @@ def main() -> None:
                 s = solve(fig, low + (high - low) * k // (args.budgets - 1))
                 times.append(time.perf_counter() - start)
                 proven &= s.gap == 0.0
-            print(f"| {base.name} | {depth} | {attention} | {depth * 11} | {args.budgets} | {statistics.median(times):.2f} | "
+            print(f"| {base.name} | {depth} | {attention} | {depth * len(fig.space)} | {args.budgets} | {statistics.median(times):.2f} | "
                   f"{max(times):.2f} | {'yes' if proven else 'no'} |", flush=True)
 
 

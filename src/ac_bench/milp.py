@@ -24,6 +24,7 @@ PuLP is an optional dependency (``pip install 'ac-bench[milp]'``); without it ``
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -142,7 +143,8 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
         prob += row <= room, f"peak_{k}"
     if kept_budget_bytes is not None:
         kept = pulp.lpSum(figures.of(i, c).kept * x[i, c] for i in range(figures.depth) for c in figures.space)
-        prob += kept - figures.output_bytes <= kept_budget_bytes, "kept"
+        head = pulp.lpSum(figures.of(figures.depth - 1, c).head * x[figures.depth - 1, c] for c in figures.space)
+        prob += kept + head <= kept_budget_bytes, "kept"
     status, proven = _solve(pulp, prob)
     if status != pulp.LpStatusOptimal:
         if kept_budget_bytes is not None:
@@ -185,6 +187,8 @@ class BlockPlan:
     policy: BlockPlanAC
     record: Measurement
     none: Measurement
+    #: Plans the solver chose before this one that measured over the budget (name -> measured peak).
+    misses: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> str:
         s, r, p = self.solution, self.record, self.solution.prediction
@@ -216,14 +220,22 @@ class BlockPlanner:
     def solve(self, budget_bytes: int) -> Solution:
         return solve(self.figures, budget_bytes)
 
-    def plan(self, budget_bytes: int) -> BlockPlan:
-        """The solver's plan for ``budget_bytes``, measured; NothingFits where it measures over
-        the budget (the prediction is exact on the CPU, so this is a model error there)."""
-        solution = self.solve(budget_bytes)
-        policy = BlockPlanAC.of(solution.blocks)
-        record = self.measure(f"{policy.name}-{self.attention}")
-        if record.peak_bytes is None or record.peak_bytes > budget_bytes:
-            raise NothingFits(f"{policy.name}-{self.attention} was predicted to peak at {solution.prediction.peak_bytes} B "
-                              f"and measured {record.peak_bytes} B, over the budget of {budget_bytes} B")
-        return BlockPlan(self.flavor, self.attention, budget_bytes, solution, policy, record,
-                         self.measure(f"none-{self.attention}"))
+    def plan(self, budget_bytes: int, retries: int = 3) -> BlockPlan:
+        """The solver's plan for ``budget_bytes``, measured. Where the measurement exceeds the
+        budget (the model is exact for the notebook's family on the CPU; for the llama family it
+        can miss by one hidden-state tensor), the budget given to the solver is lowered by the
+        miss and it is solved again, up to ``retries`` times; then NothingFits."""
+        target, misses = budget_bytes, {}
+        for _ in range(retries + 1):
+            solution = self.solve(target)
+            policy = BlockPlanAC.of(solution.blocks)
+            record = self.measure(f"{policy.name}-{self.attention}")
+            if record.peak_bytes is not None and record.peak_bytes <= budget_bytes:
+                return BlockPlan(self.flavor, self.attention, budget_bytes, solution, policy, record,
+                                 self.measure(f"none-{self.attention}"), misses)
+            misses[policy.name] = record.peak_bytes
+            if record.peak_bytes is None:
+                break
+            target -= record.peak_bytes - budget_bytes
+        raise NothingFits(f"no per-block plan measured within {budget_bytes} B for {self.flavor.name} with {self.attention} "
+                          f"attention: {', '.join(f'{n} measured {b} B' for n, b in misses.items())}")

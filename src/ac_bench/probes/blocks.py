@@ -49,6 +49,9 @@ class BlockTimeline:
     other_parameter_bytes: int
     #: Bytes of the model's output (``forward_kept_bytes`` leaves it out).
     output_bytes: int
+    #: Bytes allocated right after the model's forward (what follows the last block included:
+    #: a final norm, say), as ``forward_kept_bytes`` counts them before leaving the output out.
+    after_forward: int
 
 
 class _Marks:
@@ -143,6 +146,7 @@ def block_timeline(flavor: Flavor, attention: str, policy: Policy, device: str |
                 tracker.segment_peak = before
                 with training.policy.forward_context(device):
                     out = model(training.x)
+                after_forward = tracker.total() - before
                 output_bytes = out.untyped_storage().nbytes()
                 loss = loss_fn(out)
                 del out
@@ -166,6 +170,7 @@ def block_timeline(flavor: Flavor, attention: str, policy: Policy, device: str |
         block_parameter_bytes=block_params,
         other_parameter_bytes=all_params - in_blocks,
         output_bytes=output_bytes,
+        after_forward=after_forward,
     )
 
 
