@@ -238,7 +238,8 @@ def block_plan_command(args: argparse.Namespace) -> None:
         raise ReportInputError(str(exc)) from None
     fig = planner.figures
     lines = [f"plan: {plan.summary()}", "",
-             "per block: the choice (attention then MLP: n none, f full recompute, s selective; lf/ls the whole layer), "
+             "per block: the choice (attention then MLP: n none, f full recompute, s selective, p selective keeping P·V; "
+             "lf/ls/lp the whole layer), "
              "what it keeps, and what it recomputes",
              "| block | choice | kept MiB (its output included) | recompute GFLOP |", "| ---: | --- | ---: | ---: |"]
     for i, choice in enumerate(plan.policy.blocks):
