@@ -12,6 +12,7 @@ name, parameterised ones included, and ``policy.name`` gives it back.
 """
 
 from ac_bench.models.ac.base import SUBLAYERS, Policy
+from ac_bench.models.ac.blocks import BLOCK_CHOICES, BlockPlanAC
 from ac_bench.models.ac.compile_budget import CompileBudgetAC, budget_name
 from ac_bench.models.ac.layer import LayerAC
 from ac_bench.models.ac.native import NativeAC
@@ -31,7 +32,7 @@ from ac_bench.models.ac.selective import CORE_ATTENTION_OPS, SAC_SAVE_OPS, Selec
 from ac_bench.models.ac.sequential import SequentialAC
 
 __all__ = [
-    "CORE_ATTENTION_OPS", "CompileBudgetAC", "KINDS", "LIBRARY_POLICIES", "LayerAC", "NativeAC",
+    "BLOCK_CHOICES", "BlockPlanAC", "CORE_ATTENTION_OPS", "CompileBudgetAC", "KINDS", "LIBRARY_POLICIES", "LayerAC", "NativeAC",
     "OffloadAC", "PlanAC", "POLICIES", "Policy", "RegionAC", "SAC_SAVE_OPS", "SUBLAYERS",
     "SelectiveAC", "SequentialAC", "VARIANTS", "budget_name", "get_policy", "parse_variant", "variant_id",
 ]

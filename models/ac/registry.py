@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ac_bench.models.ac.base import Policy
+from ac_bench.models.ac.blocks import BlockPlanAC
 from ac_bench.models.ac.compile_budget import CompileBudgetAC
 from ac_bench.models.ac.layer import LayerAC
 from ac_bench.models.ac.native import NativeAC
@@ -15,7 +16,7 @@ from ac_bench.models.transformer import ATTENTIONS, check_attention
 
 #: Every policy kind, one class each.
 KINDS: tuple[type[Policy], ...] = (RegionAC, SequentialAC, SelectiveAC, OffloadAC, PlanAC, CompileBudgetAC, LayerAC,
-                                   NativeAC)
+                                   NativeAC, BlockPlanAC)
 
 #: The policies every run measures, in the order tables list them.
 POLICIES: dict[str, Policy] = {p.name: p for p in (

@@ -84,6 +84,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--full-depth", action="store_true",
                        help="trace every layer instead of extrapolating from three depths (slower)")
     parser.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
+    parser.add_argument("--space", default="prefix", choices=["prefix", "blocks"],
+                        help="prefix: plan_aA_mM, whole sublayers of the first blocks, enumerated; blocks: per block "
+                             "none / full / selective per sublayer or the whole layer, solved as a MILP (needs PuLP: "
+                             "pip install 'ac-bench[milp]'; default %(default)s)")
     parser.add_argument("--budget-gib", type=_gib, required=True, metavar="GIB",
                         help="the whole step's peak (parameters, gradients, optimizer state included)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -133,6 +137,9 @@ def scale_plan_command(args: argparse.Namespace) -> None:
 def plan_command(args: argparse.Namespace) -> None:
     if args.model is not None or args.world_size is not None:
         scale_plan_command(args)
+        return
+    if args.space == "blocks":
+        block_plan_command(args)
         return
     flavor = get_flavor(args.flavor)
     check_output_files(plot=args.plot, markdown=args.markdown)  # before minutes of measuring, not after
@@ -213,3 +220,36 @@ def plan_figure(planner: Planner, plan, none: Measurement, fixed: dict[str, Meas
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def block_plan_command(args: argparse.Namespace) -> None:
+    """``plan --space blocks``: the MILP's plan (``ac_bench.milp``), measured, printed (and --markdown)."""
+    from ac_bench.export import export_lines
+    from ac_bench.milp import BlockPlanner, NothingFits, SolverMissing
+    if args.plot:
+        raise ReportInputError("--plot draws the plan_aA_mM planner's picture; for per-block plans against the "
+                               "compiler run `python -m ac_bench.report frontier`")
+    flavor = get_flavor(args.flavor)
+    check_output_files(markdown=args.markdown)
+    planner = BlockPlanner(flavor, args.attention, args.device)
+    try:
+        plan = planner.plan(int(args.budget_gib * GIB))
+    except (NothingFits, SolverMissing, ValueError) as exc:
+        raise ReportInputError(str(exc)) from None
+    fig = planner.figures
+    lines = [f"plan: {plan.summary()}", "",
+             "per block: the choice (attention then MLP: n none, f full recompute, s selective, p selective keeping P·V; "
+             "lf/ls/lp the whole layer), "
+             "what it keeps, and what it recomputes",
+             "| block | choice | kept MiB (its output included) | recompute GFLOP |", "| ---: | --- | ---: | ---: |"]
+    for i, choice in enumerate(plan.policy.blocks):
+        f = fig.of(i, choice)
+        lines.append(f"| {i} | {choice} | {f.kept / MIB:.2f} | {f.recompute_flops / 1e9:.3f} |")
+    lines += ["", *export_lines(plan.policy)]
+    text = "\n".join(lines) + "\n"
+    print(text, end="")
+    if args.markdown:
+        command = (f"python -m ac_bench.report plan --space blocks --flavor {args.flavor} --attention {args.attention} "
+                   f"--budget-gib {args.budget_gib:g} --device {args.device} --markdown {args.markdown}")
+        write_text(args.markdown, f"# Per-block checkpointing plan: {args.flavor}, {args.attention}, "
+                                  f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")

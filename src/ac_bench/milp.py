@@ -1,0 +1,241 @@
+"""The per-block plan with the fewest recompute FLOPs under a step-peak budget, solved exactly as a
+mixed-integer linear program (PuLP, with the CBC solver it bundles).
+
+Variables: x[i, c] in {0, 1}, block i takes choice c (of ``RegionFigures.space``), sum_c x[i, c] = 1.
+The peak of ``ac_bench.blockplan`` is a maximum of sums that are linear in x, so "peak <= budget"
+is one linear row per moment of the step, with no big-M:
+
+    forward of block i:  sum_{j<i} K_j . x_j + F_i . x_i            <= budget - B   (i = 0..d-1)
+    backward of block i: sum_{j<i} K_j . x_j + (Q_i + s_i G) . x_i  <= budget - B   (i = 0..d-1)
+    between them:        sum_j K_j . x_j + E . x_{d-1}              <= budget - B
+
+and ``other <= budget`` (else nothing fits). Objective: sum_i R_i . x_i, in units of the
+greatest common divisor of the R figures, so that it is integral and CBC's absolute gap of
+0.5 proves optimality. A second solve fixes the FLOPs at the optimum and minimises the number
+of checkpointed regions (``regions``): the FLOPs counted are matmuls', and a selective region
+that saves every matmul output still recomputes its elementwise ops, so of two plans equally
+cheap in FLOPs the one that checkpoints less is taken. Every answer is
+checked against ``RegionFigures.predict`` in integer arithmetic; ``tests/test_milp.py`` checks
+it against brute-force enumeration of every plan at ``tiny`` and ``small``.
+
+PuLP is an optional dependency (``pip install 'ac-bench[milp]'``); without it ``solve`` raises
+``SolverMissing`` with that line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+
+from ac_bench.blockplan import Prediction, RegionFigures, measure_figures, regions
+from ac_bench.models import BlockPlanAC, Flavor
+from ac_bench.record import Measurement, measure_variant
+
+GIB, MIB = 2 ** 30, 2 ** 20
+
+#: CBC's time limit per solve (seconds); a solve stopped by it reports the plan it has, not proven.
+TIME_LIMIT_S = 120
+
+
+class SolverMissing(RuntimeError):
+    """PuLP is not installed."""
+
+
+class NothingFits(ValueError):
+    """No per-block plan is predicted to fit; the message names the smallest budget that does."""
+
+
+@dataclass(frozen=True)
+class Solution:
+    """The solver's plan (one choice per block), its predicted figures, the seconds both solves
+    took, and whether CBC proved it optimal (``gap`` 0.0) or stopped at its time limit
+    (``gap`` None: the best plan found, the bound not reported by PuLP's CBC interface)."""
+
+    blocks: tuple[str, ...]
+    prediction: Prediction
+    seconds: float
+    gap: float | None
+    variables: int
+    rows: int
+
+
+def _pulp():
+    try:
+        import pulp
+    except ImportError:
+        raise SolverMissing("the MILP planner needs PuLP: pip install 'ac-bench[milp]' (or pip install pulp)") from None
+    return pulp
+
+
+def _rows(pulp, figures: RegionFigures, x) -> list:
+    """The left-hand sides of the peak rows (bytes above what is allocated when the forward starts)."""
+    d, rows, kept_before = figures.depth, [], 0
+    for i in range(d):
+        f = {c: figures.of(i, c) for c in figures.space}
+        rows.append(kept_before + pulp.lpSum(f[c].forward * x[i, c] for c in figures.space))
+        rows.append(kept_before + pulp.lpSum((f[c].backward + figures.backward_shift(i)) * x[i, c] for c in figures.space))
+        kept_before = kept_before + pulp.lpSum(f[c].kept * x[i, c] for c in figures.space)
+    rows.append(kept_before + pulp.lpSum(figures.of(d - 1, c).tail * x[d - 1, c] for c in figures.space))
+    return rows
+
+
+def _model(pulp, figures: RegionFigures, sense):
+    prob = pulp.LpProblem("checkpointing_plan", sense)
+    x = {(i, c): prob.add_variable(f"x_{i}_{c}", cat="Binary") for i in range(figures.depth) for c in figures.space}
+    for i in range(figures.depth):
+        prob += pulp.lpSum(x[i, c] for c in figures.space) == 1, f"one_choice_{i}"
+    return prob, x
+
+
+def _solve(pulp, prob) -> tuple[int, bool]:
+    """Solve; (PuLP's status, whether the solution is proven optimal)."""
+    with warnings.catch_warnings():
+        # PuLP 3.3 announces that 4.0 drops the bundled CBC for `pulp[cbc]` and COIN_CMD; the
+        # bundled one is what a plain install has.
+        warnings.filterwarnings("ignore", "PULP_CBC_CMD is deprecated", DeprecationWarning)
+        solver = pulp.PULP_CBC_CMD(msg=False, gapAbs=0.5, gapRel=0.0, timeLimit=TIME_LIMIT_S, threads=1)
+    status = prob.solve(solver)
+    return status, prob.sol_status == pulp.LpSolutionOptimal
+
+
+def _chosen(figures: RegionFigures, x) -> tuple[str, ...]:
+    return tuple(max(figures.space, key=lambda c: x[i, c].value() or 0.0) for i in range(figures.depth))
+
+
+def smallest_peak(figures: RegionFigures) -> tuple[tuple[str, ...], Prediction]:
+    """The plan with the lowest predicted peak (what the smallest feasible budget is)."""
+    pulp = _pulp()
+    prob, x = _model(pulp, figures, pulp.LpMinimize)
+    z = prob.add_variable("peak", lowBound=0)
+    prob += z
+    for k, row in enumerate(_rows(pulp, figures, x)):
+        prob += row <= z, f"peak_{k}"
+    _solve(pulp, prob)
+    blocks = _chosen(figures, x)
+    return blocks, figures.predict(blocks)
+
+
+def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | None = None) -> Solution:
+    """The plan with the fewest recompute FLOPs whose predicted step peak fits ``budget_bytes``
+    (then the fewest checkpointed regions among those); ``NothingFits`` where none is predicted to.
+    ``kept_budget_bytes``: also keep at most this much for backward at the end of the forward
+    (``forward_kept_bytes``), to compare with a policy at its kept bytes."""
+    if not (isinstance(budget_bytes, int) and budget_bytes > 0):
+        raise ValueError(f"budget must be a positive number of bytes, got {budget_bytes!r}")
+    pulp = _pulp()
+    start = time.perf_counter()
+    room = budget_bytes - figures.before_forward
+    nothing = _nothing_fits(figures, budget_bytes)
+    if figures.other_peak > budget_bytes or room < 0:
+        raise nothing()
+    unit = reduce(math.gcd, (f.recompute_flops for f in figures.choices.values()), 0) or 1
+    prob, x = _model(pulp, figures, pulp.LpMinimize)
+    flops = pulp.lpSum(figures.of(i, c).recompute_flops // unit * x[i, c]
+                       for i in range(figures.depth) for c in figures.space)
+    prob += flops
+    rows = _rows(pulp, figures, x)
+    for k, row in enumerate(rows):
+        prob += row <= room, f"peak_{k}"
+    if kept_budget_bytes is not None:
+        kept = pulp.lpSum(figures.of(i, c).kept * x[i, c] for i in range(figures.depth) for c in figures.space)
+        head = pulp.lpSum(figures.of(figures.depth - 1, c).head * x[figures.depth - 1, c] for c in figures.space)
+        prob += kept + head <= kept_budget_bytes, "kept"
+    status, proven = _solve(pulp, prob)
+    if status != pulp.LpStatusOptimal:
+        if kept_budget_bytes is not None:
+            raise NothingFits(f"no per-block plan fits {budget_bytes} B keeping at most {kept_budget_bytes} B")
+        raise nothing()
+    best = round(pulp.value(flops))
+    # Among the cheapest, the fewest checkpointed regions: a region whose matmuls are all saved
+    # (sac with sdpa) recomputes no FLOP counted here but still its elementwise ops.
+    prob.setObjective(pulp.lpSum(regions(c) * x[i, c] for i in range(figures.depth) for c in figures.space))
+    prob += flops <= best, "fewest_flops"
+    _, proven_second = _solve(pulp, prob)
+    blocks = _chosen(figures, x)
+    prediction = figures.predict(blocks)
+    if (prediction.peak_bytes > budget_bytes or prediction.recompute_flops != best * unit
+            or (kept_budget_bytes is not None and prediction.kept_bytes > kept_budget_bytes)):
+        raise RuntimeError(f"the solver's plan {blocks} predicts {prediction}, against its own optimum of "
+                           f"{best * unit} FLOPs within {budget_bytes} B: a numerical error in CBC")
+    return Solution(blocks, prediction, time.perf_counter() - start, 0.0 if proven and proven_second else None,
+                    variables=len(x), rows=prob.numConstraints())
+
+
+def _nothing_fits(figures: RegionFigures, budget_bytes: int):
+    def error() -> NothingFits:
+        blocks, p = smallest_peak(figures)
+        return NothingFits(f"no per-block plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B) for "
+                           f"{figures.flavor} with {figures.attention} attention: the smallest feasible budget is "
+                           f"{p.peak_bytes / GIB:.3f} GiB ({p.peak_bytes} B, {BlockPlanAC.of(blocks).name})")
+    return error
+
+
+@dataclass
+class BlockPlan:
+    """The MILP planner's answer: the solution, the chosen plan's measured record, and the
+    ``none`` record it is compared with (recompute FLOPs = the plan's FLOPs less ``none``'s)."""
+
+    flavor: Flavor
+    attention: str
+    budget_bytes: int
+    solution: Solution
+    policy: BlockPlanAC
+    record: Measurement
+    none: Measurement
+    #: Plans the solver chose before this one that measured over the budget (name -> measured peak).
+    misses: dict[str, int | None] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> str:
+        s, r, p = self.solution, self.record, self.solution.prediction
+        gap = "proven optimal" if s.gap == 0.0 else "not proven optimal (CBC's time limit)"
+        return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB ({self.budget_bytes} B): "
+                f"{self.policy.name}-{self.attention} ({self.policy.describe()}); measured peak "
+                f"{r.peak_bytes / GIB:.3f} GiB ({r.peak_bytes} B, predicted {p.peak_bytes}, at the {p.peak_at}), kept "
+                f"{r.forward_kept_bytes / MIB:.1f} MiB, recompute {(r.flops - self.none.flops) / 1e9:.2f} GFLOP; "
+                f"CBC {s.seconds:.2f} s, {gap}, {s.variables} variables, {s.rows} rows")
+
+
+class BlockPlanner:
+    """Per-block plans for one flavor and attention on one device: the figures measured once
+    (``ac_bench.blockplan.measure_figures``), any budget solved, the chosen plan measured
+    through ``measure`` (a variant name -> its record; default ``measure_variant``)."""
+
+    def __init__(self, flavor: Flavor, attention: str, device: str = "cpu",
+                 measure: Callable[[str], Measurement] | None = None) -> None:
+        self.flavor, self.attention, self.device = flavor, attention, device
+        self.measure = measure or (lambda variant: measure_variant(flavor, variant, device))
+        self._figures: RegionFigures | None = None
+
+    @property
+    def figures(self) -> RegionFigures:
+        if self._figures is None:
+            self._figures = measure_figures(self.flavor, self.attention, self.device, self.measure)
+        return self._figures
+
+    def solve(self, budget_bytes: int) -> Solution:
+        return solve(self.figures, budget_bytes)
+
+    def plan(self, budget_bytes: int, retries: int = 3) -> BlockPlan:
+        """The solver's plan for ``budget_bytes``, measured. Where the measurement exceeds the
+        budget (the model is exact for the notebook's family on the CPU; for the llama family it
+        can miss by one hidden-state tensor), the budget given to the solver is lowered by the
+        miss and it is solved again, up to ``retries`` times; then NothingFits."""
+        target, misses = budget_bytes, {}
+        for _ in range(retries + 1):
+            solution = self.solve(target)
+            policy = BlockPlanAC.of(solution.blocks)
+            record = self.measure(f"{policy.name}-{self.attention}")
+            if record.peak_bytes is not None and record.peak_bytes <= budget_bytes:
+                return BlockPlan(self.flavor, self.attention, budget_bytes, solution, policy, record,
+                                 self.measure(f"none-{self.attention}"), misses)
+            misses[policy.name] = record.peak_bytes
+            if record.peak_bytes is None:
+                break
+            target -= record.peak_bytes - budget_bytes
+        raise NothingFits(f"no per-block plan measured within {budget_bytes} B for {self.flavor.name} with {self.attention} "
+                          f"attention: {', '.join(f'{n} measured {b} B' for n, b in misses.items())}")

@@ -1,0 +1,101 @@
+"""A per-block plan exported to torchtitan, Megatron-LM and transformers (``ac_bench.export``):
+exact configurations where the plan fits each vocabulary, one line saying why where it does not;
+and the transformers configuration, applied to a transformers model through its own switch,
+measures the bytes and FLOPs of the plan itself."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import pytest
+
+from ac_bench.export import KEEP_ATTENTION_OUTPUT_CONTEXT_FN, SAC_CONTEXT_FN, export_all, megatron, torchtitan, transformers
+from ac_bench.models import BlockPlanAC, Policy, get_policy
+
+
+def config(exporter, name):
+    return exporter(get_policy(name)).config
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("blocks_nn4", {"mode": "none"}),
+    ("blocks_lf4", {"mode": "full"}),
+    ("blocks_ls4", {"mode": "selective", "selective_ac_option": "op"}),
+    ("blocks_nn.lf.nn.lf", {"mode": "selective", "selective_ac_option": "2"}),
+    ("blocks_nn2.lf.nn2.lf", {"mode": "selective", "selective_ac_option": "3"}),
+    ("blocks_lf.nn.lf.nn", None),
+    ("blocks_ff4", None),
+    ("blocks_lf2.ss2", None),
+    ("blocks_lp4", None),
+])
+def test_torchtitan(name, expected):
+    assert config(torchtitan, name) == expected
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("blocks_nn4", {"recompute_granularity": None}),
+    ("blocks_lf4", {"recompute_granularity": "full", "recompute_method": "block", "recompute_num_layers": 4}),
+    ("blocks_lf3.nn", {"recompute_granularity": "full", "recompute_method": "block", "recompute_num_layers": 3}),
+    ("blocks_nf4", {"recompute_granularity": "selective", "recompute_modules": ["mlp"]}),
+    ("blocks_nn.lf3", None),
+    ("blocks_ls4", None),
+    ("blocks_fn4", None),
+    ("blocks_pn4", None),
+])
+def test_megatron(name, expected):
+    assert config(megatron, name) == expected
+
+
+@pytest.mark.parametrize("name,expected", [
+    ("blocks_nn4", {}),
+    ("blocks_lf4", {"gradient_checkpointing_kwargs": {"use_reentrant": False}, "every_n_layers": 1}),
+    ("blocks_lf.nn.lf.nn", {"gradient_checkpointing_kwargs": {"use_reentrant": False}, "every_n_layers": 2}),
+    ("blocks_ls.nn3", {"gradient_checkpointing_kwargs": {"use_reentrant": False, "context_fn": SAC_CONTEXT_FN},
+                       "every_n_layers": 4}),
+    ("blocks_lp2.nn2", None),
+    ("blocks_lp4", {"gradient_checkpointing_kwargs": {"use_reentrant": False, "context_fn": KEEP_ATTENTION_OUTPUT_CONTEXT_FN},
+                    "every_n_layers": 1}),
+    ("blocks_nn.lf.nn.lf", None),
+    ("blocks_sf4", None),
+])
+def test_transformers(name, expected):
+    assert config(transformers, name) == expected
+
+
+def test_what_does_not_fit_says_why_in_one_line():
+    notes = {e.framework: e.note for e in export_all(get_policy("blocks_lf2.sf3.ss"))}
+    assert set(notes) == {"torchtitan", "Megatron-LM", "transformers"}
+    assert all(n.startswith("does not fit: ") and "\n" not in n for n in notes.values()), notes
+    assert "mixes lf, sf, ss across blocks" in notes["torchtitan"]
+    assert "save per op" in notes["Megatron-LM"]
+
+
+@dataclass(frozen=True)
+class ExportedTransformersAC(Policy):
+    """A plan's transformers export applied through the model's own switch."""
+
+    plan: str = ""
+    kind: ClassVar[str] = "exported"
+
+    def apply(self, model):
+        cfg = transformers(get_policy(self.plan)).config
+        model.gradient_checkpointing_enable(**cfg)
+        return model
+
+
+@pytest.mark.parametrize("plan", ["blocks_lf2", "blocks_lf.nn"])
+def test_the_transformers_export_measures_as_the_plan(plan):
+    pytest.importorskip("transformers", reason="the transformers families need transformers: pip install 'ac-bench[hf]'")
+    from ac_bench.models import load_family_spec
+    from ac_bench.record import measure_variant
+    flavor = load_family_spec("ac_bench.models.hf:LLAMA").flavors[0]
+    assert flavor.depth == 2, f"{flavor.name} has {flavor.depth} layers; the plans here are written for 2"
+    ours = measure_variant(flavor, f"{plan}-sdpa", "cpu")
+    none = measure_variant(flavor, "none-sdpa", "cpu")
+    assert ours.forward_kept_bytes < none.forward_kept_bytes, f"{plan} keeps what none keeps: it checkpointed nothing"
+    exported = measure_variant(flavor, f"{plan}-sdpa", "cpu", policy=ExportedTransformersAC("exported", plan=plan))
+    figures = ("peak_bytes", "activation_peak_bytes", "forward_kept_bytes", "flops")
+    assert {f: getattr(exported, f) for f in figures} == {f: getattr(ours, f) for f in figures}, (
+        f"{plan} exported to transformers ({transformers(BlockPlanAC.of(get_policy(plan).blocks)).config}) measures "
+        f"differently from the plan")
