@@ -42,7 +42,7 @@ in any block's backward, not only the last's: a block that checkpoints keeps les
 gradients take (at ``seed`` a fully recomputed layer keeps 4 MiB, its gradients take 6 MiB), so
 with enough of them the peak moves towards block 0. The prediction is exact to the byte on the
 CPU (MemTracker counts storage bytes) for every plan of the notebook's family the tests measure
-(``bench/test_milp.py``, ``tests/test_milp.py``: ``tiny``, ``small`` at 4 and 6 blocks, ``seed``).
+(the benchmark and its self-tests: ``tiny``, ``small`` at 4 and 6 blocks, ``seed``; docs/planner.md).
 For the llama family it is not: at ``llama3-8b-4l`` some mixed plans measure one hidden-state
 tensor (64 MiB) away from the prediction, kept bytes and sometimes the peak, in either
 direction, so ``ac_bench.milp.BlockPlanner.plan`` measures the chosen plan and solves again below

@@ -15,7 +15,7 @@ greatest common divisor of the R figures, so that it is integral and CBC's absol
 of checkpointed regions (``regions``): the FLOPs counted are matmuls', and a selective region
 that saves every matmul output still recomputes its elementwise ops, so of two plans equally
 cheap in FLOPs the one that checkpoints less is taken. Every answer is
-checked against ``RegionFigures.predict`` in integer arithmetic; ``tests/test_milp.py`` checks
+checked against ``RegionFigures.predict`` in integer arithmetic; the self-tests check
 it against brute-force enumeration of every plan at ``tiny`` and ``small``.
 
 PuLP is an optional dependency (``pip install 'ac-bench[milp]'``); without it ``solve`` raises
