@@ -72,10 +72,13 @@ def frontier_command(args: argparse.Namespace) -> None:
         raise ReportInputError(str(exc)) from None
     none = measure(f"none-{attention}")
     high = none.peak_bytes
-    plans = []
+    plans, missed = [], []
     for k in range(args.points):
         budget = low + (high - low) * k // (args.points - 1)
-        plans.append((budget, planner.plan(budget)))
+        try:
+            plans.append((budget, planner.plan(budget)))
+        except NothingFits as exc:  # measured over the budget after the retries (a model miss)
+            missed.append((budget, str(exc)))
     compiled = {b: measure(f"{budget_name(b)}-{attention}") for b in args.compile_budgets}
     sac = measure(f"sac-{attention}")
 
@@ -89,6 +92,7 @@ def frontier_command(args: argparse.Namespace) -> None:
         gap = "0" if plan.solution.gap == 0.0 else "not proven"
         lines.append(f"| {budget / MIB:.1f} | `{plan.policy.name}` | {peak:.1f} | {kept:.1f} | {rec:.2f} | "
                      f"{plan.solution.seconds:.2f} | {gap} |")
+    lines += [f"| {budget / MIB:.1f} | no plan measured within: {why} | | | | | |" for budget, why in missed]
     lines += ["", f"## Against torch.compile's budget sweep and `sac` ({attention})", "",
               "For each policy, the MILP solved at that policy's measured peak (same peak), and at its peak and kept "
               "bytes together (same peak and kept), predicted (exact on the CPU).", "",
