@@ -281,6 +281,7 @@ def test_the_estimate_equals_the_launch(sharded_run, variant):
     records, _, _, _ = sharded_run
     from ac_bench.scale import launch_differences
     estimate = estimated(variant, WORLD_SIZE)
-    assert estimate.memory_method == "fake-fsdp-memtracker" and estimate.sharding["world_size"] == WORLD_SIZE
+    assert estimate.memory_method == "fake-fsdp-memtracker" and estimate.sharding["world_size"] == WORLD_SIZE, \
+        f"{variant}: the estimate is {estimate.memory_method} at world size {estimate.sharding['world_size']}"
     problems = [p for rank in range(WORLD_SIZE) for p in launch_differences(estimate, records[(variant, rank)])]
     assert problems == [], "\n".join(problems)

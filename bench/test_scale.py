@@ -130,7 +130,8 @@ def test_extrapolation_in_depth_equals_a_trace_of_every_layer(llama3_8b, policy)
     depths = extrapolation_depths(get_policy(policy), 11)
     made = extrapolate(tuple(estimate_rank(at(llama3_8b, depth=d), variant, setup) for d in depths), 11)
     traced = estimate_rank(flavor, variant, setup)
-    assert made.sharding["extrapolated_from_depths"] == list(depths) and depths[-1] < 11
+    assert made.sharding["extrapolated_from_depths"] == list(depths) and depths[-1] < 11, \
+        f"{variant}: extrapolated from depths {made.sharding['extrapolated_from_depths']}, not {list(depths)} below 11"
     differ = {k: (v, getattr(traced, k)) for k, v in dataclasses.asdict(made).items()
               if k != "sharding" and v != getattr(traced, k)}
     assert differ == {}, f"{variant}: extrapolated to 11 layers against traced (extrapolated, traced): {differ}"

@@ -287,7 +287,8 @@ def test_an_out_of_memory_step_is_a_record_and_the_run_goes_on(tmp_path):
 # --- updates are never lost -------------------------------------------------------------------
 
 KILLED_WRITE = """
-import os, sys, time
+import os, signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job's SIGINT starts ignored
 from pathlib import Path
 from ac_bench.gate.baselines import BaselineFile
 baselines = BaselineFile.load(Path(sys.argv[1]))
