@@ -1,7 +1,8 @@
 # Two commands on a fresh machine, each doing its own set-up (a venv in .venv with the CPU
 # build of torch from requirements-cpu.txt; GPU users run `tox -e gpu` with their own torch):
 #   make bench   run the benchmark suite and compare against this device's committed baselines
-#   make test    run everything but the growth check at every flavor (-m "not growth_all"):
+#   make test    run everything but the growth check at every flavor and the deep checks
+#                (-m "not growth_all and not deep"):
 #                the suite's checks and its self-tests (what CI runs, within its 20 minutes)
 #   make gpu-check OUT=DIR   on a GPU machine: scripts/gpu-check DIR
 VENV ?= .venv
@@ -13,7 +14,7 @@ bench: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest --slow -m "not growth_all"
+	$(VENV)/bin/pytest --slow -m "not growth_all and not deep" --durations=40
 
 # On a GPU machine with its own CUDA torch (no venv): the one-shot GPU check into $(OUT).
 OUT ?= gpu-check-out

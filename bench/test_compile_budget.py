@@ -65,6 +65,7 @@ def test_kept_bytes_shrink_with_the_budget(device, attention, measurements):
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 @pytest.mark.parametrize("attention", ["sdpa"])
 def test_kept_bytes_shrink_with_the_budget_at_selected_flavors(flavor_on_device, attention, measurements):
     """The sweep at the selected flavors. On the CPU only where they are estimated on fake
@@ -124,7 +125,7 @@ TIMED_BUDGETS = (1.0, 0.0)
 
 @pytest.mark.timing
 @pytest.mark.real_tensors
-@pytest.mark.parametrize("budget", [pytest.param(b, marks=() if b in TIMED_BUDGETS else pytest.mark.slow,
+@pytest.mark.parametrize("budget", [pytest.param(b, marks=() if b in TIMED_BUDGETS else [pytest.mark.slow, pytest.mark.deep],
                                                  id=f"{COMPILE_FLAVOR}-{budget_name(b)}-sdpa") for b in BUDGETS])
 def test_compiled_training_step(benchmark, device, budget, measurements, request):
     """Budget variants are timed like the others: the compiled step, compiled in the first

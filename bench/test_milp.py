@@ -36,7 +36,7 @@ def pytest_generate_tests(metafunc):
     device, flavors = selected(metafunc.config)
     params = [pytest.param((device, f, a, b), id=f"{device}-{f.name}-{a}-{b}", marks=[*device_marks(device), *extra])
               for f in flavors
-              for budgets, extra in ((MILP_BUDGETS, ()), (SLOW_MILP_BUDGETS, (pytest.mark.slow,)))
+              for budgets, extra in ((MILP_BUDGETS, ()), (SLOW_MILP_BUDGETS, (pytest.mark.slow, pytest.mark.deep)))
               for a, b in budgets.get(f.name, ())]
     if not params:
         declared = sorted({*MILP_BUDGETS, *SLOW_MILP_BUDGETS})

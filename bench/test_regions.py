@@ -136,8 +136,8 @@ def test_analytic_model_agrees_with_the_measured_regions(flavor_on_device, atten
 #: Where the planner must plan alike from either source: the suite's own models, whatever
 #: ``--flavor`` selects; ``tiny`` with eager attention in the default run (its four calibration
 #: steps take about 5 s), the rest with ``--slow``.
-SAME_PLAN = (("tiny", "eager", ()), ("tiny", "sdpa", (pytest.mark.slow,)), ("small", "eager", (pytest.mark.slow,)),
-             ("small", "sdpa", (pytest.mark.slow,)))
+SAME_PLAN = (("tiny", "eager", ()), ("tiny", "sdpa", (pytest.mark.slow, pytest.mark.deep)),
+             ("small", "eager", (pytest.mark.slow, pytest.mark.deep)), ("small", "sdpa", (pytest.mark.slow, pytest.mark.deep)))
 
 
 def _planner(device: str, flavor, attention: str, profile, measurements) -> Planner:

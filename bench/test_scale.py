@@ -77,8 +77,8 @@ def test_the_estimate_equals_the_launch_at_world_size_4(launch_w4, variant):
 
 
 #: World size 1024 takes ~4.5 s a case (FSDP2 splits every all-gather into 1024 views), 8 and 64 ~1 s.
-ANALYTIC_CASES = [("tiny", 8, "none"), ("tiny", 8, "full"), ("tiny", 1024, "none"), ("tiny", 1024, "full"),
-                  ("llama-small", 64, "none"), ("llama-small", 64, "full")]
+ANALYTIC_CASES = [("tiny", 8, "none"), ("tiny", 8, "full"), ("tiny", 1024, "none"), ("llama-small", 64, "none"),
+                  ("llama-small", 64, "full")]
 
 
 @pytest.mark.parametrize("flavor,world_size,policy", [pytest.param(f, w, p, id=f"cpu-{f}-w{w}-{p}-sdpa")
@@ -117,7 +117,7 @@ def llama3_8b():
     return scale_model("llama3-8b")
 
 
-@pytest.mark.parametrize("policy", [pytest.param("none", marks=pytest.mark.slow), "every_3"])
+@pytest.mark.parametrize("policy", [pytest.param("none", marks=[pytest.mark.slow, pytest.mark.deep]), "every_3"])
 def test_extrapolation_in_depth_equals_a_trace_of_every_layer(llama3_8b, policy):
     """At Llama-3-8B's width (mixed precision, world size 64), the record extrapolated to 11
     layers from three depths equals the trace of all 11 layers in every figure (bytes, FLOPs,
@@ -153,7 +153,7 @@ def scale_policy_ids():
              if get_policy(p).kind not in ("offload", "compile_budget", "sequential")]
     # The default run gates four (~4 s each); --slow the rest.
     fast = ("none", "full", "sac", "whole_layers")
-    return [pytest.param(p, id=f"cpu-llama3-8b-w64-{p}-sdpa", marks=() if p in fast else pytest.mark.slow)
+    return [pytest.param(p, id=f"cpu-llama3-8b-w64-{p}-sdpa", marks=() if p in fast else [pytest.mark.slow, pytest.mark.deep])
             for p in names]
 
 
@@ -179,6 +179,7 @@ LARGE_GATES = [("llama3-70b", 256, "none"), ("llama3-70b", 256, "whole_layers"),
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 @pytest.mark.parametrize("model,world_size,policy", [pytest.param(m, w, p, id=f"cpu-{m}-w{w}-{p}-sdpa")
                                                      for m, w, p in LARGE_GATES])
 def test_llama3_70b_and_405b_match_baseline(llama3_8b, model, world_size, policy, baseline_gate, update_baselines,

@@ -39,7 +39,8 @@ def needs_pulp():
 
 
 @pytest.mark.parametrize("flavor_id,attention", [("tiny", "eager"), ("tiny_seq128", "eager"), ("tiny_seq128", "sdpa"),
-                                                  ("small", "eager"), ("small", "sdpa")])
+                                                  pytest.param("small", "eager", marks=pytest.mark.deep),
+                                                  pytest.param("small", "sdpa", marks=pytest.mark.deep)])
 def test_milp_equals_brute_force(flavor_id, attention):
     needs_pulp()
     from ac_bench.milp import NothingFits, solve
@@ -67,7 +68,8 @@ def test_milp_equals_brute_force(flavor_id, attention):
         assert got.prediction.peak_bytes <= budget, f"{label}: the MILP's plan is predicted at {got.prediction.peak_bytes:,} B"
 
 
-@pytest.mark.parametrize("flavor_id,attention", [("small_depth6", "sdpa"), ("tiny_seq128", "eager")])
+@pytest.mark.parametrize("flavor_id,attention", [pytest.param("small_depth6", "sdpa", marks=pytest.mark.deep),
+                                                  ("tiny_seq128", "eager")])
 def test_prediction_equals_real_measurement(flavor_id, attention):
     """Real tensors, plans the figures were not measured on (small at 6 blocks, the figures at
     4): the MILP's plans at two budgets and a mixed plan, to the byte and the FLOP."""

@@ -100,6 +100,7 @@ def test_an_estimate_refuses_to_run_beside_a_process_group():
 
 
 @pytest.mark.slow
+@pytest.mark.deep
 def test_plan_for_llama3_8b_prints_the_cheapest_policy(capsys, tmp_path):
     """The command for Llama-3-8B over 64 GPUs of 40 GiB (~40 s): the plan line names a policy
     that fits with its margin, the markdown carries the command that regenerates it."""

@@ -66,6 +66,9 @@ MARKERS = (
     "distributed: launches torchrun (FSDP2 at world size 2, gloo); deselect with -m 'not distributed'",
     "growth_all: the memory-growth check at a flavor other than its family's cheapest (also slow); "
     "make test leaves it out (-m 'not growth_all') to keep CI within its time, tox -e cpu runs it",
+    "deep: a slow check or self-test that make test leaves out (-m 'not deep') to keep CI within its 20 "
+    "minutes: the larger at-scale gates, the MILP against brute force at small, the planner's figures at "
+    "small; tox -e cpu and the nightly job run it",
 )
 
 
