@@ -113,11 +113,10 @@ class ShardedSetup:
                 reduce_dtype=self.mp_reduce_dtype and _DTYPES[self.mp_reduce_dtype])
         return kwargs
 
-    def as_dict(self, extrapolated_from_depths: tuple[int, ...] | None = None) -> dict:
-        """The record's ``sharding``: this setup, the process group, and the depths measured
-        where the figures were extrapolated in the number of layers (None: traced whole)."""
-        return {"process_group": PROCESS_GROUP, **dataclasses.asdict(self),
-                "extrapolated_from_depths": list(extrapolated_from_depths) if extrapolated_from_depths else None}
+    def as_dict(self) -> dict:
+        """The record's ``sharding`` for a rank traced whole: this setup, the process group, and
+        ``extrapolated_from_depths`` None (``extrapolate`` sets the depths it measured)."""
+        return {"process_group": PROCESS_GROUP, **dataclasses.asdict(self), "extrapolated_from_depths": None}
 
 
 @contextlib.contextmanager
@@ -387,15 +386,22 @@ class ScalePlan:
         """FLOPs per step and rank that ``policy`` adds to ``none``'s (its recomputation)."""
         return self.records[policy].flops - self.records["none"].flops
 
-    def fitting(self) -> list[str]:
-        """Policies whose per-rank peak is at most the budget, cheapest first."""
-        fit = [p for p, r in self.records.items() if r.peak_bytes <= self.budget_bytes]
+    def fitting(self, budget_bytes: int | None = None) -> list[str]:
+        """Policies whose per-rank peak is at most ``budget_bytes`` (default: the plan's budget),
+        cheapest first."""
+        budget = self.budget_bytes if budget_bytes is None else budget_bytes
+        fit = [p for p, r in self.records.items() if r.peak_bytes <= budget]
         return sorted(fit, key=lambda p: (self.recompute_flops(p), self.records[p].peak_bytes))
+
+    def cheapest(self, budget_bytes: int | None = None) -> str | None:
+        """The first of ``fitting(budget_bytes)``, or None where nothing fits."""
+        fit = self.fitting(budget_bytes)
+        return fit[0] if fit else None
 
     @property
     def chosen(self) -> str | None:
-        fit = self.fitting()
-        return fit[0] if fit else None
+        """The cheapest policy that fits the plan's budget."""
+        return self.cheapest()
 
     def lowest(self) -> str:
         """The policy with the lowest per-rank peak."""

@@ -269,8 +269,7 @@ def fsdp_unsharded_peak_bytes(shape: Shape, world_size: int = 1) -> int:
     ``tiny`` and W = 64, 76,288 B instead of 50,816); the blocks are the FSDP units, resharded
     after their forward and after their backward. ``parameter_bytes / depth`` where W divides
     every dim 0."""
-    rows = sum(world_size * -(-s[0] // world_size) * (s[1] if len(s) > 1 else 1) for s in block_parameter_shapes(shape))
-    return rows * shape.elem_bytes
+    return world_size * sharded_parameter_bytes(shape, world_size) // shape.depth
 
 
 def attention_score_bytes(shape: Shape, attention: str) -> int:

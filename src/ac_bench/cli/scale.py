@@ -82,8 +82,7 @@ def scale_command(args: argparse.Namespace) -> None:
         for world, plan in plans.items():
             cells = []
             for gib in GPU_GIB:
-                plan.budget_bytes = gib * scale.GIB
-                chosen = plan.chosen
+                chosen = plan.cheapest(gib * scale.GIB)
                 cells.append(f"{chosen} ({plan.records[chosen].peak_bytes / scale.GIB:.1f})" if chosen else "-")
             lines.append(f"| {world} | " + " | ".join(cells) + " |")
         names = list(next(iter(plans.values())).records)
