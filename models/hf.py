@@ -213,3 +213,37 @@ LLAMA3 = register_family(Family(
     saved_bytes_gap=KEYWORD_INPUTS,
     description="transformers' LlamaForCausalLM at Llama 3's published shapes (vocabulary 128256), token ids in, "
                 "its own loss out"))
+
+
+#: Qwen3's vocabulary (the published ``config.json`` of every dense Qwen3; torchtitan's
+#: ``qwen3_configs``, ``vocab_size = 151936``).
+QWEN3_VOCAB_SIZE = 151936
+
+
+def qwen3_extra(flavor: Flavor) -> tuple[tuple[str, Any], ...]:
+    """The Qwen3Config fields a published Qwen3 flavor sets beyond ``hf_config``'s: the MLP
+    width as published (``flavor.ffn_hidden``: 12288 at 8B, 17408 at 14B), the 151936-token
+    vocabulary, an output head of its own (``tie_word_embeddings`` false from 8B up), RoPE's
+    base and RMSNorm's epsilon from the flavor (1e6 and 1e-6). Qwen3's per-head RMSNorm of
+    queries and keys is the library's own (``Qwen3Attention.q_norm``, ``k_norm``)."""
+    if flavor.ffn_hidden is None:
+        raise ValueError(f"flavor {flavor.name!r}: a published Qwen3 shape needs ffn_hidden (its intermediate_size)")
+    return (("intermediate_size", flavor.ffn_hidden), ("vocab_size", QWEN3_VOCAB_SIZE),
+            ("tie_word_embeddings", False), ("rope_theta", flavor.rope_theta), ("rms_norm_eps", flavor.norm_eps))
+
+
+def build_qwen3(flavor: Flavor, attention: str, dropout: float = 0.0) -> CausalLMStep:
+    """transformers' ``Qwen3ForCausalLM`` at a published Qwen3 flavor's sizes (``qwen3_extra``)."""
+    return build_causal_lm("qwen3", qwen3_extra(flavor), flavor, attention, dropout)
+
+
+#: transformers' Qwen3 at Qwen3's published dense shapes (``ac_bench.scale.SCALE_MODELS``), like
+#: ``LLAMA3``: estimated on fake tensors only, registered with no flavor; absent where the
+#: installed transformers has no Qwen3.
+QWEN3_PUBLISHED = register_family(Family(
+    "hf-qwen3-published", build_qwen3, flavors=(), make_input=token_ids,
+    shape=lambda flavor: hf_shape("qwen3", qwen3_extra(flavor), flavor),
+    extra_policies=("whole_layers", "native"), unsupported_kinds=(("sequential", NO_SEQUENTIAL),),
+    saved_bytes_gap=KEYWORD_INPUTS,
+    description="transformers' Qwen3ForCausalLM at Qwen3's published dense shapes (vocabulary 151936), token ids "
+                "in, its own loss out")) if QWEN3 is not None else None

@@ -124,6 +124,9 @@ class Flavor:
     ffn_dim_multiplier: float | None = None
     rope_theta: float = 500000.0
     norm_eps: float = 1e-5
+    #: The MLP's hidden size where a family's published config states it outright instead of
+    #: by the llama3 rule above (Qwen3's ``intermediate_size``); None: the family's own rule.
+    ffn_hidden: int | None = None
 
     def input_shape(self) -> tuple[int, int, int]:
         return (self.batch, self.seq_len, self.d_model)

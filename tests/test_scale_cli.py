@@ -211,3 +211,27 @@ def test_the_fake_world_leaves_the_process_as_it_found_it():
         with fake_world(world):
             assert dist.get_world_size() == world
     assert not dist.is_initialized() and sys.excepthook is hook
+
+
+#: Parameter counts of the published configurations (Meta's params.json, Qwen's config.json),
+#: counted layer by layer from their fields; the model cards' rounded totals agree (Llama 3:
+#: 8.03B, 70.6B, 406B; Qwen3: 8.2B, 14.8B).
+PUBLISHED_PARAMETERS = {"llama3-8b": 8_030_261_248, "llama3-70b": 70_553_706_496, "llama3-405b": 405_853_388_800,
+                        "qwen3-8b": 8_190_735_360, "qwen3-14b": 14_768_307_200}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_PARAMETERS))
+def test_every_scale_model_has_its_published_parameter_count(name):
+    """The model the estimate traces (built on the meta device, no memory) is the published one:
+    layers, width, heads, K/V heads, MLP width, vocabulary and the output head (tied or not)
+    together give its parameter count to the parameter."""
+    pytest.importorskip("transformers", reason="the scale models are transformers' own: pip install -e '.[hf]'")
+    from ac_bench.models.families import build_model
+    from ac_bench.scale import scale_model
+    try:
+        flavor = scale_model(name)
+    except ScaleError as exc:
+        pytest.skip(str(exc))
+    model = build_model(flavor, "sdpa", "meta")
+    count = sum(p.numel() for p in model.parameters())
+    assert count == PUBLISHED_PARAMETERS[name], f"{name}: {count:,} parameters, published {PUBLISHED_PARAMETERS[name]:,}"

@@ -25,10 +25,11 @@ the largest extrapolated phase peak (which phase peaks can change with depth). T
 so (``sharding["extrapolated_from_depths"]``). A figure that is not affine raises NotAffine
 instead of a guess.
 
-``SCALE_MODELS``: Llama 3 8B, 70B and 405B from their published configurations (Meta's
-``params.json``; torchtitan's ``llama3_configs``) as transformers' ``LlamaForCausalLM``
-(``ac_bench.models.hf.LLAMA3``): token ids in, embedding, layers, final norm, output head
-and the cross-entropy over 128256 tokens measured. They need transformers (the ``hf`` extra).
+``SCALE_MODELS``: Llama 3 8B, 70B and 405B and Qwen3 8B and 14B from their published
+configurations (Meta's ``params.json``, Qwen's ``config.json``; torchtitan's ``llama3_configs``
+and ``qwen3_configs``) as transformers' ``LlamaForCausalLM`` and ``Qwen3ForCausalLM``
+(``ac_bench.models.hf.LLAMA3``, ``QWEN3_PUBLISHED``): token ids in, embedding, layers, final
+norm, output head and the cross-entropy over the vocabulary measured. They need transformers (the ``hf`` extra).
 """
 
 from __future__ import annotations
@@ -272,17 +273,32 @@ def _llama3(name: str, **sizes) -> Flavor:
                   rope_theta=500000.0, norm_eps=1e-5, **sizes)
 
 
+def _qwen3(name: str, **sizes) -> Flavor:
+    return Flavor(name, batch=1, seq_len=8192, dtype="float32", cpu_mode="estimate", family="hf-qwen3-published",
+                  rope_theta=1000000.0, norm_eps=1e-6, **sizes)
+
+
 #: Llama 3 at its published shapes (Meta's ``params.json``: ``dim``, ``n_layers``, ``n_heads``,
 #: ``n_kv_heads``, ``ffn_dim_multiplier``, ``multiple_of``, ``vocab_size`` 128256, ``rope_theta``
-#: 500000; torchtitan's ``llama3_configs`` the same), per-rank batch 1, sequence 8192, float32
-#: parameters (the setup's mixed precision computes in bfloat16). Family ``hf-llama3``.
+#: 500000; torchtitan's ``llama3_configs`` the same), and the dense Qwen3 8B and 14B at theirs
+#: (Qwen's ``config.json``; torchtitan 0.3.0's ``qwen3_configs``: ``dim``, ``n_layers``,
+#: ``n_heads``, ``n_kv_heads``, ``head_dim`` 128 = dim / n_heads, ``hidden_dim``, ``vocab_size``
+#: 151936, ``theta`` 1e6, RMSNorm epsilon 1e-6, untied output head), per-rank batch 1, sequence
+#: 8192, float32 parameters (the setup's mixed precision computes in bfloat16). Families
+#: ``hf-llama3`` and ``hf-qwen3-published``. Qwen3-32B is left out: its 64 heads of 128 are wider
+#: than its hidden size 5120, which a flavor (head size = d_model / n_heads) cannot state.
 SCALE_MODELS: dict[str, Flavor] = {f.name: f for f in (
     _llama3("llama3-8b", d_model=4096, n_heads=32, depth=32, n_kv_heads=8, multiple_of=1024, ffn_dim_multiplier=1.3),
     _llama3("llama3-70b", d_model=8192, n_heads=64, depth=80, n_kv_heads=8, multiple_of=4096,
             ffn_dim_multiplier=1.3),
     _llama3("llama3-405b", d_model=16384, n_heads=128, depth=126, n_kv_heads=8, multiple_of=4096,
             ffn_dim_multiplier=1.2),
+    _qwen3("qwen3-8b", d_model=4096, n_heads=32, depth=36, n_kv_heads=8, ffn_hidden=12288),
+    _qwen3("qwen3-14b", d_model=5120, n_heads=40, depth=40, n_kv_heads=8, ffn_hidden=17408),
 )}
+
+#: The transformers model class of each scale family (for the message when transformers lacks it).
+_SCALE_CLASSES = {"hf-llama3": "LlamaForCausalLM", "hf-qwen3-published": "Qwen3ForCausalLM"}
 
 
 def scale_model(name: str) -> Flavor:
@@ -290,11 +306,16 @@ def scale_model(name: str) -> Flavor:
     ScaleError names the models, or says how to install transformers."""
     if name not in SCALE_MODELS:
         raise ScaleError(f"unknown model {name!r}; choose {', '.join(SCALE_MODELS)}")
+    flavor = SCALE_MODELS[name]
     try:
-        import ac_bench.models.hf  # noqa: F401  (registers hf-llama3)
+        from ac_bench.models import hf  # registers hf-llama3, hf-qwen3-published
     except ImportError as exc:
-        raise ScaleError(f"model {name} is transformers' LlamaForCausalLM, and transformers does not import "
-                         f"({exc}); install it: pip install -e '.[hf]'") from None
+        raise ScaleError(f"model {name} is transformers' {_SCALE_CLASSES[flavor.family]}, and transformers does not "
+                         f"import ({exc}); install it: pip install -e '.[hf]'") from None
+    from ac_bench.models.families import FAMILIES
+    if flavor.family not in FAMILIES:
+        raise ScaleError(f"model {name} is transformers' {_SCALE_CLASSES[flavor.family]}, which transformers "
+                         f"{hf.transformers.__version__} lacks; upgrade it: pip install -e '.[hf]'")
     return SCALE_MODELS[name]
 
 
