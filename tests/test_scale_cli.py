@@ -235,3 +235,31 @@ def test_every_scale_model_has_its_published_parameter_count(name):
     model = build_model(flavor, "sdpa", "meta")
     count = sum(p.numel() for p in model.parameters())
     assert count == PUBLISHED_PARAMETERS[name], f"{name}: {count:,} parameters, published {PUBLISHED_PARAMETERS[name]:,}"
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["libraries", "--out", "x.md", "--models", "qwen3-1t"], "unknown model 'qwen3-1t'"),
+    (["libraries", "--out", "x.md", "--depth", "0"], "--depth 0"),
+    (["libraries", "--out", ".", "--depth", "1"], "is a folder"),
+])
+def test_the_libraries_table_refuses_bad_input_in_one_line(capsys, argv, expected):
+    pytest.importorskip("transformers", reason="the scale models are transformers' own: pip install -e '.[hf]'")
+    assert expected in one_line_error(capsys, argv)
+
+
+def test_the_libraries_table_puts_the_native_switch_beside_whole_layers(tmp_path):
+    """``report libraries`` at Qwen3-8B's width cut to 2 layers and 256 tokens: the model's own
+    ``gradient_checkpointing_enable`` keeps what ``whole_layers`` keeps, and the planner's plan
+    fits its budget, halfway between their peaks and ``none``'s."""
+    pytest.importorskip("transformers", reason="the scale models are transformers' own: pip install -e '.[hf]'")
+    out = tmp_path / "libraries.md"
+    assert report_main(["libraries", "--out", str(out), "--models", "qwen3-8b", "--depth", "2", "--seq-len", "256"]) == 0
+    text = out.read_text()
+    rows = {line.split("|")[1].strip(" `"): [c.strip() for c in line.split("|")[3:-1]]
+            for line in text.splitlines() if line.startswith("| `")}
+    assert set(rows) >= {"none", "native", "whole_layers", "full", "sac"} and len(rows) == 6, rows
+    assert rows["native"] == rows["whole_layers"], f"native {rows['native']} against whole_layers {rows['whole_layers']}"
+    plan = next(name for name in rows if name.startswith("plan_"))
+    budget = float(text.split("the planner's plan for ")[1].split(" GiB")[0])
+    assert float(rows[plan][0]) <= budget, f"{plan}: peak {rows[plan][0]} GiB over the budget {budget} GiB"
+    assert float(rows["none"][1]) > float(rows["whole_layers"][1]), rows

@@ -5,7 +5,7 @@ the CPU), what each sublayer costs per byte saved, and, with ``--plot``, kept me
 recomputed FLOPs for the fixed policies, the planner's frontier over a range of budgets and
 torch.compile's activation-memory-budget sweep.
 
-With ``--model`` (Llama 3 8B, 70B or 405B) and ``--world-size`` it plans at scale: every policy
+With ``--model`` (Llama 3 8B, 70B or 405B; Qwen3 8B or 14B) and ``--world-size`` it plans at scale: every policy
 estimated for one rank of FSDP2 over that many GPUs (``ac_bench.scale``), the cheapest that fits
 ``--budget-gib`` per GPU (fewest recomputed FLOPs), its peak and margin, and the smallest GPU
 memory each policy fits; a budget nothing fits is one line with the smallest feasible memory
@@ -72,7 +72,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flavor", default="seed", choices=list(FLAVORS))
     scale = parser.add_argument_group("at scale (FSDP2 over --world-size GPUs, estimated for one rank)")
     scale.add_argument("--model", choices=list(SCALE_MODELS),
-                       help="plan at scale for this model (transformers' LlamaForCausalLM at Llama 3's published shape)")
+                       help="plan at scale for this model (transformers' LlamaForCausalLM or Qwen3ForCausalLM at the published shape)")
     scale.add_argument("--world-size", type=_positive_int, metavar="W", help="GPUs the model is sharded over (FSDP2)")
     scale.add_argument("--seq-len", type=_positive_int, metavar="S", help="sequence length (default: the model's, 8192)")
     scale.add_argument("--batch", type=_positive_int, metavar="B", help="per-GPU batch (default 1)")

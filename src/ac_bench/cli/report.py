@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ac_bench.cli import frontier as frontier_cli
+from ac_bench.cli import libraries as libraries_cli
 from ac_bench.cli import plan as plan_cli
 from ac_bench.cli import scale as scale_cli
 from ac_bench.cli import sweep as sweep_cli
@@ -20,7 +21,7 @@ from ac_bench.report.load import ReportInputError, Run, exit_status, load_run
 from ac_bench.report.plots import report_figure, save_png
 from ac_bench.report.tables import report_text, write_text
 
-COMMANDS = ("table", "sweep", "plan", "scale", "frontier")
+COMMANDS = ("table", "sweep", "plan", "scale", "frontier", "libraries")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
                "file, not JSON, not this suite's output, records lacking fields or of another schema "
                "version) is reported on one line on stderr with exit status 2. `python -m ac_bench.report "
                "FILE...` means `table FILE...`.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{table,sweep,plan,scale,frontier}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{table,sweep,plan,scale,frontier,libraries}")
 
     table = sub.add_parser(
         "table", help="tables and a plot from one or more --benchmark-json files",
@@ -64,8 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         "frontier", help="the MILP planner's per-block plans at a dozen budgets against torch.compile's budget sweep and sac",
         description=frontier_cli.__doc__))
     scale_cli.add_arguments(sub.add_parser(
-        "scale", help="per-rank peak against world size for Llama 3 8B/70B/405B, and which policy fits 40/80/141 GiB",
+        "scale", help="per-rank peak against world size for Llama 3 8B/70B/405B and Qwen3 8B/14B, and which policy "
+                      "fits 40/80/141 GiB",
         description=scale_cli.__doc__))
+    libraries_cli.add_arguments(sub.add_parser(
+        "libraries", help="the suite's policies next to gradient_checkpointing_enable on Llama-3-8B and Qwen3-8B shapes",
+        description=libraries_cli.__doc__))
     return parser
 
 
@@ -100,5 +105,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "table")
     args = build_parser().parse_args(argv)
     command = {"table": table_command, "sweep": sweep_cli.sweep_command, "plan": plan_cli.plan_command,
-               "scale": scale_cli.scale_command, "frontier": frontier_cli.frontier_command}[args.command]
+               "scale": scale_cli.scale_command, "frontier": frontier_cli.frontier_command,
+               "libraries": libraries_cli.libraries_command}[args.command]
     return exit_status("ac_bench.report", lambda: command(args))
