@@ -147,6 +147,29 @@ def token_ids(flavor: Flavor, device: torch.device, dtype: torch.dtype) -> torch
     return torch.randint(VOCAB_SIZE, (flavor.batch, flavor.seq_len), device=device)
 
 
+def attention_implementations(device: str | torch.device = "cpu") -> dict[str, str | None]:
+    """Every attention implementation the installed transformers registers (``eager`` and the
+    keys of ``ALL_ATTENTION_FUNCTIONS``: ``sdpa``, ``flex_attention``, ``flash_attention_2``,
+    ``paged|…``) -> None where one training step of ``hf-llama-tiny`` runs with it on ``device``
+    (forward and backward), else the first line of the error that stopped it. On the CPU with
+    transformers 5.18 and torch 2.13 only ``eager`` and ``sdpa`` train: FlexAttention has no
+    backward on the CPU, the flash kernels are packages of their own, and the ``paged|`` ones
+    need continuous batching's cache."""
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    flavor = LLAMA.flavors[0]
+    device = torch.device(device)
+    out: dict[str, str | None] = {}
+    for name in dict.fromkeys(("eager", *ALL_ATTENTION_FUNCTIONS.valid_keys())):
+        try:
+            with torch.device(device):
+                model = build_causal_lm("llama", (("intermediate_size", 128),), flavor, name)
+            model(token_ids(flavor, device, torch.float32)).backward()
+            out[name] = None
+        except Exception as exc:  # noqa: BLE001 - the reason is the answer
+            out[name] = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0]}"
+    return out
+
+
 def hf_shape(model_type: str, extra: tuple[tuple[str, Any], ...], flavor: Flavor) -> dict:
     """The record's ``family_shape``: what the config adds to the common shape fields."""
     config = hf_config(model_type, flavor, **dict(extra))

@@ -175,3 +175,17 @@ def test_whole_layers_every_n_is_transformers_every_n_layers(n):
     ours = apply_policy(build_model(flavor, "sdpa"), f"whole_layers_every_{n}")
     flags = [layer.gradient_checkpointing for layer in switched.blocks]
     assert flags == [isinstance(layer, CheckpointWrapper) for layer in ours.blocks] == [i % n == 0 for i in range(5)]
+
+
+def test_the_attention_implementations_that_train_here_are_the_ones_declared():
+    """Of every attention implementation transformers registers, the ones a training step runs
+    with on the CPU are exactly what the families declare (``eager``, ``sdpa``); each other one
+    fails for a reason of its own (no backward, a missing package, a cache it needs), named."""
+    from ac_bench.models.hf import ALL, attention_implementations
+    found = attention_implementations("cpu")
+    trains = {name for name, reason in found.items() if reason is None}
+    declared = set(ALL[0].attentions)
+    assert trains == declared, (f"train on the CPU: {sorted(trains)}; declared: {sorted(declared)}; reasons: "
+                                f"{ {n: r for n, r in found.items() if r} }")
+    assert all(set(f.attentions) == declared for f in ALL), {f.name: f.attentions for f in ALL}
+    assert "flex_attention" in found and "backward on CPU" in found["flex_attention"], found.get("flex_attention")
