@@ -25,6 +25,7 @@ What the adapter takes from the library, and what it adds:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import Any
 
@@ -107,8 +108,36 @@ class CausalLMStep(nn.Module):
         self.lm.gradient_checkpointing_enable(**kwargs)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """The model's forward with ``labels=input_ids`` (a training step, no KV cache); its loss."""
-        return self.lm(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+        """The model's forward with ``labels=input_ids`` (a training step, no KV cache); its loss.
+        On fake tensors (``unpacked_on_fake_tensors``) the model is told what it reads from the
+        data on real ones: the sequences are not packed."""
+        with unpacked_on_fake_tensors(input_ids):
+            return self.lm(input_ids=input_ids, labels=input_ids, use_cache=False).loss
+
+
+@contextlib.contextmanager
+def unpacked_on_fake_tensors(input_ids: torch.Tensor):
+    """Where ``input_ids`` is a fake tensor (an estimate: shapes, no data), let transformers'
+    ``masking_utils.find_packed_sequence_indices`` answer None, "one sequence per row", as it does
+    on real tensors for the suite's inputs (position ids ``arange(seq_len)``, no attention mask).
+    transformers cannot read fake data, so it assumes packed sequences and builds an explicit
+    ``(batch, 1, seq, seq)`` mask where the real step passes ``is_causal=True`` to SDPA: at
+    ``hf-llama-tiny`` with sdpa the estimate kept 131,072 B more than the real step. Elsewhere a
+    no-op."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    if not isinstance(input_ids, FakeTensor):
+        yield
+        return
+    from transformers import masking_utils
+    original = getattr(masking_utils, "find_packed_sequence_indices", None)
+    if original is None:  # a transformers without the check has nothing to be told
+        yield
+        return
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
 
 
 def hf_config(model_type: str, flavor: Flavor, dropout: float = 0.0, **extra: Any):

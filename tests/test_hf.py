@@ -189,3 +189,48 @@ def test_the_attention_implementations_that_train_here_are_the_ones_declared():
                                 f"{ {n: r for n, r in found.items() if r} }")
     assert all(set(f.attentions) == declared for f in ALL), {f.name: f.attentions for f in ALL}
     assert "flex_attention" in found and "backward on CPU" in found["flex_attention"], found.get("flex_attention")
+
+
+@pytest.mark.distributed
+def test_the_libraries_semantics_under_fsdp2_equal_their_estimate(tmp_path):
+    """``whole_layers`` and ``native`` (the model's own ``gradient_checkpointing_enable``) on
+    transformers' Llama, launched for real on 2 ranks (``torchrun -m ac_bench.distributed
+    --model-spec``, gloo), against the one-process estimate of a rank (``ac_bench.scale``): every
+    figure equal, peaks within one block's FSDP buffers; and a launch without ``--variants``
+    runs the family's own policies too."""
+    import subprocess
+
+    from ac_bench.distributed import default_variants, launch_env, load_records, torchrun_command
+    from ac_bench.scale import ShardedSetup, estimate_rank, launch_differences
+    flavor = FLAVORS["hf-llama-tiny"]
+    assert {"whole_layers-sdpa", "native-sdpa"} <= set(default_variants(flavor)), default_variants(flavor)
+    assert not any(v.startswith("sequential") for v in default_variants(flavor)), default_variants(flavor)
+    variants = ("whole_layers-sdpa", "native-sdpa")
+    result = subprocess.run(
+        torchrun_command("--standalone", "--nproc-per-node=2", "-m", "ac_bench.distributed", "--model-spec",
+                         "ac_bench.models.hf:LLAMA", "--flavor", flavor.name, "--device", "cpu", "--out",
+                         str(tmp_path), "--variants", ",".join(variants)),
+        env=launch_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = {(r.variant, r.rank): r for r in load_records(tmp_path)}
+    for variant in variants:
+        estimate = estimate_rank(flavor, variant, ShardedSetup(2, mp_param_dtype=None, mp_reduce_dtype=None))
+        problems = [p for rank in range(2) for p in launch_differences(estimate, records[(variant, rank)])]
+        assert problems == [], f"{variant}: " + "\n".join(problems)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("variant", ["none-sdpa", "whole_layers-sdpa", "sac-sdpa"])
+def test_the_estimate_on_fake_tensors_equals_the_real_step(name, variant):
+    """What the at-scale figures of transformers' models rest on: the step measured on fake
+    tensors (shapes, no data) equals the real step in every figure (bytes, FLOPs, ops, the
+    breakdown). transformers reads the data to decide whether the sequences are packed; on fake
+    tensors the suite tells it what the real data says (``unpacked_on_fake_tensors``)."""
+    from ac_bench.record import measure_variant
+    from ac_bench.scale import HOW_FIELDS
+    flavor = _flavor(name)
+    real = measure_variant(flavor, variant, "cpu").as_dict()
+    fake = measure_variant(dataclasses.replace(flavor, cpu_mode="estimate"), variant, "cpu").as_dict()
+    assert fake["memory_method"] == "fake-memtracker", fake["memory_method"]
+    differ = {k: (real[k], fake[k]) for k in set(real) - HOW_FIELDS - {"metrics"} if real[k] != fake[k]}
+    assert differ == {}, f"{name} {variant}: real, fake: {differ}"

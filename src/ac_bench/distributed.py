@@ -35,7 +35,19 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import _CHECKPO
 from torch.distributed.fsdp import fully_shard
 
 from ac_bench.cases import variant_problem
-from ac_bench.models import ATTENTIONS, KINDS, POLICIES, Flavor, Policy, get_flavor, get_policy, parse_variant, resolve_dtype, variant_id
+from ac_bench.models import (
+    ATTENTIONS,
+    KINDS,
+    POLICIES,
+    Flavor,
+    Policy,
+    get_flavor,
+    get_policy,
+    load_family_spec,
+    parse_variant,
+    resolve_dtype,
+    variant_id,
+)
 from ac_bench.outputs import folder_problem, write_text_atomic
 from ac_bench.probes.device import distributed_backend, rank_device
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
@@ -151,10 +163,23 @@ def write_json_atomic(path: Path, data: object) -> None:
     write_text_atomic(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
 
 
-def parse_variants(text: str | None) -> tuple[str, ...]:
-    """``none-sdpa,full-sdpa`` -> variants; a policy that does not compose raises DoesNotCompose."""
-    if not text:
+def default_variants(flavor: Flavor | None = None) -> tuple[str, ...]:
+    """The variants launched when none are named: of the variants ``flavor``'s family runs
+    (``Family.variants``: the registry's policies and its own ``extra_policies``, such as
+    ``whole_layers`` and ``native`` on the transformers families, with each attention it
+    declares), those whose policy composes with FSDP2; without a flavor, ``DEFAULT_VARIANTS``."""
+    if flavor is None:
         return DEFAULT_VARIANTS
+    from ac_bench.models.families import family_of
+    return tuple(v for v in family_of(flavor).variants()
+                 if get_policy(parse_variant(v)[0]).fsdp2_incompatibility is None)
+
+
+def parse_variants(text: str | None, flavor: Flavor | None = None) -> tuple[str, ...]:
+    """``none-sdpa,full-sdpa`` -> variants (``default_variants(flavor)`` when ``text`` is empty);
+    a policy that does not compose raises DoesNotCompose."""
+    if not text:
+        return default_variants(flavor)
     variants = tuple(v.strip() for v in text.split(",") if v.strip())
     for v in variants:
         check_composes(get_policy(parse_variant(v)[0]))
@@ -165,9 +190,13 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node W -m ac_bench.distributed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--flavor", default="tiny", help="the flavor; every rank steps its batch (default: %(default)s)")
+    p.add_argument("--model-spec", action="append", default=[], metavar="package.module:NAME",
+                   help="register a model family first (as pytest's --model-spec; repeatable), e.g. "
+                        "ac_bench.models.hf:LLAMA with --flavor hf-llama-tiny")
     p.add_argument("--variants", default=None,
                    help="comma-separated POLICY-ATTENTION names (default: every policy that composes with FSDP2, "
-                        "both attentions)")
+                        "both attentions, and the flavor's family's own policies: whole_layers and native on the "
+                        "transformers families)")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when available (NCCL), else cpu (gloo)")
     p.add_argument("--out", required=True, type=Path, help="folder for rank{R}.json, records.json, state/")
@@ -179,8 +208,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        for spec in args.model_spec:
+            load_family_spec(spec)
         flavor = get_flavor(args.flavor)
-        variants = parse_variants(args.variants)
+        variants = parse_variants(args.variants, flavor)
     except ValueError as exc:
         print(f"ac_bench.distributed: {exc}", file=sys.stderr)
         return 2

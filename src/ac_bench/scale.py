@@ -89,8 +89,12 @@ class ShardedSetup:
     ``param_dtype`` (the dtype the unsharded parameters and the compute use) and
     ``reduce_dtype`` (gradient reduce-scatter); None for both: no mixed precision (the model's
     own dtype throughout). The default is torchtitan's (``mixed_precision_param`` bfloat16,
-    ``mixed_precision_reduce`` float32) over float32 parameters. ``reshard_after_forward``:
-    FSDP2's, on every ``fully_shard`` call. A ScaleError names a bad value.
+    ``mixed_precision_reduce`` float32) over float32 parameters. ``reshard_after_forward``
+    True: FSDP2's default, as the launch (``ac_bench.distributed``) and torchtitan's root call
+    leave it (``fully_shard`` without the argument: each block resharded after its forward, the
+    root not, since backward all-gathers it at once; on a transformers model the root holds the
+    embedding, the final norm and the output head); False: no unit resharded after its forward.
+    A ScaleError names a bad value.
     """
 
     world_size: int
@@ -107,7 +111,9 @@ class ShardedSetup:
     def fsdp_kwargs(self, mesh) -> dict:
         """``fully_shard``'s keyword arguments on ``mesh``."""
         from torch.distributed.fsdp import MixedPrecisionPolicy
-        kwargs = {"mesh": mesh, "reshard_after_forward": self.reshard_after_forward}
+        kwargs = {"mesh": mesh}
+        if not self.reshard_after_forward:  # True: FSDP2's default (None), which spares the root
+            kwargs["reshard_after_forward"] = False
         if self.mp_param_dtype or self.mp_reduce_dtype:
             kwargs["mp_policy"] = MixedPrecisionPolicy(
                 param_dtype=self.mp_param_dtype and _DTYPES[self.mp_param_dtype],
@@ -341,6 +347,34 @@ def scale_policies(flavor: Flavor) -> tuple[str, ...]:
 HOW_FIELDS = frozenset({"memory_method", "step_seconds", "sharding", "rank", "breakdown", "schema_version"})
 
 
+def fsdp_unit_bytes(record: Measurement) -> int:
+    """FSDP2's buffers for one unit at the record's world size, in bytes: the analytic model's
+    ``fsdp_unsharded_peak_bytes`` where the family has one; else counted on the model built on
+    the meta device (no memory): over the FSDP units (each decoder layer, and the root's own
+    parameters: embedding, final norm, output head), the largest sum of its parameters with dim 0
+    padded to a multiple of the world size, in the record's dtype."""
+    from ac_bench.analytic import NotModelled, Shape, fsdp_unsharded_peak_bytes
+    try:
+        return fsdp_unsharded_peak_bytes(Shape.of_record(record), record.world_size)
+    except NotModelled:
+        pass
+    from ac_bench.models import get_flavor
+    from ac_bench.models.families import build_model
+    flavor = dataclasses.replace(get_flavor(record.flavor), batch=record.batch, seq_len=record.seq_len)
+    dtype = getattr(torch, record.dtype)
+    model = build_model(flavor, record.attention, "meta", dtype)
+    w = record.world_size
+
+    def padded(params) -> int:
+        return sum(-(-p.shape[0] // w) * w * (p.numel() // p.shape[0]) if p.dim() else p.numel()
+                   for p in params) * dtype.itemsize
+
+    in_blocks = {id(p) for p in model.blocks.parameters()}
+    units = [padded(block.parameters()) for block in model.blocks]
+    units.append(padded(p for p in model.parameters() if id(p) not in in_blocks))
+    return max(units)
+
+
 def launch_differences(estimated: Measurement, launched: Measurement) -> list[str]:
     """How an estimated rank differs from a real launch's rank of the same variant, flavor and
     world size (``torchrun -m ac_bench.distributed``), beyond what the module allows: every
@@ -349,16 +383,15 @@ def launch_differences(estimated: Measurement, launched: Measurement) -> list[st
     buffers of one block (``ac_bench.analytic.fsdp_unsharded_peak_bytes``, bytes) and not
     undercut; the breakdown at the peak, whose categories other than FSDP's transient ones
     (``ac_bench.probes.memory.FSDP_TRANSIENT``) and ``temporaries`` must be equal (temporaries
-    within the same bound: the peak moves with them); and ``backward_ops``, which the launch
+    within the same bound: the peak moves with them; ``fsdp_unit_bytes`` is the bound); and ``backward_ops``, which the launch
     may exceed by one op per layer and one for the root (gloo's reduce-scatter dispatches an op
     on the calling thread that the fake process group does not: 3 more at ``tiny``, 3 layers,
     2026-11-30). One line per difference."""
-    from ac_bench.analytic import Shape, fsdp_unsharded_peak_bytes
     from ac_bench.distributed import PEAK_METRICS
     from ac_bench.probes.memory import FSDP_TRANSIENT
 
     where = f"{launched.case_id} rank {launched.rank}"
-    bound = fsdp_unsharded_peak_bytes(Shape.of_record(launched), launched.world_size)
+    bound = fsdp_unit_bytes(launched)
     est, real = estimated.as_dict(), launched.as_dict()
     problems = []
     for name in sorted(set(est) - HOW_FIELDS):
