@@ -3,7 +3,8 @@
 #   make bench   run the benchmark suite and compare against this device's committed baselines
 #   make test    run everything but the growth check at every flavor and the deep checks
 #                (-m "not growth_all and not deep"):
-#                the suite's checks and its self-tests (what CI runs, within its 20 minutes)
+#                the suite's checks and its self-tests (what CI runs, within its 20 minutes),
+#                in a random order (pytest-randomly; rerun one with -p randomly --randomly-seed=N)
 #   make gpu-check OUT=DIR   on a GPU machine: scripts/gpu-check DIR
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +15,7 @@ bench: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest --slow -m "not growth_all and not deep" --durations=40
+	$(VENV)/bin/pytest --slow -m "not growth_all and not deep" --durations=40 -p randomly
 
 # On a GPU machine with its own CUDA torch (no venv): the one-shot GPU check into $(OUT).
 OUT ?= gpu-check-out
