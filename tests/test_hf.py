@@ -220,7 +220,8 @@ def test_the_libraries_semantics_under_fsdp2_equal_their_estimate(tmp_path):
 
 
 @pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("variant", ["none-sdpa", "whole_layers-sdpa", "sac-sdpa"])
+@pytest.mark.parametrize("variant", ["none-sdpa", "whole_layers-sdpa",
+                                     pytest.param("sac-sdpa", marks=[pytest.mark.slow, pytest.mark.deep])])
 def test_the_estimate_on_fake_tensors_equals_the_real_step(name, variant):
     """What the at-scale figures of transformers' models rest on: the step measured on fake
     tensors (shapes, no data) equals the real step in every figure (bytes, FLOPs, ops, the
