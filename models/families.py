@@ -83,6 +83,11 @@ class Family:
     #: Why ``saved_tensors_hooks`` miss some of what this family's checkpointed regions keep (then
     #: ``saved_bytes <= forward_kept_bytes`` is checked instead of equality), or None: they miss none.
     saved_bytes_gap: str | None = None
+    #: Why this family's own checkpointing switch (``native``) recomputes each layer's whole
+    #: forward where ``whole_layers`` stops once every saved tensor is back (non-reentrant
+    #: checkpointing's early stop: torchtitan's ``FullAC`` turns it off), or None: it stops early
+    #: too. ``bench/test_native.py`` then checks ``native`` against ``LayerAC(early_stop=False)``.
+    native_no_early_stop: str | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sublayers if s not in SUBLAYERS]
