@@ -86,7 +86,7 @@ class Family:
     #: Why this family's own checkpointing switch (``native``) recomputes each layer's whole
     #: forward where ``whole_layers`` stops once every saved tensor is back (non-reentrant
     #: checkpointing's early stop: torchtitan's ``FullAC`` turns it off), or None: it stops early
-    #: too. ``bench/test_native.py`` then checks ``native`` against ``LayerAC(early_stop=False)``.
+    #: too. The benchmark's native check then holds ``native`` to ``LayerAC(early_stop=False)``.
     native_no_early_stop: str | None = None
 
     def __post_init__(self) -> None:
