@@ -15,7 +15,7 @@ import statistics
 import pytest
 
 from ac_bench.cases import Case
-from ac_bench.models import ATTENTIONS
+from ac_bench.models import ATTENTIONS, family_of
 from ac_bench.probes.device import PhaseClock
 from ac_bench.probes.timing import (
     WallClock,
@@ -136,6 +136,10 @@ def test_time_ratio_against_flops(flavor_on_device, policy, attention, measureme
     if request.config.getoption("benchmark_skip"):
         pytest.skip("--benchmark-skip: a correctness-only run times no step")
     device, flavor = flavor_on_device
+    family = family_of(flavor)
+    if attention not in family.attentions:
+        pytest.skip(f"{flavor.name}: family {family.name!r} has no {attention} attention "
+                    f"(it declares {', '.join(family.attentions)})")
     time_ratio, round_ratios = time_ratios(device, flavor, attention, RATIO_POLICIES)[policy]
     flop_ratio = (measurements.get(Case(device, flavor, f"{policy}-{attention}")).flops
                   / measurements.get(Case(device, flavor, f"none-{attention}")).flops)

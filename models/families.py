@@ -8,14 +8,16 @@ need no change for a new family, the user's own included (``register_family``, o
 ``pytest bench/ --model-spec package.module:SPEC``).
 
 The contract a family's model keeps, so that every policy kind applies: ``model.blocks`` is an
-``nn.ModuleList`` that ``forward`` runs in sequence on the input (the sequential policy replaces
-``forward`` by ``checkpoint_sequential`` over it); each block has one attribute per declared
+``nn.ModuleList``, or a sequence that reads and replaces its layers in place by index (the
+torchtitan adapter's, over torchtitan's ``ModuleDict``), that ``forward`` runs in sequence on the
+input (the sequential policy replaces ``forward`` by ``checkpoint_sequential`` over it); each
+block has one attribute per declared
 sublayer, a module called on the residual stream (``x -> x + f(x)``), which the region, plan
 and selective policies wrap; the loss is ``output.mean()``. A family may supply its own input
 (``Family.make_input``: token ids, say) and a model whose forward returns its own scalar loss,
 which ``output.mean()`` leaves as it is; its blocks' sublayers may sit under other attribute
-names (the model's ``sublayer_attributes``). The transformers adapter (``ac_bench.models.hf``)
-does both.
+names (the model's ``sublayer_attributes``). The transformers and torchtitan adapters
+(``ac_bench.models.hf``, ``ac_bench.models.titan``) do both.
 """
 
 from __future__ import annotations
@@ -83,6 +85,11 @@ class Family:
     #: Why ``saved_tensors_hooks`` miss some of what this family's checkpointed regions keep (then
     #: ``saved_bytes <= forward_kept_bytes`` is checked instead of equality), or None: they miss none.
     saved_bytes_gap: str | None = None
+    #: Why this family's own checkpointing switch (``native``) recomputes each layer's whole
+    #: forward where ``whole_layers`` stops once every saved tensor is back (non-reentrant
+    #: checkpointing's early stop: torchtitan's ``FullAC`` turns it off), or None: it stops early
+    #: too. The benchmark's native check then holds ``native`` to ``LayerAC(early_stop=False)``.
+    native_no_early_stop: str | None = None
 
     def __post_init__(self) -> None:
         bad = [s for s in self.sublayers if s not in SUBLAYERS]

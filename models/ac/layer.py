@@ -25,9 +25,16 @@ class LayerAC(Policy):
     ``whole_layers_every_N`` is transformers' ``every_n_layers=N`` (layers 0, N, 2N…,
     ``PreTrainedModel._set_gradient_checkpointing``). The suite's ``full`` instead checkpoints the
     attention and MLP sublayers of blocks 1… separately.
+
+    ``early_stop``: non-reentrant checkpointing's early stop (torch's default, and
+    transformers'): backward's recomputation of a layer stops once every tensor the layer saved is
+    back. torchtitan's ``FullAC`` passes ``early_stop=False``: the layer's whole forward is
+    recomputed, the ops after its last save too. No registered name turns it off; the torchtitan
+    family's ``native`` is checked against it (``Family.native_no_early_stop``).
     """
 
     layer_step: int = 1
+    early_stop: bool = True
 
     kind: ClassVar[str] = "layer"
     #: Not modelled: a whole layer's region keeps its input only, which the "regions" composition
@@ -51,5 +58,5 @@ class LayerAC(Policy):
         forwards attribute reads (a transformers layer's ``attention_type``) to the layer."""
         for i in range(0, len(model.blocks), self.layer_step):
             model.blocks[i] = checkpoint_wrapper(model.blocks[i], checkpoint_impl=CheckpointImpl.NO_REENTRANT,
-                                                 preserve_rng_state=self.preserve_rng_state)
+                                                 preserve_rng_state=self.preserve_rng_state, early_stop=self.early_stop)
         return model

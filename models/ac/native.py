@@ -1,5 +1,6 @@
 """The model's own checkpointing switch, measured as it is: transformers'
-``gradient_checkpointing_enable``."""
+``gradient_checkpointing_enable``, or an adapter's method of that name that applies its library's
+own (``ac_bench.models.titan``: torchtitan's ``FullAC``)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ class NativeAC(Policy):
     the library decides what is checkpointed (transformers 5.18: every ``GradientCheckpointingLayer``,
     that is every decoder layer, layer 0 included, when the model is in training mode;
     ``modeling_utils.PreTrainedModel.gradient_checkpointing_enable`` and ``modeling_layers.py``).
+    The torchtitan adapter's method of the same name applies torchtitan's ``FullAC`` to the
+    model's layers, as ``parallelize_llama`` does for the trainer's ``full`` activation checkpointing.
     Measured as it is, so a model whose switch does less than it says (an override that leaves
     some layers out, or a silent no-op) differs from ``whole_layers``, which the suite checks.
     A model without such a switch cannot run it: ``apply`` says so in one line."""
@@ -36,6 +39,6 @@ class NativeAC(Policy):
         switch = getattr(model, "gradient_checkpointing_enable", None)
         if not callable(switch):
             raise ValueError(f"policy {self.name!r}: {type(model).__name__} has no checkpointing switch of its own "
-                             f"(transformers' gradient_checkpointing_enable); 'native' runs on transformers models only")
+                             f"(transformers' gradient_checkpointing_enable); 'native' runs on transformers and torchtitan models only")
         switch(gradient_checkpointing_kwargs=dict(NATIVE_KWARGS))
         return model

@@ -146,8 +146,12 @@ class RegionProfile:
         return sum(self.storage_bytes[k] for k in self.kept_storages(regions, held))
 
     def recompute_flops(self, regions: Iterable[Region] | Policy | str) -> int:
-        """FLOPs backward recomputes with ``regions`` checkpointed: each region's forward up to its last save."""
-        return sum(self.recompute_flops_by_region[r] for r in self._checked(regions))
+        """FLOPs backward recomputes with ``regions`` checkpointed: each region's forward up to its
+        last save, or its whole forward for a policy that turns the early stop off
+        (``LayerAC(early_stop=False)``, torchtitan's ``FullAC``)."""
+        policy = get_policy(regions) if isinstance(regions, str) else regions
+        per_region = self.forward_flops if getattr(policy, "early_stop", True) is False else self.recompute_flops_by_region
+        return sum(per_region[r] for r in self._checked(regions))
 
     def inside_bytes(self, region: Region) -> int:
         """Bytes that only ``region`` saves (every save of the storage ran inside it): what
