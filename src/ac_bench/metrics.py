@@ -4,7 +4,9 @@ gated by default.
 
 Tolerances: MemTracker and FlopCounterMode are exact on the CPU; the CUDA allocator rounds
 blocks, so memory tolerances leave a little room without hiding a lost saving. An op count is
-exact on every device: its tolerance (0.01%) is below one op for every count under 10,000.
+exact on every device: its tolerance (0.01%) is below one op for every count under 10,000; the
+bytes those ops read and write are counted from tensor sizes, exact on every device too, and get
+the same 0.01%.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ class Metric:
     #: The tolerance for figures from the CUDA caching allocator (``memory_method`` ``cuda-allocator``)
     #: where it differs from ``tolerance``; None: the same.
     allocator_tolerance: float | None = None
+    #: The report shows, beside the figure, how much it exceeds `none`'s with the same attention:
+    #: a recompute cost (``ac_bench.report.tables``).
+    beyond_none: bool = False
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -60,7 +65,13 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("backward_ops", "op", 0.0001,
            "aten ops that compute or copy (views left out) dispatched during backward, recomputation "
            "included: the elementwise, normalisation and copy ops a policy recomputes, which FLOPs do not "
-           "count", column="bwd ops"),
+           "count", column="bwd ops", beyond_none=True),
+    Metric("backward_nonmatmul_bytes", "B", 0.0001,
+           "bytes read and written during backward, recomputation included, by the ops backward_ops counts "
+           "that are not matmuls (no FLOP formula: mm, addmm, bmm and the SDPA kernels are left out): each "
+           "op's tensor arguments and results at their nbytes, an in-place op's tensor once read and once "
+           "written; the memory traffic of the elementwise, normalisation and copy ops a policy recomputes, "
+           "which FLOPs do not count", column="bwd non-matmul MiB", beyond_none=True),
 )}
 
 #: Recorded with each baseline entry and compared for identity (another method is not comparable).

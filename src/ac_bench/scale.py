@@ -331,8 +331,12 @@ def launch_differences(estimated: Measurement, launched: Measurement) -> list[st
     within the same bound: the peak moves with them); and ``backward_ops``, which the launch
     may exceed by one op per layer and one for the root (gloo's reduce-scatter dispatches an op
     on the calling thread that the fake process group does not: 3 more at ``tiny``, 3 layers,
-    2026-11-30). One line per difference."""
-    from ac_bench.analytic import Shape, fsdp_unsharded_peak_bytes
+    2026-11-30), and ``backward_nonmatmul_bytes`` by what those ops read and write: each is a
+    ``copy_`` of a reduce-scattered gradient shard into place (the shard read, its destination
+    read and written), so at most three times the rank's parameter shard
+    (``sharded_parameter_bytes``: 3 x 76,224 = 228,672 B more at ``tiny`` over 2 ranks, exactly).
+    One line per difference."""
+    from ac_bench.analytic import Shape, fsdp_unsharded_peak_bytes, sharded_parameter_bytes
     from ac_bench.distributed import PEAK_METRICS
     from ac_bench.probes.memory import FSDP_TRANSIENT
 
@@ -351,6 +355,11 @@ def launch_differences(estimated: Measurement, launched: Measurement) -> list[st
             if not 0 <= real[name] - est[name] <= launched.depth + 1:
                 problems.append(f"{where}: backward_ops launched {real[name]}, estimated {est[name]}: more apart than "
                                 f"one op per layer and one for the root ({launched.depth + 1})")
+        elif name == "backward_nonmatmul_bytes" and est[name] is not None and real[name] is not None:
+            copies = 3 * sharded_parameter_bytes(Shape.of_record(launched), launched.world_size)
+            if not 0 <= real[name] - est[name] <= copies:
+                problems.append(f"{where}: backward_nonmatmul_bytes launched {real[name]:,}, estimated {est[name]:,}: "
+                                f"more apart than gloo's copy of each reduce-scattered gradient shard ({copies:,} B)")
         elif est[name] != real[name]:
             problems.append(f"{where}: {name} launched {real[name]!r}, estimated {est[name]!r}")
     steady = {k: v for k, v in (launched.breakdown or {}).items() if k not in FSDP_TRANSIENT}
