@@ -127,10 +127,11 @@ def test_a_record_describes_its_model_without_the_registries(monkeypatch):
     del version4["backward_ops"]
     assert Measurement.from_dict(version4).backward_ops is None, "a version-4 record has no count of backward ops"
     version6 = {**record.as_dict(), "schema_version": 6}
-    del version6["backward_nonmatmul_bytes"]
-    assert Measurement.from_dict(version6).backward_nonmatmul_bytes is None, (
-        "a version-6 record has no bytes of backward's non-matmul ops")
-    assert record.backward_nonmatmul_bytes > 0, record
+    del version6["backward_nonmatmul_bytes"], version6["predicted_peak_bytes"]
+    older6 = Measurement.from_dict(version6)
+    assert (older6.backward_nonmatmul_bytes, older6.predicted_peak_bytes) == (None, None), (
+        "a version-6 record has neither the bytes of backward's non-matmul ops nor a predicted peak")
+    assert record.backward_nonmatmul_bytes > 0 and record.predicted_peak_bytes is None, record
 
 
 def test_the_flavor_registry_is_complete_from_any_import():

@@ -106,10 +106,11 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
 #: version 5 ``backward_ops``, the aten ops dispatched in backward (the recompute FLOPs miss);
 #: version 6 ``sharding``, how an estimated rank of a sharded run was set up (``ac_bench.scale``);
 #: version 7 ``backward_nonmatmul_bytes``, the bytes the non-matmul ops of backward read and write
-#: (the recompute FLOPs miss, by its size).
+#: (the recompute FLOPs miss, by its size), and ``predicted_peak_bytes``, a per-block plan's step
+#: peak as the planner predicted it (``ac_bench.milp``).
 SCHEMA_VERSION = 7
 
-_ADDED_IN_7: dict[str, object] = {"backward_nonmatmul_bytes": None}
+_ADDED_IN_7: dict[str, object] = {"backward_nonmatmul_bytes": None, "predicted_peak_bytes": None}
 
 #: Older versions a reader still accepts, and the value each field added since gets in such a
 #: record (a metric absent from an old record is null, shown as not measured).
@@ -178,6 +179,10 @@ class Measurement:
     #: Bytes read and written by those ops of backward that are not matmuls
     #: (``ac_bench.probes.flops.BackwardOpCounter``; null in records older than schema version 7).
     backward_nonmatmul_bytes: int | None = None
+    #: The step peak a planner predicted for this plan before it was measured (a per-block plan
+    #: chosen by ``ac_bench.milp.BlockPlanner``); null for every other record, and in records older
+    #: than schema version 7.
+    predicted_peak_bytes: int | None = None
     #: ``ok``, ``out-of-memory`` or ``non-finite-loss`` (``OUTCOMES``); the note says what happened.
     outcome: str = OK
     outcome_note: str | None = None
@@ -418,6 +423,8 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
         "flops": int(counter.get_total_flops()),
         "backward_ops": backward_ops.ops,
         "backward_nonmatmul_bytes": backward_ops.nonmatmul_bytes,
+        # Not the step's: the planner that chose a plan adds its prediction (ac_bench.milp).
+        "predicted_peak_bytes": None,
     }
     return StepFigures(
         method=probe.method, foreign_bytes=probe.foreign_bytes, metrics=metrics,
