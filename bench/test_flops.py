@@ -1,5 +1,6 @@
-"""Recompute cost: in FLOPs, exactly the forward passes the policy recomputes; in ops of backward,
-also what FLOPs do not count (elementwise, normalisation, copies)."""
+"""Recompute cost: in FLOPs, exactly the forward passes the policy recomputes; in ops of backward
+and the bytes its non-matmul ops read and write, also what FLOPs do not count (elementwise,
+normalisation, copies)."""
 
 from __future__ import annotations
 
@@ -39,18 +40,22 @@ def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):
 
 
 def test_backward_ops_count_the_recompute_flops_miss(case, measurements):
-    """The ops of backward (``backward_ops``: views left out) see what FLOPs do not: a policy
-    that checkpoints anything dispatches more of them than `none` with the same attention, also
-    where it recomputes no matmul (``sac-sdpa``: the FLOPs of `none`); `none` and, on the CPU,
-    `offload` (the host is the device: nothing moves) exactly `none`'s; on CUDA `offload` copies
-    each saved tensor back, so at least `none`'s."""
+    """The ops of backward (``backward_ops``: views left out) and the bytes its non-matmul ops
+    read and write (``backward_nonmatmul_bytes``) see what FLOPs do not: a policy that
+    checkpoints anything dispatches more ops, and reads and writes more bytes outside matmuls,
+    than `none` with the same attention, also where it recomputes no matmul (``sac-sdpa``: the
+    FLOPs of `none`); `none` and, on the CPU, `offload` (the host is the device: nothing moves)
+    exactly `none`'s; on CUDA `offload` copies each saved tensor back, so at least `none`'s."""
     record = measurements.get(case)
     none = measurements.get(Case(case.device, case.flavor, f"none-{case.attention}"))
-    message = (f"{case.id}: {record.backward_ops:,} ops in backward, none-{case.attention} "
-               f"{none.backward_ops:,}; FLOPs {record.flops:,} against {none.flops:,}")
+    message = (f"{case.id}: {record.backward_ops:,} ops in backward, {record.backward_nonmatmul_bytes:,} B read and "
+               f"written by its non-matmul ops; none-{case.attention} {none.backward_ops:,} ops, "
+               f"{none.backward_nonmatmul_bytes:,} B; FLOPs {record.flops:,} against {none.flops:,}")
+    figures, nones = (record.backward_ops, record.backward_nonmatmul_bytes), (none.backward_ops, none.backward_nonmatmul_bytes)
     if case.policy == "none" or (record.policy_kind == "offload" and case.device == "cpu"):
-        assert record.backward_ops == none.backward_ops, message
+        assert figures == nones, message
     elif record.policy_kind == "offload":
-        assert record.backward_ops >= none.backward_ops, message
+        assert all(f >= n for f, n in zip(figures, nones)), message
     else:
         assert record.backward_ops > none.backward_ops, message
+        assert record.backward_nonmatmul_bytes > none.backward_nonmatmul_bytes, message

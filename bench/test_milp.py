@@ -4,7 +4,9 @@ recompute FLOPs out, measured.
 For each flavor with declared budgets the solver's plan is measured (fake tensors for ``seed``
 on the CPU), must fit, must be what the model predicted to the byte and the FLOP on the CPU,
 must recompute no more than the ``plan_aA_mM`` planner's plan at the same budget (whose space
-it contains), and is gated against the baselines like every variant. Brute-force optimality
+it contains), and is gated against the baselines like every variant, its predicted peak
+(``predicted_peak_bytes``) with it: a torch that moves the measured peak away from the model
+fails the gate on any device, naming both. Brute-force optimality
 at ``tiny`` and ``small`` is ``tests/test_milp.py``.
 """
 
@@ -81,8 +83,10 @@ def test_milp_plan_fits_as_predicted(milp_budget, block_planners, measurements, 
     budget_bytes = parse_budget(budget)
     plan = planner.plan(budget_bytes)
     r, p = plan.record, plan.solution.prediction
+    measurements.amend(Case(device, flavor, f"{plan.policy.name}-{attention}"), r)  # the JSON's record has the prediction
     label = f"{flavor.name} {plan.policy.name}-{attention} at {budget}"
     assert (r.policy_kind, r.policy) == ("blocks", plan.policy.name), f"{label}: record of {r.policy_kind} {r.policy}"
+    assert r.predicted_peak_bytes == p.peak_bytes, f"{label}: the record predicts {r.predicted_peak_bytes}, the solution {p.peak_bytes:,}"
     assert r.peak_bytes <= budget_bytes, f"{label}: measured peak {r.peak_bytes:,} B over the budget"
     assert plan.solution.gap == 0.0, f"{label}: CBC did not prove the plan optimal within its time limit"
     if device == "cpu":

@@ -154,14 +154,58 @@ def test_missing_baselines_skip_with_instructions(tmp_path):
 
 
 def test_every_registry_metric_is_gated(record):
-    """The gate compares what ac_bench/metrics.py declares, not a list of its own."""
+    """The gate compares what ac_bench/metrics.py declares, not a list of its own (a record with
+    a predicted peak, as a per-block plan's: moving the prediction or the peak it predicts also
+    moves the one from the other)."""
     from ac_bench.metrics import METRICS
     assert set(DEFAULT_TOLERANCES) == set(METRICS)
+    planned = dataclasses.replace(record, predicted_peak_bytes=record.peak_bytes)
     for metric in METRICS:
-        moved = _entry(record)
-        moved[metric] = int(getattr(record, metric) * 1.5) + 1_000_000
-        messages = compare(record, moved, DEFAULT_TOLERANCES)
-        assert len(messages) == 1 and metric in messages[0], (metric, messages)
+        moved = _entry(planned)
+        moved[metric] = int(getattr(planned, metric) * 1.5) + 1_000_000
+        messages = compare(planned, moved, DEFAULT_TOLERANCES)
+        drift = metric in ("peak_bytes", "predicted_peak_bytes")
+        assert len(messages) == 1 + drift and metric in messages[0], (metric, messages)
+        assert not drift or "moved away from the prediction" in messages[1], (metric, messages)
+
+
+def test_a_peak_that_moves_away_from_its_prediction_fails_naming_both(record):
+    """``predicted_peak_bytes`` estimates ``peak_bytes``: a torch upgrade that moves the measured
+    peak by less than its own tolerance (2%) but away from the plan's model fails, naming the
+    predicted and the measured figure of the run and of the baseline; a model that moves with the
+    peak fails on the prediction's own figure (0.01%), and an offset the baseline already had (the
+    CUDA allocator's rounding, say) is no failure while it stays."""
+    peak = record.peak_bytes
+    planned = dataclasses.replace(record, predicted_peak_bytes=peak)
+    baseline = _entry(planned, torch_version="2.13.0")
+    upgraded = dataclasses.replace(planned, peak_bytes=peak + peak // 100, torch_version="2.99.0")
+    (message,) = compare(upgraded, baseline, DEFAULT_TOLERANCES)
+    for part in ("tiny-full-eager: the measured peak_bytes moved away from the prediction (predicted_peak_bytes) with "
+                 "the torch upgrade (2.13.0 -> 2.99.0)", f"predicted {peak:,} B, measured {peak + peak // 100:,} B, "
+                 f"{peak // 100:+,} B off", f"in the baseline predicted {peak:,}, measured {peak:,}, +0 off (torch 2.13.0)",
+                 "tolerance ±0.01% of the prediction",
+                 "pytest bench/ --device cpu --flavor tiny --update-baselines -k tiny-full-eager"):
+        assert part in message, (part, message)
+    both = dataclasses.replace(upgraded, predicted_peak_bytes=peak + peak // 100)
+    (message,) = compare(both, baseline, DEFAULT_TOLERANCES)
+    assert message.startswith("tiny-full-eager: predicted_peak_bytes moved +1.00% (tolerance ±0.01%)"), message
+    offset = _entry(planned, peak_bytes=peak + peak // 200)
+    assert compare(dataclasses.replace(planned, peak_bytes=peak + peak // 200), offset, DEFAULT_TOLERANCES) == []
+    (message,) = compare(planned, offset, DEFAULT_TOLERANCES)
+    assert f"+0 B off; in the baseline predicted {peak:,}, measured {peak + peak // 200:,}" in message, message
+
+
+def test_a_record_without_a_prediction_is_gated_as_before(record):
+    """Every policy but a planner's plan has no predicted peak: null against null passes, and an
+    entry older than the metric (the H200's, written before it) fails with the command to measure
+    it, as for every metric new to the registry."""
+    assert record.predicted_peak_bytes is None
+    assert compare(record, _entry(record), DEFAULT_TOLERANCES) == []
+    old = {k: v for k, v in _entry(record).items() if k not in ("predicted_peak_bytes", "backward_nonmatmul_bytes")}
+    messages = compare(record, old, DEFAULT_TOLERANCES)
+    assert [m.split(" (it predates")[0] for m in messages] == [
+        "tiny-full-eager: the baseline entry has no backward_nonmatmul_bytes",
+        "tiny-full-eager: the baseline entry has no predicted_peak_bytes"], messages
 
 
 def test_a_file_without_a_tolerance_for_a_metric_is_an_error_not_a_pass(record):

@@ -90,10 +90,13 @@ def test_fsdp2_composition_is_declared_by_each_kind():
 
 
 def test_the_reports_columns_are_the_registrys():
-    declared = {m.column: m.name for m in METRICS.values() if m.column and m.unit == "B"}
+    declared = {m.column: m.name for m in METRICS.values() if m.column and m.unit == "B" and not m.beyond_none}
     assert tables.MIB_COLUMNS == declared and list(tables.MIB_COLUMNS.values()) == [
         "peak_bytes", "activation_peak_bytes", "forward_kept_bytes", "saved_bytes", "offloaded_bytes"]
-    for header, name in declared.items():
+    against_none = {m.column: m.name for m in METRICS.values() if m.column and m.beyond_none}
+    assert tables.BEYOND_NONE_COLUMNS == against_none and list(against_none.values()) == [
+        "backward_ops", "backward_nonmatmul_bytes"]
+    for header, name in {**declared, **against_none}.items():
         assert METRICS[name].meaning in tables.DEFINITIONS[header]
 
 
@@ -111,7 +114,7 @@ def test_a_record_describes_its_model_without_the_registries(monkeypatch):
     read from the record alone, even with the flavor gone from the registry."""
     flavor = get_flavor("llama-small")  # SwiGLU hidden: int(2 * 4 * 128 / 3) = 341, up to a multiple of 64
     record = Measurement.from_dict(measure_variant(flavor, "full-sdpa", "cpu").as_dict())
-    assert record.family == "llama" and record.schema_version == SCHEMA_VERSION == 6
+    assert record.family == "llama" and record.schema_version == SCHEMA_VERSION == 7
     assert record.family_shape == {"n_kv_heads": 2, "mlp_hidden": 384, "multiple_of": 64, "ffn_dim_multiplier": None,
                                    "rope_theta": 500000.0, "norm_eps": 1e-05}, record.family_shape
     expected = analytic.Shape.of(flavor, torch.float32, "cpu")
@@ -123,6 +126,12 @@ def test_a_record_describes_its_model_without_the_registries(monkeypatch):
     version4 = {**record.as_dict(), "schema_version": 4}
     del version4["backward_ops"]
     assert Measurement.from_dict(version4).backward_ops is None, "a version-4 record has no count of backward ops"
+    version6 = {**record.as_dict(), "schema_version": 6}
+    del version6["backward_nonmatmul_bytes"], version6["predicted_peak_bytes"]
+    older6 = Measurement.from_dict(version6)
+    assert (older6.backward_nonmatmul_bytes, older6.predicted_peak_bytes) == (None, None), (
+        "a version-6 record has neither the bytes of backward's non-matmul ops nor a predicted peak")
+    assert record.backward_nonmatmul_bytes > 0 and record.predicted_peak_bytes is None, record
 
 
 def test_the_flavor_registry_is_complete_from_any_import():

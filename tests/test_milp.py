@@ -163,3 +163,44 @@ def test_a_plan_measured_over_the_budget_is_replaced():
     plan = planner.plan(budget)
     assert plan.misses == {first: budget + 1000} and plan.policy.name != first and plan.record.peak_bytes <= budget, (
         f"misses {plan.misses}, chose {plan.policy.name} at {plan.record.peak_bytes:,} B for {budget:,} B")
+
+
+def test_a_plans_record_carries_its_predicted_peak_which_the_gate_holds_it_to():
+    """The plan's record has the solution's predicted peak (``predicted_peak_bytes``), equal to
+    the measured one on the CPU; kept by the session's store for the JSON (``amend``, which takes
+    nothing but the prediction); and gated: a torch whose measured peak moves 0.5% away from the
+    model (within ``peak_bytes``'s 2%) fails, naming predicted and measured."""
+    needs_pulp()
+    from ac_bench.cases import Case
+    from ac_bench.gate.baselines import compare, entry_of
+    from ac_bench.metrics import DEFAULT_TOLERANCES
+    from ac_bench.milp import BlockPlanner
+    from ac_bench.plugin.session import MeasurementStore
+    fig = figures("tiny_seq128", "eager")
+    budget = sorted({fig.predict(b).peak_bytes for b in every_plan(fig)})[-2]
+    estimated = dataclasses.replace(TINY_128, cpu_mode="estimate")
+    measured: dict = {}
+
+    def measure(variant):
+        measured[variant] = measure_variant(estimated, variant, "cpu")
+        return measured[variant]
+    planner = BlockPlanner(TINY_128, "eager", measure=measure)
+    planner._figures = fig
+    plan = planner.plan(budget)
+    r, variant = plan.record, f"{plan.policy.name}-eager"
+    assert r.predicted_peak_bytes == plan.solution.prediction.peak_bytes == r.peak_bytes, (
+        r.predicted_peak_bytes, plan.solution.prediction, r.peak_bytes)
+    assert measured[variant].predicted_peak_bytes is None, "the measurement itself predicts nothing"
+
+    store, case = MeasurementStore(), Case("cpu", estimated, variant)
+    store._records[case.id] = measured[variant]
+    store.amend(case, r)
+    assert [x["predicted_peak_bytes"] for x in store.as_json()] == [r.predicted_peak_bytes]
+    with pytest.raises(ValueError, match="only predicted_peak_bytes changed"):
+        store.amend(case, dataclasses.replace(r, peak_bytes=r.peak_bytes + 1))
+
+    baseline = {**entry_of(r), "torch_version": "2.13.0"}
+    moved = dataclasses.replace(r, peak_bytes=r.peak_bytes + r.peak_bytes // 200, torch_version="2.99.0")
+    (message,) = compare(moved, baseline, DEFAULT_TOLERANCES)
+    assert (f"the measured peak_bytes moved away from the prediction (predicted_peak_bytes) with the torch upgrade "
+            f"(2.13.0 -> 2.99.0): predicted {r.peak_bytes:,} B, measured {moved.peak_bytes:,} B") in message, message

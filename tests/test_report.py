@@ -173,10 +173,10 @@ def test_table_content_against_the_fixture(tmp_path, capsys):
         recs, med = records(data, flavor), medians(data, flavor)
         assert set(rows) == set(recs)
         for variant, r in recs.items():
-            step, ratio, recompute, peak, act, kept, saved, offloaded, overhead, bwd_ops, on_front, figures, kernel = \
-                rows[variant]
+            (step, ratio, recompute, peak, act, kept, saved, offloaded, overhead, bwd_ops, bwd_bytes, on_front, figures,
+             kernel) = rows[variant]
             assert recompute == ""  # the fixture predates phase timing
-            assert bwd_ops == "-"  # and the count of backward ops (schema 5)
+            assert bwd_ops == bwd_bytes == "-"  # the count of backward ops (schema 5) and their bytes (schema 7)
             assert kernel == (r.get("attention_kernel") or "-")  # the fixture is schema 2: not recorded
             none = recs[f"none-{r['attention']}"]
             assert [peak, act, kept, saved, offloaded] == [_mib(r[m]) for m in (
@@ -248,19 +248,24 @@ def test_recompute_time_is_backward_minus_nones_and_the_kernel_is_shown():
 
 
 def test_the_report_shows_the_ops_of_backward():
-    """bwd ops: the record's ``backward_ops`` and, in brackets, how many more than `none` with
-    the same attention; without `none` the count alone; ``-`` where the record has none."""
-    def counted(variant: str, ops: int | None) -> Entry:
+    """bwd ops and bwd non-matmul MiB: the record's ``backward_ops`` and
+    ``backward_nonmatmul_bytes`` and, in brackets, how much more than `none` with the same
+    attention; without `none` the figure alone; ``-`` where the record has none."""
+    def counted(variant: str, ops: int | None, nonmatmul_mib: float | None) -> Entry:
         e = entry(variant, 100, 1000)
-        return Entry(dataclasses.replace(e.record, backward_ops=ops))
+        return Entry(dataclasses.replace(e.record, backward_ops=ops, backward_nonmatmul_bytes=None if nonmatmul_mib is None
+                                         else int(nonmatmul_mib * MIB)))
 
-    group = make_group([counted("none-sdpa", 94), counted("sac-sdpa", 106), counted("full-eager", 112),
-                        counted("full-sdpa", None)])
+    group = make_group([counted("none-sdpa", 94, 10.0), counted("sac-sdpa", 106, 12.5), counted("full-eager", 112, 3.0),
+                        counted("full-sdpa", None, None)])
     table = tables.group_table(group)
-    column = table.header.index(METRICS["backward_ops"].column)
-    assert {row[0]: row[column] for row in table.rows} == {
-        "none-sdpa": "94 (+0)", "sac-sdpa": "106 (+12)", "full-eager": "112", "full-sdpa": "-"}
-    assert METRICS["backward_ops"].meaning in tables.report_text([load_run(RUN)], markdown=True)
+    ops, nonmatmul = (table.header.index(METRICS[m].column) for m in ("backward_ops", "backward_nonmatmul_bytes"))
+    assert {row[0]: (row[ops], row[nonmatmul]) for row in table.rows} == {
+        "none-sdpa": ("94 (+0)", "10.0 (+0.0)"), "sac-sdpa": ("106 (+12)", "12.5 (+2.5)"), "full-eager": ("112", "3.0"),
+        "full-sdpa": ("-", "-")}
+    text = tables.report_text([load_run(RUN)], markdown=True)
+    assert METRICS["backward_ops"].meaning in text and METRICS["backward_nonmatmul_bytes"].meaning in text
+    assert "records that predate it (schema version 6 and older)" in text
 
 
 def test_null_saved_bytes_show_as_dash_with_the_note():

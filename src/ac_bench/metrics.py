@@ -4,7 +4,10 @@ gated by default.
 
 Tolerances: MemTracker and FlopCounterMode are exact on the CPU; the CUDA allocator rounds
 blocks, so memory tolerances leave a little room without hiding a lost saving. An op count is
-exact on every device: its tolerance (0.01%) is below one op for every count under 10,000.
+exact on every device: its tolerance (0.01%) is below one op for every count under 10,000; the
+bytes those ops read and write are counted from tensor sizes, exact on every device too, and get
+the same 0.01%. A predicted figure (``estimates``) is gated twice: against its own baseline, and
+its distance from the figure it predicts against the baseline's distance.
 """
 
 from __future__ import annotations
@@ -26,13 +29,22 @@ class Metric:
     unit: str
     tolerance: float
     meaning: str
-    #: May be null in a record (with a ``{name}_note`` saying why): not measurable for that policy.
+    #: May be null in a record: not measurable for that policy (with a ``{name}_note`` saying why,
+    #: where the reason varies: ``saved_bytes``), or not predicted (``predicted_peak_bytes``).
     nullable: bool = False
     #: The report's column header for this metric (``ac_bench.report.tables``), or None: not a column.
     column: str | None = None
     #: The tolerance for figures from the CUDA caching allocator (``memory_method`` ``cuda-allocator``)
     #: where it differs from ``tolerance``; None: the same.
     allocator_tolerance: float | None = None
+    #: The report shows, beside the figure, how much it exceeds `none`'s with the same attention:
+    #: a recompute cost (``ac_bench.report.tables``).
+    beyond_none: bool = False
+    #: The metric this one predicts (``predicted_peak_bytes`` predicts ``peak_bytes``), or None.
+    #: The gate (``ac_bench.gate.baselines.compare``) also fails where the measured figure moved
+    #: away from the prediction: their difference, against the baseline entry's, beyond this
+    #: metric's tolerance of the prediction; the message names both figures.
+    estimates: str | None = None
 
 
 METRICS: dict[str, Metric] = {m.name: m for m in (
@@ -60,7 +72,17 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("backward_ops", "op", 0.0001,
            "aten ops that compute or copy (views left out) dispatched during backward, recomputation "
            "included: the elementwise, normalisation and copy ops a policy recomputes, which FLOPs do not "
-           "count", column="bwd ops"),
+           "count", column="bwd ops", beyond_none=True),
+    Metric("backward_nonmatmul_bytes", "B", 0.0001,
+           "bytes read and written during backward, recomputation included, by the ops backward_ops counts "
+           "that are not matmuls (no FLOP formula: mm, addmm, bmm and the SDPA kernels are left out): each "
+           "op's tensor arguments and results at their nbytes, an in-place op's tensor once read and once "
+           "written; the memory traffic of the elementwise, normalisation and copy ops a policy recomputes, "
+           "which FLOPs do not count", column="bwd non-matmul MiB", beyond_none=True),
+    Metric("predicted_peak_bytes", "B", 0.0001,
+           "the step peak the per-block planner's model predicts for its plan (ac_bench.blockplan), recorded "
+           "with the plan's measured step; null for every other policy and for a plan no planner chose",
+           nullable=True, allocator_tolerance=0.02, estimates="peak_bytes"),
 )}
 
 #: Recorded with each baseline entry and compared for identity (another method is not comparable).

@@ -104,18 +104,24 @@ def is_estimate(flavor: Flavor, device: str | torch.device) -> bool:
 #: ``ac_bench.distributed``); version 4 the ``family`` and the shape fields it adds
 #: (``family_shape``), so that a record describes its model without the live registries;
 #: version 5 ``backward_ops``, the aten ops dispatched in backward (the recompute FLOPs miss);
-#: version 6 ``sharding``, how an estimated rank of a sharded run was set up (``ac_bench.scale``).
-SCHEMA_VERSION = 6
+#: version 6 ``sharding``, how an estimated rank of a sharded run was set up (``ac_bench.scale``);
+#: version 7 ``backward_nonmatmul_bytes``, the bytes the non-matmul ops of backward read and write
+#: (the recompute FLOPs miss, by its size), and ``predicted_peak_bytes``, a per-block plan's step
+#: peak as the planner predicted it (``ac_bench.milp``).
+SCHEMA_VERSION = 7
+
+_ADDED_IN_7: dict[str, object] = {"backward_nonmatmul_bytes": None, "predicted_peak_bytes": None}
 
 #: Older versions a reader still accepts, and the value each field added since gets in such a
 #: record (a metric absent from an old record is null, shown as not measured).
 READABLE_VERSIONS: dict[int, dict[str, object]] = {
     2: {"optimizer_step_peak_bytes": None, "outcome": "ok", "outcome_note": None, "attention_kernel": None,
         "world_size": 1, "rank": 0, "step_seconds": None, "family": None, "family_shape": None,
-        "backward_ops": None, "sharding": None},
-    3: {"family": None, "family_shape": None, "backward_ops": None, "sharding": None},
-    4: {"backward_ops": None, "sharding": None},
-    5: {"sharding": None},
+        "backward_ops": None, "sharding": None, **_ADDED_IN_7},
+    3: {"family": None, "family_shape": None, "backward_ops": None, "sharding": None, **_ADDED_IN_7},
+    4: {"backward_ops": None, "sharding": None, **_ADDED_IN_7},
+    5: {"sharding": None, **_ADDED_IN_7},
+    6: _ADDED_IN_7,
 }
 
 #: What became of a variant's measured step. Only ``ok`` has figures; an out-of-memory step
@@ -170,6 +176,13 @@ class Measurement:
     #: Aten ops dispatched during the warm-up step's backward, recomputation included (null in
     #: records older than schema version 5).
     backward_ops: int | None = None
+    #: Bytes read and written by those ops of backward that are not matmuls
+    #: (``ac_bench.probes.flops.BackwardOpCounter``; null in records older than schema version 7).
+    backward_nonmatmul_bytes: int | None = None
+    #: The step peak a planner predicted for this plan before it was measured (a per-block plan
+    #: chosen by ``ac_bench.milp.BlockPlanner``); null for every other record, and in records older
+    #: than schema version 7.
+    predicted_peak_bytes: int | None = None
     #: ``ok``, ``out-of-memory`` or ``non-finite-loss`` (``OUTCOMES``); the note says what happened.
     outcome: str = OK
     outcome_note: str | None = None
@@ -328,13 +341,14 @@ def measure_step(training: Training, probe_factory, saved_counter_factory=SavedT
     """A warm-up step (compiled variants first take one plain step), then one step measured in
     three phases (zero_grad, forward+backward, optimizer step) by the probe that
     ``probe_factory(training)`` returns after the warm-up, unless ``training`` already came with
-    an allocator probe (``probe_factory`` may return one made earlier). FLOPs and the ops of
-    backward (``ac_bench.probes.flops.BackwardOpCounter``) are the warm-up's;
+    an allocator probe (``probe_factory`` may return one made earlier). FLOPs, the ops of
+    backward and the bytes of its non-matmul ops (``ac_bench.probes.flops.BackwardOpCounter``)
+    are the warm-up's;
     ``after_warmup(training)`` runs between the two steps (gradients of the first step are there)."""
     if training.policy.compiles:
         training.step()  # compiles, outside every counter (see ac_bench.probes.memory.compile_aware_mem_tracker_class)
     # Warm-up step: gradients and optimizer state now exist. Its forward and backward
-    # give the FLOP count and the ops of backward (the same ops as every step);
+    # give the FLOP count and the ops of backward with their bytes (the same ops as every step);
     # FlopCounterMode's module hooks would otherwise hold memory during the measured step.
     counter = flop_counter_mode()
     with KernelRecorder() as kernels, BackwardOpCounter() as backward_ops:
@@ -343,7 +357,7 @@ def measure_step(training: Training, probe_factory, saved_counter_factory=SavedT
         after_warmup(training)
     probe = probe_factory(training)
     with frozen_heap():
-        return _measured_step(training, probe, saved_counter_factory, counter, kernels, backward_ops.ops)
+        return _measured_step(training, probe, saved_counter_factory, counter, kernels, backward_ops)
 
 
 def _saved_bytes(training: Training, saved_counter_factory) -> int:
@@ -365,7 +379,7 @@ def _saved_bytes(training: Training, saved_counter_factory) -> int:
 
 
 def _measured_step(training: Training, probe, saved_counter_factory, counter, kernels,
-                   backward_ops: int) -> StepFigures:
+                   backward_ops: BackwardOpCounter) -> StepFigures:
     """``measure_step``'s measured step, in three phases, each from a collected heap."""
     model, optimizer, x, policy, device = (training.model, training.optimizer, training.x, training.policy,
                                            training.device)
@@ -407,7 +421,10 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
         "saved_bytes": None if note else saved_bytes,
         "offloaded_bytes": getattr(hooks, "offloaded_bytes", 0),
         "flops": int(counter.get_total_flops()),
-        "backward_ops": backward_ops,
+        "backward_ops": backward_ops.ops,
+        "backward_nonmatmul_bytes": backward_ops.nonmatmul_bytes,
+        # Not the step's: the planner that chose a plan adds its prediction (ac_bench.milp).
+        "predicted_peak_bytes": None,
     }
     return StepFigures(
         method=probe.method, foreign_bytes=probe.foreign_bytes, metrics=metrics,

@@ -347,32 +347,50 @@ def scale_policies(flavor: Flavor) -> tuple[str, ...]:
 HOW_FIELDS = frozenset({"memory_method", "step_seconds", "sharding", "rank", "breakdown", "schema_version"})
 
 
+def _meta_model(record: Measurement):
+    """The record's model built on the meta device (no memory), and its dtype."""
+    from ac_bench.models import get_flavor
+    from ac_bench.models.families import build_model
+    flavor = dataclasses.replace(get_flavor(record.flavor), batch=record.batch, seq_len=record.seq_len)
+    dtype = getattr(torch, record.dtype)
+    return build_model(flavor, record.attention, "meta", dtype), dtype
+
+
+def _padded_bytes(params, world_size: int, dtype: torch.dtype) -> int:
+    """``params`` with dim 0 padded to a multiple of ``world_size`` (FSDP2's all-gather output), bytes."""
+    return sum(-(-p.shape[0] // world_size) * world_size * (p.numel() // p.shape[0]) if p.dim() else p.numel()
+               for p in params) * dtype.itemsize
+
+
 def fsdp_unit_bytes(record: Measurement) -> int:
     """FSDP2's buffers for one unit at the record's world size, in bytes: the analytic model's
     ``fsdp_unsharded_peak_bytes`` where the family has one; else counted on the model built on
-    the meta device (no memory): over the FSDP units (each decoder layer, and the root's own
-    parameters: embedding, final norm, output head), the largest sum of its parameters with dim 0
-    padded to a multiple of the world size, in the record's dtype."""
+    the meta device: over the FSDP units (each decoder layer, and the root's own parameters:
+    embedding, final norm, output head), the largest sum of its parameters with dim 0 padded to
+    a multiple of the world size, in the record's dtype."""
     from ac_bench.analytic import NotModelled, Shape, fsdp_unsharded_peak_bytes
     try:
         return fsdp_unsharded_peak_bytes(Shape.of_record(record), record.world_size)
     except NotModelled:
         pass
-    from ac_bench.models import get_flavor
-    from ac_bench.models.families import build_model
-    flavor = dataclasses.replace(get_flavor(record.flavor), batch=record.batch, seq_len=record.seq_len)
-    dtype = getattr(torch, record.dtype)
-    model = build_model(flavor, record.attention, "meta", dtype)
-    w = record.world_size
-
-    def padded(params) -> int:
-        return sum(-(-p.shape[0] // w) * w * (p.numel() // p.shape[0]) if p.dim() else p.numel()
-                   for p in params) * dtype.itemsize
-
+    model, dtype = _meta_model(record)
     in_blocks = {id(p) for p in model.blocks.parameters()}
-    units = [padded(block.parameters()) for block in model.blocks]
-    units.append(padded(p for p in model.parameters() if id(p) not in in_blocks))
+    units = [_padded_bytes(block.parameters(), record.world_size, dtype) for block in model.blocks]
+    units.append(_padded_bytes([p for p in model.parameters() if id(p) not in in_blocks], record.world_size, dtype))
     return max(units)
+
+
+def rank_shard_bytes(record: Measurement) -> int:
+    """One rank's shard of every parameter at the record's world size (ceil(dim0 / W) rows each),
+    bytes: the analytic model's ``sharded_parameter_bytes`` where the family has one, else counted
+    on the model built on the meta device."""
+    from ac_bench.analytic import NotModelled, Shape, sharded_parameter_bytes
+    try:
+        return sharded_parameter_bytes(Shape.of_record(record), record.world_size)
+    except NotModelled:
+        pass
+    model, dtype = _meta_model(record)
+    return _padded_bytes(list(model.parameters()), record.world_size, dtype) // record.world_size
 
 
 def launch_differences(estimated: Measurement, launched: Measurement) -> list[str]:
@@ -386,7 +404,11 @@ def launch_differences(estimated: Measurement, launched: Measurement) -> list[st
     within the same bound: the peak moves with them; ``fsdp_unit_bytes`` is the bound); and ``backward_ops``, which the launch
     may exceed by one op per layer and one for the root (gloo's reduce-scatter dispatches an op
     on the calling thread that the fake process group does not: 3 more at ``tiny``, 3 layers,
-    2026-11-30). One line per difference."""
+    2026-11-30), and ``backward_nonmatmul_bytes`` by what those ops read and write: each is a
+    ``copy_`` of a reduce-scattered gradient shard into place (the shard read, its destination
+    read and written), so at most three times the rank's parameter shard
+    (``sharded_parameter_bytes``: 3 x 76,224 = 228,672 B more at ``tiny`` over 2 ranks, exactly).
+    One line per difference."""
     from ac_bench.distributed import PEAK_METRICS
     from ac_bench.probes.memory import FSDP_TRANSIENT
 
@@ -405,6 +427,11 @@ def launch_differences(estimated: Measurement, launched: Measurement) -> list[st
             if not 0 <= real[name] - est[name] <= launched.depth + 1:
                 problems.append(f"{where}: backward_ops launched {real[name]}, estimated {est[name]}: more apart than "
                                 f"one op per layer and one for the root ({launched.depth + 1})")
+        elif name == "backward_nonmatmul_bytes" and est[name] is not None and real[name] is not None:
+            copies = 3 * rank_shard_bytes(launched)
+            if not 0 <= real[name] - est[name] <= copies:
+                problems.append(f"{where}: backward_nonmatmul_bytes launched {real[name]:,}, estimated {est[name]:,}: "
+                                f"more apart than gloo's copy of each reduce-scattered gradient shard ({copies:,} B)")
         elif est[name] != real[name]:
             problems.append(f"{where}: {name} launched {real[name]!r}, estimated {est[name]!r}")
     steady = {k: v for k, v in (launched.breakdown or {}).items() if k not in FSDP_TRANSIENT}

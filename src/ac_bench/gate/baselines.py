@@ -240,7 +240,34 @@ def compare(record: Measurement, baseline: dict, tolerances: dict[str, float], f
                 f"baseline {old:,} (torch {old_torch}) -> now {new:,} (torch {record.torch_version}). "
                 f"If the change is intended, accept it with: {fix}"
             )
+    for metric in sorted(m for m in METRICS if METRICS[m].estimates):
+        drift = _estimate_drift(record, baseline, metric, tolerances.get(metric), old_torch, fix)
+        if drift:
+            messages.append(drift)
     return messages
+
+
+def _estimate_drift(record: Measurement, baseline: dict, metric: str, tol: object, old_torch: str,
+                    fix: str) -> str | None:
+    """Where ``metric`` predicts another (``Metric.estimates``: ``predicted_peak_bytes`` the
+    ``peak_bytes``): the message if the measured figure moved away from the prediction, that is
+    if measured minus predicted differs from the baseline entry's by more than ``tol`` of the
+    baseline's prediction; None where it did not, or where a figure is missing (the comparison
+    of each figure says so)."""
+    target = METRICS[metric].estimates
+    figures = (getattr(record, metric), getattr(record, target), baseline.get(metric), baseline.get(target))
+    if not _number(tol) or not all(isinstance(v, int) and not isinstance(v, bool) for v in figures):
+        return None
+    predicted, measured, old_predicted, old_measured = figures
+    off, old_off = measured - predicted, old_measured - old_predicted
+    if abs(off - old_off) <= tol * old_predicted:
+        return None
+    unit = METRICS[target].unit
+    return (f"{record.case_id}: the measured {target} moved away from the prediction ({metric}){_torch_change(old_torch, record.torch_version)}: "
+            f"predicted {predicted:,} {unit}, measured {measured:,} {unit}, {off:+,} {unit} off; in the baseline "
+            f"predicted {old_predicted:,}, measured {old_measured:,}, {old_off:+,} off (torch {old_torch}); "
+            f"tolerance ±{tol:.2%} of the prediction. The model no longer predicts what this torch allocates: "
+            f"fix the model, or if the change is intended, accept it with: {fix}")
 
 
 def _torch_change(old: str | None, new: str) -> str:

@@ -3,6 +3,7 @@ tests, the JSON and the gate read, and gates a record against this device's base
 
 from __future__ import annotations
 
+import dataclasses
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 
 from ac_bench.cases import Case
 from ac_bench.gate.baselines import BaselineError, BaselineGate, baseline_path, compare
+from ac_bench.metrics import METRICS
 from ac_bench.probes.device import release_cached_memory
 from ac_bench.record import OK, Measurement, measure_variant
 
@@ -53,6 +55,19 @@ class MeasurementStore:
             pytest.fail(f"{case.id}: {record.outcome}: {record.outcome_note}; its figures cannot be checked "
                         f"or compared with the baselines (the other variants are measured as usual)", pytrace=False)
         return record
+
+    def amend(self, case: Case, record: Measurement) -> None:
+        """Keep ``record`` as ``case``'s: the record ``get`` gave, with a figure the step does not
+        measure added by whoever chose the variant (a per-block plan's predicted peak,
+        ``ac_bench.milp.BlockPlanner.plan``), so that the JSON carries it. A ValueError where
+        ``record`` is not the case's measured record with only such a figure (a metric that
+        ``estimates`` another) changed."""
+        kept = self._records.get(case.id)
+        predicted = {m.name: getattr(kept, m.name, None) for m in METRICS.values() if m.estimates}
+        if kept is None or dataclasses.replace(record, **predicted) != kept:
+            raise ValueError(f"{case.id}: amend takes the record measured for the case with only "
+                             f"{', '.join(sorted(predicted))} changed")
+        self._records[case.id] = record
 
     def add_sharded(self, record: Measurement) -> None:
         """A record measured elsewhere: one rank of a sharded run (``ac_bench.distributed``'s

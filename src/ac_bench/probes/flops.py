@@ -1,5 +1,5 @@
-"""FLOP counting with ``torch.utils.flop_counter.FlopCounterMode``, and the ops of backward
-(``BackwardOpCounter``).
+"""FLOP counting with ``torch.utils.flop_counter.FlopCounterMode``, and the ops of backward and
+the bytes its non-matmul ops read and write (``BackwardOpCounter``).
 
 FlopCounterMode has no formula for the CPU flash-attention kernel that ``sdpa`` runs on the
 CPU, so without the registration below an ``sdpa`` variant's attention FLOPs would silently
@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from torch.utils import flop_counter
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 aten = torch.ops.aten
@@ -181,21 +182,44 @@ def is_metadata_query(func: torch._ops.OpOverload) -> bool:
     return bool(returns) and not any("Tensor" in str(r.type) for r in returns)
 
 
+def has_flop_formula(func: torch._ops.OpOverload) -> bool:
+    """A matmul, as the FLOP count sees it: an op whose overload packet has a FLOP formula in
+    ``torch.utils.flop_counter.flop_registry`` (``mm``, ``addmm``, ``bmm``, ``baddbmm``, the SDPA
+    kernels and their backwards, the CPU flash kernel's registered above, convolutions). The FLOP
+    counter sits above the op counter on the mode stack and decomposes what has no formula
+    before it counts, so both see the same ops and every op is either counted in FLOPs or here."""
+    return func._overloadpacket in flop_counter.flop_registry
+
+
+def tensor_bytes(tree) -> int:
+    """The ``nbytes`` (elements x element size; of the view, not its storage) of every tensor in
+    ``tree`` (an op's arguments or its result: tuples, lists, dicts; None and numbers ignored),
+    each occurrence counted."""
+    return sum(t.nbytes for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
+
+
 class BackwardOpCounter(TorchDispatchMode):
     """Counts the aten ops dispatched during backward (between ``Training.step``'s ``forward``
     and ``backward`` marks: pass ``mark`` to the step) that compute or copy, recomputation
-    included; views (``is_view_op``) are left out.
+    included; views (``is_view_op``) are left out (``ops``). Of those without a FLOP formula
+    (``has_flop_formula``: not matmuls), it adds up the bytes they read and write (``nonmatmul_bytes``):
+    the ``nbytes`` of every tensor argument and of every tensor returned (``tensor_bytes``), so
+    an in-place op's tensor (``add_``, ``copy_``'s destination) counts once read and once written.
 
     FLOPs count matmuls only; a policy that recomputes LayerNorm, softmax, activations and
     copies (``sac-sdpa``, or the compile partitioner at ``activation_memory_budget`` 0.99
     against 1.0) costs no FLOP more, but dispatches more ops in backward, each a kernel that
-    reads and writes memory (pytorch #149258). Views are left out because they cost neither:
+    reads and writes memory (pytorch #149258); the bytes say how much, as a count of ops cannot
+    (a recomputed softmax over heads x seq x seq probabilities against a LayerNorm of one token
+    row). Views are left out because they cost neither:
     unpacking a saved tensor through ``saved_tensors_hooks`` adds a ``detach`` per tensor (50
     for ``offload-sdpa`` at ``tiny``, where on the CPU nothing moves), which would count as
     work; so are metadata queries (``is_metadata_query``), which only fake tensors dispatch.
     Each other op counts once, in-place ones included, as the dispatcher sees them below
-    autograd (composite ops decomposed). It nests
-    with FlopCounterMode, FakeTensorMode and the kernel recorder, and lets a compiled model run
+    autograd (composite ops decomposed). The bytes are what the ops' tensors hold, not what a
+    cache hierarchy moves: a kernel that reads a tensor twice, or fuses two ops, is not seen. It
+    nests with FlopCounterMode, FakeTensorMode (whose tensors have the real ones' sizes) and the
+    kernel recorder, and lets a compiled model run
     compiled: with ``aot_eager_decomp_partition`` the compiled backward's aten ops pass through
     here; under inductor (CUDA) only what is not fused into generated kernels would."""
 
@@ -203,6 +227,7 @@ class BackwardOpCounter(TorchDispatchMode):
         super().__init__()
         self.counting = False
         self.ops = 0
+        self.nonmatmul_bytes = 0
 
     @classmethod
     def ignore_compile_internals(cls) -> bool:
@@ -220,7 +245,14 @@ class BackwardOpCounter(TorchDispatchMode):
             self.counting = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.counting and isinstance(func, torch._ops.OpOverload) and not is_view_op(func) \
-                and not is_metadata_query(func):
+        kwargs = kwargs or {}
+        counted = self.counting and isinstance(func, torch._ops.OpOverload) and not is_view_op(func) \
+            and not is_metadata_query(func)
+        # The arguments' sizes before the op (an in-place resize changes them).
+        read = tensor_bytes((args, kwargs)) if counted and not has_flop_formula(func) else None
+        out = func(*args, **kwargs)
+        if counted:
             self.ops += 1
-        return func(*args, **(kwargs or {}))
+            if read is not None:
+                self.nonmatmul_bytes += read + tensor_bytes(out)
+        return out

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
+from ac_bench.metrics import METRICS
 from ac_bench.models import ATTENTIONS, FLAVORS, POLICIES, variant_id
 from ac_bench.report.load import Entry, Run
 
@@ -88,9 +89,10 @@ class Row:
     on_frontier: bool
     #: Recompute time: median backward seconds minus `none`'s with the same attention (None: not timed by phase).
     recompute_s: float | None = None
-    #: Ops of backward beyond `none`'s with the same attention (``backward_ops``): the recompute,
-    #: elementwise ops included, that FLOPs do not count (None: no `none` or no count).
-    extra_backward_ops: int | None = None
+    #: Per metric the report shows against `none` (``Metric.beyond_none``: the ops of backward and
+    #: the bytes of its non-matmul ops), how much it exceeds `none`'s with the same attention: the
+    #: recompute, elementwise ops included, that FLOPs do not count (None: no `none` or no figure).
+    beyond_none: Mapping[str, int | None] = field(default_factory=dict)
 
     @property
     def variant(self) -> str:
@@ -138,6 +140,14 @@ def speed_axis(entries: Iterable[Entry]) -> str:
     return TIME if entries and all(e.median_s is not None for e in entries) else FLOPS
 
 
+#: The metrics shown beside how much they exceed `none`'s (``Metric.beyond_none``), in registry order.
+BEYOND_NONE: tuple[str, ...] = tuple(m.name for m in METRICS.values() if m.beyond_none)
+
+
+def _beyond(value: int | None, none_value: int | None) -> int | None:
+    return None if value is None or none_value is None else value - none_value
+
+
 def make_group(entries: Sequence[Entry], axis: str | None = None) -> Group:
     """Rows of one flavor and device key; ``axis`` forces the frontier's speed axis."""
     axis = axis or speed_axis(entries)
@@ -151,10 +161,8 @@ def make_group(entries: Sequence[Entry], axis: str | None = None) -> Group:
                     if none and none.record.flops and r.flops is not None else None)
         recompute = (e.backward_s - none.backward_s if none and e.backward_s is not None and none.backward_s is not None
                      else None)
-        extra_ops = (r.backward_ops - none.record.backward_ops
-                     if none and r.backward_ops is not None and none.record.backward_ops is not None else None)
-        partial.append(Row(e, ratio, overhead, on_frontier=False, recompute_s=recompute,
-                           extra_backward_ops=extra_ops))
+        beyond = {m: _beyond(getattr(r, m), getattr(none.record, m) if none else None) for m in BEYOND_NONE}
+        partial.append(Row(e, ratio, overhead, on_frontier=False, recompute_s=recompute, beyond_none=beyond))
     # A variant without figures (out of memory) is neither on the frontier nor dominates one.
     front = pareto_front({r.variant: None if r.speed(axis) is None or r.entry.record.peak_bytes is None
                           else (r.speed(axis), r.entry.record.peak_bytes) for r in partial})

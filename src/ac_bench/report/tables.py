@@ -13,8 +13,9 @@ from pathlib import Path
 
 from ac_bench.metrics import METRICS
 from ac_bench.models import parse_variant, variant_id
-from ac_bench.record import OK
+from ac_bench.record import OK, READABLE_VERSIONS
 from ac_bench.report.frontier import (
+    BEYOND_NONE,
     MIB,
     TIME,
     Group,
@@ -89,8 +90,14 @@ def _maybe(x: float | None, fmt: str) -> str:
 # --- what the columns mean -------------------------------------------------------------------
 
 #: Columns showing a byte metric in MiB, header -> metric name: every metric of the registry
-#: (``ac_bench.metrics.METRICS``) that declares a report column, in the registry's order.
-MIB_COLUMNS: dict[str, str] = {m.column: m.name for m in METRICS.values() if m.column and m.unit == "B"}
+#: (``ac_bench.metrics.METRICS``) that declares a report column, in the registry's order, less
+#: those shown against `none` (``BEYOND_NONE_COLUMNS``).
+MIB_COLUMNS: dict[str, str] = {m.column: m.name for m in METRICS.values()
+                               if m.column and m.unit == "B" and not m.beyond_none}
+#: Columns of a recompute cost that FLOPs do not count, header -> metric name (``Metric.beyond_none``:
+#: ``backward_ops``, ``backward_nonmatmul_bytes``): the figure and, in brackets, how much it
+#: exceeds `none`'s with the same attention.
+BEYOND_NONE_COLUMNS: dict[str, str] = {METRICS[name].column: name for name in BEYOND_NONE}
 #: The memory columns of a sweep (offloading shows in the report's table).
 SWEEP_MIB_COLUMNS = ("peak MiB", "act. peak MiB", "kept MiB", "saved MiB")
 
@@ -102,18 +109,25 @@ def _metric_bullet(header: str, name: str) -> str:
     return f"- {header}: `{name}` in {unit}, {metric.meaning}{null}."
 
 
-def backward_ops_cell(ops: int | None, extra: int | None) -> str:
-    """``112 (+18)``: the ops of backward and how many more than `none`'s; ``-`` where not counted."""
-    if ops is None:
+def beyond_none_cell(name: str, value: int | None, extra: int | None) -> str:
+    """``112 (+18)`` ops, ``1.2 (+0.2)`` MiB: the figure of ``name`` (a ``BEYOND_NONE_COLUMNS``
+    metric) and how much it exceeds `none`'s (``Row.beyond_none``); ``-`` where not measured."""
+    if value is None:
         return NULL
-    return f"{ops:,}" if extra is None else f"{ops:,} ({extra:+,})"
+    in_mib = METRICS[name].unit == "B"
+    text = mib(value) if in_mib else f"{value:,}"
+    if extra is None:
+        return text
+    return f"{text} ({extra / MIB:+,.1f})" if in_mib else f"{text} ({extra:+,})"
 
 
-def _backward_ops_bullet() -> str:
-    metric = METRICS["backward_ops"]
-    return (f"- {metric.column}: `backward_ops`, {metric.meaning}; in brackets, how many more than `none` with "
-            f"the same attention dispatches (the recomputed ops); `{NULL}` in records that predate it (schema "
-            f"version 4).")
+def _beyond_none_bullet(header: str, name: str) -> str:
+    metric = METRICS[name]
+    unit = "MiB (2^20 bytes)" if metric.unit == "B" else f"{metric.unit}s"
+    older = max(v for v, added in READABLE_VERSIONS.items() if name in added)
+    return (f"- {header}: `{name}` in {unit}, {metric.meaning}; in brackets, how much more than `none` with the "
+            f"same attention (the recompute); `{NULL}` in records that predate it (schema version {older} and "
+            f"older).")
 
 
 def _flops_bullet() -> str:
@@ -129,7 +143,7 @@ DEFINITIONS: dict[str, str] = {
             "(recomputation included) minus `none`'s with the same attention; blank where not timed.",
     **{header: _metric_bullet(header, name) for header, name in MIB_COLUMNS.items()},
     "flops": _flops_bullet(),
-    "backward ops": _backward_ops_bullet(),
+    **{header: _beyond_none_bullet(header, name) for header, name in BEYOND_NONE_COLUMNS.items()},
     "frontier": "- frontier: no other variant is at least as fast and at least as small (peak) and strictly "
                 "better in one; exact ties on both stay on the frontier. Faster: lower median step time when "
                 "every variant of the table is timed, else lower FLOP overhead.",
@@ -177,7 +191,8 @@ def group_table(group: Group, prefix: str = "") -> Table:
         _maybe(None if r.recompute_s is None else r.recompute_s * 1e3, ".1f"),
         *(mib(getattr(r.entry.record, name)) for name in MIB_COLUMNS.values()),
         pct(r.flop_overhead),
-        backward_ops_cell(r.entry.record.backward_ops, r.extra_backward_ops),
+        *(beyond_none_cell(name, getattr(r.entry.record, name), r.beyond_none.get(name))
+          for name in BEYOND_NONE_COLUMNS.values()),
         "yes" if r.on_frontier else "",
         r.entry.record.outcome if r.entry.record.outcome != OK else "estimate" if r.entry.estimated else "measured",
         r.entry.record.attention_kernel or NULL,
@@ -188,7 +203,7 @@ def group_table(group: Group, prefix: str = "") -> Table:
             else f"FLOP overhead ({'not every variant is' if timed else 'not'} timed)")
     notes = (f"Frontier on {axis} and peak.", *null_notes([r.entry.record for r in group.rows], MIB_COLUMNS))
     return Table(title, ("variant", "step ms", "x none", "recompute ms", *MIB_COLUMNS, "FLOP overhead",
-                         METRICS["backward_ops"].column, "frontier", "figures", "kernel"),
+                         *BEYOND_NONE_COLUMNS, "frontier", "figures", "kernel"),
                  rows, notes=notes)
 
 
@@ -214,7 +229,7 @@ def report_text(runs: Sequence[Run], markdown: bool) -> str:
     labels = run_labels(runs)
     sources = [f"`{label}` (torch {', '.join(run.torch_versions)})" for label, run in zip(labels, runs)]
     intro = [("Input: " if len(runs) == 1 else "Runs, in order: ") + "; ".join(sources) + ".",
-             definitions("time", *MIB_COLUMNS, "flops", "backward ops", "frontier", "estimate", "kernel")]
+             definitions("time", *MIB_COLUMNS, "flops", *BEYOND_NONE_COLUMNS, "frontier", "estimate", "kernel")]
     tables = [group_table(g, prefix=f"{label}: " if len(runs) > 1 else "")
               for label, run in zip(labels, runs) for g in run_groups(run)]
     if len(runs) > 1:
