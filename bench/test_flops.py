@@ -42,9 +42,9 @@ def test_recompute_overhead_is_the_recomputed_forwards(case, measurements):
 def test_backward_ops_count_the_recompute_flops_miss(case, measurements):
     """The ops of backward (``backward_ops``: views left out) and the bytes its non-matmul ops
     read and write (``backward_nonmatmul_bytes``) see what FLOPs do not: a policy that
-    checkpoints anything dispatches more ops, and reads and writes more bytes outside matmuls,
-    than `none` with the same attention, also where it recomputes no matmul (``sac-sdpa``: the
-    FLOPs of `none`); `none` and, on the CPU, `offload` (the host is the device: nothing moves)
+    checkpoints anything dispatches more ops than `none` with the same attention and reads and
+    writes no fewer bytes outside matmuls, more where it recomputes no matmul (``sac-sdpa``:
+    the FLOPs of `none`); `none` and, on the CPU, `offload` (the host is the device: nothing moves)
     exactly `none`'s; on CUDA `offload` copies each saved tensor back, so at least `none`'s."""
     record = measurements.get(case)
     none = measurements.get(Case(case.device, case.flavor, f"none-{case.attention}"))
@@ -57,5 +57,8 @@ def test_backward_ops_count_the_recompute_flops_miss(case, measurements):
     elif record.policy_kind == "offload":
         assert all(f >= n for f, n in zip(figures, nones)), message
     else:
+        # Recompute shows in the FLOPs, in the bytes outside matmuls, or both: core_attn on a
+        # family whose attention core is one SDPA op recomputes only that op (FLOPs, no bytes).
         assert record.backward_ops > none.backward_ops, message
-        assert record.backward_nonmatmul_bytes > none.backward_nonmatmul_bytes, message
+        assert record.backward_nonmatmul_bytes >= none.backward_nonmatmul_bytes, message
+        assert record.flops > none.flops or record.backward_nonmatmul_bytes > none.backward_nonmatmul_bytes, message
