@@ -2,7 +2,8 @@
 # build of torch from requirements-cpu.txt; GPU users run `tox -e gpu` with their own torch):
 #   make bench   run the benchmark suite and compare against this device's committed baselines
 #   make test    run everything but the growth check at every flavor and the deep checks
-#                (-m "not growth_all and not deep"):
+#                (-m "not growth_all and not deep"), in two phases as tox -e gpu does: all but the
+#                timed tests on two pytest-xdist workers (one per core), then the timed ones alone:
 #                the suite's checks and its self-tests (what CI runs, within its 20 minutes),
 #                in a random order (pytest-randomly; rerun one with -p randomly --randomly-seed=N)
 #   make gpu-check OUT=DIR   on a GPU machine: scripts/gpu-check DIR
@@ -15,7 +16,8 @@ bench: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest --slow -m "not growth_all and not deep" --durations=40 -p randomly
+	$(VENV)/bin/pytest --slow -m "not growth_all and not deep and not timing" -n 2 -p randomly --durations=40
+	$(VENV)/bin/pytest --slow -m "timing and not growth_all and not deep" -p randomly --durations=10
 
 # On a GPU machine with its own CUDA torch (no venv): the one-shot GPU check into $(OUT).
 OUT ?= gpu-check-out
