@@ -24,7 +24,10 @@ from ac_bench.plugin.parametrize import device_marks, selected
 PLAN_BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "seed": (("eager", "1GiB"), ("sdpa", "0.75GiB")),
 }
-#: More budgets, run with --slow (the README's test command and tox -e gpu run them).
+#: More budgets, run with --slow (the README's test command and tox -e gpu run them); those of
+#: ``DEEP_PLAN_FLAVORS`` are also marked deep (tox -e cpu runs them, make test does not: about
+#: two minutes at ``small``).
+DEEP_PLAN_FLAVORS = ("small",)
 SLOW_PLAN_BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "seed": (("eager", "1.5GiB"), ("sdpa", "0.5GiB")),
     "small": (("eager", "300MiB"), ("sdpa", "60MiB")),
@@ -39,9 +42,11 @@ def pytest_generate_tests(metafunc):
     """``plan_budget``: ``(device, flavor, attention, budget)`` for each selected flavor's
     declared budgets, the slow ones marked slow."""
     device, flavors = selected(metafunc.config)
+    deep = (pytest.mark.slow, pytest.mark.deep)
     params = [pytest.param((device, f, a, b), id=f"{device}-{f.name}-{a}-{b}", marks=[*device_marks(device), *extra])
               for f in flavors
-              for budgets, extra in ((PLAN_BUDGETS, ()), (SLOW_PLAN_BUDGETS, (pytest.mark.slow,)))
+              for budgets, extra in ((PLAN_BUDGETS, ()),
+                                     (SLOW_PLAN_BUDGETS, deep if f.name in DEEP_PLAN_FLAVORS else (pytest.mark.slow,)))
               for a, b in budgets.get(f.name, ())]
     if not params:  # say why rather than pytest's "got empty parameter set"
         declared = sorted({*PLAN_BUDGETS, *SLOW_PLAN_BUDGETS})
