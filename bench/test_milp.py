@@ -24,10 +24,11 @@ pulp = pytest.importorskip("pulp", reason="the MILP planner needs PuLP: pip inst
 #: Budgets (whole-step peak) per flavor, in the default run: sdpa at seed, where per-op saving
 #: and whole layers beat whole sublayers most: at 0.75 GiB the plan recomputes no matmul (the
 #: plan_aA_mM planner 34.4 GFLOP), at 0.45 GiB it mixes whole layers and selective regions.
+#: With --slow (make test runs them; about 30 s, which pytest bench/'s 8 minutes cannot spare).
 MILP_BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "seed": (("sdpa", "0.75GiB"), ("sdpa", "0.45GiB")),
 }
-#: More, with --slow (small's plans are measured on real tensors by tests/test_milp.py).
+#: More, with --slow and deep (small's plans are measured on real tensors by tests/test_milp.py).
 SLOW_MILP_BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "seed": (("eager", "1GiB"), ("eager", "0.75GiB")),
 }
@@ -38,7 +39,8 @@ def pytest_generate_tests(metafunc):
     device, flavors = selected(metafunc.config)
     params = [pytest.param((device, f, a, b), id=f"{device}-{f.name}-{a}-{b}", marks=[*device_marks(device), *extra])
               for f in flavors
-              for budgets, extra in ((MILP_BUDGETS, ()), (SLOW_MILP_BUDGETS, (pytest.mark.slow, pytest.mark.deep)))
+              for budgets, extra in ((MILP_BUDGETS, (pytest.mark.slow,)),
+                                     (SLOW_MILP_BUDGETS, (pytest.mark.slow, pytest.mark.deep)))
               for a, b in budgets.get(f.name, ())]
     if not params:
         declared = sorted({*MILP_BUDGETS, *SLOW_MILP_BUDGETS})

@@ -151,9 +151,10 @@ def scale_policy_ids():
     from ac_bench.models import POLICIES
     names = [p for p in (*POLICIES, "whole_layers", "native")
              if get_policy(p).kind not in ("offload", "compile_budget", "sequential")]
-    # The default run gates four (~4 s each); --slow the rest.
-    fast = ("none", "full", "sac", "whole_layers")
-    return [pytest.param(p, id=f"cpu-llama3-8b-w64-{p}-sdpa", marks=() if p in fast else [pytest.mark.slow, pytest.mark.deep])
+    # The default run gates two (~4 s each); --slow (make test) full and sac too; the rest deep.
+    fast, slow = ("none", "whole_layers"), ("full", "sac")
+    return [pytest.param(p, id=f"cpu-llama3-8b-w64-{p}-sdpa",
+                         marks=() if p in fast else [pytest.mark.slow] if p in slow else [pytest.mark.slow, pytest.mark.deep])
             for p in names]
 
 
