@@ -182,8 +182,8 @@ def attention_implementations(device: str | torch.device = "cpu") -> dict[str, s
     ``paged|…``) -> None where one training step of ``hf-llama-tiny`` runs with it on ``device``
     (forward and backward), else the first line of the error that stopped it. On the CPU with
     transformers 5.18 and torch 2.13 only ``eager`` and ``sdpa`` train: FlexAttention has no
-    backward on the CPU, the flash kernels are packages of their own, and the ``paged|`` ones
-    need continuous batching's cache."""
+    backward on the CPU, the flash kernels (``paged|flash_attention_*`` too) are packages of their
+    own or hub kernels, and ``paged|sdpa`` and ``paged|eager`` need continuous batching's cache."""
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     flavor = LLAMA.flavors[0]
     device = torch.device(device)

@@ -39,7 +39,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torchtitan
+
+try:
+    import torchtitan
+except ImportError as exc:  # --model-spec ac_bench.models.titan:ALL says how to install it
+    raise ModuleNotFoundError(f"{exc}: the torchtitan family needs torchtitan 0.3.0 and triton: pip install -e '.[titan]'") from None
 import torchtitan.models.llama3 as titan_llama3
 from torch import nn
 from torchtitan.components.loss import IGNORE_INDEX, CrossEntropyLoss

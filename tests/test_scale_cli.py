@@ -241,6 +241,9 @@ def test_every_scale_model_has_its_published_parameter_count(name):
     (["libraries", "--out", "x.md", "--models", "qwen3-1t"], "unknown model 'qwen3-1t'"),
     (["libraries", "--out", "x.md", "--depth", "0"], "--depth 0"),
     (["libraries", "--out", ".", "--depth", "1"], "is a folder"),
+    (["libraries", "--out", "x.md", "--budget-gib", "nan"], "positive number of GiB"),
+    (["libraries", "--out", "x.md", "--models", ","], "give one or more models, each once"),
+    (["libraries", "--out", "x.md", "--models", "qwen3-8b,qwen3-8b"], "each once"),
 ])
 def test_the_libraries_table_refuses_bad_input_in_one_line(capsys, argv, expected):
     pytest.importorskip("transformers", reason="the scale models are transformers' own: pip install -e '.[hf]'")

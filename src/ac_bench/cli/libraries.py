@@ -43,9 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depth", type=int, default=4, help="decoder layers kept (default %(default)s)")
     parser.add_argument("--seq-len", type=int, default=8192, help="sequence length (default %(default)s)")
     parser.add_argument("--attention", default="sdpa", choices=("sdpa", "eager"))
-    parser.add_argument("--budget-gib", type=float, default=None,
+    parser.add_argument("--budget-gib", type=_gib, default=None,
                         help="the planner's budget for the whole step (default: halfway between whole_layers' and "
                              "none's peaks)")
+
+
+def _gib(text: str) -> float:
+    from ac_bench.cli.plan import _gib as positive_gib
+    return positive_gib(text)
 
 
 def model_flavor(name: str, depth: int, seq_len: int):
@@ -69,7 +74,11 @@ def libraries_command(args: argparse.Namespace) -> None:
     problem = file_problem(args.out)
     if problem:
         raise ReportInputError(f"--out {args.out}: {problem}")
-    flavors = [model_flavor(m, args.depth, args.seq_len) for m in args.models.split(",") if m.strip()]
+    names = [m.strip() for m in args.models.split(",") if m.strip()]
+    if not names or len(set(names)) != len(names):
+        raise ReportInputError(f"--models {args.models!r}: give one or more models, each once "
+                               f"(e.g. {DEFAULT_MODELS})")
+    flavors = [model_flavor(m, args.depth, args.seq_len) for m in names]
     budget_option = f" --budget-gib {args.budget_gib:g}" if args.budget_gib is not None else ""
     command = (f"python -m ac_bench.report libraries --out {args.out} --models {args.models} --depth {args.depth} "
                f"--seq-len {args.seq_len} --attention {args.attention}{budget_option}")
@@ -92,6 +101,7 @@ def libraries_command(args: argparse.Namespace) -> None:
         except InfeasibleBudget as exc:
             raise ReportInputError(f"{flavor.name}: {exc}") from None
         plan_name = plan.chosen.name
+        flat = len({r.peak_bytes for r in records.values()}) == 1
         records[plan_name] = plan.record
         meaning = dict(POLICIES)
         meaning[plan_name] = (f"the planner's plan for {budget / GIB:.2f} GiB: {plan.chosen.policy.describe(flavor.depth)} "
@@ -105,6 +115,11 @@ def libraries_command(args: argparse.Namespace) -> None:
             lines.append(f"| `{name}` | {meaning[name]} | {r.peak_bytes / GIB:.2f} | {r.forward_kept_bytes / GIB:.2f} | "
                          f"{extra / 1e9:,.0f} ({extra / none.flops:.1%}) | {r.backward_ops} "
                          f"(+{r.backward_ops - none.backward_ops}) |")
+        if flat:
+            lines += ["", f"Every policy peaks at {none.peak_bytes / GIB:.2f} GiB here: the step's peak is not in the "
+                          f"forward and backward (the optimizer step's, or the output head's and the loss's), so "
+                          f"checkpointing lowers only the bytes kept and any budget that fits one fits all. Use a "
+                          f"longer --seq-len or more --depth to see the trade."]
         same = records["native"].forward_kept_bytes == records["whole_layers"].forward_kept_bytes
         lines += ["", f"`native` and `whole_layers` keep {'the same' if same else 'different'} bytes "
                       f"({records['native'].forward_kept_bytes:,} and {records['whole_layers'].forward_kept_bytes:,} B).",

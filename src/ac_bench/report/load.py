@@ -37,8 +37,9 @@ class Entry:
 
     @property
     def estimated(self) -> bool:
-        """Figures traced on fake tensors, not measured (and never timed)."""
-        return self.record.memory_method == ESTIMATE_METHOD
+        """Figures traced on fake tensors, not measured (and never timed): one process
+        (``fake-memtracker``) or a rank of FSDP2 on the fake process group (``fake-fsdp-memtracker``)."""
+        return self.record.memory_method in (ESTIMATE_METHOD, "fake-fsdp-memtracker")
 
 
 @dataclass(frozen=True)
