@@ -256,15 +256,22 @@ def build_llama3(flavor: Flavor, attention: str, dropout: float = 0.0) -> Causal
     return build_causal_lm("llama", llama3_extra(flavor), flavor, attention, dropout)
 
 
+def published_family(name: str, model_type: str, build, extra, description: str) -> Family:
+    """A family of a model type at its published shapes (``build`` at ``extra(flavor)``'s config
+    fields), registered with no flavor (``ac_bench.scale.SCALE_MODELS`` holds them), stepped as
+    the transformers families here are."""
+    return register_family(Family(
+        name, build, flavors=(), make_input=token_ids,
+        shape=lambda flavor: hf_shape(model_type, extra(flavor), flavor),
+        extra_policies=("whole_layers", "native"), unsupported_kinds=(("sequential", NO_SEQUENTIAL),),
+        saved_bytes_gap=KEYWORD_INPUTS, description=description))
+
+
 #: transformers' Llama at Llama 3's published shapes (``ac_bench.scale.SCALE_MODELS`` holds its
 #: flavors, which are estimated on fake tensors only): not in ``ALL``, registered with no flavor.
-LLAMA3 = register_family(Family(
-    "hf-llama3", build_llama3, flavors=(), make_input=token_ids,
-    shape=lambda flavor: hf_shape("llama", llama3_extra(flavor), flavor),
-    extra_policies=("whole_layers", "native"), unsupported_kinds=(("sequential", NO_SEQUENTIAL),),
-    saved_bytes_gap=KEYWORD_INPUTS,
-    description="transformers' LlamaForCausalLM at Llama 3's published shapes (vocabulary 128256), token ids in, "
-                "its own loss out"))
+LLAMA3 = published_family(
+    "hf-llama3", "llama", build_llama3, llama3_extra,
+    "transformers' LlamaForCausalLM at Llama 3's published shapes (vocabulary 128256), token ids in, its own loss out")
 
 
 #: Qwen3's vocabulary (the published ``config.json`` of every dense Qwen3; torchtitan's
@@ -292,10 +299,7 @@ def build_qwen3(flavor: Flavor, attention: str, dropout: float = 0.0) -> CausalL
 #: transformers' Qwen3 at Qwen3's published dense shapes (``ac_bench.scale.SCALE_MODELS``), like
 #: ``LLAMA3``: estimated on fake tensors only, registered with no flavor; absent where the
 #: installed transformers has no Qwen3.
-QWEN3_PUBLISHED = register_family(Family(
-    "hf-qwen3-published", build_qwen3, flavors=(), make_input=token_ids,
-    shape=lambda flavor: hf_shape("qwen3", qwen3_extra(flavor), flavor),
-    extra_policies=("whole_layers", "native"), unsupported_kinds=(("sequential", NO_SEQUENTIAL),),
-    saved_bytes_gap=KEYWORD_INPUTS,
-    description="transformers' Qwen3ForCausalLM at Qwen3's published dense shapes (vocabulary 151936), token ids "
-                "in, its own loss out")) if QWEN3 is not None else None
+QWEN3_PUBLISHED = published_family(
+    "hf-qwen3-published", "qwen3", build_qwen3, qwen3_extra,
+    "transformers' Qwen3ForCausalLM at Qwen3's published dense shapes (vocabulary 151936), token ids in, its own "
+    "loss out") if QWEN3 is not None else None
