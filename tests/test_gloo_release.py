@@ -1,0 +1,81 @@
+"""The sharded launch frees FSDP2's collective buffers in program order on gloo
+(``ac_bench.distributed.release_in_program_order``): a gloo collective completes before the
+thread that ran it lets go of its buffers, so without the wait a block's all-gather output could
+be counted at a peak it is not part of (a CI run, 2026-11-30)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ac_bench import distributed
+from ac_bench.distributed import launch_env, release_in_program_order, storage_references, wait_released
+
+ROUNDS = 200
+
+#: Two ranks: ROUNDS all-gathers and reduce-scatters of FSDP2's size through the suite's
+#: collectives; after each, no buffer may be held by more references than before it; and how
+#: often FSDP2's own collective returned with gloo's thread still holding a buffer.
+SCRIPT = f"""
+import torch, torch.distributed as dist
+from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather
+from ac_bench.distributed import GlooReleasedAllGather, GlooReleasedReduceScatter, storage_references
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+group = dist.group.WORLD
+held_after_default = 0
+for i in range({ROUNDS}):
+    out = torch.empty(world * 12704)
+    inp = out[rank * 12704:(rank + 1) * 12704].fill_(i)
+    before = storage_references(out, inp)
+    GlooReleasedAllGather()(out, inp, group)
+    assert storage_references(out, inp) == before, (i, "all-gather", storage_references(out, inp), before)
+    assert out[0].item() == i
+    grads, shard = torch.ones(world * 12704), torch.empty(12704)
+    before = storage_references(shard, grads)
+    GlooReleasedReduceScatter()(shard, grads, group, dist.ReduceOp.SUM)
+    assert storage_references(shard, grads) == before, (i, "reduce-scatter", storage_references(shard, grads), before)
+    assert shard[0].item() == world
+    out2 = torch.empty(world * 12704)
+    inp2 = out2[rank * 12704:(rank + 1) * 12704]
+    before = storage_references(out2, inp2)
+    DefaultAllGather()(out2, inp2, group)
+    held_after_default += storage_references(out2, inp2) != before
+print(f"rank {{rank}}: released after every collective; FSDP2's own all-gather returned with gloo's thread "
+      f"holding its buffers {{held_after_default}} of {ROUNDS} times", flush=True)
+dist.destroy_process_group()
+"""
+
+
+def test_the_suite_s_collectives_return_with_every_buffer_released(tmp_path):
+    script = tmp_path / "collectives.py"
+    script.write_text(SCRIPT)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", str(script)],
+                          env=launch_env(), capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, f"the two-rank collectives failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert proc.stdout.count("released after every collective") == 2, proc.stdout
+
+
+def test_the_wait_gives_up_with_a_line_naming_the_buffers(monkeypatch):
+    monkeypatch.setattr(distributed, "RELEASE_TIMEOUT_S", 0.05)
+    t = torch.empty(4)
+    before = storage_references(t)
+    held = t.view(2, 2)  # a reference nobody lets go of, as a gloo thread that never finishes
+    with pytest.raises(RuntimeError, match="gloo's thread still held the all-gather buffers"):
+        wait_released((t,), before, "all-gather")
+    del held
+    wait_released((t,), before, "all-gather")  # released: returns at once
+
+
+def test_nothing_changes_without_a_gloo_process_group():
+    class Module(torch.nn.Module):
+        def set_custom_all_gather(self, comm):
+            raise AssertionError("set on a process group that is not gloo")
+
+        set_custom_reduce_scatter = set_custom_all_gather
+
+    assert not torch.distributed.is_initialized()
+    release_in_program_order(Module())  # the estimate's fake process group and NCCL keep FSDP2's own
