@@ -156,9 +156,16 @@ def get_flavor(name: str) -> Flavor:
     try:
         return FLAVORS[name]
     except KeyError:
+        hint = next((f"; {prefix}* flavors come with their families: add --model-spec {spec}"
+                     for prefix, spec in SPEC_OF_PREFIX.items() if name.startswith(prefix)), "")
         raise ValueError(
-            f"unknown flavor {name!r}; valid names: {', '.join(FLAVORS)}"
+            f"unknown flavor {name!r}; valid names: {', '.join(FLAVORS)}{hint}"
         ) from None
+
+
+#: Flavor name prefixes of the families shipped outside the default registry, and the
+#: ``--model-spec`` that registers them (named in ``get_flavor``'s error).
+SPEC_OF_PREFIX: dict[str, str] = {"hf-": "ac_bench.models.hf:ALL", "tt-": "ac_bench.models.titan:ALL"}
 
 
 def resolve_dtype(flavor: Flavor, device: str | torch.device) -> torch.dtype:

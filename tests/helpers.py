@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import configparser
+import importlib
 import json
 import os
 import shlex
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,3 +71,20 @@ def run_pytest_cases(cases: list[list[str]], timeout: float = 600) -> list[dict]
     if proc.returncode != 0:
         raise AssertionError(f"the pytest runner failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.splitlines()[-1])
+
+
+def imported_for_the_module(name: str) -> Iterator[ModuleType]:
+    """A module-scoped fixture's body: the family module ``name`` (``ac_bench.models.hf``, ``...titan``),
+    imported for one test module only: its families and flavors leave the registries afterwards,
+    so that later tests (and the valid names they print) see the registries as a process that
+    never imported it does."""
+    from ac_bench.models import FLAVORS, families
+
+    saved = dict(families.FAMILIES), dict(FLAVORS)
+    imported = name in sys.modules
+    yield importlib.import_module(name)
+    if not imported:
+        sys.modules.pop(name, None)
+        for registry, before in zip((families.FAMILIES, FLAVORS), saved):
+            registry.clear()
+            registry.update(before)

@@ -54,6 +54,8 @@ PYTEST_CASES = [
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     (["--device", ""], "argument --device: invalid choice: ''"),
     (["--flavor", "huge"], "unknown flavor 'huge'; valid names: seed, small, tiny"),
+    (["--flavor", "hf-llama-tiny"], "hf-* flavors come with their families: add --model-spec ac_bench.models.hf:ALL"),
+    (["--flavor", "tt-llama3-tiny"], "tt-* flavors come with their families: add --model-spec ac_bench.models.titan:ALL"),
     (["--flavor", ""], "--flavor got no flavor names; valid names"),
     (["--flavor", " , "], "--flavor got no flavor names; valid names"),
     (["--flavor", "tiny,tiny"], "--flavor names 'tiny' twice; give each flavor once"),

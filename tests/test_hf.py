@@ -6,7 +6,6 @@ transformers is not installed (CI installs it: requirements-cpu.txt)."""
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import sys
 
 import pytest
@@ -22,7 +21,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer  # noqa: E40
 
 from ac_bench.gradients import mismatches, run_step, twin_models  # noqa: E402
 from ac_bench.models import FLAVORS, apply_policy, build_model, families, get_policy, load_family_spec  # noqa: E402
-from tests.helpers import run_pytest  # noqa: E402
+from tests.helpers import imported_for_the_module, run_pytest  # noqa: E402
 
 #: The families' names, known without importing ac_bench.models.hf (which registers them).
 NAMES = [f"hf-{t}" for t in ("llama", "qwen2", "qwen3", "mistral", "gpt2") if t in transformers.CONFIG_MAPPING]
@@ -40,17 +39,8 @@ STRUCTURE = {
 
 @pytest.fixture(scope="module", autouse=True)
 def hf():
-    """``ac_bench.models.hf``, imported for this module's tests only: its families and flavors
-    leave the registries afterwards, so that later tests (and the valid names they print) see the
-    registries as a process that never imported it does."""
-    saved = dict(families.FAMILIES), dict(FLAVORS)
-    imported = "ac_bench.models.hf" in sys.modules
-    yield importlib.import_module("ac_bench.models.hf")
-    if not imported:
-        sys.modules.pop("ac_bench.models.hf", None)
-        for registry, before in zip((families.FAMILIES, FLAVORS), saved):
-            registry.clear()
-            registry.update(before)
+    """``ac_bench.models.hf`` for this module's tests only (``tests.helpers.imported_for_the_module``)."""
+    yield from imported_for_the_module("ac_bench.models.hf")
 
 
 def _family(name):

@@ -7,7 +7,6 @@ requirements-cpu.txt: ``pip install -e '.[titan]'``)."""
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import pytest
@@ -26,25 +25,16 @@ from torchtitan.models.llama3 import Llama3Model  # noqa: E402
 from torchtitan.models.llama3.model import Llama3TransformerBlock  # noqa: E402
 
 from ac_bench.gradients import mismatches, run_step, twin_models  # noqa: E402
-from ac_bench.models import FLAVORS, apply_policy, build_model, families, get_policy, load_family_spec  # noqa: E402
-from tests.helpers import run_pytest  # noqa: E402
+from ac_bench.models import apply_policy, build_model, families, get_policy, load_family_spec  # noqa: E402
+from tests.helpers import imported_for_the_module, run_pytest  # noqa: E402
 
 NAME = "tt-llama3"
 
 
 @pytest.fixture(scope="module", autouse=True)
 def titan():
-    """``ac_bench.models.titan``, imported for this module's tests only: its family and flavor
-    leave the registries afterwards, so that later tests (and the valid names they print) see the
-    registries as a process that never imported it does."""
-    saved = dict(families.FAMILIES), dict(FLAVORS)
-    imported = "ac_bench.models.titan" in sys.modules
-    yield importlib.import_module("ac_bench.models.titan")
-    if not imported:
-        sys.modules.pop("ac_bench.models.titan", None)
-        for registry, before in zip((families.FAMILIES, FLAVORS), saved):
-            registry.clear()
-            registry.update(before)
+    """``ac_bench.models.titan`` for this module's tests only (``tests.helpers.imported_for_the_module``)."""
+    yield from imported_for_the_module("ac_bench.models.titan")
 
 
 def _flavor():
