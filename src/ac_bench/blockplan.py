@@ -43,10 +43,15 @@ gradients take (at ``seed`` a fully recomputed layer keeps 4 MiB, its gradients 
 with enough of them the peak moves towards block 0. The prediction is exact to the byte on the
 CPU (MemTracker counts storage bytes) for every plan of the notebook's family the tests measure
 (the benchmark and its self-tests: ``tiny``, ``small`` at 4 and 6 blocks, ``seed``; docs/planner.md).
-For the llama family it is not: at ``llama3-8b-4l`` some mixed plans measure one hidden-state
-tensor (64 MiB) away from the prediction, kept bytes and sometimes the peak, in either
-direction, so ``ac_bench.milp.BlockPlanner.plan`` measures the chosen plan and solves again below
-a miss. The recompute FLOPs of a plan are the sum of its blocks' R (exact for both families).
+The llama family needs one more term: a block whose attention is not checkpointed does not keep
+its input (its RMSNorm saves a float32 copy), which is freed when its forward has returned, so
+what block i adds depends on block i-1's choice too (``RegionFigures.handed_on``: D(c), the
+bytes so freed; block i's K, F and Q get D(c_i) - D(c_{i-1}) from block 2 on). Without that term
+mixed plans at ``llama3-8b-4l`` measured one hidden-state tensor (64 MiB) away from the
+prediction, either way; with it every plan whose blocks alternate two of the eleven sdpa choices
+measures as predicted (``tests/test_milp.py``). ``ac_bench.milp.BlockPlanner.plan`` still
+measures the chosen plan and solves again below a miss. The recompute FLOPs of a plan are the
+sum of its blocks' R (exact for both families).
 """
 
 from __future__ import annotations
@@ -124,6 +129,16 @@ class RegionFigures:
     choices: dict[tuple[str, str], ChoiceFigures]
     #: Per position class, how many blocks followed it in the copy its figures were measured on.
     after: dict[str, int]
+    #: Per choice c, D(c): the bytes of its input (the block before's output) a block with choice
+    #: c does not keep, freed when its forward has returned, so counted at the start of the next
+    #: block's figures (``handed_on``). K, F and Q of the ``interior`` and ``last`` classes were
+    #: measured after a block with the same choice; for block i >= 2 they are corrected by
+    #: D(c_i) - D(c_{i-1}). D(c) = K_second(c) - K_interior(c), as measured: the second block's
+    #: input, the model's, is never freed. Llama family: one hidden-state tensor (64 MiB at
+    #: ``llama3-8b-4l``) where attention is not checkpointed (its RMSNorm saves a float32 copy, not
+    #: the input), 0 otherwise; the notebook family: 0 for every choice (LayerNorm saves its input).
+    #: Empty (0 for every choice) where the copy has no interior block (a three-block flavor).
+    handed_on: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def space(self) -> tuple[str, ...]:
@@ -132,6 +147,13 @@ class RegionFigures:
 
     def of(self, block: int, choice: str) -> ChoiceFigures:
         return self.choices[(position(block, self.depth), choice)]
+
+    def neighbour_shift(self, block: int, blocks: tuple[str, ...] | list[str]) -> int:
+        """Bytes to add to block ``block``'s K, F and Q for the choice of the block before it
+        (``handed_on``): D(c_i) - D(c_{i-1}) from block 2 on, 0 before."""
+        if block < 2:
+            return 0
+        return self.handed_on.get(blocks[block], 0) - self.handed_on.get(blocks[block - 1], 0)
 
     def backward_shift(self, block: int) -> int:
         """Bytes of the gradients of the blocks after ``block`` beyond those the calibration saw."""
@@ -143,12 +165,12 @@ class RegionFigures:
             raise ValueError(f"a plan for {self.flavor} needs {self.depth} block choices, got {len(blocks)}")
         kept_before, worst, where, flops = 0, -1, "", 0
         for i, choice in enumerate(blocks):
-            f = self.of(i, choice)
-            for value, label in ((kept_before + f.forward, f"forward of block {i}"),
-                                 (kept_before + f.backward + self.backward_shift(i), f"backward of block {i}")):
+            f, shift = self.of(i, choice), self.neighbour_shift(i, blocks)
+            for value, label in ((kept_before + shift + f.forward, f"forward of block {i}"),
+                                 (kept_before + shift + f.backward + self.backward_shift(i), f"backward of block {i}")):
                 if value > worst:
                     worst, where = value, label
-            kept_before += f.kept
+            kept_before += f.kept + shift
             flops += f.recompute_flops
         tail = kept_before + self.of(self.depth - 1, blocks[-1]).tail
         if tail > worst:
@@ -178,10 +200,12 @@ def figures_from_timelines(flavor: Flavor, attention: str, timelines: dict[str, 
                 recompute_flops=t.backward_flops[i] - some.backward_flops[i],
                 head=t.after_forward - t.forward_end[-1] - t.output_bytes if p == "last" else 0)
     gradients = flavor.depth * gradient_bytes + some.other_parameter_bytes
+    handed_on = {c: choices[("second", c)].kept - choices[("interior", c)].kept for c in timelines
+                 if ("interior", c) in choices}
     return RegionFigures(flavor.name, attention, flavor.depth, before_forward=none.resident_bytes - gradients,
                          other_peak=max(none.resident_bytes, none.optimizer_step_peak_bytes),
                          gradient_bytes_per_block=gradient_bytes, choices=choices,
-                         after=after)
+                         after=after, handed_on=handed_on)
 
 
 def measure_figures(flavor: Flavor, attention: str, device: str = "cpu",
