@@ -6,6 +6,7 @@ each block calls its two sublayers as separate modules so a strategy can wrap ei
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -156,15 +157,17 @@ def get_flavor(name: str) -> Flavor:
     try:
         return FLAVORS[name]
     except KeyError:
-        hint = next((f"; {prefix}* flavors come with their families: add --model-spec {spec}"
-                     for prefix, spec in SPEC_OF_PREFIX.items() if name.startswith(prefix)), "")
+        hint = next((f"; {prefix}* flavors come with their families: add --model-spec {spec} (pytest bench/, "
+                     f"torchrun -m ac_bench.distributed)"
+                     for prefix, spec in SPEC_OF_PREFIX.items()
+                     if name.startswith(prefix) and spec.split(":")[0] not in sys.modules), "")
         raise ValueError(
             f"unknown flavor {name!r}; valid names: {', '.join(FLAVORS)}{hint}"
         ) from None
 
 
 #: Flavor name prefixes of the families shipped outside the default registry, and the
-#: ``--model-spec`` that registers them (named in ``get_flavor``'s error).
+#: ``--model-spec`` that registers them (named in ``get_flavor``'s error until it is imported).
 SPEC_OF_PREFIX: dict[str, str] = {"hf-": "ac_bench.models.hf:ALL", "tt-": "ac_bench.models.titan:ALL"}
 
 

@@ -54,8 +54,8 @@ PYTEST_CASES = [
     (["--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
     (["--device", ""], "argument --device: invalid choice: ''"),
     (["--flavor", "huge"], "unknown flavor 'huge'; valid names: seed, small, tiny"),
-    (["--flavor", "hf-llama-tiny"], "hf-* flavors come with their families: add --model-spec ac_bench.models.hf:ALL"),
-    (["--flavor", "tt-llama3-tiny"], "tt-* flavors come with their families: add --model-spec ac_bench.models.titan:ALL"),
+    (["--flavor", "hf-llama-tiny"], "hf-* flavors come with their families: add --model-spec ac_bench.models.hf:ALL (pytest bench/, torchrun"),
+    (["--flavor", "tt-llama3-tiny"], "tt-* flavors come with their families: add --model-spec ac_bench.models.titan:ALL (pytest bench/, torchrun"),
     (["--flavor", ""], "--flavor got no flavor names; valid names"),
     (["--flavor", " , "], "--flavor got no flavor names; valid names"),
     (["--flavor", "tiny,tiny"], "--flavor names 'tiny' twice; give each flavor once"),
@@ -330,3 +330,18 @@ def test_distributed_refuses_a_malformed_rank_variable(tmp_path, capsys, monkeyp
     err = capsys.readouterr().err
     assert status == 2 and err.startswith(f"ac_bench.distributed: {name}='x' is not a rank number"), err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_the_family_hint_goes_once_its_module_is_registered(monkeypatch):
+    """An hf-* name that is not a flavor, with ``ac_bench.models.hf`` already loaded (its
+    --model-spec given): the error lists the valid names and does not ask for that spec again."""
+    import types
+
+    from ac_bench.models import get_flavor
+    monkeypatch.delitem(sys.modules, "ac_bench.models.hf", raising=False)  # loaded by another test or not
+    with pytest.raises(ValueError, match="add --model-spec ac_bench.models.hf:ALL"):
+        get_flavor("hf-nonexistent")
+    monkeypatch.setitem(sys.modules, "ac_bench.models.hf", types.ModuleType("ac_bench.models.hf"))
+    with pytest.raises(ValueError) as error:
+        get_flavor("hf-nonexistent")
+    assert "--model-spec" not in str(error.value), str(error.value)

@@ -18,11 +18,14 @@ ROUNDS = 200
 
 #: Two ranks: ROUNDS all-gathers and reduce-scatters of FSDP2's size through the suite's
 #: collectives; after each, no buffer may be held by more references than before it; and how
-#: often FSDP2's own collective returned with gloo's thread still holding a buffer.
+#: often FSDP2's own collective returned with gloo's thread still holding a buffer (59 to 88 of
+#: 200 here; that collective's buffers are then waited for too: a process whose gloo thread
+#: still holds a finished collective's buffers when it exits aborted in 3 of 8 runs on loaded
+#: cores, 0 of 8 with the wait, 2026-11-30).
 SCRIPT = f"""
 import torch, torch.distributed as dist
 from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGather
-from ac_bench.distributed import GlooReleasedAllGather, GlooReleasedReduceScatter, storage_references
+from ac_bench.distributed import GlooReleasedAllGather, GlooReleasedReduceScatter, storage_references, wait_released
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 group = dist.group.WORLD
@@ -44,8 +47,20 @@ for i in range({ROUNDS}):
     before = storage_references(out2, inp2)
     DefaultAllGather()(out2, inp2, group)
     held_after_default += storage_references(out2, inp2) != before
+    wait_released((out2, inp2), before, "all-gather")  # left held, gloo's thread aborts the exit (SIGABRT)
 print(f"rank {{rank}}: released after every collective; FSDP2's own all-gather returned with gloo's thread "
       f"holding its buffers {{held_after_default}} of {ROUNDS} times", flush=True)
+# What the launch builds (shard) carries these collectives on every FSDP2 module.
+from ac_bench.distributed import build_sharded_training
+from ac_bench.models import get_flavor
+model = build_sharded_training(get_flavor("tiny"), "full-sdpa", torch.device("cpu"), world, rank).model
+comms = {{type(g._all_gather_comm).__name__ + "," + type(g._reduce_scatter_comm).__name__
+          for m in (*model.blocks, model) for g in m._get_fsdp_state()._fsdp_param_groups}}
+assert comms == {{"GlooReleasedAllGather,GlooReleasedReduceScatter"}}, comms
+print(f"rank {{rank}}: shard installs them on {{len(model.blocks) + 1}} modules", flush=True)
+del model
+import gc; gc.collect()
+dist.barrier()
 dist.destroy_process_group()
 """
 
@@ -57,6 +72,7 @@ def test_the_suite_s_collectives_return_with_every_buffer_released(tmp_path):
                           env=launch_env(), capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, f"the two-rank collectives failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     assert proc.stdout.count("released after every collective") == 2, proc.stdout
+    assert proc.stdout.count("shard installs them on 4 modules") == 2, proc.stdout
 
 
 def test_the_wait_gives_up_with_a_line_naming_the_buffers(monkeypatch):

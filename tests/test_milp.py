@@ -17,6 +17,7 @@ import pytest
 
 from ac_bench.blockplan import brute_force, every_plan, measure_figures, regions
 from ac_bench.models import BlockPlanAC, Flavor, get_flavor, get_policy
+from ac_bench.outputs import gib_at_least
 from ac_bench.record import measure_variant
 
 #: ``tiny`` with a longer sequence, so that activations rather than the optimizer step set the
@@ -54,8 +55,10 @@ def test_milp_equals_brute_force(flavor_id, attention):
     budgets = sorted({*peaks[::step], peaks[-1]})
     with pytest.raises(NothingFits) as info:
         solve(fig, peaks[0] - 1)
-    assert "\n" not in str(info.value) and f"smallest feasible budget is {peaks[0] / 2 ** 30:.3f} GiB ({peaks[0]} B" in str(
+    named = gib_at_least(peaks[0], 3)
+    assert "\n" not in str(info.value) and f"smallest feasible budget is {named} GiB ({peaks[0]} B" in str(
         info.value), f"{flavor_id} {attention}: {info.value}"
+    assert int(float(named) * 2 ** 30) >= peaks[0], f"{named} GiB, pasted back as --budget-gib, is below {peaks[0]} B"
     for budget in budgets:
         expected_blocks, expected = brute_force(fig, budget)
         got = solve(fig, budget)

@@ -10,6 +10,7 @@ import pytest
 
 from ac_bench.cli.report import main as report_main
 from ac_bench.models import get_flavor
+from ac_bench.outputs import gib_at_least
 from ac_bench.scale import (
     GIB,
     ScaleError,
@@ -74,7 +75,7 @@ def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_w
     plan.budget_bytes = w8
     line = nothing_fits_line(plan, max_world_size=8)
     assert line == (f"nothing fits {w8 / GIB:g} GiB per GPU for tiny at world size 2: the smallest feasible is "
-                    f"{full / GIB:.2f} GiB (full), or full at world size 8 ({w8 / GIB:.2f} GiB per rank)"), line
+                    f"{gib_at_least(full, 2)} GiB (full), or full at world size 8 ({w8 / GIB:.2f} GiB per rank)"), line
     plan.budget_bytes = w8 - 1
     assert nothing_fits_line(plan, max_world_size=8).endswith(
         "no world size up to 8 fits: lower the sequence length or the per-rank batch")

@@ -37,6 +37,7 @@ from functools import reduce
 
 from ac_bench.blockplan import Prediction, RegionFigures, measure_figures, regions
 from ac_bench.models import BlockPlanAC, Flavor
+from ac_bench.outputs import gib_at_least
 from ac_bench.record import Measurement, measure_variant
 
 GIB, MIB = 2 ** 30, 2 ** 20
@@ -184,7 +185,7 @@ def _nothing_fits(figures: RegionFigures, budget_bytes: int):
         blocks, p = smallest_peak(figures)
         return NothingFits(f"no per-block plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B) for "
                            f"{figures.flavor} with {figures.attention} attention: the smallest feasible budget is "
-                           f"{p.peak_bytes / GIB:.3f} GiB ({p.peak_bytes} B, {BlockPlanAC.of(blocks).name})")
+                           f"{gib_at_least(p.peak_bytes, 3)} GiB ({p.peak_bytes} B, {BlockPlanAC.of(blocks).name})")
     return error
 
 

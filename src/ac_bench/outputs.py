@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import signal
 import stat
@@ -122,3 +123,11 @@ def _termination_raises() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def gib_at_least(nbytes: int, decimals: int) -> str:
+    """``nbytes`` in GiB with ``decimals`` decimals, rounded up: a budget printed to be pasted
+    back (the smallest feasible) must not come out below what it names (8808366224 B is
+    ``8.204``, not ``8.203``, which is 8807904182 B once given back as ``--budget-gib``)."""
+    scale = 10 ** decimals
+    return f"{math.ceil(nbytes * scale / 2 ** 30) / scale:.{decimals}f}"

@@ -44,6 +44,7 @@ import torch
 
 from ac_bench import analytic
 from ac_bench.models import Flavor, PlanAC, resolve_dtype
+from ac_bench.outputs import gib_at_least
 from ac_bench.record import Measurement, measure_variant
 from ac_bench.regions import RegionProfile, region_profile
 
@@ -204,5 +205,5 @@ class Planner:
         measured = self.measure(smallest.policy).peak_bytes
         raise InfeasibleBudget(
             f"no checkpointing plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B) for {self.flavor.name} "
-            f"with {self.attention} attention: the smallest feasible budget is {measured / GIB:.3f} GiB "
+            f"with {self.attention} attention: the smallest feasible budget is {gib_at_least(measured, 3)} GiB "
             f"({measured} B, {smallest.name}: checkpointing {smallest.policy.describe(self.depth)})")

@@ -46,6 +46,7 @@ from ac_bench.distributed import build_sharded_training, check_composes
 from ac_bench.metrics import METRICS
 from ac_bench.models import Flavor, Policy, get_policy, parse_variant, resolve_dtype
 from ac_bench.models.families import family_of
+from ac_bench.outputs import gib_at_least
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
 from ac_bench.record import Measurement, describe_optimizer, measure_step, shape_fields
 
@@ -521,7 +522,7 @@ def nothing_fits_line(plan: ScalePlan, max_world_size: int = 4096) -> str:
     lowest = plan.lowest()
     peak = plan.records[lowest].peak_bytes
     line = (f"nothing fits {plan.budget_bytes / GIB:g} GiB per GPU for {plan.model.name} at world size "
-            f"{plan.setup.world_size}: the smallest feasible is {peak / GIB:.2f} GiB ({lowest})")
+            f"{plan.setup.world_size}: the smallest feasible is {gib_at_least(peak, 2)} GiB ({lowest})")
     found = smallest_world_size(plan, max_world_size)
     if found:
         world, record = found

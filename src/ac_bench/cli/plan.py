@@ -69,7 +69,7 @@ def _positive_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ac_bench.scale import SCALE_MODELS
-    parser.add_argument("--flavor", default="seed", choices=list(FLAVORS))
+    parser.add_argument("--flavor", default="seed", choices=list(FLAVORS), help="default: %(default)s")
     scale = parser.add_argument_group("at scale (FSDP2 over --world-size GPUs, estimated for one rank)")
     scale.add_argument("--model", choices=list(SCALE_MODELS),
                        help="plan at scale for this model (transformers' LlamaForCausalLM or Qwen3ForCausalLM at the published shape)")
@@ -83,7 +83,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="fully_shard(reshard_after_forward=False): keep each layer unsharded from forward to backward")
     scale.add_argument("--full-depth", action="store_true",
                        help="trace every layer instead of extrapolating from three depths (slower)")
-    parser.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
+    parser.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS), help="default: %(default)s")
     parser.add_argument("--space", default="prefix", choices=["prefix", "blocks"],
                         help="prefix: plan_aA_mM, whole sublayers of the first blocks, enumerated; blocks: per block "
                              "none / full / selective per sublayer or the whole layer, solved as a MILP (needs PuLP: "
@@ -240,11 +240,17 @@ def block_plan_command(args: argparse.Namespace) -> None:
     lines = [f"plan: {plan.summary()}", "",
              "per block: the choice (attention then MLP: n none, f full recompute, s selective, p selective keeping P·V; "
              "lf/ls/lp the whole layer), "
-             "what it keeps, and what it recomputes",
-             "| block | choice | kept MiB (its output included) | recompute GFLOP |", "| ---: | --- | ---: | ---: |"]
-    for i, choice in enumerate(plan.policy.blocks):
+             "what it adds to the bytes kept for backward in this plan (its output included, less its input "
+             "where it does not keep it, which is freed after it), and what it recomputes; the plan's kept total "
+             "leaves out the model's output and adds what follows the last block",
+             "| block | choice | kept MiB | recompute GFLOP |", "| ---: | --- | ---: | ---: |"]
+    blocks = plan.policy.blocks
+    for i, choice in enumerate(blocks):
         f = fig.of(i, choice)
-        lines.append(f"| {i} | {choice} | {f.kept / MIB:.2f} | {f.recompute_flops / 1e9:.3f} |")
+        kept = f.kept + fig.neighbour_shift(i, blocks)
+        lines.append(f"| {i} | {choice} | {kept / MIB:.2f} | {f.recompute_flops / 1e9:.3f} |")
+    last = fig.of(len(blocks) - 1, blocks[-1]).head
+    lines.append(f"| after the blocks | | {last / MIB:+.2f} | |")
     lines += ["", *export_lines(plan.policy)]
     text = "\n".join(lines) + "\n"
     print(text, end="")
