@@ -49,7 +49,7 @@ what block i adds depends on block i-1's choice too (``RegionFigures.handed_on``
 bytes so freed; block i's K, F and Q get D(c_i) - D(c_{i-1}) from block 2 on). Without that term
 mixed plans at ``llama3-8b-4l`` measured one hidden-state tensor (64 MiB) away from the
 prediction, either way; with it every plan whose blocks alternate two of the eleven sdpa choices
-measures as predicted (``tests/test_milp.py``). ``ac_bench.milp.BlockPlanner.plan`` still
+measures as predicted (docs/planner.md). ``ac_bench.milp.BlockPlanner.plan`` still
 measures the chosen plan and solves again below a miss. The recompute FLOPs of a plan are the
 sum of its blocks' R (exact for both families).
 """
