@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,3 +90,16 @@ def imported_for_the_module(name: str) -> Iterator[ModuleType]:
         for registry, before in zip((families.FAMILIES, FLAVORS), saved):
             registry.clear()
             registry.update(before)
+
+
+def assert_spec_fails_in_one_line_without(monkeypatch, dependency: str, module: str) -> None:
+    """``--model-spec MODULE:ALL`` with ``dependency`` not importable (and ``module`` not yet
+    imported) is one line naming the failed import."""
+    from ac_bench.models import load_family_spec
+
+    monkeypatch.setitem(sys.modules, dependency, None)
+    monkeypatch.delitem(sys.modules, module)
+    with pytest.raises(ValueError) as info:
+        load_family_spec(f"{module}:ALL")
+    assert str(info.value).startswith(f"--model-spec '{module}:ALL': cannot import '{module}': "
+                                      "ModuleNotFoundError") and "\n" not in str(info.value), str(info.value)

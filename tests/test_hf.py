@@ -6,7 +6,6 @@ transformers is not installed (CI installs it: requirements-cpu.txt)."""
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import pytest
 import torch
@@ -21,7 +20,7 @@ from transformers.modeling_layers import GradientCheckpointingLayer  # noqa: E40
 
 from ac_bench.gradients import mismatches, run_step, twin_models  # noqa: E402
 from ac_bench.models import FLAVORS, apply_policy, build_model, families, get_policy, load_family_spec  # noqa: E402
-from tests.helpers import imported_for_the_module, run_pytest  # noqa: E402
+from tests.helpers import assert_spec_fails_in_one_line_without, imported_for_the_module, run_pytest  # noqa: E402
 
 #: The families' names, known without importing ac_bench.models.hf (which registers them).
 NAMES = [f"hf-{t}" for t in ("llama", "qwen2", "qwen3", "mistral", "gpt2") if t in transformers.CONFIG_MAPPING]
@@ -129,12 +128,7 @@ def test_gradients_bitwise_equal_to_no_checkpointing_with_dropout(name, policy):
 
 
 def test_without_transformers_the_spec_is_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "transformers", None)
-    monkeypatch.delitem(sys.modules, "ac_bench.models.hf")
-    with pytest.raises(ValueError) as info:
-        load_family_spec("ac_bench.models.hf:ALL")
-    assert str(info.value).startswith("--model-spec 'ac_bench.models.hf:ALL': cannot import 'ac_bench.models.hf': "
-                                      "ModuleNotFoundError") and "\n" not in str(info.value)
+    assert_spec_fails_in_one_line_without(monkeypatch, "transformers", "ac_bench.models.hf")
 
 
 @pytest.mark.slow

@@ -7,8 +7,6 @@ requirements-cpu.txt: ``pip install -e '.[titan]'``)."""
 
 from __future__ import annotations
 
-import sys
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,7 +24,7 @@ from torchtitan.models.llama3.model import Llama3TransformerBlock  # noqa: E402
 
 from ac_bench.gradients import mismatches, run_step, twin_models  # noqa: E402
 from ac_bench.models import apply_policy, build_model, families, get_policy, load_family_spec  # noqa: E402
-from tests.helpers import imported_for_the_module, run_pytest  # noqa: E402
+from tests.helpers import assert_spec_fails_in_one_line_without, imported_for_the_module, run_pytest  # noqa: E402
 
 NAME = "tt-llama3"
 
@@ -189,12 +187,7 @@ def test_gradients_bitwise_equal_to_no_checkpointing(policy, titan):
 
 
 def test_without_torchtitan_the_spec_is_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torchtitan", None)
-    monkeypatch.delitem(sys.modules, "ac_bench.models.titan")
-    with pytest.raises(ValueError) as info:
-        load_family_spec("ac_bench.models.titan:ALL")
-    assert str(info.value).startswith("--model-spec 'ac_bench.models.titan:ALL': cannot import "
-                                      "'ac_bench.models.titan': ModuleNotFoundError") and "\n" not in str(info.value)
+    assert_spec_fails_in_one_line_without(monkeypatch, "torchtitan", "ac_bench.models.titan")
 
 
 @pytest.mark.slow

@@ -106,6 +106,14 @@ def wait_released(tensors: tuple[torch.Tensor, ...], before: list[int], what: st
         time.sleep(1e-4)  # lets gloo's thread (which may need the GIL to drop its tensors) run
 
 
+def call_released(collective, tensors: tuple[torch.Tensor, ...], what: str) -> None:
+    """``collective()`` (synchronous), then ``wait_released`` for ``tensors``' storages, their
+    references counted before it."""
+    before = storage_references(*tensors)
+    collective()
+    wait_released(tensors, before, what)
+
+
 class GlooReleasedAllGather(DefaultAllGather):
     """FSDP2's own all-gather (``DefaultAllGather``: the same allocation, the same collective),
     which returns only when gloo's thread has let go of the buffers. A gloo work object
@@ -122,9 +130,8 @@ class GlooReleasedAllGather(DefaultAllGather):
                  async_op: bool = False) -> dist.Work | None:
         if async_op:  # FSDP2 asks for it only when told to (unshard_async_op); then its own wait applies
             return super().__call__(output_tensor, input_tensor, group, async_op)
-        before = storage_references(output_tensor, input_tensor)
-        super().__call__(output_tensor, input_tensor, group, async_op=False)
-        wait_released((output_tensor, input_tensor), before, "all-gather")
+        call_released(lambda: super(GlooReleasedAllGather, self).__call__(output_tensor, input_tensor, group),
+                      (output_tensor, input_tensor), "all-gather")
         return None
 
 
@@ -136,9 +143,8 @@ class GlooReleasedReduceScatter(DefaultReduceScatter):
                  op: object, async_op: bool = False) -> dist.Work | None:
         if async_op:
             return super().__call__(output_tensor, input_tensor, group, op, async_op)
-        before = storage_references(output_tensor, input_tensor)
-        super().__call__(output_tensor, input_tensor, group, op, async_op=False)
-        wait_released((output_tensor, input_tensor), before, "reduce-scatter")
+        call_released(lambda: super(GlooReleasedReduceScatter, self).__call__(output_tensor, input_tensor, group, op),
+                      (output_tensor, input_tensor), "reduce-scatter")
         return None
 
 

@@ -76,8 +76,9 @@ def _pulp():
     return pulp
 
 
-def _rows(pulp, figures: RegionFigures, x) -> list:
-    """The left-hand sides of the peak rows (bytes above what is allocated when the forward starts)."""
+def _rows(pulp, figures: RegionFigures, x) -> tuple[list, object]:
+    """The left-hand sides of the peak rows (bytes above what is allocated when the forward
+    starts), and what the blocks keep at the end of the forward (the sum of their K)."""
     d, rows, kept_before = figures.depth, [], 0
     for i in range(d):
         f = {c: figures.of(i, c) for c in figures.space}
@@ -87,7 +88,7 @@ def _rows(pulp, figures: RegionFigures, x) -> list:
                                                      for c in figures.space))
         kept_before = kept_before + shift + pulp.lpSum(f[c].kept * x[i, c] for c in figures.space)
     rows.append(kept_before + pulp.lpSum(figures.of(d - 1, c).tail * x[d - 1, c] for c in figures.space))
-    return rows
+    return rows, kept_before
 
 
 def _neighbour_shift(pulp, figures: RegionFigures, x, i: int):
@@ -126,7 +127,7 @@ def smallest_peak(figures: RegionFigures) -> tuple[tuple[str, ...], Prediction]:
     prob, x = _model(pulp, figures, pulp.LpMinimize)
     z = prob.add_variable("peak", lowBound=0)
     prob += z
-    for k, row in enumerate(_rows(pulp, figures, x)):
+    for k, row in enumerate(_rows(pulp, figures, x)[0]):
         prob += row <= z, f"peak_{k}"
     _solve(pulp, prob)
     blocks = _chosen(figures, x)
@@ -151,12 +152,10 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
     flops = pulp.lpSum(figures.of(i, c).recompute_flops // unit * x[i, c]
                        for i in range(figures.depth) for c in figures.space)
     prob += flops
-    rows = _rows(pulp, figures, x)
+    rows, kept = _rows(pulp, figures, x)
     for k, row in enumerate(rows):
         prob += row <= room, f"peak_{k}"
     if kept_budget_bytes is not None:
-        kept = pulp.lpSum(figures.of(i, c).kept * x[i, c] for i in range(figures.depth) for c in figures.space)
-        kept += pulp.lpSum(_neighbour_shift(pulp, figures, x, i) for i in range(figures.depth))
         head = pulp.lpSum(figures.of(figures.depth - 1, c).head * x[figures.depth - 1, c] for c in figures.space)
         prob += kept + head <= kept_budget_bytes, "kept"
     status, proven = _solve(pulp, prob)
