@@ -35,6 +35,7 @@ from ac_bench.distributed import (
     compare_sharded,
     global_flavor,
     launch_env,
+    launch_failure,
     load_records,
     parameter_name,
     torchrun_command,
@@ -72,8 +73,7 @@ def sharded_run(tmp_path_factory, session_device, suite_models, measurements):
         env=launch_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
-        pytest.fail(f"torchrun exited {result.returncode} after {seconds:.1f}s:\n{result.stderr[-4000:]}",
-                    pytrace=False)
+        pytest.fail(launch_failure(result.returncode, seconds, result.stdout, result.stderr), pytrace=False)
     records = {(r.variant, r.rank): r for r in load_records(out)}
     for record in records.values():
         measurements.add_sharded(record)

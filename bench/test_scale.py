@@ -23,7 +23,7 @@ from ac_bench.analytic import (
     sharded_resident_bytes,
     step_flops,
 )
-from ac_bench.distributed import launch_env, load_records, torchrun_command
+from ac_bench.distributed import launch_env, launch_failure, load_records, torchrun_command
 from ac_bench.models import get_flavor, get_policy
 from ac_bench.plugin.session import gate_record
 from ac_bench.scale import (
@@ -63,8 +63,8 @@ def launch_w4(tmp_path_factory, session_device):
                          "--device", "cpu", "--out", str(out), "--variants", ",".join(W4_VARIANTS)),
         env=launch_env(), capture_output=True, text=True, timeout=300)
     if result.returncode != 0:
-        pytest.fail(f"torchrun exited {result.returncode} after {time.perf_counter() - start:.1f}s:\n"
-                    f"{result.stderr[-4000:]}", pytrace=False)
+        pytest.fail(launch_failure(result.returncode, time.perf_counter() - start, result.stdout, result.stderr),
+                    pytrace=False)
     return {(r.variant, r.rank): r for r in load_records(out)}
 
 

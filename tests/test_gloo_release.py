@@ -95,3 +95,61 @@ def test_nothing_changes_without_a_gloo_process_group():
 
     assert not torch.distributed.is_initialized()
     release_in_program_order(Module())  # the estimate's fake process group and NCCL keep FSDP2's own
+
+
+#: One process, a world of one over a file store: a collective's completion callback runs on
+#: gloo's worker thread and sleeps with the GIL released; the main thread ends meanwhile, and
+#: an object's teardown keeps the interpreter finalizing for a second. When the callback wakes,
+#: its thread takes the GIL of a finalizing interpreter and the process aborts: what happened
+#: to a rank of the launch when gloo's thread let go of a collective's tensors late (CI,
+#: 2026-11-29 and 2026-11-30; there FSDP2's device mesh kept the process group, so its threads,
+#: alive past destroy_process_group).
+EXIT_SCRIPT = """
+import sys, tempfile, threading, time, torch, torch.distributed as dist
+from ac_bench import distributed
+from ac_bench.distributed import exit_rank
+dist.init_process_group("gloo", init_method=f"file://{tempfile.mktemp()}", rank=0, world_size=1)
+distributed._process_group_started = True  # as main sets it
+main_thread, on_gloo_thread = threading.get_ident(), threading.Event()
+def late(fut):
+    if threading.get_ident() != main_thread:
+        on_gloo_thread.set()
+        time.sleep(0.5)
+for attempt in range(200):  # until a callback is chained while its collective is still running
+    work = dist.all_reduce(torch.ones(1 << 22), async_op=True)
+    chained = work.get_future().then(late)
+    if on_gloo_thread.wait(timeout=0.2):
+        break
+else:
+    sys.exit("no completion callback ran on gloo's thread")
+class SlowTeardown:
+    def __del__(self):
+        time.sleep(1.0)
+slow = SlowTeardown()
+print("gloo's thread is in Python as the process ends", flush=True)
+"""
+
+
+@pytest.mark.parametrize("ending", ["sys.exit(0)", "exit_rank(0)"])
+def test_a_rank_ends_without_the_interpreter_s_teardown(tmp_path, ending):
+    """``exit_rank`` (how ``python -m ac_bench.distributed`` ends) survives gloo's thread
+    taking the GIL late; the interpreter's own exit dies by a signal in the same script, every time."""
+    script = tmp_path / "late_release.py"
+    script.write_text(EXIT_SCRIPT + ending + "\n")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert "gloo's thread is in Python as the process ends" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    if ending.startswith("sys.exit"):
+        # SIGABRT mostly, SIGSEGV now and then: the thread dies inside the finalizing interpreter
+        assert proc.returncode < 0, f"the interpreter's exit did not die by a signal (status {proc.returncode}): the " \
+                                    f"script no longer shows the fault exit_rank avoids\n{proc.stderr[-2000:]}"
+    else:
+        assert proc.returncode == 0, f"exit_rank aborted (status {proc.returncode}):\n{proc.stderr[-2000:]}"
+
+
+def test_a_rank_refused_before_its_process_group_exits_as_usual():
+    """Bad input ends before any process group: ``sys.exit``, so the rank that prints the
+    refusal is not stopped by torchrun before it has printed it."""
+    assert not distributed._process_group_started
+    with pytest.raises(SystemExit) as exc:
+        distributed.exit_rank(2)
+    assert exc.value.code == 2

@@ -285,6 +285,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Set once ``main`` has started a process group in this process (``exit_rank``).
+_process_group_started = False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -315,7 +319,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = rank_device(device_type, int(os.environ.get("LOCAL_RANK", 0)))
+    global _process_group_started
     dist.init_process_group(distributed_backend(device_type))
+    _process_group_started = True
     try:
         rank, world_size = dist.get_rank(), dist.get_world_size()
         if rank == 0 and not args.variants:
@@ -358,8 +364,30 @@ def load_records(out: Path) -> list[Measurement]:
     return [Measurement.from_dict(r) for r in data["records"]]
 
 
+def exit_rank(status: int) -> None:
+    """End this rank's process with ``status`` (an int) without the interpreter's teardown.
+
+    Raises nothing and does not return. gloo's worker threads outlive
+    ``destroy_process_group`` while anything still holds the process group (FSDP2's device
+    mesh does); a worker that lets go of a finished collective's tensors after the interpreter
+    has begun finalizing takes the GIL, and the process aborts ("terminate called without an
+    active exception", SIGABRT) after every record was written. Two CI runs failed so
+    (2026-11-29 and 2026-11-30). ``os._exit`` after flushing skips the teardown: the records
+    are already on disk (``write_json_atomic``), and nothing after them needs Python. Seen and
+    checked by ``tests/test_gloo_release.py``'s script, which aborts every time through
+    ``sys.exit`` and never through this. A rank refused before it started a process group
+    exits through ``sys.exit``: its teardown is safe, and it ends no sooner than the rank that
+    prints the refusal (torchrun stops the others once one rank has exited).
+    """
+    if not _process_group_started:  # refused before any process group: no gloo thread to outlive
+        sys.exit(status)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())
 
 
 #: The per-rank peak of a gloo run depends on when collectives complete: a buffer freed on
@@ -399,7 +427,18 @@ def torchrun_command(*args: str) -> list[str]:
 
 
 def launch_env() -> dict[str, str]:
-    """The environment of a local launch: one thread per rank (the ranks share the cores)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    """The environment of a local launch: one thread per rank (the ranks share the cores), and
+    Python's fault handler on, so that a rank killed by a signal prints where it was."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
     env.pop("PYTEST_XDIST_WORKER", None)
     return env
+
+
+def launch_failure(returncode: int, seconds: float, stdout: str, stderr: str) -> str:
+    """The message of a failed local launch: exit status, how far it got, the end of stderr.
+
+    A rank that dies by a signal (SIGABRT) prints the Python stack of every thread
+    (``PYTHONFAULTHANDLER``, set by ``launch_env``) before torchrun's own report."""
+    done = [line for line in stdout.splitlines() if line.endswith(" ranks")]
+    reached = f"the last variant measured: {done[-1].split(': ', 1)[-1]}" if done else "no variant was measured"
+    return f"torchrun exited {returncode} after {seconds:.1f}s ({reached}):\n{stderr[-4000:]}"
