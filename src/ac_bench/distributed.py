@@ -373,9 +373,9 @@ def exit_rank(status: int) -> None:
     has begun finalizing takes the GIL, and the process aborts ("terminate called without an
     active exception", SIGABRT) after every record was written. Two CI runs failed so
     (2026-11-29 and 2026-11-30). ``os._exit`` after flushing skips the teardown: the records
-    are already on disk (``write_json_atomic``), and nothing after them needs Python. Seen and
-    checked by ``tests/test_gloo_release.py``'s script, which aborts every time through
-    ``sys.exit`` and never through this. A rank refused before it started a process group
+    are already on disk (``write_json_atomic``), and nothing after them needs Python. A script
+    that makes the fault on purpose dies by a signal every time through ``sys.exit`` and never
+    through this (docs/distributed.md, "An abort at exit"). A rank refused before it started a process group
     exits through ``sys.exit``: its teardown is safe, and it ends no sooner than the rank that
     prints the refusal (torchrun stops the others once one rank has exited).
     """
