@@ -1,6 +1,6 @@
 """A per-block plan: for every block, what is checkpointed and how (``ac_bench.milp`` chooses it).
 
-Each block gets one of fifteen choices, written as two letters:
+Each block gets one of sixteen choices, written as two letters:
 
 - per sublayer, attention's letter then the MLP's: ``n`` nothing (autograd keeps what it keeps),
   ``f`` full recompute (``torch.utils.checkpoint`` around the sublayer: it keeps only its input),
@@ -11,7 +11,12 @@ Each block gets one of fifteen choices, written as two letters:
   torch.compile's min-cut partitioner does; ``sac``'s list, torchtitan's, has no ``bmm``): ``nn``,
   ``nf``, ``ns``, ``fn``, ``ff``, ``fs``, ``sn``, ``sf``, ``ss``, ``pn``, ``pf``, ``ps``;
 - the whole layer as one region, layer 0 included (what transformers' and torchtitan's full AC
-  wrap): ``lf`` full recompute, ``ls`` and ``lp`` selective with those save lists.
+  wrap): ``lf`` full recompute, ``ls`` and ``lp`` selective with those save lists;
+- the whole layer offloaded, ``lo``: nothing recomputed, everything the layer saves for
+  backward (its input included) sent to host memory in its forward and brought back in its
+  backward (``save_on_cpu``, pinned, through ``HostOffloadWrapper``; torch's ``OffloadWrapper``
+  does the same). On the CPU the device is its own host and nothing moves, as for the
+  ``offload`` policy, except under ``simulated_host`` on fake tensors (the planner's figures).
 
 A whole layer keeps one input where two checkpointed sublayers keep two (the MLP's input is
 rebuilt), at the price of recomputing the attention's output projection.
@@ -36,20 +41,24 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import Checkpoi
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 
 from ac_bench.models.ac.base import Policy, sublayer_attribute
+from ac_bench.models.ac.offload import HostOffloadWrapper
 from ac_bench.models.ac.selective import MATMUL_OPS, SelectiveAC, _ops, _policy_fn
 
 #: The choices per sublayer region: nothing, full recompute, selective (sac's save list), and
 #: for attention selective with the attention output saved too.
 REGION_CHOICES: tuple[str, ...] = ("n", "f", "s")
 ATTENTION_CHOICES: tuple[str, ...] = (*REGION_CHOICES, "p")
-#: Every choice of one block: attention letter + MLP letter, or the whole layer (``l`` + f, s or p).
+#: The choices that offload rather than recompute: the whole layer's saved tensors to host memory.
+OFFLOAD_CHOICES: tuple[str, ...] = ("lo",)
+#: Every choice of one block: attention letter + MLP letter, or the whole layer (``l`` + f, s or
+#: p), or the whole layer offloaded (``lo``).
 BLOCK_CHOICES: tuple[str, ...] = tuple(a + m for a, m in itertools.product(ATTENTION_CHOICES, REGION_CHOICES)) + (
-    "lf", "ls", "lp")
+    "lf", "ls", "lp", *OFFLOAD_CHOICES)
 #: The selective regions' save list and rule: the ``sac`` policy's.
 _SAC = SelectiveAC("sac", sublayers=("attn", "mlp"))
 _BMM = torch.ops.aten.bmm.default
 
-_TOKEN = r"(?:[nfsp][nfs]|l[fsp])(?:[1-9]\d*)?"
+_TOKEN = r"(?:[nfsp][nfs]|l[fspo])(?:[1-9]\d*)?"
 
 
 def _keep_attention_output(meta: dict, sac_policy, ctx, func, *args, **kwargs) -> CheckpointPolicy:
@@ -82,7 +91,7 @@ class BlockPlanAC(Policy):
 
     kind: ClassVar[str] = "blocks"
     name_grammar: ClassVar[str | None] = ("blocks_CODE[N].CODE[N]... (per block: attention n/f/s/p then MLP n/f/s, "
-                                          "or lf/ls/lp for the whole layer; e.g. blocks_ff3.fs.nn8)")
+                                          "or lf/ls/lp for the whole layer, lo to offload it; e.g. blocks_ff3.fs.nn8)")
     hidden_from_saved_tensors_hooks: ClassVar[str | None] = _SAC.hidden_from_saved_tensors_hooks
 
     @classmethod
@@ -118,10 +127,13 @@ class BlockPlanAC(Policy):
             raise ValueError(f"policy {self.name!r} plans {len(self.blocks)} blocks; the model has {depth}")
 
     def regions(self, depth: int) -> list[tuple[int, str]]:
-        """``(block, region)`` of every checkpointed region: ``attn``, ``mlp`` or ``layer``."""
+        """``(block, region)`` of every checkpointed region: ``attn``, ``mlp`` or ``layer``
+        (an offloaded layer is not checkpointed)."""
         self.check_depth(depth)
         out = []
         for block, code in enumerate(self.blocks):
+            if code in OFFLOAD_CHOICES:
+                continue
             if code[0] == "l":
                 out.append((block, "layer"))
             else:
@@ -133,6 +145,9 @@ class BlockPlanAC(Policy):
         selective ones with ``sac``'s ``context_fn``."""
         self.check_depth(len(model.blocks))
         for i, code in enumerate(self.blocks):
+            if code in OFFLOAD_CHOICES:
+                model.blocks[i] = HostOffloadWrapper(model.blocks[i])
+                continue
             if code[0] == "l":
                 model.blocks[i] = self._wrap(model.blocks[i], code[1])
                 continue
@@ -151,7 +166,7 @@ class BlockPlanAC(Policy):
                                   preserve_rng_state=self.preserve_rng_state, **kwargs)
 
     def describe(self) -> str:
-        """``blocks 0-2: ff, block 3: fs, ...`` (attention then MLP; lf/ls/lp whole layer)."""
+        """``blocks 0-2: ff, block 3: fs, ...`` (attention then MLP; lf/ls/lp whole layer; lo offloaded)."""
         parts, start = [], 0
         for code, group in itertools.groupby(self.blocks):
             n = len(list(group))

@@ -4,13 +4,16 @@ host memory (pinned on CUDA) and come back for backward."""
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.autograd.graph import save_on_cpu
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import ActivationWrapper
 
 from ac_bench.models.ac.base import Policy
 
@@ -53,3 +56,73 @@ class OffloadAC(Policy):
         hooks = CountingOffload(torch.device(device))
         with hooks:  # saved_tensors_hooks.__enter__ returns None, so not `as hooks`
             yield hooks
+
+
+#: Set by ``simulated_host``: offload wrappers on fake tensors send what they pack to a simulated host.
+_SIMULATED_HOST: contextvars.ContextVar[bool] = contextvars.ContextVar("simulated_host", default=False)
+
+
+@contextlib.contextmanager
+def simulated_host() -> Iterator[None]:
+    """Within it, ``HostOffloadWrapper`` on fake tensors offloads to a simulated host: the
+    planner's figures on the CPU, where the device has no host of its own to offload to.
+
+    What it packs leaves the device as ``save_on_cpu`` makes it leave a GPU (the saved tensor's
+    device bytes are freed once nothing else holds them, and backward allocates a new device
+    tensor of the same layout when it unpacks it), while the host copy is only counted
+    (``offloaded_bytes``). On real tensors it raises RuntimeError: the values would be lost."""
+    token = _SIMULATED_HOST.set(True)
+    try:
+        yield
+    finally:
+        _SIMULATED_HOST.reset(token)
+
+
+class SimulatedHost(torch.autograd.graph.saved_tensors_hooks):
+    """Pack: the tensor's layout (size, stride, dtype, device), its bytes counted in
+    ``offloaded_bytes``; unpack: ``torch.empty_strided`` of that layout on the device. Fake
+    tensors only (``simulated_host``)."""
+
+    def __init__(self) -> None:
+        self.offloaded_bytes = 0
+
+        def pack(tensor: torch.Tensor):
+            if not isinstance(tensor, FakeTensor):
+                raise RuntimeError("the simulated host takes fake tensors only (it keeps no values); "
+                                   "measure under FakeTensorMode, or offload for real on a GPU")
+            self.offloaded_bytes += tensor.numel() * tensor.element_size()  # what save_on_cpu copies
+            return tensor.size(), tensor.stride(), tensor.dtype, tensor.device
+
+        def unpack(layout) -> torch.Tensor:
+            size, stride, dtype, device = layout
+            return torch.empty_strided(size, stride, dtype=dtype, device=device)
+
+        super().__init__(pack, unpack)
+
+
+class HostOffloadWrapper(ActivationWrapper):
+    """A module whose forward runs under offloading hooks: what it saves for backward goes to
+    host memory (torch's ``OffloadWrapper``, ``save_on_cpu`` pinned, on a GPU; the simulated host
+    on fake tensors under ``simulated_host``; on the CPU without it nothing moves, as for the
+    ``offload`` policy). State-dict keys are the wrapped module's (``ActivationWrapper``).
+    ``offloaded_bytes``: the bytes it moved off the device in its forwards since
+    ``reset_offloaded``."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.offloaded_bytes = 0
+
+    def reset_offloaded(self) -> None:
+        self.offloaded_bytes = 0
+
+    def forward(self, *args, **kwargs):
+        first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
+        if _SIMULATED_HOST.get() and isinstance(first, FakeTensor):
+            hooks = SimulatedHost()
+        else:
+            device = first.device if first is not None else torch.device("cpu")
+            hooks = CountingOffload(device)
+        with hooks:
+            out = self._checkpoint_wrapped_module(*args, **kwargs)
+        self.offloaded_bytes += hooks.offloaded_bytes
+        return out

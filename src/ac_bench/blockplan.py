@@ -6,7 +6,13 @@ sublayer (attention, MLP) nothing, full recompute or selective (``sac``'s save l
 also with its output P·V saved), or the whole layer as one region, full or selective. With sdpa
 the fused kernel has no batched matmul, so the P·V choices are those without it and are left
 out: eleven choices (``space``). 15^depth plans with eager attention: 3,375 at ``tiny``, 50,625
-at ``small``, 1.3e14 at ``seed``; 11^depth with sdpa.
+at ``small``, 1.3e14 at ``seed``; 11^depth with sdpa. Given a cost per offloaded byte
+(``offload_cost``), a sixteenth choice joins: ``lo``, the whole layer offloaded to host memory
+(twelve with sdpa). It recomputes nothing; what it costs is the bytes it moves, out in the
+forward and back in the backward (``save_on_cpu`` copies on the compute stream, so the copies
+are not overlapped: FLOPs of recompute that take as long as the two copies of a byte). The
+planner then minimises recompute FLOPs plus that cost per offloaded byte, optionally under a
+host-memory budget.
 
 **The figures, measured.** For each choice c, one step of the plan that gives every block c is
 measured on a copy of the flavor four blocks deep (three for a three-block flavor;
@@ -56,6 +62,7 @@ sum of its blocks' R (exact for both families).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 from collections.abc import Callable, Iterator
@@ -64,6 +71,8 @@ from dataclasses import dataclass
 import torch
 
 from ac_bench.models import BLOCK_CHOICES, BlockPlanAC, Flavor
+from ac_bench.models.ac.blocks import OFFLOAD_CHOICES
+from ac_bench.models.ac.offload import simulated_host
 from ac_bench.probes.blocks import BlockTimeline, block_timeline
 from ac_bench.record import Measurement, measure_variant
 
@@ -76,10 +85,12 @@ CALIBRATION_DEPTH = 4
 MIN_DEPTH = 3
 
 
-def space(attention: str) -> tuple[str, ...]:
+def space(attention: str, offload: bool = False) -> tuple[str, ...]:
     """The choices planned over: every one, less those saving P·V (``p``) with sdpa, whose fused
-    kernel has no batched matmul (there they are the ``s`` choices again)."""
-    return tuple(c for c in BLOCK_CHOICES if attention != "sdpa" or "p" not in c)
+    kernel has no batched matmul (there they are the ``s`` choices again), and less the
+    offloaded layer (``lo``) unless ``offload``."""
+    return tuple(c for c in BLOCK_CHOICES if (attention != "sdpa" or "p" not in c)
+                 and (offload or c not in OFFLOAD_CHOICES))
 
 
 def position(block: int, depth: int) -> str:
@@ -100,19 +111,27 @@ class ChoiceFigures:
     #: Last block only: what ``forward_kept_bytes`` adds to what the blocks keep (what follows the
     #: last block in the forward, a final norm say, less the model's output).
     head: int = 0
+    #: Bytes the block sends to host memory in its forward and brings back in its backward
+    #: (``lo``; 0 for every other choice).
+    offloaded: int = 0
 
 
 @dataclass(frozen=True)
 class Prediction:
     """A plan's predicted figures: step peak (bytes), activation peak (above the bytes
     allocated when the forward starts), ``forward_kept_bytes`` (the output excluded, as the
-    record counts it), recompute FLOPs, and where the peak is (``backward of block 3``)."""
+    record counts it), recompute FLOPs, where the peak is (``backward of block 3``), the bytes
+    offloaded to host memory (each moved twice: out in the forward, back in the backward) and
+    the cost the planner minimises: recompute FLOPs plus ``offload_flops_per_byte`` per
+    offloaded byte (``RegionFigures``)."""
 
     peak_bytes: int
     activation_peak_bytes: int
     kept_bytes: int
     recompute_flops: int
     peak_at: str
+    offloaded_bytes: int = 0
+    cost: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +158,10 @@ class RegionFigures:
     #: the input), 0 otherwise; the notebook family: 0 for every choice (LayerNorm saves its input).
     #: Empty (0 for every choice) where the copy has no interior block (a three-block flavor).
     handed_on: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: What one byte offloaded costs, in FLOPs of recompute it is weighed against (out in the
+    #: forward and back in the backward, both counted; ``offload_cost``). None: no offload choice
+    #: was measured.
+    offload_flops_per_byte: int | None = None
 
     @property
     def space(self) -> tuple[str, ...]:
@@ -163,7 +186,7 @@ class RegionFigures:
         """The figures of the plan giving block i the choice ``blocks[i]``."""
         if len(blocks) != self.depth:
             raise ValueError(f"a plan for {self.flavor} needs {self.depth} block choices, got {len(blocks)}")
-        kept_before, worst, where, flops = 0, -1, "", 0
+        kept_before, worst, where, flops, offloaded = 0, -1, "", 0, 0
         for i, choice in enumerate(blocks):
             f, shift = self.of(i, choice), self.neighbour_shift(i, blocks)
             for value, label in ((kept_before + shift + f.forward, f"forward of block {i}"),
@@ -172,17 +195,19 @@ class RegionFigures:
                     worst, where = value, label
             kept_before += f.kept + shift
             flops += f.recompute_flops
+            offloaded += f.offloaded
         tail = kept_before + self.of(self.depth - 1, blocks[-1]).tail
         if tail > worst:
             worst, where = tail, "between forward and backward"
         peak = self.before_forward + worst
         if self.other_peak > peak:
             peak, where = self.other_peak, "zero_grad or the optimizer step"
-        return Prediction(peak, worst, kept_before + self.of(self.depth - 1, blocks[-1]).head, flops, where)
+        return Prediction(peak, worst, kept_before + self.of(self.depth - 1, blocks[-1]).head, flops, where,
+                          offloaded, flops + (self.offload_flops_per_byte or 0) * offloaded)
 
 
 def figures_from_timelines(flavor: Flavor, attention: str, timelines: dict[str, BlockTimeline],
-                           none: Measurement) -> RegionFigures:
+                           none: Measurement, offload_flops_per_byte: int | None = None) -> RegionFigures:
     """``RegionFigures`` from the shallow copy's timelines of every choice and the ``none``
     record at the flavor's depth (its resident state and optimizer-step peak)."""
     some = timelines["nn"]
@@ -198,31 +223,58 @@ def figures_from_timelines(flavor: Flavor, attention: str, timelines: dict[str, 
                 kept=t.forward_end[i] - before[i], forward=t.forward_peak[i] - before[i],
                 backward=t.backward_peak[i] - before[i], tail=t.tail_peak - t.forward_end[-1] if p == "last" else 0,
                 recompute_flops=t.backward_flops[i] - some.backward_flops[i],
-                head=t.after_forward - t.forward_end[-1] - t.output_bytes if p == "last" else 0)
+                head=t.after_forward - t.forward_end[-1] - t.output_bytes if p == "last" else 0,
+                offloaded=t.offloaded[i] if t.offloaded else 0)
     gradients = flavor.depth * gradient_bytes + some.other_parameter_bytes
     handed_on = {c: choices[("second", c)].kept - choices[("interior", c)].kept for c in timelines
                  if ("interior", c) in choices}
     return RegionFigures(flavor.name, attention, flavor.depth, before_forward=none.resident_bytes - gradients,
                          other_peak=max(none.resident_bytes, none.optimizer_step_peak_bytes),
                          gradient_bytes_per_block=gradient_bytes, choices=choices,
-                         after=after, handed_on=handed_on)
+                         after=after, handed_on=handed_on, offload_flops_per_byte=offload_flops_per_byte)
 
 
 def measure_figures(flavor: Flavor, attention: str, device: str = "cpu",
-                    measure: Callable[[str], Measurement] | None = None) -> RegionFigures:
-    """Measure the figures: steps of a four-block copy (three-block for a three-block flavor), one per choice of ``space(attention)``, and ``none`` at the
-    flavor's depth through ``measure`` (a variant name -> its record; default
-    ``measure_variant``)."""
+                    measure: Callable[[str], Measurement] | None = None,
+                    offload_flops_per_byte: int | None = None) -> RegionFigures:
+    """Measure the figures: steps of a four-block copy (three-block for a three-block flavor),
+    one per choice of ``space(attention)``, and ``none`` at the flavor's depth through
+    ``measure`` (a variant name -> its record; default ``measure_variant``). With
+    ``offload_flops_per_byte`` (``offload_cost``) the offloaded layer ``lo`` joins the space: on
+    the CPU its step runs on fake tensors under ``simulated_host`` (what a GPU's memory does;
+    the CPU has no host of its own), on a GPU for real. ValueError below three blocks or for a
+    negative cost."""
+    if offload_flops_per_byte is not None and offload_flops_per_byte < 0:
+        raise ValueError(f"the cost of an offloaded byte must be >= 0 FLOPs, got {offload_flops_per_byte}")
     if flavor.depth < MIN_DEPTH:
         raise ValueError(f"flavor {flavor.name} has {flavor.depth} blocks; per-block plans need at least "
                          f"{MIN_DEPTH} (a first, an interior and a last block)")
-    depth = min(flavor.depth, CALIBRATION_DEPTH)
+    depth = CALIBRATION_DEPTH  # four blocks even for a three-block flavor: the interior one gives handed_on
     measure = measure or (lambda variant: measure_variant(flavor, variant, device))
     shallow = dataclasses.replace(flavor, depth=depth)
     fake = torch.device(device).type == "cpu"  # exact there, and no compute
-    timelines = {c: block_timeline(shallow, attention, BlockPlanAC.of((c,) * depth), device, fake=fake)
-                 for c in space(attention)}
-    return figures_from_timelines(flavor, attention, timelines, measure(f"none-{attention}"))
+    offload = offload_flops_per_byte is not None
+    with simulated_host() if offload and fake else contextlib.nullcontext():
+        timelines = {c: block_timeline(shallow, attention, BlockPlanAC.of((c,) * depth), device, fake=fake)
+                     for c in space(attention, offload)}
+    return figures_from_timelines(flavor, attention, timelines, measure(f"none-{attention}"), offload_flops_per_byte)
+
+
+#: Dense bf16 FLOP/s and host-link bytes/s per direction from the vendors' datasheets (H100 SXM
+#: and H200: 989.4 TFLOP/s, PCIe 5.0 x16: 64 GB/s; A100 SXM: 312 TFLOP/s, PCIe 4.0 x16: 32 GB/s),
+#: not measured: a measured link rate (``scripts/gpu-check``) gives a truer cost.
+OFFLOAD_PRESETS: dict[str, tuple[float, float]] = {"h100": (989.4e12, 64e9), "h200": (989.4e12, 64e9),
+                                                   "a100": (312e12, 32e9)}
+
+
+def offload_cost(flops_per_second: float, link_bytes_per_second: float) -> int:
+    """FLOPs of recompute that take as long as one byte offloaded and brought back (two copies
+    over the host link, not overlapped with compute): ``round(2 * flops / link)``. The H200
+    preset gives 30,919. ValueError for a rate that is not positive."""
+    if not (flops_per_second > 0 and link_bytes_per_second > 0):
+        raise ValueError(f"an offload cost needs a positive FLOP rate and link rate, got {flops_per_second} FLOP/s "
+                         f"and {link_bytes_per_second} B/s")
+    return round(2 * flops_per_second / link_bytes_per_second)
 
 
 def every_plan(figures: "RegionFigures") -> Iterator[tuple[str, ...]]:
@@ -231,18 +283,22 @@ def every_plan(figures: "RegionFigures") -> Iterator[tuple[str, ...]]:
 
 
 def regions(choice: str) -> int:
-    """Checkpointed regions of one block's choice: ``ff`` 2, ``fn`` 1, ``lf`` 1, ``nn`` 0."""
+    """Checkpointed (or offloaded) regions of one block's choice: ``ff`` 2, ``fn`` 1, ``lf`` 1, ``lo`` 1, ``nn`` 0."""
     return 1 if choice[0] == "l" else sum(letter != "n" for letter in choice)
 
 
-def brute_force(figures: RegionFigures, budget_bytes: int) -> tuple[tuple[str, ...], Prediction] | None:
-    """The exhaustive answer: over every plan predicted to fit, the fewest recompute FLOPs, then
-    the fewest checkpointed regions (``regions``; None: nothing fits). len(space)^depth
-    predictions: for tiny and small."""
+def brute_force(figures: RegionFigures, budget_bytes: int,
+                host_budget_bytes: int | None = None) -> tuple[tuple[str, ...], Prediction] | None:
+    """The exhaustive answer: over every plan predicted to fit (and to offload at most
+    ``host_budget_bytes``), the lowest cost (recompute FLOPs, plus the offloaded bytes'), then
+    the fewest checkpointed or offloaded regions (``regions``; None: nothing fits).
+    len(space)^depth predictions: for tiny and small."""
     best = None
     for blocks in every_plan(figures):
         p = figures.predict(blocks)
-        key = (p.recompute_flops, sum(regions(c) for c in blocks))
+        key = (p.cost, sum(regions(c) for c in blocks))
+        if host_budget_bytes is not None and p.offloaded_bytes > host_budget_bytes:
+            continue
         if p.peak_bytes <= budget_bytes and (best is None or key < best[0]):
             best = (key, blocks, p)
     return None if best is None else (best[1], best[2])

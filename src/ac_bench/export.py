@@ -116,8 +116,23 @@ def transformers(policy: BlockPlanAC) -> Export:
                               f"with one set of checkpoint arguments; {why}")
 
 
+#: Why a plan with an offloaded layer (``lo``) is not exported, per framework.
+OFFLOAD_NOT_EXPORTED = {
+    "torchtitan": "torchtitan's activation_checkpoint settings have no per-layer activation offload",
+    "Megatron-LM": "Megatron's layer offload (cpu_offloading, cpu_offloading_num_layers; Transformer Engine's "
+                   "get_cpu_offload_context) copies asynchronously, overlapped with compute, which is not what this "
+                   "plan measured and costed (save_on_cpu: synchronous copies); apply the plan with ac_bench's policy",
+    "transformers": "gradient_checkpointing_enable has no offload; wrap the layers with "
+                    "torch.distributed.algorithms._checkpoint.checkpoint_wrapper.offload_wrapper (save_on_cpu, pinned)",
+}
+
+
 def export_all(policy: BlockPlanAC) -> list[Export]:
-    """The plan for torchtitan, Megatron-LM and transformers."""
+    """The plan for torchtitan, Megatron-LM and transformers (none of them where it offloads a
+    layer: ``OFFLOAD_NOT_EXPORTED`` says why)."""
+    if "lo" in policy.blocks:
+        return [Export(name, None, f"does not fit: the plan offloads layers (lo); {why}")
+                for name, why in OFFLOAD_NOT_EXPORTED.items()]
     return [torchtitan(policy), megatron(policy), transformers(policy)]
 
 

@@ -12,12 +12,15 @@ is one linear row per moment of the step, with no big-M:
 with block j's K, F and Q (j >= 2) plus D . x_j - D . x_{j-1} (``RegionFigures.handed_on``: what
 a block hands on to be freed after its forward depends on its choice; 0 in the notebook family)
 
-and ``other <= budget`` (else nothing fits). Objective: sum_i R_i . x_i, in units of the
-greatest common divisor of the R figures, so that it is integral and CBC's absolute gap of
-0.5 proves optimality. A second solve fixes the FLOPs at the optimum and minimises the number
-of checkpointed regions (``regions``): the FLOPs counted are matmuls', and a selective region
-that saves every matmul output still recomputes its elementwise ops, so of two plans equally
-cheap in FLOPs the one that checkpoints less is taken. Every answer is
+and ``other <= budget`` (else nothing fits). Objective: sum_i (R_i + w O_i) . x_i, in units of
+the greatest common divisor of those figures, so that it is integral and CBC's absolute gap of
+0.5 proves optimality; O is the bytes a choice offloads (``lo``; 0 for every other) and w the
+cost of an offloaded byte in FLOPs (``blockplan.offload_cost``; the offload choice is in the
+space only where w is given). With a host budget, one more row: sum_i O_i . x_i <= host budget.
+A second solve fixes that cost at the optimum and minimises the number of checkpointed (or
+offloaded) regions (``regions``): the FLOPs counted are matmuls', and a selective region that
+saves every matmul output still recomputes its elementwise ops, so of two plans equally cheap
+in FLOPs the one that checkpoints less is taken. Every answer is
 checked against ``RegionFigures.predict`` in integer arithmetic; the self-tests check
 it against brute-force enumeration of every plan at ``tiny`` and ``small``.
 
@@ -37,6 +40,7 @@ from functools import reduce
 
 from ac_bench.blockplan import Prediction, RegionFigures, measure_figures, regions
 from ac_bench.models import BlockPlanAC, Flavor
+from ac_bench.models.ac.offload import simulated_host
 from ac_bench.outputs import gib_at_least
 from ac_bench.record import Measurement, measure_variant
 
@@ -121,7 +125,12 @@ def _chosen(figures: RegionFigures, x) -> tuple[str, ...]:
     return tuple(max(figures.space, key=lambda c: x[i, c].value() or 0.0) for i in range(figures.depth))
 
 
-def smallest_peak(figures: RegionFigures) -> tuple[tuple[str, ...], Prediction]:
+def _offloaded(pulp, figures: RegionFigures, x):
+    """The bytes a plan offloads, linear in x."""
+    return pulp.lpSum(figures.of(i, c).offloaded * x[i, c] for i in range(figures.depth) for c in figures.space)
+
+
+def smallest_peak(figures: RegionFigures, host_budget_bytes: int | None = None) -> tuple[tuple[str, ...], Prediction]:
     """The plan with the lowest predicted peak (what the smallest feasible budget is)."""
     pulp = _pulp()
     prob, x = _model(pulp, figures, pulp.LpMinimize)
@@ -129,27 +138,36 @@ def smallest_peak(figures: RegionFigures) -> tuple[tuple[str, ...], Prediction]:
     prob += z
     for k, row in enumerate(_rows(pulp, figures, x)[0]):
         prob += row <= z, f"peak_{k}"
+    if host_budget_bytes is not None:
+        prob += _offloaded(pulp, figures, x) <= host_budget_bytes, "host"
     _solve(pulp, prob)
     blocks = _chosen(figures, x)
     return blocks, figures.predict(blocks)
 
 
-def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | None = None) -> Solution:
-    """The plan with the fewest recompute FLOPs whose predicted step peak fits ``budget_bytes``
-    (then the fewest checkpointed regions among those); ``NothingFits`` where none is predicted to.
+def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | None = None,
+          host_budget_bytes: int | None = None) -> Solution:
+    """The plan of lowest cost (recompute FLOPs, plus the offloaded bytes' where the figures
+    have the offload choice) whose predicted step peak fits ``budget_bytes`` (then the fewest
+    checkpointed or offloaded regions among those); ``NothingFits`` where none is predicted to.
     ``kept_budget_bytes``: also keep at most this much for backward at the end of the forward
-    (``forward_kept_bytes``), to compare with a policy at its kept bytes."""
+    (``forward_kept_bytes``), to compare with a policy at its kept bytes. ``host_budget_bytes``:
+    offload at most this much to host memory."""
     if not (isinstance(budget_bytes, int) and budget_bytes > 0):
         raise ValueError(f"budget must be a positive number of bytes, got {budget_bytes!r}")
     pulp = _pulp()
     start = time.perf_counter()
     room = budget_bytes - figures.before_forward
-    nothing = _nothing_fits(figures, budget_bytes)
+    nothing = _nothing_fits(figures, budget_bytes, host_budget_bytes)
     if figures.other_peak > budget_bytes or room < 0:
         raise nothing()
-    unit = reduce(math.gcd, (f.recompute_flops for f in figures.choices.values()), 0) or 1
+    per_byte = figures.offload_flops_per_byte or 0
+
+    def cost(f) -> int:
+        return f.recompute_flops + per_byte * f.offloaded
+    unit = reduce(math.gcd, (cost(f) for f in figures.choices.values()), 0) or 1
     prob, x = _model(pulp, figures, pulp.LpMinimize)
-    flops = pulp.lpSum(figures.of(i, c).recompute_flops // unit * x[i, c]
+    flops = pulp.lpSum(cost(figures.of(i, c)) // unit * x[i, c]
                        for i in range(figures.depth) for c in figures.space)
     prob += flops
     rows, kept = _rows(pulp, figures, x)
@@ -158,6 +176,8 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
     if kept_budget_bytes is not None:
         head = pulp.lpSum(figures.of(figures.depth - 1, c).head * x[figures.depth - 1, c] for c in figures.space)
         prob += kept + head <= kept_budget_bytes, "kept"
+    if host_budget_bytes is not None:
+        prob += _offloaded(pulp, figures, x) <= host_budget_bytes, "host"
     status, proven = _solve(pulp, prob)
     if status != pulp.LpStatusOptimal:
         if kept_budget_bytes is not None:
@@ -171,17 +191,18 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
     _, proven_second = _solve(pulp, prob)
     blocks = _chosen(figures, x)
     prediction = figures.predict(blocks)
-    if (prediction.peak_bytes > budget_bytes or prediction.recompute_flops != best * unit
-            or (kept_budget_bytes is not None and prediction.kept_bytes > kept_budget_bytes)):
+    if (prediction.peak_bytes > budget_bytes or prediction.cost != best * unit
+            or (kept_budget_bytes is not None and prediction.kept_bytes > kept_budget_bytes)
+            or (host_budget_bytes is not None and prediction.offloaded_bytes > host_budget_bytes)):
         raise RuntimeError(f"the solver's plan {blocks} predicts {prediction}, against its own optimum of "
                            f"{best * unit} FLOPs within {budget_bytes} B: a numerical error in CBC")
     return Solution(blocks, prediction, time.perf_counter() - start, 0.0 if proven and proven_second else None,
                     variables=len(x), rows=prob.numConstraints())
 
 
-def _nothing_fits(figures: RegionFigures, budget_bytes: int):
+def _nothing_fits(figures: RegionFigures, budget_bytes: int, host_budget_bytes: int | None = None):
     def error() -> NothingFits:
-        blocks, p = smallest_peak(figures)
+        blocks, p = smallest_peak(figures, host_budget_bytes)
         return NothingFits(f"no per-block plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B) for "
                            f"{figures.flavor} with {figures.attention} attention: the smallest feasible budget is "
                            f"{gib_at_least(p.peak_bytes, 3)} GiB ({p.peak_bytes} B, {BlockPlanAC.of(blocks).name})")
@@ -207,32 +228,53 @@ class BlockPlan:
     def summary(self) -> str:
         s, r, p = self.solution, self.record, self.solution.prediction
         gap = "proven optimal" if s.gap == 0.0 else "not proven optimal (CBC's time limit)"
+        host = f", offloaded {p.offloaded_bytes / MIB:.1f} MiB to host memory" if p.offloaded_bytes else ""
         return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB ({self.budget_bytes} B): "
                 f"{self.policy.name}-{self.attention} ({self.policy.describe()}); measured peak "
                 f"{r.peak_bytes / GIB:.3f} GiB ({r.peak_bytes} B, predicted {p.peak_bytes}, at the {p.peak_at}), kept "
-                f"{r.forward_kept_bytes / MIB:.1f} MiB, recompute {(r.flops - self.none.flops) / 1e9:.2f} GFLOP; "
+                f"{r.forward_kept_bytes / MIB:.1f} MiB, recompute {(r.flops - self.none.flops) / 1e9:.2f} GFLOP{host}; "
                 f"CBC {s.seconds:.2f} s, {gap}, {s.variables} variables, {s.rows} rows")
+
+
+def simulated_measure(flavor: Flavor, device: str = "cpu") -> Callable[[str], Measurement]:
+    """A variant's record on fake tensors with offloaded layers sent to the simulated host
+    (``ac_bench.models.ac.offload.simulated_host``): how plans with ``lo`` are measured on the
+    CPU, whose device has no host of its own (the record's ``memory_method`` says fake)."""
+    estimated = dataclasses.replace(flavor, cpu_mode="estimate")
+
+    def measure(variant: str) -> Measurement:
+        with simulated_host():
+            return measure_variant(estimated, variant, device)
+    return measure
 
 
 class BlockPlanner:
     """Per-block plans for one flavor and attention on one device: the figures measured once
     (``ac_bench.blockplan.measure_figures``), any budget solved, the chosen plan measured
-    through ``measure`` (a variant name -> its record; default ``measure_variant``)."""
+    through ``measure`` (a variant name -> its record; default ``measure_variant``, and on the
+    CPU with offload ``simulated_measure``). ``offload_flops_per_byte``: the offloaded layer
+    joins the space at that cost per byte (``blockplan.offload_cost``); ``host_budget_bytes``:
+    offload at most this much."""
 
     def __init__(self, flavor: Flavor, attention: str, device: str = "cpu",
-                 measure: Callable[[str], Measurement] | None = None) -> None:
+                 measure: Callable[[str], Measurement] | None = None,
+                 offload_flops_per_byte: int | None = None, host_budget_bytes: int | None = None) -> None:
         self.flavor, self.attention, self.device = flavor, attention, device
-        self.measure = measure or (lambda variant: measure_variant(flavor, variant, device))
+        self.offload_flops_per_byte, self.host_budget_bytes = offload_flops_per_byte, host_budget_bytes
+        simulated = offload_flops_per_byte is not None and str(device).startswith("cpu")
+        self.measure = measure or (simulated_measure(flavor, device) if simulated else
+                                   (lambda variant: measure_variant(flavor, variant, device)))
         self._figures: RegionFigures | None = None
 
     @property
     def figures(self) -> RegionFigures:
         if self._figures is None:
-            self._figures = measure_figures(self.flavor, self.attention, self.device, self.measure)
+            self._figures = measure_figures(self.flavor, self.attention, self.device, self.measure,
+                                            self.offload_flops_per_byte)
         return self._figures
 
     def solve(self, budget_bytes: int) -> Solution:
-        return solve(self.figures, budget_bytes)
+        return solve(self.figures, budget_bytes, host_budget_bytes=self.host_budget_bytes)
 
     def plan(self, budget_bytes: int, retries: int = 3) -> BlockPlan:
         """The solver's plan for ``budget_bytes``, measured, its record carrying the predicted peak

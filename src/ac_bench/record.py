@@ -389,10 +389,15 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
         optimizer.zero_grad(set_to_none=True)
     phases.append(p)
     before_forward = probe.current()
+    # Offloaded layers of a per-block plan (HostOffloadWrapper) count what they move: this step's.
+    offloading = [m for m in model.modules() if hasattr(m, "reset_offloaded")]
+    for module in offloading:
+        module.reset_offloaded()
     reset_collector()
     with probe.phase() as p:
         with policy.forward_context(device) as hooks:
             out = model(x)
+        offloaded = getattr(hooks, "offloaded_bytes", 0) + sum(m.offloaded_bytes for m in offloading)
         forward_kept = probe.current() - before_forward - out.untyped_storage().nbytes()
         loss = loss_fn(out)
         del out
@@ -419,7 +424,7 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
         "activation_peak_bytes": forward_backward.peak_bytes - before_forward,
         "forward_kept_bytes": forward_kept,
         "saved_bytes": None if note else saved_bytes,
-        "offloaded_bytes": getattr(hooks, "offloaded_bytes", 0),
+        "offloaded_bytes": offloaded,
         "flops": int(counter.get_total_flops()),
         "backward_ops": backward_ops.ops,
         "backward_nonmatmul_bytes": backward_ops.nonmatmul_bytes,

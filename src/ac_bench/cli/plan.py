@@ -67,6 +67,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _offload_cost(text: str) -> int:
+    from ac_bench.blockplan import OFFLOAD_PRESETS, offload_cost
+    if text.lower() in OFFLOAD_PRESETS:
+        return offload_cost(*OFFLOAD_PRESETS[text.lower()])
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected FLOPs per offloaded byte (a whole number) or one of "
+                                         f"{', '.join(OFFLOAD_PRESETS)}, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"the cost of an offloaded byte must be 0 or more FLOPs, got {text!r}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ac_bench.scale import SCALE_MODELS
     parser.add_argument("--flavor", default="seed", choices=list(FLAVORS), help="default: %(default)s")
@@ -88,6 +102,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prefix: plan_aA_mM, whole sublayers of the first blocks, enumerated; blocks: per block "
                              "none / full / selective per sublayer or the whole layer, solved as a MILP (needs PuLP: "
                              "pip install 'ac-bench[milp]'; default %(default)s)")
+    parser.add_argument("--offload-cost", type=_offload_cost, metavar="FLOPS_PER_BYTE|h100|h200|a100",
+                        help="--space blocks: add the offloaded layer (lo, save_on_cpu) to the space, each byte it "
+                             "offloads costing this many FLOPs of recompute (2 x FLOP/s / host-link B/s; the presets "
+                             "use datasheet rates: h200 30919). On the CPU its figures come from fake tensors and a "
+                             "simulated host")
+    parser.add_argument("--host-gib", type=_gib, metavar="GIB",
+                        help="--space blocks with --offload-cost: offload at most this much host memory")
     parser.add_argument("--budget-gib", type=_gib, required=True, metavar="GIB",
                         help="the whole step's peak (parameters, gradients, optimizer state included)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
@@ -141,6 +162,8 @@ def plan_command(args: argparse.Namespace) -> None:
     if args.space == "blocks":
         block_plan_command(args)
         return
+    if args.offload_cost is not None or args.host_gib is not None:
+        raise ReportInputError("--offload-cost and --host-gib plan offloaded layers: add --space blocks")
     flavor = get_flavor(args.flavor)
     check_output_files(plot=args.plot, markdown=args.markdown)  # before minutes of measuring, not after
     planner = Planner(flavor, args.attention, args.device)
@@ -231,7 +254,10 @@ def block_plan_command(args: argparse.Namespace) -> None:
                                "compiler run `python -m ac_bench.report frontier`")
     flavor = get_flavor(args.flavor)
     check_output_files(markdown=args.markdown)
-    planner = BlockPlanner(flavor, args.attention, args.device)
+    if args.host_gib is not None and args.offload_cost is None:
+        raise ReportInputError("--host-gib bounds what offloaded layers take: add --offload-cost (e.g. h200)")
+    planner = BlockPlanner(flavor, args.attention, args.device, offload_flops_per_byte=args.offload_cost,
+                           host_budget_bytes=None if args.host_gib is None else int(args.host_gib * GIB))
     try:
         plan = planner.plan(int(args.budget_gib * GIB))
     except (NothingFits, SolverMissing, ValueError) as exc:
@@ -239,23 +265,31 @@ def block_plan_command(args: argparse.Namespace) -> None:
     fig = planner.figures
     lines = [f"plan: {plan.summary()}", "",
              "per block: the choice (attention then MLP: n none, f full recompute, s selective, p selective keeping P·V; "
-             "lf/ls/lp the whole layer), "
+             "lf/ls/lp the whole layer, lo the whole layer offloaded to host memory), "
              "what it adds to the bytes kept for backward in this plan (its output included, less its input "
              "where it does not keep it, which is freed after it), and what it recomputes; the plan's kept total "
              "leaves out the model's output and adds what follows the last block",
-             "| block | choice | kept MiB | recompute GFLOP |", "| ---: | --- | ---: | ---: |"]
+             "| block | choice | kept MiB | recompute GFLOP | offloaded MiB |", "| ---: | --- | ---: | ---: | ---: |"]
     blocks = plan.policy.blocks
     for i, choice in enumerate(blocks):
         f = fig.of(i, choice)
         kept = f.kept + fig.neighbour_shift(i, blocks)
-        lines.append(f"| {i} | {choice} | {kept / MIB:.2f} | {f.recompute_flops / 1e9:.3f} |")
+        lines.append(f"| {i} | {choice} | {kept / MIB:.2f} | {f.recompute_flops / 1e9:.3f} | {f.offloaded / MIB:.2f} |")
     last = fig.of(len(blocks) - 1, blocks[-1]).head
-    lines.append(f"| after the blocks | | {last / MIB:+.2f} | |")
+    lines.append(f"| after the blocks | | {last / MIB:+.2f} | | |")
+    if fig.offload_flops_per_byte is not None:
+        where = ("fake tensors and a simulated host (the CPU has no host of its own to offload to)"
+                 if args.device == "cpu" else "the device")
+        lines.append(f"\noffload: each offloaded byte costs {fig.offload_flops_per_byte:,} FLOPs of recompute "
+                     f"(--offload-cost); the plan's cost is {plan.solution.prediction.cost / 1e9:.3f} GFLOP-equivalent; "
+                     f"measured on {where}")
     lines += ["", *export_lines(plan.policy)]
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.markdown:
         command = (f"python -m ac_bench.report plan --space blocks --flavor {args.flavor} --attention {args.attention} "
-                   f"--budget-gib {args.budget_gib:g} --device {args.device} --markdown {args.markdown}")
+                   f"--budget-gib {args.budget_gib:g} --device {args.device} --markdown {args.markdown}"
+                   + (f" --offload-cost {args.offload_cost}" if args.offload_cost is not None else "")
+                   + (f" --host-gib {args.host_gib:g}" if args.host_gib is not None else ""))
         write_text(args.markdown, f"# Per-block checkpointing plan: {args.flavor}, {args.attention}, "
                                   f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")

@@ -52,6 +52,9 @@ class BlockTimeline:
     #: Bytes allocated right after the model's forward (what follows the last block included:
     #: a final norm, say), as ``forward_kept_bytes`` counts them before leaving the output out.
     after_forward: int
+    #: Bytes block j sent to host memory in the measured step's forward (an offloaded layer,
+    #: ``HostOffloadWrapper``; 0 for every other block), what its backward brings back.
+    offloaded: tuple[int, ...] = ()
 
 
 class _Marks:
@@ -128,13 +131,16 @@ def block_timeline(flavor: Flavor, attention: str, policy: Policy, device: str |
         for label, delta, _ in flop_marks:  # the FLOPs since the previous mark belong to the segment it ends
             bwd_flops[label] = delta
 
-        tracker = _segment_tracker()
+        tracker = _segment_tracker(device)
         tracker.track_external(model, training.optimizer, training.x)
         mem_marks: list = []
 
         def mem_mark(label) -> None:
             mem_marks.append((label, tracker.segment_peak, tracker.total()))
             tracker.segment_peak = tracker.total()
+        offloading = [getattr(b, "reset_offloaded", None) for b in model.blocks]
+        for reset in filter(None, offloading):
+            reset()
         with frozen_heap():
             reset_collector()
             with tracker:
@@ -171,19 +177,22 @@ def block_timeline(flavor: Flavor, attention: str, policy: Policy, device: str |
         other_parameter_bytes=all_params - in_blocks,
         output_bytes=output_bytes,
         after_forward=after_forward,
+        offloaded=tuple(getattr(b, "offloaded_bytes", 0) for b in blocks),
     )
 
 
-def _segment_tracker():
+def _segment_tracker(device: torch.device):
     """A MemTracker (the suite's compile-aware one) that also keeps the peak since the last
-    mark (``segment_peak``), updated after every op as the tracker's own peak is."""
+    mark (``segment_peak``), updated after every op as the tracker's own peak is. It counts
+    ``device``'s bytes only: on a GPU an offloaded layer's host copies are CPU tensors."""
     base = compile_aware_mem_tracker_class()
 
     class SegmentTracker(base):
         segment_peak = 0
 
         def total(self) -> int:
-            return sum(snap.get("Total", 0) for snap in self._curr_mem_snap.values())
+            return sum(snap.get("Total", 0) for dev, snap in self._curr_mem_snap.items()
+                       if torch.device(dev).type == device.type)
 
         def _update_peak_stats(self, peak_state) -> None:
             super()._update_peak_stats(peak_state)
