@@ -30,6 +30,7 @@ PuLP is an optional dependency (``pip install 'ac-bench[milp]'``); without it ``
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -203,7 +204,11 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
 def _nothing_fits(figures: RegionFigures, budget_bytes: int, host_budget_bytes: int | None = None):
     def error() -> NothingFits:
         blocks, p = smallest_peak(figures, host_budget_bytes)
-        return NothingFits(f"no per-block plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B) for "
+        with contextlib.suppress(NothingFits, RuntimeError):  # the cheapest plan at that peak, to name
+            cheapest = solve(figures, p.peak_bytes, host_budget_bytes=host_budget_bytes)
+            blocks, p = cheapest.blocks, cheapest.prediction
+        host = "" if host_budget_bytes is None else f" offloading at most {host_budget_bytes / GIB:.3f} GiB"
+        return NothingFits(f"no per-block plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B){host} for "
                            f"{figures.flavor} with {figures.attention} attention: the smallest feasible budget is "
                            f"{gib_at_least(p.peak_bytes, 3)} GiB ({p.peak_bytes} B, {BlockPlanAC.of(blocks).name})")
     return error

@@ -271,18 +271,27 @@ def block_plan_command(args: argparse.Namespace) -> None:
              "leaves out the model's output and adds what follows the last block",
              "| block | choice | kept MiB | recompute GFLOP | offloaded MiB |", "| ---: | --- | ---: | ---: | ---: |"]
     blocks = plan.policy.blocks
+    # What each block's forward adds, with the input a block does not keep (handed_on, from
+    # block 1 on: block 0's is the model's) taken off its own row, not off the next one's, where
+    # it is freed; the rows still add up to the plan's kept total.
+    kept = [fig.of(i, c).kept + fig.neighbour_shift(i, blocks) for i, c in enumerate(blocks)]
+    kept.append(fig.of(len(blocks) - 1, blocks[-1]).head)
+    for i in range(1, len(blocks)):
+        freed = fig.handed_on.get(blocks[i], 0)
+        kept[i] -= freed
+        kept[i + 1] += freed
     for i, choice in enumerate(blocks):
         f = fig.of(i, choice)
-        kept = f.kept + fig.neighbour_shift(i, blocks)
-        lines.append(f"| {i} | {choice} | {kept / MIB:.2f} | {f.recompute_flops / 1e9:.3f} | {f.offloaded / MIB:.2f} |")
-    last = fig.of(len(blocks) - 1, blocks[-1]).head
-    lines.append(f"| after the blocks | | {last / MIB:+.2f} | | |")
+        lines.append(f"| {i} | {choice} | {kept[i] / MIB:.2f} | {f.recompute_flops / 1e9:.3f} | {f.offloaded / MIB:.2f} |")
+    lines.append(f"| after the blocks | | {kept[-1] / MIB:+.2f} | | |")
     if fig.offload_flops_per_byte is not None:
         where = ("fake tensors and a simulated host (the CPU has no host of its own to offload to)"
                  if args.device == "cpu" else "the device")
+        host = ("no host budget" if args.host_gib is None else
+                f"host budget {args.host_gib:g} GiB (--host-gib), {plan.solution.prediction.offloaded_bytes / MIB:.1f} MiB used")
         lines.append(f"\noffload: each offloaded byte costs {fig.offload_flops_per_byte:,} FLOPs of recompute "
                      f"(--offload-cost); the plan's cost is {plan.solution.prediction.cost / 1e9:.3f} GFLOP-equivalent; "
-                     f"measured on {where}")
+                     f"{host}; measured on {where}")
     lines += ["", *export_lines(plan.policy)]
     text = "\n".join(lines) + "\n"
     print(text, end="")
