@@ -1,6 +1,6 @@
 """A per-block plan: for every block, what is checkpointed and how (``ac_bench.milp`` chooses it).
 
-Each block gets one of sixteen choices, written as two letters:
+Each block gets one of twenty-four choices, written as two letters:
 
 - per sublayer, attention's letter then the MLP's: ``n`` nothing (autograd keeps what it keeps),
   ``f`` full recompute (``torch.utils.checkpoint`` around the sublayer: it keeps only its input),
@@ -12,11 +12,12 @@ Each block gets one of sixteen choices, written as two letters:
   ``nf``, ``ns``, ``fn``, ``ff``, ``fs``, ``sn``, ``sf``, ``ss``, ``pn``, ``pf``, ``ps``;
 - the whole layer as one region, layer 0 included (what transformers' and torchtitan's full AC
   wrap): ``lf`` full recompute, ``ls`` and ``lp`` selective with those save lists;
-- the whole layer offloaded, ``lo``: nothing recomputed, everything the layer saves for
-  backward (its input included) sent to host memory in its forward and brought back in its
-  backward (``save_on_cpu``, pinned, through ``HostOffloadWrapper``; torch's ``OffloadWrapper``
-  does the same). On the CPU the device is its own host and nothing moves, as for the
-  ``offload`` policy, except under ``simulated_host`` on fake tensors (the planner's figures).
+- offloaded, ``o``: a sublayer (``on``, ``no``, ``oo``, ``fo``, ``of``, ``so``, ``os``, ``po``)
+  or the whole layer (``lo``): nothing recomputed, everything the region saves for backward
+  (its input included) sent to host memory in its forward and brought back in its backward
+  (``save_on_cpu``, pinned, through ``HostOffloadWrapper``; torch's ``OffloadWrapper`` does the
+  same). On the CPU the device is its own host and nothing moves, as for the ``offload``
+  policy, except under ``simulated_host`` on fake tensors (the planner's figures).
 
 A whole layer keeps one input where two checkpointed sublayers keep two (the MLP's input is
 rebuilt), at the price of recomputing the attention's output projection.
@@ -48,17 +49,19 @@ from ac_bench.models.ac.selective import MATMUL_OPS, SelectiveAC, _ops, _policy_
 #: for attention selective with the attention output saved too.
 REGION_CHOICES: tuple[str, ...] = ("n", "f", "s")
 ATTENTION_CHOICES: tuple[str, ...] = (*REGION_CHOICES, "p")
-#: The choices that offload rather than recompute: the whole layer's saved tensors to host memory.
-OFFLOAD_CHOICES: tuple[str, ...] = ("lo",)
+#: The choices that offload a region's saved tensors to host memory rather than recompute: the
+#: whole layer, or a sublayer next to any choice of the other (``o``).
+OFFLOAD_CHOICES: tuple[str, ...] = ("lo",) + tuple(
+    a + m for a, m in itertools.product((*ATTENTION_CHOICES, "o"), (*REGION_CHOICES, "o")) if "o" in a + m)
 #: Every choice of one block: attention letter + MLP letter, or the whole layer (``l`` + f, s or
-#: p), or the whole layer offloaded (``lo``).
+#: p), then the offloading ones (``OFFLOAD_CHOICES``).
 BLOCK_CHOICES: tuple[str, ...] = tuple(a + m for a, m in itertools.product(ATTENTION_CHOICES, REGION_CHOICES)) + (
     "lf", "ls", "lp", *OFFLOAD_CHOICES)
 #: The selective regions' save list and rule: the ``sac`` policy's.
 _SAC = SelectiveAC("sac", sublayers=("attn", "mlp"))
 _BMM = torch.ops.aten.bmm.default
 
-_TOKEN = r"(?:[nfsp][nfs]|l[fspo])(?:[1-9]\d*)?"
+_TOKEN = r"(?:[nfspo][nfso]|l[fspo])(?:[1-9]\d*)?"
 
 
 def _keep_attention_output(meta: dict, sac_policy, ctx, func, *args, **kwargs) -> CheckpointPolicy:
@@ -91,7 +94,7 @@ class BlockPlanAC(Policy):
 
     kind: ClassVar[str] = "blocks"
     name_grammar: ClassVar[str | None] = ("blocks_CODE[N].CODE[N]... (per block: attention n/f/s/p then MLP n/f/s, "
-                                          "or lf/ls/lp for the whole layer, lo to offload it; e.g. blocks_ff3.fs.nn8)")
+                                          "or lf/ls/lp for the whole layer; o offloads a sublayer, lo the layer; e.g. blocks_ff3.fs.nn8)")
     hidden_from_saved_tensors_hooks: ClassVar[str | None] = _SAC.hidden_from_saved_tensors_hooks
 
     @classmethod
@@ -128,16 +131,16 @@ class BlockPlanAC(Policy):
 
     def regions(self, depth: int) -> list[tuple[int, str]]:
         """``(block, region)`` of every checkpointed region: ``attn``, ``mlp`` or ``layer``
-        (an offloaded layer is not checkpointed)."""
+        (an offloaded region is not checkpointed)."""
         self.check_depth(depth)
         out = []
         for block, code in enumerate(self.blocks):
-            if code in OFFLOAD_CHOICES:
+            if code == "lo":
                 continue
             if code[0] == "l":
                 out.append((block, "layer"))
             else:
-                out += [(block, sub) for sub, letter in zip(("attn", "mlp"), code) if letter != "n"]
+                out += [(block, sub) for sub, letter in zip(("attn", "mlp"), code) if letter not in "no"]
         return out
 
     def apply(self, model: nn.Module) -> nn.Module:
@@ -145,7 +148,7 @@ class BlockPlanAC(Policy):
         selective ones with ``sac``'s ``context_fn``."""
         self.check_depth(len(model.blocks))
         for i, code in enumerate(self.blocks):
-            if code in OFFLOAD_CHOICES:
+            if code == "lo":
                 model.blocks[i] = HostOffloadWrapper(model.blocks[i])
                 continue
             if code[0] == "l":
@@ -159,6 +162,8 @@ class BlockPlanAC(Policy):
         return model
 
     def _wrap(self, module: nn.Module, letter: str) -> nn.Module:
+        if letter == "o":
+            return HostOffloadWrapper(module)
         kwargs = _SAC.wrap_kwargs() if letter in "sp" else {}
         if letter == "p":
             kwargs["context_fn"] = keep_attention_output_context_fn

@@ -7,8 +7,9 @@ also with its output P·V saved), or the whole layer as one region, full or sele
 the fused kernel has no batched matmul, so the P·V choices are those without it and are left
 out: eleven choices (``space``). 15^depth plans with eager attention: 3,375 at ``tiny``, 50,625
 at ``small``, 1.3e14 at ``seed``; 11^depth with sdpa. Given a cost per offloaded byte
-(``offload_cost``), a sixteenth choice joins: ``lo``, the whole layer offloaded to host memory
-(twelve with sdpa). It recomputes nothing; what it costs is the bytes it moves, out in the
+(``offload_cost``), nine choices join: ``lo``, the whole layer offloaded to host memory, and
+a sublayer offloaded next to any choice of the other (``on``, ``oo``, ``fo``, ...; eight with
+sdpa, nineteen choices in all). They recompute nothing in what they offload; what it costs is the bytes it moves, out in the
 forward and back in the backward (``save_on_cpu`` copies on the compute stream, so the copies
 are not overlapped: FLOPs of recompute that take as long as the two copies of a byte). The
 planner then minimises recompute FLOPs plus that cost per offloaded byte, optionally under a
@@ -88,7 +89,7 @@ MIN_DEPTH = 3
 def space(attention: str, offload: bool = False) -> tuple[str, ...]:
     """The choices planned over: every one, less those saving P·V (``p``) with sdpa, whose fused
     kernel has no batched matmul (there they are the ``s`` choices again), and less the
-    offloaded layer (``lo``) unless ``offload``."""
+    offloading ones (``OFFLOAD_CHOICES``: ``o``, ``lo``) unless ``offload``."""
     return tuple(c for c in BLOCK_CHOICES if (attention != "sdpa" or "p" not in c)
                  and (offload or c not in OFFLOAD_CHOICES))
 
@@ -112,7 +113,7 @@ class ChoiceFigures:
     #: last block in the forward, a final norm say, less the model's output).
     head: int = 0
     #: Bytes the block sends to host memory in its forward and brings back in its backward
-    #: (``lo``; 0 for every other choice).
+    #: (the offloading choices, ``o`` and ``lo``; 0 for every other).
     offloaded: int = 0
 
 
@@ -240,8 +241,8 @@ def measure_figures(flavor: Flavor, attention: str, device: str = "cpu",
     """Measure the figures: steps of a four-block copy (three-block for a three-block flavor),
     one per choice of ``space(attention)``, and ``none`` at the flavor's depth through
     ``measure`` (a variant name -> its record; default ``measure_variant``). With
-    ``offload_flops_per_byte`` (``offload_cost``) the offloaded layer ``lo`` joins the space: on
-    the CPU its step runs on fake tensors under ``simulated_host`` (what a GPU's memory does;
+    ``offload_flops_per_byte`` (``offload_cost``) the offloading choices (``o``, ``lo``) join
+    the space: on the CPU their steps run on fake tensors under ``simulated_host`` (what a GPU's memory does;
     the CPU has no host of its own), on a GPU for real. ValueError below three blocks or for a
     negative cost."""
     if offload_flops_per_byte is not None and offload_flops_per_byte < 0:
@@ -283,7 +284,7 @@ def every_plan(figures: "RegionFigures") -> Iterator[tuple[str, ...]]:
 
 
 def regions(choice: str) -> int:
-    """Checkpointed (or offloaded) regions of one block's choice: ``ff`` 2, ``fn`` 1, ``lf`` 1, ``lo`` 1, ``nn`` 0."""
+    """Checkpointed (or offloaded) regions of one block's choice: ``ff`` 2, ``fn`` 1, ``on`` 1, ``lf`` 1, ``lo`` 1, ``nn`` 0."""
     return 1 if choice[0] == "l" else sum(letter != "n" for letter in choice)
 
 

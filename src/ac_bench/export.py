@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ac_bench.models import BlockPlanAC
+from ac_bench.models.ac.blocks import OFFLOAD_CHOICES
 from ac_bench.models.ac.selective import SAC_SAVE_OPS
 
 #: How a selective region's ``context_fn`` is written for transformers (a callable, not data):
@@ -116,9 +117,9 @@ def transformers(policy: BlockPlanAC) -> Export:
                               f"with one set of checkpoint arguments; {why}")
 
 
-#: Why a plan with an offloaded layer (``lo``) is not exported, per framework.
+#: Why a plan that offloads (``o``, ``lo``) is not exported, per framework.
 OFFLOAD_NOT_EXPORTED = {
-    "torchtitan": "torchtitan's activation_checkpoint settings have no per-layer activation offload",
+    "torchtitan": "torchtitan's activation_checkpoint settings have no activation offload",
     "Megatron-LM": "Megatron's layer offload (cpu_offloading, cpu_offloading_num_layers; Transformer Engine's "
                    "get_cpu_offload_context) copies asynchronously, overlapped with compute, which is not what this "
                    "plan measured and costed (save_on_cpu: synchronous copies); apply the plan with ac_bench's policy",
@@ -129,9 +130,9 @@ OFFLOAD_NOT_EXPORTED = {
 
 def export_all(policy: BlockPlanAC) -> list[Export]:
     """The plan for torchtitan, Megatron-LM and transformers (none of them where it offloads a
-    layer: ``OFFLOAD_NOT_EXPORTED`` says why)."""
-    if "lo" in policy.blocks:
-        return [Export(name, None, f"does not fit: the plan offloads layers (lo); {why}")
+    region: ``OFFLOAD_NOT_EXPORTED`` says why)."""
+    if any(c in OFFLOAD_CHOICES for c in policy.blocks):
+        return [Export(name, None, f"does not fit: the plan offloads to host memory (o, lo); {why}")
                 for name, why in OFFLOAD_NOT_EXPORTED.items()]
     return [torchtitan(policy), megatron(policy), transformers(policy)]
 

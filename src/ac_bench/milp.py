@@ -14,7 +14,7 @@ a block hands on to be freed after its forward depends on its choice; 0 in the n
 
 and ``other <= budget`` (else nothing fits). Objective: sum_i (R_i + w O_i) . x_i, in units of
 the greatest common divisor of those figures, so that it is integral and CBC's absolute gap of
-0.5 proves optimality; O is the bytes a choice offloads (``lo``; 0 for every other) and w the
+0.5 proves optimality; O is the bytes a choice offloads (``o``, ``lo``; 0 for every other) and w the
 cost of an offloaded byte in FLOPs (``blockplan.offload_cost``; the offload choice is in the
 space only where w is given). With a host budget, one more row: sum_i O_i . x_i <= host budget.
 A second solve fixes that cost at the optimum and minimises the number of checkpointed (or
@@ -242,8 +242,8 @@ class BlockPlan:
 
 
 def simulated_measure(flavor: Flavor, device: str = "cpu") -> Callable[[str], Measurement]:
-    """A variant's record on fake tensors with offloaded layers sent to the simulated host
-    (``ac_bench.models.ac.offload.simulated_host``): how plans with ``lo`` are measured on the
+    """A variant's record on fake tensors with offloaded regions sent to the simulated host
+    (``ac_bench.models.ac.offload.simulated_host``): how plans that offload are measured on the
     CPU, whose device has no host of its own (the record's ``memory_method`` says fake)."""
     estimated = dataclasses.replace(flavor, cpu_mode="estimate")
 
@@ -257,8 +257,8 @@ class BlockPlanner:
     """Per-block plans for one flavor and attention on one device: the figures measured once
     (``ac_bench.blockplan.measure_figures``), any budget solved, the chosen plan measured
     through ``measure`` (a variant name -> its record; default ``measure_variant``, and on the
-    CPU with offload ``simulated_measure``). ``offload_flops_per_byte``: the offloaded layer
-    joins the space at that cost per byte (``blockplan.offload_cost``); ``host_budget_bytes``:
+    CPU with offload ``simulated_measure``). ``offload_flops_per_byte``: the offloading choices
+    join the space at that cost per byte (``blockplan.offload_cost``); ``host_budget_bytes``:
     offload at most this much."""
 
     def __init__(self, flavor: Flavor, attention: str, device: str = "cpu",

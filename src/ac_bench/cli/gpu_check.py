@@ -13,7 +13,11 @@ On a machine with one CUDA GPU and a CUDA torch already installed it runs, in th
 4. ``scripts/scale_vs_device.py``: the at-scale estimate (``ac_bench.scale``, fake process group on
    the CPU) against a real FSDP2 step at world size 1 on the GPU, ``llama3-8b-4l`` (4 layers at
    Llama-3-8B's width, sequence 8192, bf16), figure by figure, into ``OUTDIR/scale-vs-cuda.md``;
-5. ``OUTDIR/summary.txt``: per variant the CUDA measurement against the CPU's fake-tensor
+5. ``plan --space blocks --offload-cost 0`` at ``seed`` (sdpa, 0.5 GiB) on the GPU, offloaded
+   layers for real (``save_on_cpu``, pinned), and on the CPU's simulated host, into
+   ``OUTDIR/offload-plan-cuda.md`` and ``OUTDIR/offload-plan-cpu.md``: each the chosen plan's
+   predicted and measured peak;
+6. ``OUTDIR/summary.txt``: per variant the CUDA measurement against the CPU's fake-tensor
    estimate (the committed ``baselines/cpu/figures.json``), the time/FLOP ratios, the outcome
    of each step.
 It runs in the repository (``--repo``, default the current folder: scripts/gpu-check starts
@@ -52,6 +56,12 @@ def _beyond(record: dict, metric: str, tol, new: int, old: int) -> bool:
     shape = analytic.Shape.of_record(Measurement.from_dict(record))
     allowance = cuda_backward_allowance(analytic.attention_score_bytes(shape, "eager"), record["attention"])
     return not -0.02 * new <= new - old <= allowance
+
+
+#: The per-block plan with offloaded layers compared between the GPU and the CPU's simulated
+#: host: at a cost of 0 per offloaded byte the solver offloads wherever that saves recompute.
+OFFLOAD_PLAN = ("plan", "--space", "blocks", "--flavor", "seed", "--attention", "sdpa", "--budget-gib", "0.5",
+                "--offload-cost", "0")
 
 
 class CheckError(Exception):
@@ -163,6 +173,10 @@ def main(argv: list[str] | None = None) -> int:
             steps.append(_run("scale", [py, "scripts/scale_vs_device.py", "--flavor", "llama3-8b-4l", "--depth", "4",
                                         "--device", "cuda", "--no-mixed-precision", "--out",
                                         str(out / "scale-vs-cuda.md")], log, 240, args.repo))
+            for device in ("cuda", "cpu"):  # offloaded layers for real (pinned save_on_cpu) and simulated
+                steps.append(_run(f"offload-{device}", [py, "-m", "ac_bench.report", *OFFLOAD_PLAN, "--device", device,
+                                                         "--markdown", str(out / f"offload-plan-{device}.md")],
+                                  log, 180, args.repo))
         cpu_figures = args.repo / "baselines" / "cpu" / "figures.json"
         (out / "summary.txt").write_text(summary_text(out / "gpu.json", cpu_figures, steps))
     except CheckError as exc:

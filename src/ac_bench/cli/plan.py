@@ -103,7 +103,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "none / full / selective per sublayer or the whole layer, solved as a MILP (needs PuLP: "
                              "pip install 'ac-bench[milp]'; default %(default)s)")
     parser.add_argument("--offload-cost", type=_offload_cost, metavar="FLOPS_PER_BYTE|h100|h200|a100",
-                        help="--space blocks: add the offloaded layer (lo, save_on_cpu) to the space, each byte it "
+                        help="--space blocks: add offloaded sublayers and layers (o, lo: save_on_cpu) to the space, each byte it "
                              "offloads costing this many FLOPs of recompute (2 x FLOP/s / host-link B/s; the presets "
                              "use datasheet rates: h200 30919). On the CPU its figures come from fake tensors and a "
                              "simulated host")
@@ -163,7 +163,7 @@ def plan_command(args: argparse.Namespace) -> None:
         block_plan_command(args)
         return
     if args.offload_cost is not None or args.host_gib is not None:
-        raise ReportInputError("--offload-cost and --host-gib plan offloaded layers: add --space blocks")
+        raise ReportInputError("--offload-cost and --host-gib plan offloaded sublayers and layers: add --space blocks")
     flavor = get_flavor(args.flavor)
     check_output_files(plot=args.plot, markdown=args.markdown)  # before minutes of measuring, not after
     planner = Planner(flavor, args.attention, args.device)
@@ -255,7 +255,7 @@ def block_plan_command(args: argparse.Namespace) -> None:
     flavor = get_flavor(args.flavor)
     check_output_files(markdown=args.markdown)
     if args.host_gib is not None and args.offload_cost is None:
-        raise ReportInputError("--host-gib bounds what offloaded layers take: add --offload-cost (e.g. h200)")
+        raise ReportInputError("--host-gib bounds what offloading takes: add --offload-cost (e.g. h200)")
     planner = BlockPlanner(flavor, args.attention, args.device, offload_flops_per_byte=args.offload_cost,
                            host_budget_bytes=None if args.host_gib is None else int(args.host_gib * GIB))
     try:
@@ -265,7 +265,7 @@ def block_plan_command(args: argparse.Namespace) -> None:
     fig = planner.figures
     lines = [f"plan: {plan.summary()}", "",
              "per block: the choice (attention then MLP: n none, f full recompute, s selective, p selective keeping P·V; "
-             "lf/ls/lp the whole layer, lo the whole layer offloaded to host memory), "
+             "lf/ls/lp the whole layer; o offloaded to host memory, lo the whole layer), "
              "what it adds to the bytes kept for backward in this plan (its output included, less its input "
              "where it does not keep it, which is freed after it), and what it recomputes; the plan's kept total "
              "leaves out the model's output and adds what follows the last block",

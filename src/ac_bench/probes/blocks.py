@@ -138,9 +138,9 @@ def block_timeline(flavor: Flavor, attention: str, policy: Policy, device: str |
         def mem_mark(label) -> None:
             mem_marks.append((label, tracker.segment_peak, tracker.total()))
             tracker.segment_peak = tracker.total()
-        offloading = [getattr(b, "reset_offloaded", None) for b in model.blocks]
-        for reset in filter(None, offloading):
-            reset()
+        for module in model.modules():  # offloaded layers and sublayers count this step's bytes
+            if hasattr(module, "reset_offloaded"):
+                module.reset_offloaded()
         with frozen_heap():
             reset_collector()
             with tracker:
@@ -177,7 +177,7 @@ def block_timeline(flavor: Flavor, attention: str, policy: Policy, device: str |
         other_parameter_bytes=all_params - in_blocks,
         output_bytes=output_bytes,
         after_forward=after_forward,
-        offloaded=tuple(getattr(b, "offloaded_bytes", 0) for b in blocks),
+        offloaded=tuple(sum(m.offloaded_bytes for m in b.modules() if hasattr(m, "reset_offloaded")) for b in blocks),
     )
 
 
