@@ -138,11 +138,12 @@ def export_all(policy: BlockPlanAC) -> list[Export]:
 
 
 def export_lines(policy: BlockPlanAC) -> list[str]:
-    """The exports as the plan command prints them, one line per framework, and the save list."""
+    """The exports as the plan command prints them (and its Markdown renders them): a list item
+    per framework, and the save list."""
     lines = [f"exported ({policy.name}):"]
     for e in export_all(policy):
-        lines.append(f"  {e.framework}: {e.config!r}: {e.note}" if e.config is not None else f"  {e.framework}: {e.note}")
+        lines.append(f"- {e.framework}: {e.config!r}: {e.note}" if e.config is not None else f"- {e.framework}: {e.note}")
     if any("s" in c for c in policy.blocks):
-        lines.append(f"  the selective regions' save list (torchtitan's _save_list form): "
+        lines.append(f"- the selective regions' save list (torchtitan's _save_list form): "
                      f"{', '.join('torch.ops.' + op for op in SAC_SAVE_OPS)}; every second mm/addmm of a region recomputed")
     return lines
