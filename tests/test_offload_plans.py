@@ -187,3 +187,11 @@ def test_the_gpu_check_s_offload_plan_offloads_and_measures_as_predicted_on_the_
     plan = re.search(r"(blocks_\S+)-sdpa", head).group(1)
     assert "offloaded" in head and set(BlockPlanAC.from_name(plan).blocks) & set(OFFLOAD_CHOICES), head
     assert measured.split("(")[1] == predicted.split(",")[0], head
+
+
+@pytest.mark.parametrize("name,says", [("blocks_op.nn", "'op' is not a block code (p, saving P·V, is for attention only)"),
+                                       ("blocks_lo2.ox", "'ox' is not a block code; write blocks_ then")])
+def test_a_bad_block_code_is_named(name, says):
+    with pytest.raises(ValueError) as info:
+        BlockPlanAC.from_name(name)
+    assert says in str(info.value) and "\n" not in str(info.value), info.value

@@ -104,8 +104,11 @@ class BlockPlanAC(Policy):
             return None
         body = name.removeprefix("blocks_")
         if not re.fullmatch(rf"{_TOKEN}(?:\.{_TOKEN})*", body):
-            raise ValueError(f"checkpointing policy {name!r}: write blocks_ then per block a code ({', '.join(BLOCK_CHOICES)}) "
-                             f"with an optional run length, joined by dots, e.g. blocks_ff3.fs.nn8")
+            bad = next((t for t in body.split(".") if not re.fullmatch(_TOKEN, t)), body)
+            hint = " (p, saving P·V, is for attention only)" if bad[1:2] == "p" else ""
+            raise ValueError(f"checkpointing policy {name!r}: {bad!r} is not a block code{hint}; write blocks_ then per "
+                             f"block a code ({', '.join(BLOCK_CHOICES)}) with an optional run length, joined by dots, "
+                             f"e.g. blocks_ff3.fs.nn8")
         blocks: list[str] = []
         for token in body.split("."):
             blocks += [token[:2]] * int(token[2:] or 1)

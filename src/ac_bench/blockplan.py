@@ -8,17 +8,18 @@ the fused kernel has no batched matmul, so the P·V choices are those without it
 out: eleven choices (``space``). 15^depth plans with eager attention: 3,375 at ``tiny``, 50,625
 at ``small``, 1.3e14 at ``seed``; 11^depth with sdpa. Given a cost per offloaded byte
 (``offload_cost``), nine choices join: ``lo``, the whole layer offloaded to host memory, and
-a sublayer offloaded next to any choice of the other (``on``, ``oo``, ``fo``, ...; eight with
-sdpa, nineteen choices in all). They recompute nothing in what they offload; what it costs is the bytes it moves, out in the
-forward and back in the backward (``save_on_cpu`` copies on the compute stream, so the copies
+a sublayer offloaded next to any choice of the other (``on``, ``oo``, ``fo``, ...; seven with
+sdpa, which has no ``po``): 24 choices with eager attention, 19 with sdpa. They recompute
+nothing in what they offload; what it costs is the bytes it moves, out in the forward and back
+in the backward (``save_on_cpu`` copies on the compute stream, so the copies
 are not overlapped: FLOPs of recompute that take as long as the two copies of a byte). The
 planner then minimises recompute FLOPs plus that cost per offloaded byte, optionally under a
 host-memory budget.
 
 **The figures, measured.** For each choice c, one step of the plan that gives every block c is
-measured on a copy of the flavor four blocks deep (three for a three-block flavor;
+measured on a copy of the flavor four blocks deep (a three-block flavor's too;
 ``ac_bench.probes.blocks.block_timeline``; on fake tensors on the CPU, where they give the bytes
-and FLOPs of real ones): one step per choice, 5 to 10 s at ``seed``. The four blocks give the
+and FLOPs of real ones): one step per choice, 5 to 15 s at ``seed``. The four blocks give the
 position classes a block can hold: the first (its input is the model's, which needs no gradient),
 the second (in the llama family it keeps one hidden-sized tensor more than the blocks after it),
 an interior one, the last (the gradient of its output is the loss's). Per class p and choice c
@@ -153,11 +154,13 @@ class RegionFigures:
     #: c does not keep, freed when its forward has returned, so counted at the start of the next
     #: block's figures (``handed_on``). K, F and Q of the ``interior`` and ``last`` classes were
     #: measured after a block with the same choice; for block i >= 2 they are corrected by
-    #: D(c_i) - D(c_{i-1}). D(c) = K_second(c) - K_interior(c), as measured: the second block's
-    #: input, the model's, is never freed. Llama family: one hidden-state tensor (64 MiB at
-    #: ``llama3-8b-4l``) where attention is not checkpointed (its RMSNorm saves a float32 copy, not
-    #: the input), 0 otherwise; the notebook family: 0 for every choice (LayerNorm saves its input).
-    #: Empty (0 for every choice) where the copy has no interior block (a three-block flavor).
+    #: D(c_i) - D(c_{i-1}). D(c) = K_second(c) - K_interior(c), as measured: nothing is freed in
+    #: the second block's figures, since the first block's input, the model's, is never freed.
+    #: Llama family: one hidden-state tensor (64 MiB at ``llama3-8b-4l``) where attention is not
+    #: checkpointed (its RMSNorm saves a float32 copy, not the input); both families: one
+    #: residual-stream tensor where the layer or its attention is offloaded (``lo``, ``o?``: the
+    #: input goes to the host); 0 otherwise (the notebook family's LayerNorm saves its input).
+    #: Empty (0 for every choice) for figures measured on three blocks (before 2026-11-30).
     handed_on: dict[str, int] = dataclasses.field(default_factory=dict)
     #: What one byte offloaded costs, in FLOPs of recompute it is weighed against (out in the
     #: forward and back in the backward, both counted; ``offload_cost``). None: no offload choice
@@ -238,7 +241,7 @@ def figures_from_timelines(flavor: Flavor, attention: str, timelines: dict[str, 
 def measure_figures(flavor: Flavor, attention: str, device: str = "cpu",
                     measure: Callable[[str], Measurement] | None = None,
                     offload_flops_per_byte: int | None = None) -> RegionFigures:
-    """Measure the figures: steps of a four-block copy (three-block for a three-block flavor),
+    """Measure the figures: steps of a four-block copy (of a three-block flavor too),
     one per choice of ``space(attention)``, and ``none`` at the flavor's depth through
     ``measure`` (a variant name -> its record; default ``measure_variant``). With
     ``offload_flops_per_byte`` (``offload_cost``) the offloading choices (``o``, ``lo``) join

@@ -10,7 +10,8 @@ is one linear row per moment of the step, with no big-M:
     between them:        sum_j K_j . x_j + E . x_{d-1}              <= budget - B
 
 with block j's K, F and Q (j >= 2) plus D . x_j - D . x_{j-1} (``RegionFigures.handed_on``: what
-a block hands on to be freed after its forward depends on its choice; 0 in the notebook family)
+a block hands on to be freed after its forward depends on its choice; in the notebook family 0
+but for the offloading choices ``lo`` and ``o?``)
 
 and ``other <= budget`` (else nothing fits). Objective: sum_i (R_i + w O_i) . x_i, in units of
 the greatest common divisor of those figures, so that it is integral and CBC's absolute gap of
