@@ -18,6 +18,18 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def needs_pulp():
+    """PuLP, or the test skips naming the extra that installs it."""
+    return pytest.importorskip("pulp", reason="the MILP planner needs PuLP: pip install 'ac-bench[milp]'")
+
+
+def tiny_seq128():
+    """``tiny`` with a longer sequence, so that activations rather than the optimizer step set the
+    peak (at ``tiny`` itself every per-block plan peaks alike)."""
+    from ac_bench.models import Flavor
+    return Flavor("tiny", d_model=32, n_heads=2, depth=3, batch=2, seq_len=128)
+
+
 def _child_env() -> dict[str, str]:
     """This environment for a child pytest: not an xdist worker even when this process is one.
     The library is installed; ``tests.plugins.*`` (``-p``) import from the child's current

@@ -16,13 +16,13 @@ import sys
 import pytest
 
 from ac_bench.blockplan import brute_force, every_plan, measure_figures, regions
-from ac_bench.models import BlockPlanAC, Flavor, get_flavor, get_policy
+from ac_bench.models import BlockPlanAC, get_flavor, get_policy
 from ac_bench.outputs import gib_at_least
 from ac_bench.record import measure_variant
+from tests.helpers import needs_pulp, tiny_seq128
 
-#: ``tiny`` with a longer sequence, so that activations rather than the optimizer step set the
-#: peak (at ``tiny`` itself every plan peaks alike: the brute force and the MILP agree trivially).
-TINY_128 = Flavor("tiny", d_model=32, n_heads=2, depth=3, batch=2, seq_len=128)
+#: At ``tiny`` itself every plan peaks alike: the brute force and the MILP agree trivially.
+TINY_128 = tiny_seq128()
 FLAVORS = {"tiny": get_flavor("tiny"), "tiny_seq128": TINY_128, "small": get_flavor("small"),
            "small_depth6": dataclasses.replace(get_flavor("small"), depth=6)}
 BUDGETS_PER_CASE = 12
@@ -33,10 +33,6 @@ def figures(flavor_id: str, attention: str):
     flavor = FLAVORS[flavor_id]
     estimated = dataclasses.replace(flavor, cpu_mode="estimate")
     return measure_figures(flavor, attention, "cpu", measure=lambda variant: measure_variant(estimated, variant, "cpu"))
-
-
-def needs_pulp():
-    return pytest.importorskip("pulp", reason="the MILP planner needs PuLP: pip install 'ac-bench[milp]'")
 
 
 # tiny itself is the trivial case (the optimizer step sets every peak): deep, for make test's 20 minutes.

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from ac_bench.blockplan import OFFLOAD_PRESETS, brute_force, every_plan, measure_figures, offload_cost, regions
-from ac_bench.models import BlockPlanAC, Flavor, get_flavor
+from ac_bench.models import BlockPlanAC, get_flavor
 from ac_bench.models.ac.blocks import OFFLOAD_CHOICES
 from ac_bench.models.ac.offload import SimulatedHost, simulated_host
 from ac_bench.record import measure_variant
+from tests.helpers import needs_pulp, tiny_seq128
 
-#: ``tiny`` with a longer sequence: activations, not the optimizer step, set the peak.
-TINY_128 = Flavor("tiny", d_model=32, n_heads=2, depth=3, batch=2, seq_len=128)
+TINY_128 = tiny_seq128()
 #: A cheap offload (FLOPs per byte), so that the solver takes it at some budgets.
 CHEAP = 1
 #: Plans with offloaded layers and sublayers next to every other kind of block, in both orders.
@@ -38,10 +38,6 @@ MIXED = (("lo", "nn", "ff"), ("nn", "lo", "nn"), ("ff", "lo", "ss"), ("lo", "ls"
 def figures(cost: int = CHEAP):
     from ac_bench.milp import simulated_measure
     return measure_figures(TINY_128, "sdpa", "cpu", simulated_measure(TINY_128), offload_flops_per_byte=cost)
-
-
-def needs_pulp():
-    return pytest.importorskip("pulp", reason="the MILP planner needs PuLP: pip install 'ac-bench[milp]'")
 
 
 def test_offloaded_layers_measure_as_predicted():

@@ -115,6 +115,15 @@ class HostOffloadWrapper(ActivationWrapper):
     def reset_offloaded(self) -> None:
         self.offloaded_bytes = 0
 
+    @staticmethod
+    def within(module: nn.Module) -> list["HostOffloadWrapper"]:
+        """Every offload wrapper in ``module`` (itself included), counts reset to 0: what the
+        step about to be measured offloads is then the sum of their ``offloaded_bytes``."""
+        wrappers = [m for m in module.modules() if isinstance(m, HostOffloadWrapper)]
+        for wrapper in wrappers:
+            wrapper.reset_offloaded()
+        return wrappers
+
     def forward(self, *args, **kwargs):
         first = next((t for t in (*args, *kwargs.values()) if isinstance(t, torch.Tensor)), None)
         if _SIMULATED_HOST.get() and isinstance(first, FakeTensor):

@@ -172,6 +172,10 @@ class RegionFigures:
         """The choices these figures cover, in ``BLOCK_CHOICES`` order."""
         return tuple(c for c in BLOCK_CHOICES if ("first", c) in self.choices)
 
+    def cost(self, recompute_flops: int, offloaded_bytes: int) -> int:
+        """What the planner minimises: recompute FLOPs plus ``offload_flops_per_byte`` per offloaded byte."""
+        return recompute_flops + (self.offload_flops_per_byte or 0) * offloaded_bytes
+
     def of(self, block: int, choice: str) -> ChoiceFigures:
         return self.choices[(position(block, self.depth), choice)]
 
@@ -207,7 +211,7 @@ class RegionFigures:
         if self.other_peak > peak:
             peak, where = self.other_peak, "zero_grad or the optimizer step"
         return Prediction(peak, worst, kept_before + self.of(self.depth - 1, blocks[-1]).head, flops, where,
-                          offloaded, flops + (self.offload_flops_per_byte or 0) * offloaded)
+                          offloaded, self.cost(flops, offloaded))
 
 
 def figures_from_timelines(flavor: Flavor, attention: str, timelines: dict[str, BlockTimeline],

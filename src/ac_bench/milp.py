@@ -148,25 +148,25 @@ def smallest_peak(figures: RegionFigures, host_budget_bytes: int | None = None) 
 
 
 def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | None = None,
-          host_budget_bytes: int | None = None) -> Solution:
+          host_budget_bytes: int | None = None, *, _name_cheapest: bool = True) -> Solution:
     """The plan of lowest cost (recompute FLOPs, plus the offloaded bytes' where the figures
     have the offload choice) whose predicted step peak fits ``budget_bytes`` (then the fewest
     checkpointed or offloaded regions among those); ``NothingFits`` where none is predicted to.
     ``kept_budget_bytes``: also keep at most this much for backward at the end of the forward
     (``forward_kept_bytes``), to compare with a policy at its kept bytes. ``host_budget_bytes``:
-    offload at most this much to host memory."""
+    offload at most this much to host memory. (``_name_cheapest``: whether NothingFits names the
+    cheapest plan at the smallest feasible budget, solving once more; off for that solve itself.)"""
     if not (isinstance(budget_bytes, int) and budget_bytes > 0):
         raise ValueError(f"budget must be a positive number of bytes, got {budget_bytes!r}")
     pulp = _pulp()
     start = time.perf_counter()
     room = budget_bytes - figures.before_forward
-    nothing = _nothing_fits(figures, budget_bytes, host_budget_bytes)
+    nothing = _nothing_fits(figures, budget_bytes, host_budget_bytes, _name_cheapest)
     if figures.other_peak > budget_bytes or room < 0:
         raise nothing()
-    per_byte = figures.offload_flops_per_byte or 0
 
     def cost(f) -> int:
-        return f.recompute_flops + per_byte * f.offloaded
+        return figures.cost(f.recompute_flops, f.offloaded)
     unit = reduce(math.gcd, (cost(f) for f in figures.choices.values()), 0) or 1
     prob, x = _model(pulp, figures, pulp.LpMinimize)
     flops = pulp.lpSum(cost(figures.of(i, c)) // unit * x[i, c]
@@ -202,12 +202,14 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
                     variables=len(x), rows=prob.numConstraints())
 
 
-def _nothing_fits(figures: RegionFigures, budget_bytes: int, host_budget_bytes: int | None = None):
+def _nothing_fits(figures: RegionFigures, budget_bytes: int, host_budget_bytes: int | None = None,
+                  name_cheapest: bool = True):
     def error() -> NothingFits:
         blocks, p = smallest_peak(figures, host_budget_bytes)
-        with contextlib.suppress(NothingFits, RuntimeError):  # the cheapest plan at that peak, to name
-            cheapest = solve(figures, p.peak_bytes, host_budget_bytes=host_budget_bytes)
-            blocks, p = cheapest.blocks, cheapest.prediction
+        if name_cheapest:  # the cheapest plan at that peak, to name (that solve does not recurse here)
+            with contextlib.suppress(NothingFits, RuntimeError):
+                cheapest = solve(figures, p.peak_bytes, host_budget_bytes=host_budget_bytes, _name_cheapest=False)
+                blocks, p = cheapest.blocks, cheapest.prediction
         host = "" if host_budget_bytes is None else f" offloading at most {host_budget_bytes / GIB:.3f} GiB"
         return NothingFits(f"no per-block plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B){host} for "
                            f"{figures.flavor} with {figures.attention} attention: the smallest feasible budget is "

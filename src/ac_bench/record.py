@@ -18,6 +18,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ac_bench.metrics import METRICS
 from ac_bench.models import Flavor, Policy, build_model, family_of, get_policy, loss_fn, parse_variant, resolve_dtype
+from ac_bench.models.ac.offload import HostOffloadWrapper
 from ac_bench.probes.attention import KernelRecorder
 from ac_bench.probes.device import CUDA_ALLOCATOR, CudaAllocatorProbe, OutOfMemoryError, Phase, device_key, release_cached_memory
 from ac_bench.probes.flops import BackwardOpCounter, flop_counter_mode, flops_by_op
@@ -390,9 +391,7 @@ def _measured_step(training: Training, probe, saved_counter_factory, counter, ke
     phases.append(p)
     before_forward = probe.current()
     # Offloaded layers of a per-block plan (HostOffloadWrapper) count what they move: this step's.
-    offloading = [m for m in model.modules() if hasattr(m, "reset_offloaded")]
-    for module in offloading:
-        module.reset_offloaded()
+    offloading = HostOffloadWrapper.within(model)
     reset_collector()
     with probe.phase() as p:
         with policy.forward_context(device) as hooks:

@@ -21,6 +21,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from ac_bench.models import Flavor, Policy, loss_fn
+from ac_bench.models.ac.offload import HostOffloadWrapper
 from ac_bench.probes.flops import flop_counter_mode
 from ac_bench.probes.memory import compile_aware_mem_tracker_class
 
@@ -138,9 +139,8 @@ def block_timeline(flavor: Flavor, attention: str, policy: Policy, device: str |
         def mem_mark(label) -> None:
             mem_marks.append((label, tracker.segment_peak, tracker.total()))
             tracker.segment_peak = tracker.total()
-        for module in model.modules():  # offloaded layers and sublayers count this step's bytes
-            if hasattr(module, "reset_offloaded"):
-                module.reset_offloaded()
+        # Offloaded layers and sublayers count this step's bytes, per block.
+        offloading = [HostOffloadWrapper.within(block) for block in model.blocks]
         with frozen_heap():
             reset_collector()
             with tracker:
@@ -177,7 +177,7 @@ def block_timeline(flavor: Flavor, attention: str, policy: Policy, device: str |
         other_parameter_bytes=all_params - in_blocks,
         output_bytes=output_bytes,
         after_forward=after_forward,
-        offloaded=tuple(sum(m.offloaded_bytes for m in b.modules() if hasattr(m, "reset_offloaded")) for b in blocks),
+        offloaded=tuple(sum(w.offloaded_bytes for w in wrappers) for wrappers in offloading),
     )
 
 
