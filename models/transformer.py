@@ -158,7 +158,7 @@ def get_flavor(name: str) -> Flavor:
         return FLAVORS[name]
     except KeyError:
         hint = next((f"; {prefix}* flavors come with their families: add --model-spec {spec} (pytest bench/, "
-                     f"torchrun -m ac_bench.distributed)"
+                     f"torchrun -m ac_bench.distributed, and the plan, frontier, sweep and analytic commands)"
                      for prefix, spec in SPEC_OF_PREFIX.items()
                      if name.startswith(prefix) and spec.split(":")[0] not in sys.modules), "")
         raise ValueError(

@@ -5,6 +5,7 @@ checks skip with the reason, and a bad spec is one line."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -135,3 +136,65 @@ def test_a_build_that_fails_only_on_the_meta_device_is_no_refusal(monkeypatch):
     monkeypatch.setitem(FAMILIES, "meta-gpt", Family("meta-gpt", build=raises, flavors=(flavor,)))
     assert build_problem(flavor, "sdpa", "cpu", dropout=0.1) == (
         "building flavor 'meta-gpt-tiny' with sdpa attention and dropout 0.1 raised ValueError: bad config")
+
+
+def _planned_peaks(text: str) -> tuple[int, int]:
+    """(measured, predicted) bytes from a plan line: ``measured peak 0.004 GiB (4148632 B, predicted 4148632``."""
+    found = re.search(r"measured peak [\d.]+ GiB \((\d+) B, predicted (\d+)", text)
+    assert found, text
+    return int(found[1]), int(found[2])
+
+
+def test_plan_takes_a_model_spec_in_a_real_process(tmp_path):
+    """``python -m ac_bench.report plan --model-spec examples.my_family:SPEC``: the family's first
+    flavor by default, the plan measured at its predicted peak, and a Markdown file whose
+    Regenerate line repeats the spec (without it the flavor is unknown)."""
+    markdown = tmp_path / "plan.md"
+    proc = subprocess.run([sys.executable, "-m", "ac_bench.report", "plan", "--model-spec", SPEC, "--attention",
+                           "eager", "--budget-gib", "0.004", "--markdown", str(markdown)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith(f"plan: {FLAVOR} eager, budget 0.004 GiB"), proc.stdout
+    measured, predicted = _planned_peaks(proc.stdout)
+    assert measured == predicted <= 0.004 * 2 ** 30, proc.stdout
+    assert (f"Regenerate: `python -m ac_bench.report plan --model-spec {SPEC} --flavor {FLAVOR} --attention eager "
+            f"--budget-gib 0.004 --device cpu --markdown {markdown}`") in markdown.read_text(), markdown.read_text()
+
+
+def test_block_plan_and_sweep_take_a_model_spec(registries_restored, capsys):
+    """``plan --space blocks`` (the MILP) on the family's model, measured at its predicted peak;
+    ``sweep`` over two spawned workers, each of which registers the family itself, with the
+    analytic columns empty (the family declares no analytic model) instead of a crash."""
+    from ac_bench.cli.report import main as report_main
+    pytest.importorskip("pulp")
+    assert report_main(["plan", "--space", "blocks", "--model-spec", SPEC, "--flavor", FLAVOR,
+                        "--budget-gib", "0.0032"]) == 0
+    out = capsys.readouterr().out
+    measured, predicted = _planned_peaks(out)
+    assert measured == predicted <= 0.0032 * 2 ** 30 and "blocks_nn3" not in out, out
+    assert report_main(["sweep", "--model-spec", SPEC, "--flavor", FLAVOR, "--seq-lens", "32,64", "--variants",
+                        "none-sdpa,full-sdpa", "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("none-sdpa ", "full-sdpa "))]
+    assert len(rows) == 4 and all(row[6] == "-" for row in rows), out  # kept MiB (analytic): none
+    assert [row[7] for row in rows if row[0] == "none-sdpa"] == ["+0.0%", "+0.0%"], out  # measured overhead
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (["analytic", "--model-spec", SPEC], f"--flavor {FLAVOR}: family 'my-gpt' declares no analytic model"),
+    (["report", "plan", "--model-spec", SPEC, "--flavor", "nope", "--budget-gib", "1"],
+     f"unknown flavor 'nope'; valid names: seed, small, tiny, llama-small, llama3-8b-4l, {FLAVOR}"),
+    (["report", "frontier", "--model-spec", "examples.nowhere:SPEC"], "cannot import 'examples.nowhere'"),
+    (["sweep", "--model-spec", "examples.my_family:NOPE"], "has no attribute 'NOPE'"),
+])
+def test_a_model_spec_command_refuses_in_one_line(registries_restored, capsys, argv, says):
+    """Each command that takes ``--model-spec``: a bad spec, an unknown flavor and a family
+    without an analytic model are one line, ``python -m ac_bench.<command>: error: ...``, status 2."""
+    from ac_bench.cli.analytic import main as analytic_main
+    from ac_bench.cli.report import main as report_main
+    from ac_bench.cli.sweep import main as sweep_main
+    main = {"analytic": analytic_main, "report": report_main, "sweep": sweep_main}[argv[0]]
+    assert main(argv[1:]) == 2
+    err = capsys.readouterr().err
+    prefix = f"python -m ac_bench.{argv[0]}{' ' + argv[1] if argv[0] == 'report' else ''}: error: "
+    assert err.startswith(prefix) and says in err and err.count("\n") == 1, err

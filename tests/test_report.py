@@ -421,7 +421,7 @@ def test_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
     blocker = write(tmp_path / "file", "not a folder")
     assert main([str(RUN), "--markdown", str(blocker / "report.md")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("ac_bench.report: error: ") and err.count("\n") == 1 and "cannot write" in err
+    assert err.startswith("python -m ac_bench.report table: error: ") and err.count("\n") == 1 and "cannot write" in err
 
 
 def test_load_run_raises_report_input_error(tmp_path):
@@ -459,7 +459,7 @@ def test_sweep_on_missing_cuda_is_one_line_exit_2(command):
     proc = subprocess.run([sys.executable, "-m", *command, "--device", "cuda"], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2 and proc.stdout == ""
-    assert proc.stderr == f"{command[0]}: error: --device cuda: no CUDA device is available\n"
+    assert proc.stderr == f"python -m {' '.join(command)}: error: --device cuda: no CUDA device is available\n"
 
 
 # --- sweeps ------------------------------------------------------------------------------------------

@@ -25,3 +25,39 @@ def check_output_files(**paths: Path | None) -> None:
             problem = file_problem(Path(path))
             if problem:
                 raise ReportInputError(f"--{option.replace('_', '-')} {path}: {problem}")
+
+
+def add_flavor_arguments(parser: argparse.ArgumentParser, default: str = "seed") -> None:
+    """``--model-spec`` (repeatable, as pytest's) and ``--flavor``, resolved after parsing by
+    ``chosen_flavor``: a flavor of a ``--model-spec`` family is not registered while argparse
+    reads ``--flavor``, so the name is checked once the families are loaded."""
+    from ac_bench.models import FLAVORS
+    builtin = ", ".join(name for name, flavor in FLAVORS.items() if flavor.family in ("transformer", "llama"))
+    parser.add_argument("--model-spec", action="append", default=[], metavar="package.module:NAME",
+                        help="register your own model family first (as pytest bench/ --model-spec; repeatable), "
+                             "e.g. examples.my_family:SPEC; its flavors become --flavor names")
+    parser.add_argument("--flavor", default=None, metavar="NAME",
+                        help=f"the suite's ({builtin}) or a --model-spec family's (default: {default}, or with "
+                             f"--model-spec the first flavor of its first family)")
+    parser.set_defaults(flavor_default=default)
+
+
+def chosen_flavor(args: argparse.Namespace):
+    """The ``Flavor`` that ``--flavor`` names, after registering each ``--model-spec`` family.
+    Raises ReportInputError (one line) for a spec that does not load or an unknown flavor name."""
+    from ac_bench.models import get_flavor, load_family_spec
+    families = []
+    try:
+        for spec in args.model_spec:
+            loaded = load_family_spec(spec)
+            families.extend(loaded if isinstance(loaded, tuple) else (loaded,))
+        name = args.flavor if args.flavor is not None else (families[0].flavors[0].name if families
+                                                            else args.flavor_default)
+        return get_flavor(name)
+    except ValueError as exc:
+        raise ReportInputError(str(exc)) from None
+
+
+def flavor_options(args: argparse.Namespace, flavor) -> str:
+    """``--model-spec S ... --flavor NAME`` as a command line repeats them (a Regenerate line)."""
+    return " ".join([*(f"--model-spec {spec}" for spec in args.model_spec), f"--flavor {flavor.name}"])

@@ -17,9 +17,9 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ac_bench.cli.common import check_output_files
+from ac_bench.cli.common import add_flavor_arguments, check_output_files, chosen_flavor, flavor_options
 from ac_bench.cli.plan import _budgets
-from ac_bench.models import ATTENTIONS, FLAVORS, budget_name, get_flavor
+from ac_bench.models import ATTENTIONS, budget_name
 from ac_bench.record import Measurement, measure_variant
 from ac_bench.report.load import ReportInputError
 from ac_bench.report.plots import save_png
@@ -30,7 +30,7 @@ DEFAULT_COMPILE_BUDGETS = "1.0,0.9,0.8,0.7,0.6,0.5,0.4,0.3,0.2,0.1,0.0"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--flavor", default="seed", choices=list(FLAVORS))
+    add_flavor_arguments(parser)
     parser.add_argument("--attention", default="sdpa", choices=list(ATTENTIONS))
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                         help="measure on (default cpu: fake tensors for estimated flavors such as seed)")
@@ -56,7 +56,7 @@ def frontier_command(args: argparse.Namespace) -> None:
     if args.points < 2:
         raise ReportInputError(f"--points needs at least 2 budgets, got {args.points}")
     check_output_files(plot=args.plot, markdown=args.markdown)
-    flavor = get_flavor(args.flavor)
+    flavor = chosen_flavor(args)
     attention, device = args.attention, args.device
     cache: dict[str, Measurement] = {}
 
@@ -114,9 +114,10 @@ def frontier_command(args: argparse.Namespace) -> None:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.markdown:
-        options = (f"--flavor {flavor.name} --attention {attention} --device {device} --points {args.points} "
+        options = (f"{flavor_options(args, flavor)} --attention {attention} --device {device} --points {args.points} "
                    f"--compile-budgets {','.join(repr(float(b)) for b in args.compile_budgets)}")
-        command = f"python -m ac_bench.report frontier {options} --plot {args.plot} --markdown {args.markdown}"
+        command = (f"python -m ac_bench.report frontier {options} " + (f"--plot {args.plot} " if args.plot else "")
+                   + f"--markdown {args.markdown}")
         write_text(args.markdown, f"# The MILP planner against the compiler: {flavor.name}, {attention}\n\n"
                                   f"Regenerate: `{command}`\n\n{text}")
     if args.plot:

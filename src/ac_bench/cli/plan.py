@@ -21,8 +21,8 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ac_bench.cli.common import check_output_files
-from ac_bench.models import ATTENTIONS, FLAVORS, POLICIES, budget_name, get_flavor
+from ac_bench.cli.common import add_flavor_arguments, check_output_files, chosen_flavor, flavor_options
+from ac_bench.models import ATTENTIONS, POLICIES, budget_name
 from ac_bench.planner import GIB, InfeasibleBudget, Planner
 from ac_bench.record import Measurement, measure_variant
 from ac_bench.report.load import ReportInputError
@@ -83,7 +83,7 @@ def _offload_cost(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ac_bench.scale import SCALE_MODELS
-    parser.add_argument("--flavor", default="seed", choices=list(FLAVORS), help="default: %(default)s")
+    add_flavor_arguments(parser)
     scale = parser.add_argument_group("at scale (FSDP2 over --world-size GPUs, estimated for one rank)")
     scale.add_argument("--model", choices=list(SCALE_MODELS),
                        help="plan at scale for this model (transformers' LlamaForCausalLM or Qwen3ForCausalLM at the published shape)")
@@ -164,7 +164,7 @@ def plan_command(args: argparse.Namespace) -> None:
         return
     if args.offload_cost is not None or args.host_gib is not None:
         raise ReportInputError("--offload-cost and --host-gib plan offloaded sublayers and layers: add --space blocks")
-    flavor = get_flavor(args.flavor)
+    flavor = chosen_flavor(args)
     check_output_files(plot=args.plot, markdown=args.markdown)  # before minutes of measuring, not after
     planner = Planner(flavor, args.attention, args.device)
     budget = int(args.budget_gib * GIB)
@@ -191,10 +191,10 @@ def plan_command(args: argparse.Namespace) -> None:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.markdown:
-        command = (f"python -m ac_bench.report plan --flavor {args.flavor} --attention {args.attention} "
-                   f"--budget-gib {args.budget_gib:g} --device {args.device} --plot {args.plot} "
-                   f"--markdown {args.markdown}")
-        write_text(args.markdown, f"# Checkpointing plan: {args.flavor}, {args.attention}, "
+        command = (f"python -m ac_bench.report plan {flavor_options(args, flavor)} --attention {args.attention} "
+                   f"--budget-gib {args.budget_gib:g} --device {args.device} "
+                   + (f"--plot {args.plot} " if args.plot else "") + f"--markdown {args.markdown}")
+        write_text(args.markdown, f"# Checkpointing plan: {flavor.name}, {args.attention}, "
                                   f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")
     if args.plot:
         fixed = {p: measure_variant(flavor, f"{p}-{args.attention}", args.device) for p in FIXED_POLICIES}
@@ -252,7 +252,7 @@ def block_plan_command(args: argparse.Namespace) -> None:
     if args.plot:
         raise ReportInputError("--plot draws the plan_aA_mM planner's picture; for per-block plans against the "
                                "compiler run `python -m ac_bench.report frontier`")
-    flavor = get_flavor(args.flavor)
+    flavor = chosen_flavor(args)
     check_output_files(markdown=args.markdown)
     if args.host_gib is not None and args.offload_cost is None:
         raise ReportInputError("--host-gib bounds what offloading takes: add --offload-cost (e.g. h200)")
@@ -296,9 +296,9 @@ def block_plan_command(args: argparse.Namespace) -> None:
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.markdown:
-        command = (f"python -m ac_bench.report plan --space blocks --flavor {args.flavor} --attention {args.attention} "
+        command = (f"python -m ac_bench.report plan --space blocks {flavor_options(args, flavor)} --attention {args.attention} "
                    f"--budget-gib {args.budget_gib:g} --device {args.device} --markdown {args.markdown}"
                    + (f" --offload-cost {args.offload_cost}" if args.offload_cost is not None else "")
                    + (f" --host-gib {args.host_gib:g}" if args.host_gib is not None else ""))
-        write_text(args.markdown, f"# Per-block checkpointing plan: {args.flavor}, {args.attention}, "
+        write_text(args.markdown, f"# Per-block checkpointing plan: {flavor.name}, {args.attention}, "
                                   f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")

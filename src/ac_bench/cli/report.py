@@ -107,4 +107,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = {"table": table_command, "sweep": sweep_cli.sweep_command, "plan": plan_cli.plan_command,
                "scale": scale_cli.scale_command, "frontier": frontier_cli.frontier_command,
                "libraries": libraries_cli.libraries_command}[args.command]
-    return exit_status("ac_bench.report", lambda: command(args))
+    # Errors found while running say what argparse's do: ``python -m ac_bench.report plan: error: ...``.
+    return exit_status(f"python -m ac_bench.report {args.command}", lambda: command(args))

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 
 from ac_bench.cases import variant_problem
-from ac_bench.cli.common import ArgumentParser, check_output_files
-from ac_bench.models import FLAVORS, VARIANTS, get_flavor, parse_variant, variant_id
+from ac_bench.cli.common import ArgumentParser, add_flavor_arguments, check_output_files, chosen_flavor
+from ac_bench.models import VARIANTS, parse_variant, variant_id
 from ac_bench.probes.device import cuda_available, device_key
 from ac_bench.record import is_estimate
 from ac_bench.report.load import ReportInputError, exit_status
@@ -86,13 +86,6 @@ def _variants(text: str) -> list[str]:
     return variants
 
 
-def _flavor(text: str):
-    try:
-        return get_flavor(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
 def _jobs(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a positive number of processes, got {text!r}")
@@ -111,8 +104,7 @@ def _positive(text: str) -> float:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The sweep's options, on ``python -m ac_bench.sweep`` and ``python -m ac_bench.report sweep``."""
-    parser.add_argument("--flavor", type=_flavor, default=get_flavor("seed"), metavar="NAME",
-                        help=f"flavor to sweep, from: {', '.join(FLAVORS)} (default: seed)")
+    add_flavor_arguments(parser)
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None,
                         help="device to measure on (default: cuda when available, else cpu)")
     parser.add_argument("--seq-lens", type=_seq_lens, default=list(DEFAULT_SEQ_LENS), metavar="N,N,...",
@@ -146,7 +138,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     device = args.device or ("cuda" if cuda_available() else "cpu")
     if device == "cuda" and not cuda_available():
         raise ReportInputError("--device cuda: no CUDA device is available")
-    flavor = args.flavor
+    flavor = chosen_flavor(args)
     for variant in args.variants:  # a variant the flavor's model cannot take, before anything is measured
         problem = variant_problem(flavor, variant)
         if problem:
@@ -157,7 +149,8 @@ def sweep_command(args: argparse.Namespace) -> None:
               f"{'OOM' if point.oom else 'ok'} {seconds:5.1f} s", file=sys.stderr)
 
     jobs = 1 if device == "cuda" else args.jobs or os.cpu_count() or 1
-    points = run_sweep(flavor, args.variants, args.seq_lens, device, progress=progress, jobs=jobs)
+    points = run_sweep(flavor, args.variants, args.seq_lens, device, progress=progress, jobs=jobs,
+                       model_specs=tuple(args.model_spec))
     estimated = is_estimate(flavor, device)
     title = sweep_title(flavor.name, device_key(device), estimated)
     tables = [sweep_table(points, title)]
@@ -180,5 +173,6 @@ def sweep_command(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m ac_bench.sweep``: bad input is one line on stderr and exit status 2."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))
-    return exit_status("ac_bench.sweep", lambda: sweep_command(args))
+    parser = build_parser()
+    args = parser.parse_args(sys.argv[1:] if argv is None else list(argv))
+    return exit_status(parser.prog, lambda: sweep_command(args))

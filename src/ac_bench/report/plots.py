@@ -149,7 +149,8 @@ def sweep_figure(points: Sequence[SweepPoint], title: str, budget_gib: float | N
         seqs = [p.seq_len for p in done]
         for ax, field in ((act, "activation_peak_bytes"), (kept, "forward_kept_bytes"), (peak, "peak_bytes")):
             ax.plot(seqs, [getattr(p.record, field) / MIB for p in done], **style)
-        every = by_variant[variant]  # the prediction needs no measurement: OOM points too
+        # The prediction needs no measurement: OOM points too (none without an analytic model).
+        every = [p for p in by_variant[variant] if p.predicted_saved_bytes is not None]
         kept.plot([p.seq_len for p in every], [p.predicted_saved_bytes / MIB for p in every],
                   linestyle="", marker="x", color="black", markersize=5)
     seq_lens = sorted({p.seq_len for p in points})

@@ -264,8 +264,8 @@ def sweep_table(points: Sequence[SweepPoint], title: str) -> Table:
                    else tuple(mib(getattr(p.record, MIB_COLUMNS[h])) for h in SWEEP_MIB_COLUMNS))
         rows.append((p.variant, str(p.seq_len), *figures, mib(p.predicted_saved_bytes),
                      pct(overheads[(p.variant, p.seq_len)]), pct(p.predicted_flop_overhead)))
-    notes = ("analytic: ac_bench/analytic's prediction for the same shape (kept: `forward_kept_bytes`). "
-             "OOM: the step ran out of device memory.",
+    notes = ("analytic: ac_bench/analytic's prediction for the same shape (kept: `forward_kept_bytes`; "
+             f"{NULL}: the family declares no analytic model). OOM: the step ran out of device memory.",
              *null_notes([p.record for p in points if p.record is not None], SWEEP_MIB_COLUMNS))
     return Table(f"Sweep: {title}", ("variant", "seq len", *SWEEP_MIB_COLUMNS, "kept MiB (analytic)",
                                      "FLOP overhead", "FLOP overhead (analytic)"),
@@ -276,12 +276,15 @@ def budget_table(fits: Sequence[BudgetFit], points: Sequence[SweepPoint], budget
     """Per variant, the longest swept sequence length whose whole step fits the budget."""
     overheads = sweep_overheads(points)
     longest = max(p.seq_len for p in points)
-    # Longer is better, so the length enters the frontier negated.
-    front = pareto_front({f.variant: (-f.point.seq_len, f.point.predicted_flop_overhead) if f.point else None
-                          for f in fits})
+
+    def overhead(p: SweepPoint) -> float | None:  # the analytic one, else (no analytic model) the measured one
+        return p.predicted_flop_overhead if p.predicted_flop_overhead is not None else overheads[(p.variant, p.seq_len)]
+    # Longer is better, so the length enters the frontier negated; a point of no known overhead stays off it.
+    front = pareto_front({f.variant: (-f.point.seq_len, overhead(f.point))
+                          if f.point and overhead(f.point) is not None else None for f in fits})
 
     def sort_key(f: BudgetFit) -> tuple:
-        return (0, -f.point.seq_len, f.point.predicted_flop_overhead) if f.point else (1, 0, 0.0)
+        return (0, -f.point.seq_len, overhead(f.point) or 0.0) if f.point else (1, 0, 0.0)
 
     rows = []
     for f in sorted(fits, key=sort_key):
@@ -296,7 +299,8 @@ def budget_table(fits: Sequence[BudgetFit], points: Sequence[SweepPoint], budget
              f"(= {budget_gib * GIB / MIB:,.0f} MiB) of whole-step peak (parameters, gradients and optimizer "
              f"state included; on CUDA, allocated bytes: the CUDA context and allocator fragmentation come on "
              f"top). '>= N': even the longest swept length ({longest}) fits. Frontier: no other variant fits "
-             f"a length at least as long at a FLOP overhead (analytic) at least as low, and is better in one.",)
+             f"a length at least as long at a FLOP overhead (analytic; measured for a family without an analytic "
+             f"model) at least as low, and is better in one.",)
     return Table(f"Memory budget {budget_gib:g} GiB: {title}",
                  ("variant", "longest seq len", "peak MiB", "FLOP overhead", "FLOP overhead (analytic)",
                   "frontier"),

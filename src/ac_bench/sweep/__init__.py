@@ -32,13 +32,15 @@ MeasureFn = Callable[[Flavor, str, "str | torch.device"], Measurement]
 @dataclass(frozen=True)
 class SweepPoint:
     """One variant at one sequence length: its record (None: out of memory) and what the
-    analytic model predicts for it, which needs no measurement."""
+    analytic model predicts for it, which needs no measurement: the bytes kept for backward
+    and the recompute FLOPs as a fraction of ``none``'s step (both None where the family
+    declares no analytic model)."""
 
     variant: str
     seq_len: int
     record: Measurement | None
-    predicted_saved_bytes: int
-    predicted_flop_overhead: float
+    predicted_saved_bytes: int | None
+    predicted_flop_overhead: float | None
 
     @property
     def oom(self) -> bool:
@@ -56,7 +58,11 @@ def measure_point(flavor: Flavor, variant: str, device: str | torch.device,
     """Measure one point; a CUDA out-of-memory error becomes a point without a record."""
     strategy, attention = parse_variant(variant)
     shape = shape_at(flavor, device)
-    recomputed = analytic.recompute_flops(shape, strategy, attention) / analytic.step_flops(shape, "none", attention)
+    try:
+        predicted_kept = analytic.kept_bytes(shape, strategy, attention)
+        recomputed = analytic.recompute_flops(shape, strategy, attention) / analytic.step_flops(shape, "none", attention)
+    except analytic.NotModelled:  # a family without an analytic model (a --model-spec one): measured only
+        predicted_kept, recomputed = None, None
     try:
         record: Measurement | None = measure(flavor, variant, device)
     except OutOfMemoryError:
@@ -67,7 +73,7 @@ def measure_point(flavor: Flavor, variant: str, device: str | torch.device,
         record = None
     return SweepPoint(
         variant=variant, seq_len=flavor.seq_len, record=record,
-        predicted_saved_bytes=analytic.kept_bytes(shape, strategy, attention),
+        predicted_saved_bytes=predicted_kept,
         predicted_flop_overhead=recomputed,
     )
 
@@ -78,18 +84,26 @@ def _timed_point(flavor: Flavor, variant: str, device: str, measure: MeasureFn) 
     return point, time.perf_counter() - start
 
 
-def _one_thread() -> None:
-    torch.set_num_threads(1)  # a worker per core: no oversubscription on real CPU tensors
+def _worker_start(model_specs: tuple[str, ...] = ()) -> None:
+    """A spawned worker: one thread (a worker per core, no oversubscription on real CPU tensors),
+    and the ``--model-spec`` families registered, as in the parent."""
+    torch.set_num_threads(1)
+    from ac_bench.models import load_family_spec
+    for spec in model_specs:
+        load_family_spec(spec)
 
 
 def run_sweep(flavor: Flavor, variants: Sequence[str], seq_lens: Iterable[int], device: str | torch.device,
               measure: MeasureFn = measure_variant,
-              progress: Callable[[SweepPoint, float], None] | None = None, jobs: int = 1) -> list[SweepPoint]:
+              progress: Callable[[SweepPoint, float], None] | None = None, jobs: int = 1,
+              model_specs: Sequence[str] = ()) -> list[SweepPoint]:
     """Every variant at every sequence length, shortest first; ``progress`` gets each point
     and the seconds it took, as it completes.
 
     ``jobs`` > 1 measures points in that many worker processes (CPU only: points share no
     memory there and are not timed; ``measure`` must then be picklable, a module-level function).
+    Each worker registers ``model_specs`` (``package.module:NAME``, as ``--model-spec``) first, so
+    that a user's family is known there too. Raises ValueError for ``jobs`` > 1 off the CPU.
     """
     device = str(device)
     tasks = [(dataclasses.replace(flavor, seq_len=s), v) for s in sorted(set(seq_lens)) for v in variants]
@@ -103,7 +117,8 @@ def run_sweep(flavor: Flavor, variants: Sequence[str], seq_lens: Iterable[int], 
                 progress(points[i], seconds)
         return points
     context = multiprocessing.get_context("spawn")  # fork after torch is imported is unsafe
-    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_one_thread) as pool:
+    with ProcessPoolExecutor(jobs, mp_context=context, initializer=_worker_start,
+                             initargs=(tuple(model_specs),)) as pool:
         futures = {pool.submit(_timed_point, shaped, variant, device, measure): i
                    for i, (shaped, variant) in enumerate(tasks)}
         for future in as_completed(futures):
