@@ -145,7 +145,13 @@ def test_an_offloaded_layer_on_the_cpu_moves_nothing():
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--host-gib", "2"],
      "--host-gib bounds what offloading takes: add --offload-cost"),
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "fast"],
-     "expected FLOPs per offloaded byte (a whole number) or one of h100, h200, a100, got 'fast'"),
+     "expected FLOPs per offloaded byte (a number) or one of h100, h200, a100, got 'fast'"),
+    (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "-1"],
+     "the cost of an offloaded byte must be a finite number of FLOPs, 0 or more, got '-1'"),
+    (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "nan"],
+     "the cost of an offloaded byte must be a finite number of FLOPs, 0 or more, got 'nan'"),
+    (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "0",
+      "--host-gib", "-0.5"], "the host budget must be a finite number of GiB, 0 or more, got '-0.5'"),
 ])
 def test_bad_offload_input_is_one_line(capsys, argv, says):
     from ac_bench.cli.report import main
@@ -191,3 +197,12 @@ def test_a_bad_block_code_is_named(name, says):
     with pytest.raises(ValueError) as info:
         BlockPlanAC.from_name(name)
     assert says in str(info.value) and "\n" not in str(info.value), info.value
+
+
+def test_offload_options_take_any_number_zero_or_more():
+    """``--offload-cost`` takes a fraction (rounded to the MILP's whole FLOPs) and ``--host-gib 0``
+    (offload nothing), which the API takes too; a negative or non-finite value is refused above."""
+    from ac_bench.cli.plan import _host_gib, _offload_cost
+    h200 = offload_cost(*OFFLOAD_PRESETS["h200"])
+    assert [_offload_cost(t) for t in ("0", "0.4", "2.6", "30919", "H200")] == [0, 0, 3, 30919, h200]
+    assert [_host_gib(t) for t in ("0", "0.25")] == [0.0, 0.25]

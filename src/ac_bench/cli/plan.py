@@ -68,16 +68,30 @@ def _positive_int(text: str) -> int:
 
 
 def _offload_cost(text: str) -> int:
+    """FLOPs per offloaded byte: a preset, or a number 0 or more, rounded to whole FLOPs (the
+    MILP's objective counts whole FLOPs)."""
     from ac_bench.blockplan import OFFLOAD_PRESETS, offload_cost
     if text.lower() in OFFLOAD_PRESETS:
         return offload_cost(*OFFLOAD_PRESETS[text.lower()])
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FLOPs per offloaded byte (a whole number) or one of "
+        raise argparse.ArgumentTypeError(f"expected FLOPs per offloaded byte (a number) or one of "
                                          f"{', '.join(OFFLOAD_PRESETS)}, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"the cost of an offloaded byte must be 0 or more FLOPs, got {text!r}")
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"the cost of an offloaded byte must be a finite number of FLOPs, 0 or "
+                                         f"more, got {text!r}")
+    return round(value)
+
+
+def _host_gib(text: str) -> float:
+    """GiB of host memory offloading may take: 0 or more (0 offloads nothing)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"the host budget must be a finite number of GiB, 0 or more, got {text!r}")
     return value
 
 
@@ -104,11 +118,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "pip install 'ac-bench[milp]'; default %(default)s)")
     parser.add_argument("--offload-cost", type=_offload_cost, metavar="FLOPS_PER_BYTE|h100|h200|a100",
                         help="--space blocks: add offloaded sublayers and layers (o, lo: save_on_cpu) to the space, each byte it "
-                             "offloads costing this many FLOPs of recompute (2 x FLOP/s / host-link B/s; the presets "
+                             "offloads costing this many FLOPs of recompute (rounded to whole FLOPs; 2 x FLOP/s / "
+                             "host-link B/s; the presets "
                              "use datasheet rates: h200 30919). On the CPU its figures come from fake tensors and a "
                              "simulated host")
-    parser.add_argument("--host-gib", type=_gib, metavar="GIB",
-                        help="--space blocks with --offload-cost: offload at most this much host memory")
+    parser.add_argument("--host-gib", type=_host_gib, metavar="GIB",
+                        help="--space blocks with --offload-cost: offload at most this much host memory (0: none)")
     parser.add_argument("--budget-gib", type=_gib, required=True, metavar="GIB",
                         help="the whole step's peak (parameters, gradients, optimizer state included)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
