@@ -152,8 +152,70 @@ def test_a_plan_for_another_depth_is_refused():
 def test_without_pulp_the_solver_says_how_to_install_it(monkeypatch):
     from ac_bench.milp import SolverMissing, solve
     monkeypatch.setitem(sys.modules, "pulp", None)  # import pulp now raises ImportError
-    with pytest.raises(SolverMissing, match=r"^the MILP planner needs PuLP: pip install 'ac-bench\[milp\]'"):
+    with pytest.raises(SolverMissing, match=r"^the MILP planner needs PuLP and highspy: pip install 'ac-bench\[milp\]'"):
         solve(figures("tiny", "sdpa"), 2 ** 30)
+
+
+class _NoHighs:
+    """PuLP's HiGHS class where highspy is not installed: it says it is not available."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def available(self) -> bool:
+        return False
+
+
+def test_highs_and_cbc_find_the_same_optimum():
+    """HiGHS (the default) and PuLP 3's bundled CBC (``AC_BENCH_MILP_SOLVER=cbc``, and the
+    fallback without highspy) prove the same optimum at every budget of ``tiny_seq128`` sdpa."""
+    pulp = needs_pulp()
+    pytest.importorskip("highspy", reason="HiGHS needs highspy: pip install 'ac-bench[milp]'")
+    if not hasattr(pulp, "PULP_CBC_CMD"):
+        pytest.skip(f"PuLP {pulp.__version__} bundles no CBC (PuLP 4 dropped it)")
+    from ac_bench.milp import smallest_peak, solve
+    fig = figures("tiny_seq128", "sdpa")
+    low, high = smallest_peak(fig)[1].peak_bytes, fig.predict(("nn",) * fig.depth).peak_bytes
+    with pytest.MonkeyPatch.context() as env:
+        answers = {}
+        for name in ("highs", "cbc"):
+            env.setenv("AC_BENCH_MILP_SOLVER", name)
+            answers[name] = [solve(fig, low + (high - low) * k // 6) for k in range(7)]
+    assert {s.solver for s in answers["highs"]} == {"HiGHS"} and {s.solver for s in answers["cbc"]} == {"CBC"}
+    for h, c in zip(answers["highs"], answers["cbc"]):
+        assert (h.prediction.cost, regions_of(h.blocks), h.gap) == (c.prediction.cost, regions_of(c.blocks), c.gap), (h, c)
+
+
+def regions_of(blocks: tuple[str, ...]) -> int:
+    return sum(regions(c) for c in blocks)
+
+
+def test_without_highspy_the_planner_falls_back_to_cbc_and_without_either_says_what_to_install(monkeypatch):
+    pulp = needs_pulp()
+    from ac_bench.milp import SolverMissing, solve
+    monkeypatch.delenv("AC_BENCH_MILP_SOLVER", raising=False)
+    monkeypatch.setattr(pulp, "HiGHS", _NoHighs)
+    if hasattr(pulp, "PULP_CBC_CMD"):
+        assert solve(figures("tiny", "sdpa"), 2 ** 30).solver == "CBC"
+        monkeypatch.delattr(pulp, "PULP_CBC_CMD")
+    with pytest.raises(SolverMissing, match=r"^the MILP planner needs a solver PuLP can call: pip install highspy"):
+        solve(figures("tiny", "sdpa"), 2 ** 30)
+
+
+@pytest.mark.parametrize("value,says", [
+    ("gurobi", "AC_BENCH_MILP_SOLVER='gurobi': the MILP planner solves with highs or cbc; set it to one of them"),
+    ("cbc", "AC_BENCH_MILP_SOLVER=cbc: this PuLP"),
+])
+def test_a_solver_that_cannot_be_had_is_one_line(monkeypatch, value, says):
+    """An unknown ``AC_BENCH_MILP_SOLVER``, and ``cbc`` with a PuLP that bundles none (PuLP 4)."""
+    pulp = needs_pulp()
+    from ac_bench.milp import SolverMissing, solve
+    monkeypatch.setenv("AC_BENCH_MILP_SOLVER", value)
+    if value == "cbc" and hasattr(pulp, "PULP_CBC_CMD"):
+        monkeypatch.delattr(pulp, "PULP_CBC_CMD")
+    with pytest.raises(SolverMissing) as info:
+        solve(figures("tiny", "sdpa"), 2 ** 30)
+    assert str(info.value).startswith(says) and "\n" not in str(info.value), info.value
 
 
 @pytest.mark.parametrize("argv,says", [

@@ -1,5 +1,6 @@
 """The per-block plan with the fewest recompute FLOPs under a step-peak budget, solved exactly as a
-mixed-integer linear program (PuLP, with the CBC solver it bundles).
+mixed-integer linear program (PuLP, solved by HiGHS through highspy; where highspy is missing, by
+the CBC that PuLP 3 bundles and PuLP 4 no longer does).
 
 Variables: x[i, c] in {0, 1}, block i takes choice c (of ``RegionFigures.space``), sum_c x[i, c] = 1.
 The peak of ``ac_bench.blockplan`` is a maximum of sums that are linear in x, so "peak <= budget"
@@ -14,8 +15,8 @@ a block hands on to be freed after its forward depends on its choice; in the not
 but for the offloading choices ``lo`` and ``o?``)
 
 and ``other <= budget`` (else nothing fits). Objective: sum_i (R_i + w O_i) . x_i, in units of
-the greatest common divisor of those figures, so that it is integral and CBC's absolute gap of
-0.5 proves optimality; O is the bytes a choice offloads (``o``, ``lo``; 0 for every other) and w the
+the greatest common divisor of those figures, so that it is integral and the solver's absolute
+gap of 0.5 proves optimality; O is the bytes a choice offloads (``o``, ``lo``; 0 for every other) and w the
 cost of an offloaded byte in FLOPs (``blockplan.offload_cost``; the offload choice is in the
 space only where w is given). With a host budget, one more row: sum_i O_i . x_i <= host budget.
 A second solve fixes that cost at the optimum and minimises the number of checkpointed (or
@@ -25,8 +26,8 @@ in FLOPs the one that checkpoints less is taken. Every answer is
 checked against ``RegionFigures.predict`` in integer arithmetic; the self-tests check
 it against brute-force enumeration of every plan at ``tiny`` and ``small``.
 
-PuLP is an optional dependency (``pip install 'ac-bench[milp]'``); without it ``solve`` raises
-``SolverMissing`` with that line.
+PuLP and highspy are an optional dependency (``pip install 'ac-bench[milp]'``); without a solver
+``solve`` raises ``SolverMissing`` with that line. ``AC_BENCH_MILP_SOLVER=highs|cbc`` picks one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import time
 import warnings
 from collections.abc import Callable
@@ -48,12 +50,18 @@ from ac_bench.record import Measurement, measure_variant
 
 GIB, MIB = 2 ** 30, 2 ** 20
 
-#: CBC's time limit per solve (seconds); a solve stopped by it reports the plan it has, not proven.
+#: The solver's time limit per solve (seconds); a solve stopped by it reports the plan it has, not proven.
 TIME_LIMIT_S = 120
+#: The environment variable that picks the solver (``highs`` or ``cbc``; default: HiGHS where
+#: highspy is installed, else CBC).
+SOLVER_ENV = "AC_BENCH_MILP_SOLVER"
+#: Solver names as printed, by the name PuLP gives each.
+SOLVER_NAMES = {"HiGHS": "HiGHS", "PULP_CBC_CMD": "CBC"}
 
 
 class SolverMissing(RuntimeError):
-    """PuLP is not installed."""
+    """PuLP, or a solver PuLP can call (HiGHS through highspy, or PuLP 3's bundled CBC), is not
+    installed; or ``AC_BENCH_MILP_SOLVER`` names one that is not."""
 
 
 class NothingFits(ValueError):
@@ -63,8 +71,9 @@ class NothingFits(ValueError):
 @dataclass(frozen=True)
 class Solution:
     """The solver's plan (one choice per block), its predicted figures, the seconds both solves
-    took, and whether CBC proved it optimal (``gap`` 0.0) or stopped at its time limit
-    (``gap`` None: the best plan found, the bound not reported by PuLP's CBC interface)."""
+    took, and whether the solver proved it optimal (``gap`` 0.0) or stopped at its time limit
+    (``gap`` None: the best plan found, the bound not reported through PuLP); ``solver`` is
+    "HiGHS" or "CBC"."""
 
     blocks: tuple[str, ...]
     prediction: Prediction
@@ -72,14 +81,42 @@ class Solution:
     gap: float | None
     variables: int
     rows: int
+    solver: str
 
 
 def _pulp():
     try:
         import pulp
     except ImportError:
-        raise SolverMissing("the MILP planner needs PuLP: pip install 'ac-bench[milp]' (or pip install pulp)") from None
+        raise SolverMissing("the MILP planner needs PuLP and highspy: pip install 'ac-bench[milp]' "
+                            "(or pip install pulp highspy)") from None
     return pulp
+
+
+def _solver(pulp):
+    """The solver PuLP calls: HiGHS (highspy) where installed, else PuLP 3's bundled CBC (PuLP 4
+    bundles none); ``AC_BENCH_MILP_SOLVER=highs|cbc`` insists on one. Single-threaded (the same
+    answer every run), absolute gap 0.5 on an integral objective (proven optimal), TIME_LIMIT_S.
+    Raises SolverMissing, naming what to install."""
+    wanted = os.environ.get(SOLVER_ENV, "").strip().lower()
+    if wanted not in ("", "highs", "cbc"):
+        raise SolverMissing(f"{SOLVER_ENV}={wanted!r}: the MILP planner solves with highs or cbc; "
+                            f"set it to one of them, or unset it")
+    options = dict(msg=False, gapAbs=0.5, gapRel=0.0, timeLimit=TIME_LIMIT_S, threads=1)
+    if wanted in ("", "highs") and getattr(pulp, "HiGHS", None) is not None and pulp.HiGHS(msg=False).available():
+        return pulp.HiGHS(**options)
+    if wanted in ("", "cbc") and getattr(pulp, "PULP_CBC_CMD", None) is not None:
+        with warnings.catch_warnings():
+            # PuLP 3.3 announces that 4.0 drops the bundled CBC; HiGHS is the first choice.
+            warnings.filterwarnings("ignore", "PULP_CBC_CMD is deprecated", DeprecationWarning)
+            solver = pulp.PULP_CBC_CMD(**options)
+        if solver.available():
+            return solver
+    if wanted == "cbc":
+        raise SolverMissing(f"{SOLVER_ENV}=cbc: this PuLP ({pulp.__version__}) has no bundled CBC (PuLP 4 dropped "
+                            f"it); unset {SOLVER_ENV} to solve with HiGHS (pip install highspy)")
+    raise SolverMissing("the MILP planner needs a solver PuLP can call: pip install highspy "
+                        "(or pip install 'ac-bench[milp]')")
 
 
 def _rows(pulp, figures: RegionFigures, x) -> tuple[list, object]:
@@ -114,13 +151,13 @@ def _model(pulp, figures: RegionFigures, sense):
 
 def _solve(pulp, prob) -> tuple[int, bool]:
     """Solve; (PuLP's status, whether the solution is proven optimal)."""
-    with warnings.catch_warnings():
-        # PuLP 3.3 announces that 4.0 drops the bundled CBC for `pulp[cbc]` and COIN_CMD; the
-        # bundled one is what a plain install has.
-        warnings.filterwarnings("ignore", "PULP_CBC_CMD is deprecated", DeprecationWarning)
-        solver = pulp.PULP_CBC_CMD(msg=False, gapAbs=0.5, gapRel=0.0, timeLimit=TIME_LIMIT_S, threads=1)
-    status = prob.solve(solver)
+    status = prob.solve(_solver(pulp))
     return status, prob.sol_status == pulp.LpSolutionOptimal
+
+
+def solver_name() -> str:
+    """The solver ``solve`` calls, as printed: "HiGHS" or "CBC". Raises SolverMissing."""
+    return SOLVER_NAMES.get(_solver(_pulp()).name, _solver(_pulp()).name)
 
 
 def _chosen(figures: RegionFigures, x) -> tuple[str, ...]:
@@ -197,9 +234,9 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
             or (kept_budget_bytes is not None and prediction.kept_bytes > kept_budget_bytes)
             or (host_budget_bytes is not None and prediction.offloaded_bytes > host_budget_bytes)):
         raise RuntimeError(f"the solver's plan {blocks} predicts {prediction}, against its own optimum of "
-                           f"{best * unit} FLOPs within {budget_bytes} B: a numerical error in CBC")
+                           f"{best * unit} FLOPs within {budget_bytes} B: a numerical error in {solver_name()}")
     return Solution(blocks, prediction, time.perf_counter() - start, 0.0 if proven and proven_second else None,
-                    variables=len(x), rows=prob.numConstraints())
+                    variables=len(x), rows=prob.numConstraints(), solver=solver_name())
 
 
 def _nothing_fits(figures: RegionFigures, budget_bytes: int, host_budget_bytes: int | None = None,
@@ -235,13 +272,13 @@ class BlockPlan:
 
     def summary(self) -> str:
         s, r, p = self.solution, self.record, self.solution.prediction
-        gap = "proven optimal" if s.gap == 0.0 else "not proven optimal (CBC's time limit)"
+        gap = "proven optimal" if s.gap == 0.0 else f"not proven optimal ({s.solver}'s time limit)"
         host = f", offloaded {p.offloaded_bytes / MIB:.1f} MiB to host memory" if p.offloaded_bytes else ""
         return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB ({self.budget_bytes} B): "
                 f"{self.policy.name}-{self.attention} ({self.policy.describe()}); measured peak "
                 f"{r.peak_bytes / GIB:.3f} GiB ({r.peak_bytes} B, predicted {p.peak_bytes}, at the {p.peak_at}), kept "
                 f"{r.forward_kept_bytes / MIB:.1f} MiB, recompute {(r.flops - self.none.flops) / 1e9:.2f} GFLOP{host}; "
-                f"CBC {s.seconds:.2f} s, {gap}, {s.variables} variables, {s.rows} rows")
+                f"{s.solver} {s.seconds:.2f} s, {gap}, {s.variables} variables, {s.rows} rows")
 
 
 def simulated_measure(flavor: Flavor, device: str = "cpu") -> Callable[[str], Measurement]:

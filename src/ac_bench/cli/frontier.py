@@ -52,7 +52,7 @@ def _gflop(value: float | None) -> str:
 
 
 def frontier_command(args: argparse.Namespace) -> None:
-    from ac_bench.milp import BlockPlanner, NothingFits, SolverMissing, smallest_peak, solve
+    from ac_bench.milp import BlockPlanner, NothingFits, SolverMissing, smallest_peak, solve, solver_name
     if args.points < 2:
         raise ReportInputError(f"--points needs at least 2 budgets, got {args.points}")
     check_output_files(plot=args.plot, markdown=args.markdown)
@@ -84,8 +84,8 @@ def frontier_command(args: argparse.Namespace) -> None:
 
     lines = [f"## {flavor.name}, {attention}: the MILP's plans", "",
              "Measured (fake tensors on the CPU: exact bytes and matmul FLOPs). Recompute: the step's FLOPs less "
-             "`none`'s. Solver: CBC through PuLP, proven optimal where the gap is 0.", "",
-             "| budget MiB | plan | peak MiB | kept MiB | recompute GFLOP | CBC s | gap |",
+             f"`none`'s. Solver: {solver_name()} through PuLP, proven optimal where the gap is 0.", "",
+             "| budget MiB | plan | peak MiB | kept MiB | recompute GFLOP | solver s | gap |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for budget, plan in plans:
         _, peak, kept, rec = _row(plan.policy.name, plan.record, none)
