@@ -198,3 +198,17 @@ def test_a_model_spec_command_refuses_in_one_line(registries_restored, capsys, a
     err = capsys.readouterr().err
     prefix = f"python -m ac_bench.{argv[0]}{' ' + argv[1] if argv[0] == 'report' else ''}: error: "
     assert err.startswith(prefix) and says in err and err.count("\n") == 1, err
+
+
+def test_plan_at_scale_takes_a_model_spec(registries_restored, capsys, tmp_path):
+    """``plan --model-spec S --world-size 8``: the user's family estimated as one rank of FSDP2 over
+    8 GPUs, every policy, as for the published shapes; the Markdown's Regenerate line repeats the
+    spec and the flavor."""
+    from ac_bench.cli.report import main as report_main
+    markdown = tmp_path / "scale.md"
+    assert report_main(["plan", "--model-spec", SPEC, "--world-size", "8", "--budget-gib", "0.002", "--markdown",
+                        str(markdown)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{FLAVOR} (3 layers, hidden 64, 4 heads, 4 KV heads), FSDP2 over 8 ranks"), out
+    assert "\nplan: " in out and "| none |" in out and "| full |" in out, out
+    assert f"--model-spec {SPEC} --flavor {FLAVOR} --world-size 8 --budget-gib 0.002" in markdown.read_text()

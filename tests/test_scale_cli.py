@@ -36,7 +36,10 @@ def one_line_error(capsys, argv: list[str]) -> str:
 
 
 @pytest.mark.parametrize("argv,expected", [
-    (["plan", "--model", "llama3-8b", "--budget-gib", "80"], "needs both --model and --world-size"),
+    (["plan", "--model", "llama3-8b", "--budget-gib", "80"], "planning at scale needs --world-size"),
+    (["plan", "--world-size", "8", "--budget-gib", "80"], "planning at scale needs a model: --model (one of llama3-8b"),
+    (["plan", "--model", "llama3-8b", "--flavor", "tiny", "--world-size", "8", "--budget-gib", "80"],
+     "for your own family give --model-spec and --flavor instead, not both"),
     (["plan", "--model", "llama3-8b", "--world-size", "0", "--budget-gib", "80"], "--world-size"),
     (["plan", "--model", "llama3-1t", "--world-size", "8", "--budget-gib", "80"], "--model"),
     (["plan", "--model", "llama3-8b", "--world-size", "8", "--budget-gib", "80", "--seq-len", "-5"], "--seq-len"),

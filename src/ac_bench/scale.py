@@ -534,7 +534,8 @@ def describe_setup(model: Flavor, setup: ShardedSetup) -> str:
     """One line: the model, its shape and the sharded setup, as the plan prints it."""
     mp = (f"{setup.mp_param_dtype} compute, {setup.mp_reduce_dtype} gradient reduction over {model.dtype} parameters"
           if setup.mp_param_dtype or setup.mp_reduce_dtype else f"{model.dtype} throughout")
-    return (f"{model.name} ({family_of(model).description}; {model.depth} layers, hidden {model.d_model}, "
+    description = family_of(model).description
+    return (f"{model.name} ({description + '; ' if description else ''}{model.depth} layers, hidden {model.d_model}, "
             f"{model.n_heads} heads, {model.n_kv_heads or model.n_heads} KV heads), FSDP2 over {setup.world_size} "
             f"ranks, per-rank batch {model.batch}, sequence {model.seq_len}, {mp}, reshard_after_forward "
             f"{setup.reshard_after_forward}, AdamW")

@@ -100,9 +100,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_flavor_arguments(parser)
     scale = parser.add_argument_group("at scale (FSDP2 over --world-size GPUs, estimated for one rank)")
     scale.add_argument("--model", choices=list(SCALE_MODELS),
-                       help="plan at scale for this model (transformers' LlamaForCausalLM or Qwen3ForCausalLM at the published shape)")
+                       help="plan at scale for this model (transformers' LlamaForCausalLM or Qwen3ForCausalLM at the "
+                            "published shape); or give --world-size with --model-spec and --flavor for your own family")
     scale.add_argument("--world-size", type=_positive_int, metavar="W", help="GPUs the model is sharded over (FSDP2)")
-    scale.add_argument("--seq-len", type=_positive_int, metavar="S", help="sequence length (default: the model's, 8192)")
+    scale.add_argument("--seq-len", type=_positive_int, metavar="S",
+                       help="sequence length (default: the model's: 8192 for the published shapes, the flavor's for yours)")
     scale.add_argument("--batch", type=_positive_int, metavar="B", help="per-GPU batch (default 1)")
     scale.add_argument("--mixed-precision", choices=("bf16", "none"), default="bf16",
                        help="bf16: FSDP2 MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32) over float32 "
@@ -140,16 +142,24 @@ def _recompute(record: Measurement, none: Measurement) -> int:
 
 
 def scale_plan_command(args: argparse.Namespace) -> None:
-    """``plan --model M --world-size W``: ``ac_bench.scale.plan_at_scale``, printed (and --markdown)."""
+    """``plan --model M --world-size W`` (or ``--model-spec S [--flavor F] --world-size W``, a
+    family of the user's): ``ac_bench.scale.plan_at_scale``, printed (and --markdown)."""
     from ac_bench import scale
-    if args.model is None or args.world_size is None:
-        raise ReportInputError("planning at scale needs both --model and --world-size")
+    if args.world_size is None:
+        raise ReportInputError("planning at scale needs --world-size (with --model, or a --model-spec family's flavor)")
+    if args.model is not None and (args.flavor is not None or args.model_spec):
+        raise ReportInputError("--model names one of the published shapes; for your own family give --model-spec "
+                               "and --flavor instead, not both")
     if args.plot:
         raise ReportInputError("--plot draws the single-process planner's picture; at scale the report's "
                                "`python -m ac_bench.report scale` draws peak against world size")
     check_output_files(markdown=args.markdown)
+    if args.model is None and not args.model_spec and args.flavor is None:
+        raise ReportInputError(f"planning at scale needs a model: --model (one of {', '.join(scale.SCALE_MODELS)}), "
+                               f"or --model-spec and --flavor for your own family")
     try:
-        model = scale.at(scale.scale_model(args.model), batch=args.batch, seq_len=args.seq_len)
+        base = scale.scale_model(args.model) if args.model is not None else chosen_flavor(args)
+        model = scale.at(base, batch=args.batch, seq_len=args.seq_len)
         mp = {} if args.mixed_precision == "bf16" else {"mp_param_dtype": None, "mp_reduce_dtype": None}
         setup = scale.ShardedSetup(args.world_size, reshard_after_forward=not args.no_reshard_after_forward, **mp)
         plan = scale.plan_at_scale(model, setup, int(args.budget_gib * GIB), args.attention,
@@ -161,17 +171,18 @@ def scale_plan_command(args: argparse.Namespace) -> None:
     text = "\n".join(scale.plan_lines(plan)) + "\n"
     print(text, end="")
     if args.markdown:
-        options = [f"--model {args.model}", f"--world-size {args.world_size}", f"--budget-gib {args.budget_gib:g}",
+        which = f"--model {args.model}" if args.model is not None else flavor_options(args, base)
+        options = [which, f"--world-size {args.world_size}", f"--budget-gib {args.budget_gib:g}",
                    f"--seq-len {model.seq_len}", f"--batch {model.batch}", f"--attention {args.attention}",
                    f"--mixed-precision {args.mixed_precision}"]
         options += ["--no-reshard-after-forward"] * args.no_reshard_after_forward + ["--full-depth"] * args.full_depth
         command = f"python -m ac_bench.report plan {' '.join(options)} --markdown {args.markdown}"
-        write_text(args.markdown, f"# Checkpointing plan at scale: {args.model}, {args.world_size} GPUs of "
+        write_text(args.markdown, f"# Checkpointing plan at scale: {model.name}, {args.world_size} GPUs of "
                                   f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")
 
 
 def plan_command(args: argparse.Namespace) -> None:
-    if args.model is not None or args.world_size is not None:
+    if args.model is not None or args.world_size is not None:  # at scale
         scale_plan_command(args)
         return
     if args.space == "blocks":
