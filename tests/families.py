@@ -70,7 +70,25 @@ def build_keyword(flavor: Flavor, attention: str, dropout: float = 0.0) -> torch
     return model
 
 
+class NoBlocks(torch.nn.Module):
+    """A model that breaks the contract: its layers are not ``blocks``."""
+
+    def __init__(self, flavor: Flavor):
+        super().__init__()
+        self.layers = torch.nn.ModuleList(torch.nn.Linear(flavor.d_model, flavor.d_model) for _ in range(flavor.depth))
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = x + layer(x)
+        return x
+
+
+def build_no_blocks(flavor: Flavor, attention: str, dropout: float = 0.0) -> torch.nn.Module:
+    return NoBlocks(flavor)
+
+
 BATCHNORM = Family("bn-gpt", build=build_batchnorm, flavors=(_tiny("bn-gpt-tiny", "bn-gpt"),))
 NON_FINITE = Family("nan-gpt", build=build_non_finite, flavors=(_tiny("nan-gpt-tiny", "nan-gpt"),))
 BROKEN_BUILD = Family("broken-gpt", build=build_broken, flavors=(_tiny("broken-gpt-tiny", "broken-gpt"),))
 KEYWORD = Family("kw-gpt", build=build_keyword, flavors=(_tiny("kw-gpt-tiny", "kw-gpt"),))
+NO_BLOCKS = Family("noblocks-gpt", build=build_no_blocks, flavors=(_tiny("noblocks-gpt-tiny", "noblocks-gpt"),))

@@ -145,13 +145,19 @@ def test_an_offloaded_layer_on_the_cpu_moves_nothing():
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--host-gib", "2"],
      "--host-gib bounds what offloading takes: add --offload-cost"),
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "fast"],
-     "expected FLOPs per offloaded byte (a number) or one of h100, h200, a100, got 'fast'"),
+     "expected FLOPs per offloaded byte (a whole number) or one of h100, h200, a100, got 'fast'"),
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "-1"],
-     "the cost of an offloaded byte must be a finite number of FLOPs, 0 or more, got '-1'"),
+     "the cost of an offloaded byte must be a whole number of FLOPs from 0 to 1e+09"),
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "nan"],
-     "the cost of an offloaded byte must be a finite number of FLOPs, 0 or more, got 'nan'"),
+     "the cost of an offloaded byte must be a whole number of FLOPs from 0 to 1e+09"),
+    (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "2.5"],
+     "the cost of an offloaded byte must be a whole number of FLOPs from 0 to 1e+09"),
+    (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "1e16"],
+     "the cost of an offloaded byte must be a whole number of FLOPs from 0 to 1e+09 (leave --offload-cost out"),
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "0",
-      "--host-gib", "-0.5"], "the host budget must be a finite number of GiB, 0 or more, got '-0.5'"),
+      "--host-gib", "-0.5"], "the host budget must be a number of GiB from 0 to 1048576, got '-0.5'"),
+    (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--offload-cost", "0",
+      "--host-gib", "1e300"], "the host budget must be a number of GiB from 0 to 1048576, got '1e300'"),
 ])
 def test_bad_offload_input_is_one_line(capsys, argv, says):
     from ac_bench.cli.report import main
@@ -199,10 +205,10 @@ def test_a_bad_block_code_is_named(name, says):
     assert says in str(info.value) and "\n" not in str(info.value), info.value
 
 
-def test_offload_options_take_any_number_zero_or_more():
-    """``--offload-cost`` takes a fraction (rounded to the MILP's whole FLOPs) and ``--host-gib 0``
-    (offload nothing), which the API takes too; a negative or non-finite value is refused above."""
+def test_offload_options_take_whole_numbers_and_a_host_budget_of_zero():
+    """``--offload-cost`` takes a whole number however written, and ``--host-gib 0`` (offload
+    nothing), which the API takes too; a fraction, a negative or a non-finite value is refused above."""
     from ac_bench.cli.plan import _host_gib, _offload_cost
     h200 = offload_cost(*OFFLOAD_PRESETS["h200"])
-    assert [_offload_cost(t) for t in ("0", "0.4", "2.6", "30919", "H200")] == [0, 0, 3, 30919, h200]
+    assert [_offload_cost(t) for t in ("0", "3.0", "1e3", "30919", "H200")] == [0, 3, 1000, 30919, h200]
     assert [_host_gib(t) for t in ("0", "0.25")] == [0.0, 0.25]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -47,3 +48,20 @@ def test_an_impossible_budget_is_one_line_naming_the_smallest_feasible():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("python -m ac_bench.report plan: error:")]
     assert len(errors) == 1 and "the smallest feasible budget is" in errors[0], proc.stderr
+
+
+def test_seq_len_reshapes_a_one_gpu_plan_and_the_regenerate_line_repeats_it_exactly(tmp_path, capsys):
+    """``--seq-len`` plans at that length (it was ignored without --world-size), the output says so,
+    and the Markdown's Regenerate line gives back the exact budget and the length."""
+    from ac_bench.cli.common import number
+    markdown = tmp_path / "plan.md"
+    assert main(["plan", "--flavor", "tiny", "--budget-gib", "0.00100000001", "--seq-len", "64",
+                 "--markdown", str(markdown)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("tiny at sequence 64, batch 2 (--seq-len, --batch)\nplan: tiny sdpa"), out
+    assert main(["plan", "--flavor", "tiny", "--budget-gib", "0.00100000001"]) == 0
+    at_16 = capsys.readouterr().out
+    peak = re.compile(r"measured peak [\d.]+ GiB \((\d+) B")
+    assert int(peak.search(out)[1]) > int(peak.search(at_16)[1]), (out, at_16)
+    assert ("--budget-gib 0.00100000001 --device cpu --seq-len 64 --markdown" in markdown.read_text()
+            and [number(x) for x in (0.45, 80.0, 0.00321456789)] == ["0.45", "80", "0.00321456789"])

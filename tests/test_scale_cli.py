@@ -45,6 +45,17 @@ def one_line_error(capsys, argv: list[str]) -> str:
     (["plan", "--model", "llama3-8b", "--world-size", "8", "--budget-gib", "80", "--seq-len", "-5"], "--seq-len"),
     (["plan", "--model", "llama3-8b", "--world-size", "8", "--budget-gib", "80", "--plot", "x.png"], "--plot"),
     (["scale", "--out", "/dev/null/x"], "--out /dev/null/x"),
+    # An option this kind of plan would ignore is refused, not silently dropped.
+    (["plan", "--flavor", "tiny", "--world-size", "8", "--budget-gib", "1", "--space", "blocks"],
+     "--space blocks has no effect at scale (--world-size)"),
+    (["plan", "--flavor", "tiny", "--world-size", "8", "--budget-gib", "1", "--offload-cost", "h200"],
+     "--offload-cost has no effect at scale"),
+    (["plan", "--flavor", "tiny", "--budget-gib", "1", "--mixed-precision", "none"],
+     "--mixed-precision is for planning at scale: add --world-size, or leave it out"),
+    (["plan", "--flavor", "tiny", "--budget-gib", "1", "--full-depth"], "--full-depth is for planning at scale"),
+    (["plan", "--flavor", "tiny", "--budget-gib", "1", "--compile-budgets", "0.5"],
+     "--compile-budgets sets the compiler sweep that --plot draws: add --plot, or leave it out"),
+    (["plan", "--flavor", "tiny", "--budget-gib", "1e300"], "the budget must be at most 1048576 GiB, got '1e300'"),
 ])
 def test_bad_input_is_one_line(capsys, argv, expected):
     assert expected in one_line_error(capsys, argv)
@@ -82,6 +93,21 @@ def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_w
     plan.budget_bytes = w8 - 1
     assert nothing_fits_line(plan, max_world_size=8).endswith(
         "no world size up to 8 fits: lower the sequence length or the per-rank batch")
+
+
+def test_a_sequential_policy_is_traced_whole_and_of_policies_that_recompute_nothing_none_is_chosen():
+    """Past MAX_TRACED_DEPTH layers, ``sequential``'s segments follow the depth (not affine): it is
+    traced at every layer while the others are extrapolated, and the plan says so (it refused the
+    whole plan before, at ``seed`` and any deeper user family). With every policy fitting, ``none``
+    is chosen over ``sac``, which recomputes no matmul but its elementwise ops (more backward ops)."""
+    from ac_bench.scale import MAX_TRACED_DEPTH, at, plan_lines
+    deep = at(get_flavor("tiny"), depth=MAX_TRACED_DEPTH + 2)
+    plan = plan_at_scale(deep, ShardedSetup(8, **NO_MP), GIB, policies=("none", "sac", "sequential"))
+    depths = {name: r.sharding["extrapolated_from_depths"] for name, r in plan.records.items()}
+    assert depths["sequential"] is None and depths["none"] and depths["sac"], depths
+    assert plan.recompute_flops("sac") == 0 and plan.records["sac"].backward_ops > plan.records["none"].backward_ops
+    assert plan.chosen == "none", plan.fitting()
+    assert f"; sequential traced at all {deep.depth} layers;" in plan_lines(plan)[-1], plan_lines(plan)[-1]
 
 
 def test_extrapolation_depths_step_by_the_policy_period():

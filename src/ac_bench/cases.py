@@ -124,18 +124,24 @@ def build_problem(flavor: Flavor, attention: str, device: str, dropout: float = 
     """Why the flavor's family cannot build its model (None if it can), in one line naming the
     flavor, the attention and the exception the family's builder raised. Tried on the meta
     device (no memory); a builder that fails there only (one that reads a tensor's values while
-    building) is tried again on ``device`` before its failure counts."""
+    building) is tried again on ``device`` before its failure counts. A model without the
+    contract's ``blocks`` (``ac_bench.models.families``), which every policy reads, is a problem too."""
+    model = None
     try:
-        build_model(flavor, attention, "meta", resolve_dtype(flavor, device), dropout)
-        return None
+        model = build_model(flavor, attention, "meta", resolve_dtype(flavor, device), dropout)
     except Exception:  # the family's own code: anything it raises
         pass
-    try:
-        build_model(flavor, attention, device, resolve_dtype(flavor, device), dropout)
-        return None
-    except Exception as exc:
-        return (f"building flavor {flavor.name!r} with {attention} attention"
-                f"{f' and dropout {dropout}' if dropout else ''} raised {type(exc).__name__}: {_one_line(exc)}")
+    if model is None:
+        try:
+            model = build_model(flavor, attention, device, resolve_dtype(flavor, device), dropout)
+        except Exception as exc:
+            return (f"building flavor {flavor.name!r} with {attention} attention"
+                    f"{f' and dropout {dropout}' if dropout else ''} raised {type(exc).__name__}: {_one_line(exc)}")
+    blocks = getattr(model, "blocks", None)
+    if blocks is None or not hasattr(blocks, "__len__") or len(blocks) == 0:
+        return (f"the model of flavor {flavor.name!r} ({type(model).__name__}) has no `blocks`, the sequence of "
+                f"layers its forward runs that every policy wraps (docs/extending.md, \"A model family\")")
+    return None
 
 
 def _one_line(exc: BaseException, limit: int = 300) -> str:

@@ -112,6 +112,9 @@ def _solver(pulp):
             solver = pulp.PULP_CBC_CMD(**options)
         if solver.available():
             return solver
+    if wanted == "highs":
+        raise SolverMissing(f"{SOLVER_ENV}=highs: highspy is not installed (pip install highspy); or unset "
+                            f"{SOLVER_ENV} to fall back to PuLP 3's bundled CBC")
     if wanted == "cbc":
         raise SolverMissing(f"{SOLVER_ENV}=cbc: this PuLP ({pulp.__version__}) has no bundled CBC (PuLP 4 dropped "
                             f"it); unset {SOLVER_ENV} to solve with HiGHS (pip install highspy)")

@@ -256,9 +256,11 @@ def estimate(flavor: Flavor, variant: str, setup: ShardedSetup, full_depth: bool
     length) under FSDP2 as ``setup`` says: traced whole up to ``MAX_TRACED_DEPTH`` layers or with
     ``full_depth``, else extrapolated from three depths (``extrapolation_depths``, ``extrapolate``),
     moved one period deeper, up to ``MAX_SHIFTS`` times, while they are not affine. Raises what
-    ``estimate_rank`` raises, and NotAffine for the last three depths tried."""
+    ``estimate_rank`` raises, and NotAffine for the last three depths tried. A ``sequential``
+    policy is traced whole: its segments follow the depth (round(sqrt(depth)) of them, or
+    depth // K layers each), so its figures are not affine in it."""
     policy = get_policy(parse_variant(variant)[0])
-    if full_depth or flavor.depth <= MAX_TRACED_DEPTH:
+    if full_depth or flavor.depth <= MAX_TRACED_DEPTH or policy.kind == "sequential":
         return estimate_rank(flavor, variant, setup)
     depths = extrapolation_depths(policy, flavor.depth)
     if depths[-1] >= flavor.depth:
@@ -470,10 +472,13 @@ class ScalePlan:
 
     def fitting(self, budget_bytes: int | None = None) -> list[str]:
         """Policies whose per-rank peak is at most ``budget_bytes`` (default: the plan's budget),
-        cheapest first."""
+        cheapest first: fewest recomputed FLOPs, then fewest ops in backward (a selective policy
+        that saves every matmul still recomputes its elementwise ops, which FLOPs do not count),
+        then the lowest peak."""
         budget = self.budget_bytes if budget_bytes is None else budget_bytes
         fit = [p for p, r in self.records.items() if r.peak_bytes <= budget]
-        return sorted(fit, key=lambda p: (self.recompute_flops(p), self.records[p].peak_bytes))
+        return sorted(fit, key=lambda p: (self.recompute_flops(p), self.records[p].backward_ops or 0,
+                                          self.records[p].peak_bytes))
 
     def cheapest(self, budget_bytes: int | None = None) -> str | None:
         """The first of ``fitting(budget_bytes)``, or None where nothing fits."""
@@ -536,32 +541,38 @@ def describe_setup(model: Flavor, setup: ShardedSetup) -> str:
           if setup.mp_param_dtype or setup.mp_reduce_dtype else f"{model.dtype} throughout")
     description = family_of(model).description
     return (f"{model.name} ({description + '; ' if description else ''}{model.depth} layers, hidden {model.d_model}, "
-            f"{model.n_heads} heads, {model.n_kv_heads or model.n_heads} KV heads), FSDP2 over {setup.world_size} "
+            f"{model.n_heads} heads{f', {model.n_kv_heads} KV heads' if model.n_kv_heads else ''}), FSDP2 over {setup.world_size} "
             f"ranks, per-rank batch {model.batch}, sequence {model.seq_len}, {mp}, reshard_after_forward "
             f"{setup.reshard_after_forward}, AdamW")
 
 
 def plan_lines(plan: ScalePlan) -> list[str]:
-    """The plan as printed: the setup, the answer, then one table row per policy."""
-    budget = plan.budget_bytes / GIB
+    """The plan as printed: the setup, the answer, then one table row per policy. Bytes in GiB,
+    or in MiB for a budget under 1 GiB; FLOPs in TFLOP, or GFLOP where ``none``'s step is under one."""
+    unit, size = ("GiB", GIB) if plan.budget_bytes >= GIB else ("MiB", 2 ** 20)
+    funit, fsize = ("TFLOP", 1e12) if plan.records["none"].flops >= 1e12 else ("GFLOP", 1e9)
+    budget = plan.budget_bytes / size
     lines = [describe_setup(plan.model, plan.setup), ""]
     chosen = plan.chosen
     if chosen is not None:
         r = plan.records[chosen]
-        lines.append(f"plan: {chosen} fits {budget:g} GiB per GPU: per-rank peak {r.peak_bytes / GIB:.2f} GiB, "
-                     f"margin {(plan.budget_bytes - r.peak_bytes) / GIB:.2f} GiB, recomputes "
-                     f"{plan.recompute_flops(chosen) / 1e12:.1f} TFLOP per step and rank "
+        lines.append(f"plan: {chosen} fits {budget:g} {unit} per GPU: per-rank peak {r.peak_bytes / size:.2f} {unit}, "
+                     f"margin {(plan.budget_bytes - r.peak_bytes) / size:.2f} {unit}, recomputes "
+                     f"{plan.recompute_flops(chosen) / fsize:.1f} {funit} per step and rank "
                      f"({plan.recompute_flops(chosen) / plan.records['none'].flops:+.1%} over none)")
-    lines += ["", f"| policy | per-rank peak GiB (the smallest GPU it fits) | fits {budget:g} GiB | margin GiB | "
-              "recompute TFLOP | resident GiB | kept at end of forward GiB |",
+    lines += ["", f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {budget:g} {unit} | margin {unit} | "
+              f"recompute {funit} | resident {unit} | kept at end of forward {unit} |",
               "| --- | ---: | :---: | ---: | ---: | ---: | ---: |"]
     for name, r in sorted(plan.records.items(), key=lambda kv: kv[1].peak_bytes):
-        lines.append(f"| {name} | {r.peak_bytes / GIB:.2f} | {'yes' if r.peak_bytes <= plan.budget_bytes else 'no'} | "
-                     f"{(plan.budget_bytes - r.peak_bytes) / GIB:+.2f} | {plan.recompute_flops(name) / 1e12:.1f} | "
-                     f"{r.resident_bytes / GIB:.2f} | {r.forward_kept_bytes / GIB:.2f} |")
-    depths = next(iter(plan.records.values())).sharding.get("extrapolated_from_depths")
-    how = (f"traced at depths such as {depths} and extrapolated to {plan.model.depth} layers (affine, checked)"
-           if depths else f"all {plan.model.depth} layers traced")
+        lines.append(f"| {name} | {r.peak_bytes / size:.2f} | {'yes' if r.peak_bytes <= plan.budget_bytes else 'no'} | "
+                     f"{(plan.budget_bytes - r.peak_bytes) / size:+.2f} | {plan.recompute_flops(name) / fsize:.1f} | "
+                     f"{r.resident_bytes / size:.2f} | {r.forward_kept_bytes / size:.2f} |")
+    depths = {name: r.sharding.get("extrapolated_from_depths") for name, r in plan.records.items()}
+    some = next((d for d in depths.values() if d), None)
+    whole = [name for name, d in depths.items() if not d]
+    how = (f"traced at depths such as {some} and extrapolated to {plan.model.depth} layers (affine, checked)"
+           + (f"; {', '.join(whole)} traced at all {plan.model.depth} layers" if whole else "")
+           if some else f"all {plan.model.depth} layers traced")
     lines += ["", f"Estimated for rank 0 on the fake process group and fake tensors (FSDPMemTracker), {how}; "
               f"peaks as the suite measures them: every tensor's storage, no allocator rounding or fragmentation, no "
               f"CUDA/NCCL context or workspace."]

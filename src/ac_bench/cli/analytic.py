@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     def command() -> None:
         chosen = chosen_flavor(args)
         if family_model(FAMILIES[chosen.family]) is None:
-            raise ReportInputError(f"--flavor {chosen.name}: family {chosen.family!r} declares no analytic model "
+            raise ReportInputError(f"flavor {chosen.name}: family {chosen.family!r} declares no analytic model "
                                    f"(Family(analytic=...), docs/extending.md); the planner and the measured "
                                    f"commands (python -m ac_bench.report plan) need none")
         print(explain(chosen, getattr(torch, chosen.dtype), args.device_type))

@@ -45,19 +45,57 @@ def add_flavor_arguments(parser: argparse.ArgumentParser, default: str = "seed")
 def chosen_flavor(args: argparse.Namespace):
     """The ``Flavor`` that ``--flavor`` names, after registering each ``--model-spec`` family.
     Raises ReportInputError (one line) for a spec that does not load or an unknown flavor name."""
+    from ac_bench.cases import build_problem
     from ac_bench.models import get_flavor, load_family_spec
-    families = []
+    families, specs = [], {}
     try:
         for spec in args.model_spec:
             loaded = load_family_spec(spec)
-            families.extend(loaded if isinstance(loaded, tuple) else (loaded,))
+            for family in loaded if isinstance(loaded, tuple) else (loaded,):
+                families.append(family)
+                specs[family.name] = spec
         name = args.flavor if args.flavor is not None else (families[0].flavors[0].name if families
                                                             else args.flavor_default)
-        return get_flavor(name)
+        flavor = get_flavor(name)
     except ValueError as exc:
         raise ReportInputError(str(exc)) from None
+    if flavor.family in specs:  # the user's family: it builds, and keeps the contract, before anything is measured
+        for attention in families[[f.name for f in families].index(flavor.family)].attentions:
+            problem = build_problem(flavor, attention, "cpu")
+            if problem:
+                raise ReportInputError(f"--model-spec {specs[flavor.family]!r}: {problem}; fix the family's build function")
+    return flavor
+
+
+#: The largest memory budget the commands take (GiB): beyond it bytes no longer fit a float's
+#: whole numbers, and no device has it.
+MAX_GIB = 2 ** 20
+
+
+def check_device(device: str) -> None:
+    """``--device cuda`` on a machine without CUDA is one line (ReportInputError), before any work."""
+    from ac_bench.probes.device import cuda_available
+    if device == "cuda" and not cuda_available():
+        raise ReportInputError("--device cuda: no CUDA device is available")
 
 
 def flavor_options(args: argparse.Namespace, flavor) -> str:
     """``--model-spec S ... --flavor NAME`` as a command line repeats them (a Regenerate line)."""
     return " ".join([*(f"--model-spec {spec}" for spec in args.model_spec), f"--flavor {flavor.name}"])
+
+
+def number(value: float) -> str:
+    """A float as a command line gives it back exactly: ``%g`` where that is the same number
+    (0.45, 80), else ``repr`` (0.00321456789)."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(value)
+
+
+def solver_prefix() -> str:
+    """``AC_BENCH_MILP_SOLVER=cbc `` where the environment picks the MILP's solver (a Regenerate
+    line that repeats it gives the same plan), else nothing."""
+    import os
+
+    from ac_bench.milp import SOLVER_ENV
+    value = os.environ.get(SOLVER_ENV, "").strip()
+    return f"{SOLVER_ENV}={value} " if value else ""

@@ -17,7 +17,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ac_bench.cli.common import add_flavor_arguments, check_output_files, chosen_flavor, flavor_options
+from ac_bench.cli.common import add_flavor_arguments, check_device, check_output_files, chosen_flavor, flavor_options, solver_prefix
 from ac_bench.cli.plan import _budgets
 from ac_bench.models import ATTENTIONS, budget_name
 from ac_bench.record import Measurement, measure_variant
@@ -47,6 +47,13 @@ def _row(label: str, r: Measurement, none: Measurement) -> tuple[str, float, flo
     return label, r.peak_bytes / MIB, r.forward_kept_bytes / MIB, (r.flops - none.flops) / 1e9
 
 
+def _how(record: Measurement) -> str:
+    """How the records were measured, as the table says it."""
+    if record.memory_method.startswith("fake"):
+        return f"fake tensors on the {record.device}: exact bytes and matmul FLOPs"
+    return f"real tensors on {record.device}, {record.memory_method}"
+
+
 def _gflop(value: float | None) -> str:
     return "nothing fits" if value is None else f"{value:.2f}"
 
@@ -56,6 +63,7 @@ def frontier_command(args: argparse.Namespace) -> None:
     if args.points < 2:
         raise ReportInputError(f"--points needs at least 2 budgets, got {args.points}")
     check_output_files(plot=args.plot, markdown=args.markdown)
+    check_device(args.device)
     flavor = chosen_flavor(args)
     attention, device = args.attention, args.device
     cache: dict[str, Measurement] = {}
@@ -83,7 +91,7 @@ def frontier_command(args: argparse.Namespace) -> None:
     sac = measure(f"sac-{attention}")
 
     lines = [f"## {flavor.name}, {attention}: the MILP's plans", "",
-             "Measured (fake tensors on the CPU: exact bytes and matmul FLOPs). Recompute: the step's FLOPs less "
+             f"Measured ({_how(none)}). Recompute: the step's FLOPs less "
              f"`none`'s. Solver: {solver_name()} through PuLP, proven optimal where the gap is 0.", "",
              "| budget MiB | plan | peak MiB | kept MiB | recompute GFLOP | solver s | gap |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
@@ -116,8 +124,8 @@ def frontier_command(args: argparse.Namespace) -> None:
     if args.markdown:
         options = (f"{flavor_options(args, flavor)} --attention {attention} --device {device} --points {args.points} "
                    f"--compile-budgets {','.join(repr(float(b)) for b in args.compile_budgets)}")
-        command = (f"python -m ac_bench.report frontier {options} " + (f"--plot {args.plot} " if args.plot else "")
-                   + f"--markdown {args.markdown}")
+        command = (solver_prefix() + f"python -m ac_bench.report frontier {options} "
+                   + (f"--plot {args.plot} " if args.plot else "") + f"--markdown {args.markdown}")
         write_text(args.markdown, f"# The MILP planner against the compiler: {flavor.name}, {attention}\n\n"
                                   f"Regenerate: `{command}`\n\n{text}")
     if args.plot:

@@ -15,13 +15,14 @@ and world size.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ac_bench.cli.common import add_flavor_arguments, check_output_files, chosen_flavor, flavor_options
+from ac_bench.cli.common import MAX_GIB, add_flavor_arguments, check_device, check_output_files, chosen_flavor, flavor_options, number, solver_prefix
 from ac_bench.models import ATTENTIONS, POLICIES, budget_name
 from ac_bench.planner import GIB, InfeasibleBudget, Planner
 from ac_bench.record import Measurement, measure_variant
@@ -35,6 +36,9 @@ MIB = 2 ** 20
 FIXED_POLICIES = tuple(p for p in POLICIES if p != "offload")
 DEFAULT_COMPILE_BUDGETS = "1.0,0.8,0.6,0.4,0.2,0.0"
 FRONTIER_POINTS = 40
+#: The largest --offload-cost (FLOPs per byte): 3e4 at the H200's rates; beyond 1e9 offloading
+#: never pays, and the solver's objective coefficients (cost x bytes) outgrow a float's precision.
+MAX_OFFLOAD_COST = 10 ** 9
 
 
 def _budgets(text: str) -> list[float]:
@@ -54,6 +58,8 @@ def _gib(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"the budget must be a positive number of GiB, got {text!r}")
+    if value > MAX_GIB:
+        raise argparse.ArgumentTypeError(f"the budget must be at most {MAX_GIB} GiB, got {text!r}")
     return value
 
 
@@ -68,20 +74,21 @@ def _positive_int(text: str) -> int:
 
 
 def _offload_cost(text: str) -> int:
-    """FLOPs per offloaded byte: a preset, or a number 0 or more, rounded to whole FLOPs (the
-    MILP's objective counts whole FLOPs)."""
+    """FLOPs per offloaded byte: a preset, or a whole number from 0 to MAX_OFFLOAD_COST (the
+    MILP's objective counts whole FLOPs; a larger cost only says never offload)."""
     from ac_bench.blockplan import OFFLOAD_PRESETS, offload_cost
     if text.lower() in OFFLOAD_PRESETS:
         return offload_cost(*OFFLOAD_PRESETS[text.lower()])
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected FLOPs per offloaded byte (a number) or one of "
+        raise argparse.ArgumentTypeError(f"expected FLOPs per offloaded byte (a whole number) or one of "
                                          f"{', '.join(OFFLOAD_PRESETS)}, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"the cost of an offloaded byte must be a finite number of FLOPs, 0 or "
-                                         f"more, got {text!r}")
-    return round(value)
+    if not (math.isfinite(value) and value.is_integer() and 0 <= value <= MAX_OFFLOAD_COST):
+        raise argparse.ArgumentTypeError(f"the cost of an offloaded byte must be a whole number of FLOPs from 0 to "
+                                         f"{MAX_OFFLOAD_COST:.0e} (leave --offload-cost out never to offload), "
+                                         f"got {text!r}")
+    return int(value)
 
 
 def _host_gib(text: str) -> float:
@@ -90,25 +97,26 @@ def _host_gib(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"the host budget must be a finite number of GiB, 0 or more, got {text!r}")
+    if not (math.isfinite(value) and 0 <= value <= MAX_GIB):
+        raise argparse.ArgumentTypeError(f"the host budget must be a number of GiB from 0 to {MAX_GIB}, got {text!r}")
     return value
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ac_bench.scale import SCALE_MODELS
     add_flavor_arguments(parser)
+    parser.add_argument("--seq-len", type=_positive_int, metavar="S",
+                        help="sequence length (default: the flavor's; 8192 for the published shapes of --model)")
+    parser.add_argument("--batch", type=_positive_int, metavar="B",
+                        help="batch per GPU (default: the flavor's; 1 for the published shapes of --model)")
     scale = parser.add_argument_group("at scale (FSDP2 over --world-size GPUs, estimated for one rank)")
     scale.add_argument("--model", choices=list(SCALE_MODELS),
                        help="plan at scale for this model (transformers' LlamaForCausalLM or Qwen3ForCausalLM at the "
                             "published shape); or give --world-size with --model-spec and --flavor for your own family")
     scale.add_argument("--world-size", type=_positive_int, metavar="W", help="GPUs the model is sharded over (FSDP2)")
-    scale.add_argument("--seq-len", type=_positive_int, metavar="S",
-                       help="sequence length (default: the model's: 8192 for the published shapes, the flavor's for yours)")
-    scale.add_argument("--batch", type=_positive_int, metavar="B", help="per-GPU batch (default 1)")
-    scale.add_argument("--mixed-precision", choices=("bf16", "none"), default="bf16",
+    scale.add_argument("--mixed-precision", choices=("bf16", "none"), default=None,
                        help="bf16: FSDP2 MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32) over float32 "
-                            "parameters, torchtitan's default; none: float32 throughout (default %(default)s)")
+                            "parameters, torchtitan's default; none: float32 throughout (default bf16)")
     scale.add_argument("--no-reshard-after-forward", action="store_true",
                        help="fully_shard(reshard_after_forward=False): keep each layer unsharded from forward to backward")
     scale.add_argument("--full-depth", action="store_true",
@@ -132,7 +140,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="measure on (default cpu: fake tensors for estimated flavors such as seed)")
     parser.add_argument("--plot", type=Path, metavar="FILE", help="write the PNG: kept memory against recompute FLOPs")
     parser.add_argument("--markdown", type=Path, metavar="FILE", help="also write the printed report as Markdown")
-    parser.add_argument("--compile-budgets", type=_budgets, default=_budgets(DEFAULT_COMPILE_BUDGETS), metavar="B,...",
+    parser.add_argument("--compile-budgets", type=_budgets, default=None, metavar="B,...",
                         help=f"torch.compile activation_memory_budget values for the plot's compiler sweep "
                              f"(default {DEFAULT_COMPILE_BUDGETS}; each is one compile: ~17 s at seed on fake tensors)")
 
@@ -160,7 +168,7 @@ def scale_plan_command(args: argparse.Namespace) -> None:
     try:
         base = scale.scale_model(args.model) if args.model is not None else chosen_flavor(args)
         model = scale.at(base, batch=args.batch, seq_len=args.seq_len)
-        mp = {} if args.mixed_precision == "bf16" else {"mp_param_dtype": None, "mp_reduce_dtype": None}
+        mp = {} if args.mixed_precision in (None, "bf16") else {"mp_param_dtype": None, "mp_reduce_dtype": None}
         setup = scale.ShardedSetup(args.world_size, reshard_after_forward=not args.no_reshard_after_forward, **mp)
         plan = scale.plan_at_scale(model, setup, int(args.budget_gib * GIB), args.attention,
                                    full_depth=args.full_depth)
@@ -172,17 +180,57 @@ def scale_plan_command(args: argparse.Namespace) -> None:
     print(text, end="")
     if args.markdown:
         which = f"--model {args.model}" if args.model is not None else flavor_options(args, base)
-        options = [which, f"--world-size {args.world_size}", f"--budget-gib {args.budget_gib:g}",
+        options = [which, f"--world-size {args.world_size}", f"--budget-gib {number(args.budget_gib)}",
                    f"--seq-len {model.seq_len}", f"--batch {model.batch}", f"--attention {args.attention}",
-                   f"--mixed-precision {args.mixed_precision}"]
+                   f"--mixed-precision {args.mixed_precision or 'bf16'}"]
         options += ["--no-reshard-after-forward"] * args.no_reshard_after_forward + ["--full-depth"] * args.full_depth
         command = f"python -m ac_bench.report plan {' '.join(options)} --markdown {args.markdown}"
         write_text(args.markdown, f"# Checkpointing plan at scale: {model.name}, {args.world_size} GPUs of "
                                   f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")
 
 
+def _refuse_unused(args: argparse.Namespace, at_scale: bool) -> None:
+    """An option that this kind of plan would ignore is one line, not silently dropped."""
+    if at_scale:
+        why = "has no effect at scale (--world-size), which estimates each whole-model policy for one FSDP2 rank"
+        unused = [("--space blocks", args.space == "blocks", why), ("--offload-cost", args.offload_cost is not None, why),
+                  ("--host-gib", args.host_gib is not None, why), ("--device cuda", args.device == "cuda", why),
+                  ("--compile-budgets", args.compile_budgets is not None, why)]
+    else:
+        why = "is for planning at scale: add --world-size, or leave it out"
+        unused = [("--mixed-precision", args.mixed_precision is not None, why),
+                  ("--no-reshard-after-forward", args.no_reshard_after_forward, why),
+                  ("--full-depth", args.full_depth, why),
+                  ("--compile-budgets", args.compile_budgets is not None and not args.plot,
+                   "sets the compiler sweep that --plot draws: add --plot, or leave it out")]
+    for option, present, reason in unused:
+        if present:
+            raise ReportInputError(f"{option} {reason}")
+
+
+def _shaped(args: argparse.Namespace, flavor):
+    """The flavor at ``--seq-len`` and ``--batch`` where given (one GPU's plan, as at scale)."""
+    changes = {k: v for k, v in (("seq_len", args.seq_len), ("batch", args.batch)) if v is not None}
+    return dataclasses.replace(flavor, **changes) if changes else flavor
+
+
+def _shape_line(args: argparse.Namespace, flavor) -> list[str]:
+    """Where --seq-len or --batch reshaped the flavor, a first line that says so."""
+    if args.seq_len is None and args.batch is None:
+        return []
+    return [f"{flavor.name} at sequence {flavor.seq_len}, batch {flavor.batch} (--seq-len, --batch)"]
+
+
+def _shape_options(args: argparse.Namespace) -> str:
+    return "".join(f" --{name} {value}" for name, value in (("seq-len", args.seq_len), ("batch", args.batch))
+                   if value is not None)
+
+
 def plan_command(args: argparse.Namespace) -> None:
-    if args.model is not None or args.world_size is not None:  # at scale
+    at_scale = args.model is not None or args.world_size is not None
+    _refuse_unused(args, at_scale)
+    check_device(args.device)
+    if at_scale:
         scale_plan_command(args)
         return
     if args.space == "blocks":
@@ -190,7 +238,7 @@ def plan_command(args: argparse.Namespace) -> None:
         return
     if args.offload_cost is not None or args.host_gib is not None:
         raise ReportInputError("--offload-cost and --host-gib plan offloaded sublayers and layers: add --space blocks")
-    flavor = chosen_flavor(args)
+    flavor = _shaped(args, chosen_flavor(args))
     check_output_files(plot=args.plot, markdown=args.markdown)  # before minutes of measuring, not after
     planner = Planner(flavor, args.attention, args.device)
     budget = int(args.budget_gib * GIB)
@@ -199,7 +247,7 @@ def plan_command(args: argparse.Namespace) -> None:
     except InfeasibleBudget as exc:
         raise ReportInputError(str(exc)) from None
     none = planner.measure("plan_a0_m0")
-    lines = [f"plan: {plan.summary()}", "",
+    lines = [*_shape_line(args, flavor), f"plan: {plan.summary()}", "",
              f"per sublayer of one block ({args.attention}): bytes saved by checkpointing it, FLOPs recomputed",
              "| sublayer | MiB saved | GFLOP recomputed | GFLOP per MiB saved |", "| --- | ---: | ---: | ---: |"]
     economics = planner.sublayer_economics()
@@ -208,7 +256,8 @@ def plan_command(args: argparse.Namespace) -> None:
                      f"{e['flops_per_mib'] / 1e9:.4f} |")
     better = min(economics, key=lambda s: economics[s]["flops_per_mib"])
     lines += ["", f"cheaper per byte saved: {better}", "",
-              "plans predicted to fit, cheapest first (peaks predicted from the analytic model; the chosen one measured):",
+              "plans predicted to fit, cheapest first (peaks predicted from the analytic model, or from the measured "
+              "regions for a family without one; the chosen one measured):",
               "| plan | checkpointed | predicted peak GiB | kept MiB | recompute GFLOP |", "| --- | --- | ---: | ---: | ---: |"]
     fitting = [c for c in plan.candidates if c.predicted_peak_bytes <= budget][:5]
     for c in fitting:
@@ -218,14 +267,14 @@ def plan_command(args: argparse.Namespace) -> None:
     print(text, end="")
     if args.markdown:
         command = (f"python -m ac_bench.report plan {flavor_options(args, flavor)} --attention {args.attention} "
-                   f"--budget-gib {args.budget_gib:g} --device {args.device} "
+                   f"--budget-gib {number(args.budget_gib)} --device {args.device}{_shape_options(args)} "
                    + (f"--plot {args.plot} " if args.plot else "") + f"--markdown {args.markdown}")
         write_text(args.markdown, f"# Checkpointing plan: {flavor.name}, {args.attention}, "
                                   f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")
     if args.plot:
         fixed = {p: measure_variant(flavor, f"{p}-{args.attention}", args.device) for p in FIXED_POLICIES}
         compiled = {b: measure_variant(flavor, f"{budget_name(b)}-{args.attention}", args.device)
-                    for b in args.compile_budgets}
+                    for b in args.compile_budgets or _budgets(DEFAULT_COMPILE_BUDGETS)}
         save_png(plan_figure(planner, plan, none, fixed, compiled), args.plot)
         print(f"plot written: {args.plot}")
 
@@ -278,7 +327,7 @@ def block_plan_command(args: argparse.Namespace) -> None:
     if args.plot:
         raise ReportInputError("--plot draws the plan_aA_mM planner's picture; for per-block plans against the "
                                "compiler run `python -m ac_bench.report frontier`")
-    flavor = chosen_flavor(args)
+    flavor = _shaped(args, chosen_flavor(args))
     check_output_files(markdown=args.markdown)
     if args.host_gib is not None and args.offload_cost is None:
         raise ReportInputError("--host-gib bounds what offloading takes: add --offload-cost (e.g. h200)")
@@ -289,7 +338,7 @@ def block_plan_command(args: argparse.Namespace) -> None:
     except (NothingFits, SolverMissing, ValueError) as exc:
         raise ReportInputError(str(exc)) from None
     fig = planner.figures
-    lines = [f"plan: {plan.summary()}", "",
+    lines = [*_shape_line(args, flavor), f"plan: {plan.summary()}", "",
              "per block: the choice (attention then MLP: n none, f full recompute, s selective, p selective keeping P·V; "
              "lf/ls/lp the whole layer; o offloaded to host memory, lo the whole layer), "
              "what it adds to the bytes kept for backward in this plan (its output included, less its input "
@@ -323,8 +372,10 @@ def block_plan_command(args: argparse.Namespace) -> None:
     print(text, end="")
     if args.markdown:
         command = (f"python -m ac_bench.report plan --space blocks {flavor_options(args, flavor)} --attention {args.attention} "
-                   f"--budget-gib {args.budget_gib:g} --device {args.device} --markdown {args.markdown}"
+                   f"--budget-gib {number(args.budget_gib)} --device {args.device}{_shape_options(args)} "
+                   f"--markdown {args.markdown}"
                    + (f" --offload-cost {args.offload_cost}" if args.offload_cost is not None else "")
-                   + (f" --host-gib {args.host_gib:g}" if args.host_gib is not None else ""))
+                   + (f" --host-gib {number(args.host_gib)}" if args.host_gib is not None else ""))
+        command = solver_prefix() + command
         write_text(args.markdown, f"# Per-block checkpointing plan: {flavor.name}, {args.attention}, "
                                   f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")

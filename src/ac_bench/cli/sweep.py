@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ac_bench.cases import variant_problem
-from ac_bench.cli.common import ArgumentParser, add_flavor_arguments, check_output_files, chosen_flavor
+from ac_bench.cli.common import MAX_GIB, ArgumentParser, add_flavor_arguments, check_output_files, chosen_flavor
 from ac_bench.models import VARIANTS, parse_variant, variant_id
 from ac_bench.probes.device import cuda_available, device_key
 from ac_bench.record import is_estimate
@@ -97,8 +97,8 @@ def _positive(text: str) -> float:
         value = float(text)
     except ValueError:
         value = -1.0
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a positive finite number of GiB, got {text!r}")
+    if not 0 < value <= MAX_GIB:
+        raise argparse.ArgumentTypeError(f"expected a positive number of GiB, at most {MAX_GIB}, got {text!r}")
     return value
 
 

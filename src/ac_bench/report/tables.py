@@ -263,7 +263,8 @@ def sweep_table(points: Sequence[SweepPoint], title: str) -> Table:
         figures = (("OOM",) + ("",) * (len(SWEEP_MIB_COLUMNS) - 1) if p.record is None
                    else tuple(mib(getattr(p.record, MIB_COLUMNS[h])) for h in SWEEP_MIB_COLUMNS))
         rows.append((p.variant, str(p.seq_len), *figures, mib(p.predicted_saved_bytes),
-                     pct(overheads[(p.variant, p.seq_len)]), pct(p.predicted_flop_overhead)))
+                     pct(overheads[(p.variant, p.seq_len)]),
+                     NULL if p.predicted_flop_overhead is None else pct(p.predicted_flop_overhead)))
     notes = ("analytic: ac_bench/analytic's prediction for the same shape (kept: `forward_kept_bytes`; "
              f"{NULL}: the family declares no analytic model). OOM: the step ran out of device memory.",
              *null_notes([p.record for p in points if p.record is not None], SWEEP_MIB_COLUMNS))
@@ -296,7 +297,7 @@ def budget_table(fits: Sequence[BudgetFit], points: Sequence[SweepPoint], budget
                      pct(overheads[(p.variant, p.seq_len)]), pct(p.predicted_flop_overhead),
                      "yes" if f.variant in front else ""))
     notes = (f"Longest swept sequence length before the first that does not fit {budget_gib:g} GiB "
-             f"(= {budget_gib * GIB / MIB:,.0f} MiB) of whole-step peak (parameters, gradients and optimizer "
+             f"(= {budget_gib * GIB / MIB:,.1f} MiB) of whole-step peak (parameters, gradients and optimizer "
              f"state included; on CUDA, allocated bytes: the CUDA context and allocator fragmentation come on "
              f"top). '>= N': even the longest swept length ({longest}) fits. Frontier: no other variant fits "
              f"a length at least as long at a FLOP overhead (analytic; measured for a family without an analytic "
