@@ -44,10 +44,12 @@ def add_flavor_arguments(parser: argparse.ArgumentParser, default: str = "seed")
 
 def chosen_flavor(args: argparse.Namespace):
     """The ``Flavor`` that ``--flavor`` names, after registering each ``--model-spec`` family.
-    Raises ReportInputError (one line) for a spec that does not load or an unknown flavor name."""
+    A flavor of a ``--model-spec`` family is built first (``cases.build_problem``, on the meta
+    device). Raises ReportInputError (one line) for a spec that does not load, an unknown flavor
+    name, or a family whose model does not build or has no ``blocks``."""
     from ac_bench.cases import build_problem
-    from ac_bench.models import get_flavor, load_family_spec
-    families, specs = [], {}
+    from ac_bench.models import family_of, get_flavor, load_family_spec
+    families, specs = [], {}  # the loaded families, in order; the spec that loaded each
     try:
         for spec in args.model_spec:
             loaded = load_family_spec(spec)
@@ -60,7 +62,7 @@ def chosen_flavor(args: argparse.Namespace):
     except ValueError as exc:
         raise ReportInputError(str(exc)) from None
     if flavor.family in specs:  # the user's family: it builds, and keeps the contract, before anything is measured
-        for attention in families[[f.name for f in families].index(flavor.family)].attentions:
+        for attention in family_of(flavor).attentions:
             problem = build_problem(flavor, attention, "cpu")
             if problem:
                 raise ReportInputError(f"--model-spec {specs[flavor.family]!r}: {problem}; fix the family's build function")
