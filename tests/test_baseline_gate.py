@@ -385,6 +385,9 @@ def test_the_record_states_the_optimizer_it_used(monkeypatch):
     assert changed.optimizer.startswith("AdamW(") and "foreach=False" in changed.optimizer
 
 
+# 25 s, four pytest runs; the printed command pasted is also checked above, the --model-spec gate in
+# tests/test_model_spec.py: deep, for make test's 20 minutes.
+@pytest.mark.deep
 def test_the_accept_command_for_a_users_family_works_when_pasted_from_anywhere(tmp_path):
     """A ``--model-spec`` family's printed command repeats ``--model-spec`` (else its flavor is
     unknown) and, run from another folder, names the benchmark by its absolute path and the

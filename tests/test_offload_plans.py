@@ -183,6 +183,8 @@ def test_offload_plan_names_parse_back():
     assert policy.regions(5) == [(3, "layer"), (4, "mlp")]  # an offloaded region is not checkpointed
 
 
+# 22 s; scripts/gpu-check runs this very plan on both devices: deep, for make test's 20 minutes.
+@pytest.mark.deep
 def test_the_gpu_check_s_offload_plan_offloads_and_measures_as_predicted_on_the_cpu(capsys):
     """``scripts/gpu-check`` runs this plan on the GPU (real pinned copies) and on the CPU's
     simulated host; here the CPU half: it offloads layers and is measured as predicted."""

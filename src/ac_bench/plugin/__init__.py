@@ -68,7 +68,7 @@ MARKERS = (
     "make test leaves it out (-m 'not growth_all') to keep CI within its time, tox -e cpu runs it",
     "deep: a slow check or self-test that make test leaves out (-m 'not deep') to keep CI within its 20 "
     "minutes: the larger at-scale gates, the MILP against brute force at small, the planner's figures at "
-    "small; tox -e cpu and the nightly job run it",
+    "small, a few end-to-end self-tests; tox -e cpu and the nightly job run it",
 )
 
 
