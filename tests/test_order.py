@@ -25,6 +25,9 @@ def test_the_shuffle_reorders(monkeypatch):
         f"{len(plain)} tests; reversed {reverse[:2]}, shuffled {shuffled[:2]}, plain {plain[:2]}")
 
 
+# make test runs the whole suite shuffled (-p randomly), these three modules included: the two
+# child runs (24 s) are deep, for make test's 20 minutes; tox -e cpu runs them.
+@pytest.mark.deep
 @pytest.mark.parametrize("order", ["reverse", "1"])
 def test_self_tests_pass_in_any_order(order, monkeypatch):
     monkeypatch.setitem(os.environ, "AC_SHUFFLE_SEED", order)

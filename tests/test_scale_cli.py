@@ -101,7 +101,7 @@ def test_a_sequential_policy_is_traced_whole_and_of_policies_that_recompute_noth
     whole plan before, at ``seed`` and any deeper user family). With every policy fitting, ``none``
     is chosen over ``sac``, which recomputes no matmul but its elementwise ops (more backward ops)."""
     from ac_bench.scale import MAX_TRACED_DEPTH, at, plan_lines
-    deep = at(get_flavor("tiny"), depth=MAX_TRACED_DEPTH + 2)
+    deep = at(get_flavor("tiny"), depth=MAX_TRACED_DEPTH + 1)
     plan = plan_at_scale(deep, ShardedSetup(8, **NO_MP), GIB, policies=("none", "sac", "sequential"))
     depths = {name: r.sharding["extrapolated_from_depths"] for name, r in plan.records.items()}
     assert depths["sequential"] is None and depths["none"] and depths["sac"], depths
