@@ -152,15 +152,20 @@ def _model(pulp, figures: RegionFigures, sense):
     return prob, x
 
 
-def _solve(pulp, prob) -> tuple[int, bool]:
-    """Solve; (PuLP's status, whether the solution is proven optimal)."""
-    status = prob.solve(_solver(pulp))
-    return status, prob.sol_status == pulp.LpSolutionOptimal
+def _solve(pulp, prob) -> tuple[int, bool, str]:
+    """Solve; (PuLP's status, whether the solution is proven optimal, the solver as printed)."""
+    solver = _solver(pulp)
+    status = prob.solve(solver)
+    return status, prob.sol_status == pulp.LpSolutionOptimal, _printed(solver)
+
+
+def _printed(solver) -> str:
+    return SOLVER_NAMES.get(solver.name, solver.name)
 
 
 def solver_name() -> str:
     """The solver ``solve`` calls, as printed: "HiGHS" or "CBC". Raises SolverMissing."""
-    return SOLVER_NAMES.get(_solver(_pulp()).name, _solver(_pulp()).name)
+    return _printed(_solver(_pulp()))
 
 
 def _chosen(figures: RegionFigures, x) -> tuple[str, ...]:
@@ -220,7 +225,7 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
         prob += kept + head <= kept_budget_bytes, "kept"
     if host_budget_bytes is not None:
         prob += _offloaded(pulp, figures, x) <= host_budget_bytes, "host"
-    status, proven = _solve(pulp, prob)
+    status, proven, solver = _solve(pulp, prob)
     if status != pulp.LpStatusOptimal:
         if kept_budget_bytes is not None:
             raise NothingFits(f"no per-block plan fits {budget_bytes} B keeping at most {kept_budget_bytes} B")
@@ -230,16 +235,16 @@ def solve(figures: RegionFigures, budget_bytes: int, kept_budget_bytes: int | No
     # (sac with sdpa) recomputes no FLOP counted here but still its elementwise ops.
     prob.setObjective(pulp.lpSum(regions(c) * x[i, c] for i in range(figures.depth) for c in figures.space))
     prob += flops <= best, "fewest_flops"
-    _, proven_second = _solve(pulp, prob)
+    _, proven_second, _ = _solve(pulp, prob)
     blocks = _chosen(figures, x)
     prediction = figures.predict(blocks)
     if (prediction.peak_bytes > budget_bytes or prediction.cost != best * unit
             or (kept_budget_bytes is not None and prediction.kept_bytes > kept_budget_bytes)
             or (host_budget_bytes is not None and prediction.offloaded_bytes > host_budget_bytes)):
         raise RuntimeError(f"the solver's plan {blocks} predicts {prediction}, against its own optimum of "
-                           f"{best * unit} FLOPs within {budget_bytes} B: a numerical error in {solver_name()}")
+                           f"{best * unit} FLOPs within {budget_bytes} B: a numerical error in {solver}")
     return Solution(blocks, prediction, time.perf_counter() - start, 0.0 if proven and proven_second else None,
-                    variables=len(x), rows=prob.numConstraints(), solver=solver_name())
+                    variables=len(x), rows=prob.numConstraints(), solver=solver)
 
 
 def _nothing_fits(figures: RegionFigures, budget_bytes: int, host_budget_bytes: int | None = None,

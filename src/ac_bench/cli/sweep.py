@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from ac_bench.cases import variant_problem
-from ac_bench.cli.common import MAX_GIB, ArgumentParser, add_flavor_arguments, check_output_files, chosen_flavor
+from ac_bench.cli.common import MAX_GIB, ArgumentParser, add_flavor_arguments, check_device, check_output_files, chosen_flavor
 from ac_bench.models import VARIANTS, parse_variant, variant_id
 from ac_bench.probes.device import cuda_available, device_key
 from ac_bench.record import is_estimate
@@ -136,8 +136,7 @@ def sweep_command(args: argparse.Namespace) -> None:
     """Run the sweep the parsed options describe; print the tables, write --markdown / --plot."""
     check_output_files(markdown=args.markdown, plot=args.plot)  # before minutes of measuring
     device = args.device or ("cuda" if cuda_available() else "cpu")
-    if device == "cuda" and not cuda_available():
-        raise ReportInputError("--device cuda: no CUDA device is available")
+    check_device(device)
     flavor = chosen_flavor(args)
     for variant in args.variants:  # a variant the flavor's model cannot take, before anything is measured
         problem = variant_problem(flavor, variant)
