@@ -237,6 +237,23 @@ def test_bad_input_is_one_line(capsys, argv, says):
     assert code == 2 and says in err and err.count("\n") == 1 and "Traceback" not in err, (code, err)
 
 
+def test_frontier_refuses_a_bad_solver_before_measuring(capsys, monkeypatch):
+    """``AC_BENCH_MILP_SOLVER=gurobi`` is one line before any step is measured (it took about
+    8 s of measuring at ``seed`` before it was refused)."""
+    needs_pulp()
+    import ac_bench.cli.frontier as frontier
+    from ac_bench.cli.report import main
+    monkeypatch.setenv("AC_BENCH_MILP_SOLVER", "gurobi")
+    measured = []
+    monkeypatch.setattr(frontier, "measure_variant", lambda *a, **k: measured.append(a) or pytest.fail("measured"))
+    try:
+        code = main(["frontier", "--flavor", "tiny"])
+    except SystemExit as exc:
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and "AC_BENCH_MILP_SOLVER='gurobi'" in err and err.count("\n") == 1 and not measured, err
+
+
 def test_a_plan_measured_over_the_budget_is_replaced():
     """Where the chosen plan measures over the budget (on CUDA a plan measured a few MiB off its
     prediction), the solver is asked again with the budget lowered by the miss."""

@@ -93,3 +93,27 @@ def test_when_measurement_misses_the_prediction_the_smallest_measured_plan_is_na
     plan = planner.plan(smallest)
     assert (plan.chosen.name, plan.record.peak_bytes) == (under.name, smallest), (
         f"at {smallest:,} B the planner chose {plan.chosen.name} ({plan.record.peak_bytes:,} B)")
+
+
+def test_where_the_prediction_holds_an_impossible_budget_measures_one_plan():
+    """On the CPU every prediction is exact: below the smallest feasible peak, the planner
+    measures the cheapest plan predicted lowest, finds it as predicted, and names it, without
+    a real step for each of the other plans tied with it (a user's measured family took 82 s
+    for 18 of them)."""
+    measured: list[str] = []
+
+    def measure(variant):
+        measured.append(variant)
+        return measure_variant(FLAVOR, variant, "cpu")
+
+    planner = Planner(FLAVOR, "eager", "cpu", measure=measure)
+    cands = planner.candidates()
+    lowest = min(c.predicted_peak_bytes for c in cands)
+    floor = [c for c in cands if c.predicted_peak_bytes == lowest]
+    assert len(floor) >= 2, f"only {[c.name for c in floor]} predicted lowest: the test needs a tie"
+    calibration = len(measured)
+    with pytest.raises(InfeasibleBudget, match=f"smallest feasible budget is .* \\({lowest} B, {floor[0].name}:"):
+        planner.plan(lowest - 1)
+    others = sorted({f"{c.name}-eager" for c in floor[1:]} & set(measured[calibration:]))
+    assert not others, (f"the planner also measured {others} of the {len(floor)} plans predicted lowest, after "
+                        f"{floor[0].name} measured as predicted")

@@ -193,15 +193,20 @@ class Planner:
         # Predictions are exact on the CPU. On CUDA the resident state and the allocator's rounding
         # move a plan's peak by a few MiB either way, so a plan predicted just over the budget may
         # measure under it: before answering that nothing fits, measure every plan predicted
-        # lowest (cheapest first) and name the smallest of their measured peaks.
+        # lowest (cheapest first) and name the smallest of their measured peaks. Where one of
+        # them measures exactly as predicted (every plan on the CPU), the prediction holds and
+        # the rest are not measured: on a measured flavor each costs a real step.
         lowest = min(c.predicted_peak_bytes for c in cands)
-        floor = [c for c in cands if c.predicted_peak_bytes == lowest]
+        floor, measured_floor = [c for c in cands if c.predicted_peak_bytes == lowest], []
         for c in floor:
             record = self.measure(c.policy)
             if record.peak_bytes <= budget_bytes:
                 return Plan(self.flavor, self.attention, budget_bytes, c, record, cands, rejected)
             rejected[c.name] = record.peak_bytes
-        smallest = min(floor, key=lambda c: (self.measure(c.policy).peak_bytes, c.recompute_flops))
+            measured_floor.append(c)
+            if record.peak_bytes == c.predicted_peak_bytes:
+                break
+        smallest = min(measured_floor, key=lambda c: (self.measure(c.policy).peak_bytes, c.recompute_flops))
         measured = self.measure(smallest.policy).peak_bytes
         raise InfeasibleBudget(
             f"no checkpointing plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B) for {self.flavor.name} "

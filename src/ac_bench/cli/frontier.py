@@ -64,6 +64,10 @@ def frontier_command(args: argparse.Namespace) -> None:
         raise ReportInputError(f"--points needs at least 2 budgets, got {args.points}")
     check_output_files(plot=args.plot, markdown=args.markdown)
     check_device(args.device)
+    try:
+        solver = solver_name()  # a missing solver or a bad AC_BENCH_MILP_SOLVER, before measuring
+    except SolverMissing as exc:
+        raise ReportInputError(str(exc)) from None
     flavor = chosen_flavor(args)
     attention, device = args.attention, args.device
     cache: dict[str, Measurement] = {}
@@ -92,7 +96,7 @@ def frontier_command(args: argparse.Namespace) -> None:
 
     lines = [f"## {flavor.name}, {attention}: the MILP's plans", "",
              f"Measured ({_how(none)}). Recompute: the step's FLOPs less "
-             f"`none`'s. Solver: {solver_name()} through PuLP, proven optimal where the gap is 0.", "",
+             f"`none`'s. Solver: {solver} through PuLP, proven optimal where the gap is 0.", "",
              "| budget MiB | plan | peak MiB | kept MiB | recompute GFLOP | solver s | gap |",
              "| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for budget, plan in plans:
