@@ -1,8 +1,8 @@
 """Checkpointing under FSDP2 at world size 2 (gloo on the CPU): per-rank records, gradients
 against the single process and across policies, the per-rank analytic model, the baselines.
 
-One ``torchrun --standalone --nproc-per-node 2 -m ac_bench.distributed`` per session (a session
-fixture; every test reads its records), at ``tiny`` whatever ``--flavor`` says: world size 2
+One ``python -m ac_bench.distributed --nproc-per-node 2`` (torchrun's launcher, standalone) per
+session (a session fixture; every test reads its records), at ``tiny`` whatever ``--flavor`` says: world size 2
 on 2 CPU cores is two processes stepping at once, and ``tiny`` keeps the default run in its
 budget. The variants are every policy that composes with FSDP2, both attentions
 (``ac_bench.distributed.DEFAULT_VARIANTS``); ``budget_B`` is left out with its reason.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -38,7 +39,6 @@ from ac_bench.distributed import (
     launch_failure,
     load_records,
     parameter_name,
-    torchrun_command,
 )
 from ac_bench.distributed import main as distributed_main
 from ac_bench.gate.baselines import entry_of
@@ -63,13 +63,14 @@ def sharded_run(tmp_path_factory, session_device, suite_models, measurements):
     Every rank's record also goes into the session's ``--benchmark-json`` (``measurements``)."""
     if session_device != "cpu":
         pytest.skip("the sharded benchmark is asserted on the CPU (gloo) only; on GPUs run "
-                    "`torchrun --nproc-per-node N -m ac_bench.distributed --device cuda --out DIR` (NCCL), whose "
+                    "`python -m ac_bench.distributed --nproc-per-node N --device cuda --out DIR` (NCCL), whose "
                     "figures this suite does not yet assert")
     out = tmp_path_factory.mktemp("fsdp-w2")
     start = time.perf_counter()
     result = subprocess.run(
-        torchrun_command("--standalone", f"--nproc-per-node={WORLD_SIZE}", "-m", "ac_bench.distributed",
-                         "--flavor", FLAVOR.name, "--device", "cpu", "--out", str(out), "--save-state"),
+        # The module's own launcher: torchrun's (standalone rendezvous), after checking the arguments once.
+        [sys.executable, "-m", "ac_bench.distributed", f"--nproc-per-node={WORLD_SIZE}",
+         "--flavor", FLAVOR.name, "--device", "cpu", "--out", str(out), "--save-state"],
         env=launch_env(), capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
     seconds = time.perf_counter() - start
     if result.returncode != 0:
@@ -133,7 +134,7 @@ def test_asking_for_a_policy_that_does_not_compose_is_a_one_line_error(capsys, t
     status = distributed_main(["--variants", "none-sdpa,budget_0.5-sdpa", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert status == 2, f"budget_0.5 under FSDP2: exit status {status}, not 2 ({err!r})"
-    assert err.startswith("ac_bench.distributed: policy 'budget_0.5' (kind compile_budget) is not run under FSDP2: "), \
+    assert err.startswith("python -m ac_bench.distributed: error: policy 'budget_0.5' (kind compile_budget) is not run under FSDP2: "), \
         f"budget_0.5 under FSDP2: the error does not name the policy and its kind: {err!r}"
     assert len(err.strip().splitlines()) == 1, f"budget_0.5 under FSDP2: the error is not one line: {err!r}"
     assert not list(tmp_path.iterdir()), f"budget_0.5 under FSDP2: the refused run wrote {list(tmp_path.iterdir())}"

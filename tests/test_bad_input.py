@@ -15,6 +15,7 @@ input files in tests/test_report.py (``test_bad_input_is_one_line_exit_2``) and 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -280,11 +281,59 @@ def test_distributed_refuses_what_it_cannot_write_or_run_before_measuring(tmp_pa
     paths = _paths(tmp_path)
     proc = subprocess.run(torchrun_command("--nproc-per-node", "2", "-m", "ac_bench.distributed", *_fill(args, paths)),
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=launch_env())
-    ours = [line for line in proc.stderr.splitlines() if line.startswith("ac_bench.distributed: ")]
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("python -m ac_bench.distributed: error: ")]
     assert proc.returncode != 0 and len(ours) == 1, proc.stderr[-3000:]
-    assert ours[0].startswith(f"ac_bench.distributed: {_fill([says], paths)[0]}"), ours
+    assert ours[0].startswith(f"python -m ac_bench.distributed: error: {_fill([says], paths)[0]}"), ours
     assert "measured" not in proc.stdout and "NotADirectoryError" not in proc.stderr, proc.stdout + proc.stderr[-3000:]
     assert sorted(p.name for p in Path(paths["DIR"]).iterdir()) == []
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--out", "FILE/out"], "--out FILE/out: cannot write: FILE is a file, not a folder; choose another path"),
+    (["--out", "DIR", "--variants", "sequential_5-sdpa"], "--variants sequential_5-sdpa on flavor 'tiny' (depth 3)"),
+    (["--out", "DIR", "--flavor", "seed"], "flavor seed is estimated on fake tensors on the CPU"),
+    (["--out", "DIR", "--device", "cuda"], "--device cuda: torch sees no CUDA device here"),
+    (["--out", "DIR", "--nproc-per-node", "0"], "--nproc-per-node 0: launch at least 1 rank"),
+], ids=["out under a file", "more segments than blocks", "estimated flavor", "no cuda", "no ranks"])
+def test_the_modules_launcher_refuses_bad_input_in_one_line_before_any_rank(tmp_path, args, says):
+    """``python -m ac_bench.distributed --nproc-per-node 2 ...``: the arguments are checked once,
+    in the launching process: exactly one line, exit status 2, no rank started, nothing written
+    (under torchrun itself, torchrun's traceback and failure table follow our line)."""
+    import torch
+    if "cuda" in args and torch.cuda.is_available():
+        pytest.skip("a CUDA device is here: --device cuda is not bad input")
+    from ac_bench.distributed import launch_env
+    paths = _paths(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "ac_bench.distributed", "--nproc-per-node", "2", *_fill(args, paths)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=launch_env())
+    assert proc.returncode == 2 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr[-3000:])
+    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
+        f"python -m ac_bench.distributed: error: {_fill([says], paths)[0]}"), proc.stderr[-3000:]
+    assert sorted(p.name for p in Path(paths["DIR"]).iterdir()) == []
+
+
+def test_a_rank_that_fails_under_the_modules_launcher_is_one_line_after_its_own_output(tmp_path):
+    """A rank that raises (here a --model-spec module makes the ranks' process group fail): the rank's
+    traceback is its own, then one line of ours naming the rank and its status; not torchrun's
+    ``ChildFailedError`` traceback and failure table. The exit status is the rank's."""
+    from ac_bench.distributed import launch_env
+    (tmp_path / "rank_fails.py").write_text(
+        "import os\n"
+        "import torch.distributed\n"
+        "def fails(*args, **kwargs):\n"
+        "    raise RuntimeError('this rank fails on purpose')\n"
+        "if 'RANK' in os.environ:\n"
+        "    torch.distributed.init_process_group = fails\n"
+        "from examples.my_family import SPEC\n")
+    env = {**launch_env(), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    proc = subprocess.run([sys.executable, "-m", "ac_bench.distributed", "--nproc-per-node", "2", "--model-spec",
+                           "rank_fails:SPEC", "--variants", "none-sdpa", "--out", str(tmp_path / "out")],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("python -m ac_bench.distributed: error: ")]
+    assert proc.returncode == 1 and "RuntimeError: this rank fails on purpose" in proc.stderr, proc.stderr[-3000:]
+    assert len(ours) == 1 and " of 2 exited with status 1 (its output is above)" in ours[0], proc.stderr[-3000:]
+    assert proc.stderr.rstrip().endswith(ours[0]) and "ChildFailedError" not in proc.stderr \
+        and "Root Cause" not in proc.stderr, proc.stderr[-3000:]
 
 
 #: JSON no reader can take as data: nesting deeper than the parser's recursion, an integer
@@ -328,7 +377,7 @@ def test_distributed_refuses_a_malformed_rank_variable(tmp_path, capsys, monkeyp
     monkeypatch.setenv(name, "x")
     status = distributed_main(["--flavor", "tiny", "--variants", "none-sdpa", "--out", str(tmp_path / "o")])
     err = capsys.readouterr().err
-    assert status == 2 and err.startswith(f"ac_bench.distributed: {name}='x' is not a rank number"), err
+    assert status == 2 and err.startswith(f"python -m ac_bench.distributed: error: {name}='x' is not a rank number"), err
     assert len(err.strip().splitlines()) == 1, err
 
 

@@ -1,8 +1,13 @@
 """Checkpointing under FSDP2: one training step per variant on every rank of a torchrun job.
 
-    torchrun --nproc-per-node 2 -m ac_bench.distributed --flavor tiny --out DIR [--variants none-sdpa,full-sdpa]
+    python -m ac_bench.distributed --nproc-per-node 2 --flavor tiny --out DIR [--variants none-sdpa,full-sdpa]
+    torchrun --nproc-per-node 2 -m ac_bench.distributed --flavor tiny --out DIR [--variants ...]
 
-Any torchrun option passes through (``--nnodes``, ``--node-rank``, ``--rdzv-backend c10d``,
+The first form checks the arguments once, then launches the ranks on this machine through
+torchrun's own launcher (``torch.distributed.run``, standalone rendezvous) in the same process:
+bad input is one line before any rank starts, and a rank that fails is one line after its own
+output, not torchrun's traceback and failure table. Under ``torchrun`` itself (the second form,
+and across machines), any torchrun option passes through (``--nnodes``, ``--node-rank``, ``--rdzv-backend c10d``,
 ``--rdzv-endpoint HOST:PORT``; README "Checkpointing under FSDP2"). Per rank, as torchtitan's
 ``parallelize_llama`` orders it: the model with the policy applied (checkpointing, then compile
 where the policy compiles), then ``fully_shard`` on each block and on the root, AdamW over the
@@ -51,7 +56,7 @@ from ac_bench.models import (
     variant_id,
 )
 from ac_bench.outputs import folder_problem, write_text_atomic
-from ac_bench.probes.device import distributed_backend, rank_device
+from ac_bench.probes.device import cuda_available, distributed_backend, rank_device
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
 from ac_bench.probes.timing import device_synchronized_timer, interleaved_medians
 from ac_bench.record import Measurement, Training, build_training, describe_optimizer, make_optimizer, measure_step, shape_fields
@@ -266,9 +271,27 @@ def parse_variants(text: str | None, flavor: Flavor | None = None) -> tuple[str,
     return variants
 
 
+#: The command as its errors name it (``python -m ac_bench.report plan: error: ...`` likewise).
+PROG = "python -m ac_bench.distributed"
+
+
+class _RankParser(argparse.ArgumentParser):
+    """argparse, whose usage errors only local rank 0 prints (``_refuse``): under torchrun every
+    rank parses the same command line."""
+
+    def error(self, message: str):
+        if _local_rank() == "0":
+            self.print_usage(sys.stderr)
+        sys.exit(_refuse(message))
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node W -m ac_bench.distributed", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = _RankParser(prog=PROG, usage=f"{PROG} --nproc-per-node W [options]\n"
+                                     f"       torchrun [torchrun options] -m ac_bench.distributed [options]",
+                    description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--nproc-per-node", type=int, default=None, metavar="W",
+                   help="launch W ranks on this machine (torchrun's launcher, in this process, standalone "
+                        "rendezvous) once the arguments are checked; leave it out under torchrun, which has its own")
     p.add_argument("--flavor", default="tiny", help="the flavor; every rank steps its batch (default: %(default)s)")
     p.add_argument("--model-spec", action="append", default=[], metavar="package.module:NAME",
                    help="register a model family first (as pytest's --model-spec; repeatable), e.g. "
@@ -289,6 +312,25 @@ def parser() -> argparse.ArgumentParser:
 _process_group_started = False
 
 
+def _local_rank() -> str:
+    return os.environ.get("LOCAL_RANK", "0")
+
+
+#: Seconds a rank other than local rank 0 waits before it exits refused: torchrun stops every
+#: rank once one has exited, and rank 0, which prints the refusal, must not be stopped first.
+REFUSAL_WAIT_S = 3.0
+
+
+def _refuse(message: str) -> int:
+    """Print ``PROG: error: message`` once per machine (local rank 0, or the process that is no
+    rank); return exit status 2."""
+    if _local_rank() == "0":
+        print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+    elif "RANK" in os.environ:
+        time.sleep(REFUSAL_WAIT_S)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
@@ -297,27 +339,36 @@ def main(argv: list[str] | None = None) -> int:
         flavor = get_flavor(args.flavor)
         variants = parse_variants(args.variants, flavor)
     except ValueError as exc:
-        print(f"ac_bench.distributed: {exc}", file=sys.stderr)
-        return 2
+        return _refuse(str(exc))
+    device_type = args.device or ("cuda" if cuda_available() else "cpu")
     # Before the process group and the minutes of measuring: each rank would otherwise die
     # writing its records (an --out under a regular file, or unwritable) and lose the run.
     problems = [f"--out {args.out}: {p}" for p in [folder_problem(args.out, create=True)] if p]
     problems += [f"--variants {p}" for p in (variant_problem(flavor, v) for v in variants) if p]
+    if device_type == "cuda" and not cuda_available():
+        problems.append("--device cuda: torch sees no CUDA device here; leave --device out (gloo on the CPU) or "
+                        "run it where a GPU is")
+    if flavor.cpu_mode == "estimate" and device_type == "cpu":
+        problems.append(f"flavor {flavor.name} is estimated on fake tensors on the CPU, which FSDP2's collectives "
+                        f"cannot run on; choose small or tiny")
+    if args.nproc_per_node is not None and args.nproc_per_node < 1:
+        problems.append(f"--nproc-per-node {args.nproc_per_node}: launch at least 1 rank")
+    if args.nproc_per_node is not None and "RANK" in os.environ:
+        problems.append("--nproc-per-node under torchrun: torchrun launched the ranks already; give it to torchrun "
+                        "(torchrun --nproc-per-node W -m ac_bench.distributed ...), not to the module")
     if problems:
-        if os.environ.get("LOCAL_RANK", "0") == "0":  # one line per machine, not one per rank
-            print(f"ac_bench.distributed: {problems[0]}", file=sys.stderr)
-        return 2
+        return _refuse(problems[0])
     if "RANK" not in os.environ:
-        print("ac_bench.distributed: run it under torchrun (RANK, WORLD_SIZE and the rendezvous come from there), "
-              "e.g. torchrun --nproc-per-node 2 -m ac_bench.distributed --out DIR", file=sys.stderr)
-        return 2
+        if args.nproc_per_node is not None:
+            return launch_here(args)
+        return _refuse("launch the ranks: python -m ac_bench.distributed --nproc-per-node 2 --out DIR, or under "
+                       "torchrun (torchrun --nproc-per-node 2 -m ac_bench.distributed --out DIR)")
     bad = [f"{k}={os.environ[k]!r}" for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")
            if k in os.environ and not os.environ[k].isdigit()]
     if bad:
-        print(f"ac_bench.distributed: {bad[0]} is not a rank number; torchrun sets it: launch with torchrun, "
-              f"not with it set by hand", file=sys.stderr)
+        print(f"{PROG}: error: {bad[0]} is not a rank number; torchrun sets it: launch with torchrun or "
+              f"--nproc-per-node, not with it set by hand", file=sys.stderr)
         return 2
-    device_type = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     device = rank_device(device_type, int(os.environ.get("LOCAL_RANK", 0)))
     global _process_group_started
     dist.init_process_group(distributed_backend(device_type))
@@ -327,10 +378,6 @@ def main(argv: list[str] | None = None) -> int:
         if rank == 0 and not args.variants:
             for kind, reason in NOT_COMPOSED.items():
                 print(f"ac_bench.distributed: left out, kind {kind}: {reason}")
-        if flavor.cpu_mode == "estimate" and device_type == "cpu":
-            print(f"ac_bench.distributed: flavor {flavor.name} is estimated on fake tensors on the CPU, "
-                  f"which FSDP2's collectives cannot run on; choose small or tiny", file=sys.stderr)
-            return 2
         state_dir = args.out / "state" if args.save_state else None
         records = []
         for variant in variants:
@@ -358,6 +405,40 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def rank_arguments(args: argparse.Namespace) -> list[str]:
+    """The command line each rank of ``launch_here`` gets: ``args`` less ``--nproc-per-node``."""
+    argv = ["--flavor", args.flavor, "--out", str(args.out)]
+    for spec in args.model_spec:
+        argv += ["--model-spec", spec]
+    if args.variants is not None:
+        argv += ["--variants", args.variants]
+    if args.device is not None:
+        argv += ["--device", args.device]
+    return argv + (["--save-state"] if args.save_state else [])
+
+
+def launch_here(args: argparse.Namespace) -> int:
+    """``torchrun --standalone --nproc-per-node W -m ac_bench.distributed ...`` through torchrun's
+    own launcher (``torch.distributed.run.run``) in this process; returns the exit status: 0,
+    or the first failed rank's (1 where a signal stopped it), after one line naming that rank.
+    ``OMP_NUM_THREADS`` is 1 per rank where unset (what torchrun sets, without its warning)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    config = get_args_parser().parse_args(["--standalone", f"--nproc-per-node={args.nproc_per_node}",
+                                           "-m", "ac_bench.distributed", *rank_arguments(args)])
+    try:
+        run(config)
+    except ChildFailedError as exc:
+        rank, failure = exc.get_first_failure()
+        how = f"status {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
+        print(f"{PROG}: error: rank {rank} of {args.nproc_per_node} exited with {how} (its output is above); "
+              f"the other ranks were stopped", file=sys.stderr)
+        return failure.exitcode if failure.exitcode > 0 else 1
+    return 0
+
+
 def load_records(out: Path) -> list[Measurement]:
     """The merged records of a run (``OUT/records.json``), validated."""
     data = json.loads((Path(out) / RECORDS_FILE).read_text())
@@ -376,8 +457,9 @@ def exit_rank(status: int) -> None:
     are already on disk (``write_json_atomic``), and nothing after them needs Python. A script
     that makes the fault on purpose dies by a signal every time through ``sys.exit`` and never
     through this (docs/distributed.md, "An abort at exit"). A rank refused before it started a process group
-    exits through ``sys.exit``: its teardown is safe, and it ends no sooner than the rank that
-    prints the refusal (torchrun stops the others once one rank has exited).
+    exits through ``sys.exit``: its teardown is safe. Local rank 0 prints the refusal; the other
+    ranks wait ``REFUSAL_WAIT_S`` before they exit (``_refuse``), as torchrun stops every rank once
+    one has exited.
     """
     if not _process_group_started:  # refused before any process group: no gloo thread to outlive
         sys.exit(status)
