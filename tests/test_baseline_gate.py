@@ -58,6 +58,23 @@ def test_change_within_tolerance_passes(record):
     assert compare(record, _entry(record), DEFAULT_TOLERANCES) == []
 
 
+@pytest.mark.parametrize("metric,by", [("backward_ops", 1), ("backward_nonmatmul_bytes", 4)])
+def test_one_op_or_one_float_more_in_backward_fails_the_committed_gate_at_any_count(record, metric, by):
+    """``backward_ops`` and ``backward_nonmatmul_bytes`` are gated exactly, with the committed CPU
+    file's own tolerances: at the largest committed counts (the Llama 3 models at scale, where
+    0.01% let one op and up to 2 GiB of traffic pass) and at ``tiny``, one op more, or one more
+    float read, fails."""
+    tolerances = BaselineFile.load(ROOT / "baselines" / "cpu" / "figures.json").tolerances
+    assert tolerances[metric] == DEFAULT_TOLERANCES[metric] == 0.0, (metric, tolerances[metric])
+    largest = max((e for e in BaselineFile.load(ROOT / "baselines" / "cpu" / "figures.json").entries.values()
+                   if isinstance(e.get(metric), int)), key=lambda e: e[metric])[metric]
+    assert largest > 10_000, f"the largest committed {metric} is {largest:,}: the case the test is about is gone"
+    for count in (largest, getattr(record, metric)):
+        base = dataclasses.replace(record, **{metric: count})
+        (message,) = compare(dataclasses.replace(base, **{metric: count + by}), _entry(base), tolerances)
+        assert f"{metric} moved +" in message and "(tolerance ±0.00%), a loss" in message, message
+
+
 def test_other_memory_method_is_not_compared(record):
     messages = compare(record, _entry(record, memory_method="cuda-allocator"), DEFAULT_TOLERANCES)
     assert len(messages) == 1 and "memory_method changed" in messages[0]
@@ -300,8 +317,8 @@ def tiny_baselines(tmp_path_factory):
 
 
 BROKEN = [
-    (lambda d: d["tolerances"].update(flops=float("nan")), "tolerance of flops is nan, not a positive finite number"),
-    (lambda d: d["tolerances"].update(peak_bytes=0), "tolerance of peak_bytes is 0, not a positive"),
+    (lambda d: d["tolerances"].update(flops=float("nan")), "tolerance of flops is nan, not a finite number from 0"),
+    (lambda d: d["tolerances"].update(peak_bytes=-0.01), "tolerance of peak_bytes is -0.01, not a finite number from 0 (exact)"),
     (lambda d: d["tolerances"].update(saved_bytes="1%"), "tolerance of saved_bytes is '1%'"),
     (lambda d: d["tolerances"].update(latency=0.1), "tolerance for unknown metric 'latency'"),
     (lambda d: d["entries"].update({"tiny-none-eager": [1, 2]}), "entry 'tiny-none-eager' is list, not an object"),
@@ -312,7 +329,7 @@ BROKEN = [
     (lambda d: d["entries"]["tiny-full-sdpa"].update(memory_method=3), "memory_method is 3, not a string"),
     # Numbers no float holds, or no tolerance can mean (INTERNALERROR before: OverflowError).
     (lambda d: d["tolerances"].update(flops=10**400), "tolerance of flops is 1000000000000000000000000000000000000000..."),
-    (lambda d: d["tolerances"].update(flops=1e300), "tolerance of flops is 1e+300, not a positive finite number of at most 1.0"),
+    (lambda d: d["tolerances"].update(flops=1e300), "tolerance of flops is 1e+300, not a finite number from 0 (exact) to 1.0"),
     (lambda d: d["entries"]["tiny-full-sdpa"].update(flops=10**400), "flops is 1000000000000000000000000000000000000000..."),
     (lambda d: d["entries"]["tiny-full-sdpa"].update(peak_bytes=2**63), "peak_bytes is 9223372036854775808, not a"),
     # The file's own format version: one from a newer suite is refused, not read as this one.

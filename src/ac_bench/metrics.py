@@ -69,11 +69,11 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("offloaded_bytes", "B", 0.01, "bytes moved from the device to host memory by save_on_cpu",
            column="offloaded MiB"),
     Metric("flops", "FLOP", 0.005, "matmul FLOPs of forward+backward, recomputation included"),
-    Metric("backward_ops", "op", 0.0001,
+    Metric("backward_ops", "op", 0.0,
            "aten ops that compute or copy (views left out) dispatched during backward, recomputation "
            "included: the elementwise, normalisation and copy ops a policy recomputes, which FLOPs do not "
            "count", column="bwd ops", beyond_none=True),
-    Metric("backward_nonmatmul_bytes", "B", 0.0001,
+    Metric("backward_nonmatmul_bytes", "B", 0.0,
            "bytes read and written during backward, recomputation included, by the ops backward_ops counts "
            "that are not matmuls (no FLOP formula: mm, addmm, bmm and the SDPA kernels are left out): each "
            "op's tensor arguments and results at their nbytes, an in-place op's tensor once read and once "

@@ -59,7 +59,7 @@ def shown(value: object, limit: int = 40) -> str:
 
 def schema_problems(tolerances: dict, entries: dict) -> list[str]:
     """What makes a baselines file unusable, each naming the entry: a tolerance that is not a
-    finite number in (0, ``MAX_TOLERANCE``] or names no metric; an entry that is not an object; a
+    finite number in [0, ``MAX_TOLERANCE``] (0: exact) or names no metric; an entry that is not an object; a
     figure that is not an integer in [0, ``MAX_FIGURE``] (null only for a nullable metric); an
     info field that is not a string. A missing tolerance is not here: ``missing_tolerances``
     (updatable)."""
@@ -67,8 +67,8 @@ def schema_problems(tolerances: dict, entries: dict) -> list[str]:
     for metric, tol in sorted(tolerances.items()):
         if metric not in METRICS:
             problems.append(f"tolerance for unknown metric {shown(metric)} (valid: {', '.join(sorted(METRICS))})")
-        elif not _number(tol) or not 0 < tol <= MAX_TOLERANCE:
-            problems.append(f"tolerance of {metric} is {shown(tol)}, not a positive finite number of at most "
+        elif not _number(tol) or not 0 <= tol <= MAX_TOLERANCE:
+            problems.append(f"tolerance of {metric} is {shown(tol)}, not a finite number from 0 (exact) to "
                             f"{MAX_TOLERANCE} (a relative tolerance: 0.01 is 1%)")
     for key, entry in sorted(entries.items()):
         if not isinstance(entry, dict):
