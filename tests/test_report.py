@@ -25,7 +25,7 @@ from ac_bench.metrics import METRICS
 from ac_bench.models import POLICIES, get_flavor
 from ac_bench.record import Measurement
 from ac_bench.report import frontier, tables
-from ac_bench.report.frontier import make_group, pareto_front, run_groups, run_moves
+from ac_bench.report.frontier import FLOPS, make_group, pareto_front, run_groups, run_moves
 from ac_bench.report.load import Entry, ReportInputError, load_run
 from ac_bench.report.plots import arrow_segments, policy_color, report_figure, save_png
 from ac_bench.sweep import SweepPoint, budget_fits, longest_fitting, measure_point, run_sweep, shape_at
@@ -195,7 +195,8 @@ def test_table_content_against_the_fixture(tmp_path, capsys):
 def test_each_rank_of_a_sharded_run_is_its_own_group_timed_by_its_step_seconds(tmp_path, capsys):
     """Records of a torchrun launch (world size 2, ranks 0 and 1, bench/test_distributed.py puts
     them in the JSON) next to the single process's: a table per rank, titled with world size and
-    rank, its step time the record's own ``step_seconds``; the same variant on two ranks is not a
+    rank, its step time the record's own ``step_seconds``, its frontier on FLOP overhead (on the
+    CPU those are wall times of ranks sharing the cores); the same variant on two ranks is not a
     duplicate, on one rank twice it is."""
     data = raw()
     small = records(data, "small")
@@ -215,6 +216,11 @@ def test_each_rank_of_a_sharded_run_is_its_own_group_timed_by_its_step_seconds(t
         assert rows["none-sdpa"][0] == f"{seconds * 1e3:.1f}" and rows["full-sdpa"][1] == "2.00", f"rank {rank}: {rows}"
     # The single process's table is unchanged: every small variant, no sharded row.
     assert {cells[0] for cells in markdown_rows(text, "small on cpu")} == set(small), "small on cpu lost or gained rows"
+    # A CPU launch's wall times (ranks sharing the cores) are shown, and the frontier is on FLOPs.
+    assert text.count("Frontier on FLOP overhead (the step times are a CPU launch's wall times") == 2, text
+    for rank in (0, 1):
+        group = next(g for g in run_groups(load_run(tmp_path / "w2.json")) if g.title.startswith(f"small FSDP2 W=2 rank {rank}"))
+        assert group.axis == FLOPS, (rank, group.axis)
     titles = [line for line in text.splitlines() if line.startswith("## ")]
     assert titles.index("## small on cpu") < titles.index("## small FSDP2 W=2 rank 0 on cpu") \
         < titles.index("## small FSDP2 W=2 rank 1 on cpu"), titles

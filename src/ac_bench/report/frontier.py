@@ -134,10 +134,20 @@ class Group:
         return any(r.entry.estimated for r in self.rows)
 
 
+def shares_cores(entry: Entry) -> bool:
+    """A rank of a sharded launch on the CPU (gloo): its ``step_seconds`` are the wall time of three
+    steps while the other ranks step on the same cores, each variant after the other, so load
+    moves them by more than a policy's recompute (``docs/results.md``: the W=2 step times). They
+    are shown in the table, and the frontier is drawn on FLOP overhead instead."""
+    return entry.record.world_size > 1 and entry.record.device_key == "cpu"
+
+
 def speed_axis(entries: Iterable[Entry]) -> str:
-    """``TIME`` when every entry is timed, else ``FLOPS``: a frontier never mixes the two."""
+    """``TIME`` when every entry is timed (and none is a rank whose wall time ``shares_cores``),
+    else ``FLOPS``: a frontier never mixes the two."""
     entries = list(entries)
-    return TIME if entries and all(e.median_s is not None for e in entries) else FLOPS
+    timed = entries and all(e.median_s is not None and not shares_cores(e) for e in entries)
+    return TIME if timed else FLOPS
 
 
 #: The metrics shown beside how much they exceed `none`'s (``Metric.beyond_none``), in registry order.

@@ -24,6 +24,7 @@ from ac_bench.report.frontier import (
     pareto_front,
     run_groups,
     run_moves,
+    shares_cores,
     variant_order,
 )
 from ac_bench.report.load import ESTIMATE_METHOD, Run
@@ -199,8 +200,12 @@ def group_table(group: Group, prefix: str = "") -> Table:
     ) for r in group.rows)
     title = prefix + group.title + (f" ({ESTIMATE_LABEL})" if group.estimated else "")
     timed = any(r.entry.median_s is not None for r in group.rows)
-    axis = ("median step time" if group.axis == TIME
-            else f"FLOP overhead ({'not every variant is' if timed else 'not'} timed)")
+    if group.axis == TIME:
+        axis = "median step time"
+    elif any(shares_cores(r.entry) for r in group.rows):
+        axis = "FLOP overhead (the step times are a CPU launch's wall times, ranks sharing the cores: shown, not compared)"
+    else:
+        axis = f"FLOP overhead ({'not every variant is' if timed else 'not'} timed)"
     notes = (f"Frontier on {axis} and peak.", *null_notes([r.entry.record for r in group.rows], MIB_COLUMNS))
     return Table(title, ("variant", "step ms", "x none", "recompute ms", *MIB_COLUMNS, "FLOP overhead",
                          *BEYOND_NONE_COLUMNS, "frontier", "figures", "kernel"),
