@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 from ac_bench.outputs import file_problem
@@ -72,6 +73,25 @@ def chosen_flavor(args: argparse.Namespace):
 #: The largest memory budget the commands take (GiB): beyond it bytes no longer fit a float's
 #: whole numbers, and no device has it.
 MAX_GIB = 2 ** 20
+
+
+def gib_type(what: str, zero: bool = False):
+    """An argparse ``type`` for a number of GiB (a float) up to ``MAX_GIB``: above 0, or from 0
+    where ``zero`` (a host budget of 0 offloads nothing). ``what`` names it in the error, "the
+    budget". Raises argparse.ArgumentTypeError, one line."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
+        if zero and not (math.isfinite(value) and 0 <= value <= MAX_GIB):
+            raise argparse.ArgumentTypeError(f"{what} must be a number of GiB from 0 to {MAX_GIB}, got {text!r}")
+        if not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} must be a positive number of GiB, got {text!r}")
+        if value > MAX_GIB:
+            raise argparse.ArgumentTypeError(f"{what} must be at most {MAX_GIB} GiB, got {text!r}")
+        return value
+    return parse
 
 
 def check_device(device: str) -> None:

@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 from pathlib import Path
 
+from ac_bench.cli.common import gib_type
 from ac_bench.report.load import ReportInputError
 from ac_bench.report.tables import write_text
 
@@ -48,9 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "none's peaks)")
 
 
-def _gib(text: str) -> float:
-    from ac_bench.cli.plan import _gib as positive_gib
-    return positive_gib(text)
+#: --budget-gib: a positive number of GiB, as the plan command's.
+_gib = gib_type("the budget")
 
 
 def model_flavor(name: str, depth: int, seq_len: int):

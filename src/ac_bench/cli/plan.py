@@ -22,7 +22,7 @@ from pathlib import Path
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ac_bench.cli.common import MAX_GIB, add_flavor_arguments, check_device, check_output_files, chosen_flavor, flavor_options, number, solver_prefix
+from ac_bench.cli.common import add_flavor_arguments, check_device, check_output_files, chosen_flavor, flavor_options, gib_type, number, solver_prefix
 from ac_bench.models import ATTENTIONS, POLICIES, budget_name
 from ac_bench.planner import GIB, InfeasibleBudget, Planner
 from ac_bench.record import Measurement, measure_variant
@@ -51,16 +51,8 @@ def _budgets(text: str) -> list[float]:
     return values
 
 
-def _gib(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"the budget must be a positive number of GiB, got {text!r}")
-    if value > MAX_GIB:
-        raise argparse.ArgumentTypeError(f"the budget must be at most {MAX_GIB} GiB, got {text!r}")
-    return value
+#: --budget-gib: a positive number of GiB.
+_gib = gib_type("the budget")
 
 
 def _positive_int(text: str) -> int:
@@ -91,15 +83,8 @@ def _offload_cost(text: str) -> int:
     return int(value)
 
 
-def _host_gib(text: str) -> float:
-    """GiB of host memory offloading may take: 0 or more (0 offloads nothing)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
-    if not (math.isfinite(value) and 0 <= value <= MAX_GIB):
-        raise argparse.ArgumentTypeError(f"the host budget must be a number of GiB from 0 to {MAX_GIB}, got {text!r}")
-    return value
+#: --host-gib: GiB of host memory offloading may take, from 0 (0 offloads nothing).
+_host_gib = gib_type("the host budget", zero=True)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
