@@ -84,10 +84,13 @@ def gib_type(what: str, zero: bool = False):
             value = float(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"expected a number of GiB, got {text!r}") from None
-        if zero and not (math.isfinite(value) and 0 <= value <= MAX_GIB):
-            raise argparse.ArgumentTypeError(f"{what} must be a number of GiB from 0 to {MAX_GIB}, got {text!r}")
+        if zero:
+            if not (math.isfinite(value) and 0 <= value <= MAX_GIB):
+                raise argparse.ArgumentTypeError(f"{what} must be a number of GiB from 0 to {MAX_GIB}, got {text!r}")
+            return value
         if not math.isfinite(value) or value <= 0:
-            raise argparse.ArgumentTypeError(f"{what} must be a positive number of GiB, got {text!r}")
+            finite = "" if math.isfinite(value) else ", and finite"
+            raise argparse.ArgumentTypeError(f"{what} must be a positive number of GiB{finite}, got {text!r}")
         if value > MAX_GIB:
             raise argparse.ArgumentTypeError(f"{what} must be at most {MAX_GIB} GiB, got {text!r}")
         return value
