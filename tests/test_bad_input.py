@@ -313,27 +313,37 @@ def test_the_modules_launcher_refuses_bad_input_in_one_line_before_any_rank(tmp_
 
 
 def test_a_rank_that_fails_under_the_modules_launcher_is_one_line_after_its_own_output(tmp_path):
-    """A rank that raises (here a --model-spec module makes the ranks' process group fail): the rank's
-    traceback is its own, then one line of ours naming the rank and its status; not torchrun's
-    ``ChildFailedError`` traceback and failure table. The exit status is the rank's."""
+    """A rank that raises at its second variant (a --model-spec module wraps the ranks'
+    ``measure_sharded``): the rank's traceback is its own, then one line of ours naming the rank
+    and its status; not torchrun's ``ChildFailedError`` traceback and failure table. The exit
+    status is the rank's, and each rank's file keeps the variant measured before the failure."""
     from ac_bench.distributed import launch_env
     (tmp_path / "rank_fails.py").write_text(
-        "import os\n"
-        "import torch.distributed\n"
-        "def fails(*args, **kwargs):\n"
-        "    raise RuntimeError('this rank fails on purpose')\n"
+        "import os, sys\n"
         "if 'RANK' in os.environ:\n"
-        "    torch.distributed.init_process_group = fails\n"
+        "    rank_main, calls = sys.modules['__main__'], []\n"
+        "    measure = rank_main.measure_sharded\n"
+        "    def fails(*args, **kwargs):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) == 2:\n"
+        "            raise RuntimeError('this rank fails on purpose')\n"
+        "        return measure(*args, **kwargs)\n"
+        "    rank_main.measure_sharded = fails\n"
         "from examples.my_family import SPEC\n")
     env = {**launch_env(), "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    out = tmp_path / "out"
     proc = subprocess.run([sys.executable, "-m", "ac_bench.distributed", "--nproc-per-node", "2", "--model-spec",
-                           "rank_fails:SPEC", "--variants", "none-sdpa", "--out", str(tmp_path / "out")],
+                           "rank_fails:SPEC", "--variants", "none-sdpa,full-sdpa", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     ours = [line for line in proc.stderr.splitlines() if line.startswith("python -m ac_bench.distributed: error: ")]
     assert proc.returncode == 1 and "RuntimeError: this rank fails on purpose" in proc.stderr, proc.stderr[-3000:]
-    assert len(ours) == 1 and " of 2 exited with status 1 (its output is above)" in ours[0], proc.stderr[-3000:]
+    assert len(ours) == 1 and " of 2 exited with status 1 (its output, if any, is above)" in ours[0], proc.stderr[-3000:]
     assert proc.stderr.rstrip().endswith(ours[0]) and "ChildFailedError" not in proc.stderr \
         and "Root Cause" not in proc.stderr, proc.stderr[-3000:]
+    for rank in (0, 1):
+        kept = json.loads((out / f"rank{rank}.json").read_text())
+        assert [(r["variant"], r["rank"]) for r in kept] == [("none-sdpa", rank)], kept
+    assert not (out / "records.json").exists()
 
 
 #: JSON no reader can take as data: nesting deeper than the parser's recursion, an integer

@@ -17,7 +17,7 @@ sharded parameters, and ``ac_bench.record.Training.step``. gloo on the CPU, NCCL
 activations are the single-process run's and what sharding changes is the resident state.
 
 Each rank writes its records (``ac_bench.record.Measurement``, with ``world_size`` and ``rank``)
-atomically to ``DIR/rank{R}.json``; rank 0 gathers every rank's records over the process group
+atomically to ``DIR/rank{R}.json``, after every variant (a launch stopped part-way keeps them); rank 0 gathers every rank's records over the process group
 (so it works across machines that share no file system) and writes ``DIR/records.json``.
 With ``--save-state`` rank 0 also writes ``DIR/state/{variant}.pt``: the full gradients of the
 first step and the full parameters after it, which the benchmark's sharded tests compare
@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -383,15 +384,18 @@ def main(argv: list[str] | None = None) -> int:
         for variant in variants:
             records.append(measure_sharded(flavor, variant, device, world_size, rank, state_dir).as_dict())
             gc.collect()  # this variant's sharded model, before the next one is built (see below)
+            # After every variant, so that a launch stopped part-way (a rank out of memory, killed)
+            # keeps what each rank measured before it.
+            write_json_atomic(args.out / f"rank{rank}.json", records)
             if rank == 0:
-                print(f"ac_bench.distributed: {variant} measured on {world_size} ranks", flush=True)
+                print(f"ac_bench.distributed: {variant} measured on {world_size} rank{'s' * (world_size > 1)}",
+                      flush=True)
         # The sharded models of the last variants may sit in reference cycles that hold FSDP's
         # gloo work objects; freed at interpreter teardown (after the process group is gone), a
         # rank aborted there ("terminate called without an active exception", SIGABRT) twice in
         # roughly fifteen launches over two sessions. Collected here, they go while the process
         # group is alive: none of ten launches, two at a time, aborted since (2026-11-29).
         gc.collect()
-        write_json_atomic(args.out / f"rank{rank}.json", records)
         gathered = [None] * world_size if rank == 0 else None
         dist.gather_object(records, gathered, dst=0)
         if rank == 0:
@@ -433,7 +437,7 @@ def launch_here(args: argparse.Namespace) -> int:
     except ChildFailedError as exc:
         rank, failure = exc.get_first_failure()
         how = f"status {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
-        print(f"{PROG}: error: rank {rank} of {args.nproc_per_node} exited with {how} (its output is above); "
+        print(f"{PROG}: error: rank {rank} of {args.nproc_per_node} exited with {how} (its output, if any, is above); "
               f"the other ranks were stopped", file=sys.stderr)
         return failure.exitcode if failure.exitcode > 0 else 1
     return 0
@@ -468,8 +472,19 @@ def exit_rank(status: int) -> None:
     os._exit(status)
 
 
+def run_rank() -> None:
+    """``main``, ended through ``exit_rank`` also where it raises: the traceback printed, exit
+    status 1, and no interpreter teardown after a process group started (which may abort)."""
+    try:
+        status = main()
+    except Exception:
+        traceback.print_exc()
+        status = 1
+    exit_rank(status)
+
+
 if __name__ == "__main__":
-    exit_rank(main())
+    run_rank()
 
 
 #: The per-rank peak of a gloo run depends on when collectives complete: a buffer freed on
@@ -521,6 +536,6 @@ def launch_failure(returncode: int, seconds: float, stdout: str, stderr: str) ->
 
     A rank that dies by a signal (SIGABRT) prints the Python stack of every thread
     (``PYTHONFAULTHANDLER``, set by ``launch_env``) before torchrun's own report."""
-    done = [line for line in stdout.splitlines() if line.endswith(" ranks")]
+    done = [line for line in stdout.splitlines() if " measured on " in line]
     reached = f"the last variant measured: {done[-1].split(': ', 1)[-1]}" if done else "no variant was measured"
     return f"torchrun exited {returncode} after {seconds:.1f}s ({reached}):\n{stderr[-4000:]}"
