@@ -294,7 +294,12 @@ def test_distributed_refuses_what_it_cannot_write_or_run_before_measuring(tmp_pa
     (["--out", "DIR", "--flavor", "seed"], "flavor seed is estimated on fake tensors on the CPU"),
     (["--out", "DIR", "--device", "cuda"], "--device cuda: torch sees no CUDA device here"),
     (["--out", "DIR", "--nproc-per-node", "0"], "--nproc-per-node 0: launch at least 1 rank"),
-], ids=["out under a file", "more segments than blocks", "estimated flavor", "no cuda", "no ranks"])
+    (["--out", "DIR", "--variants", ""], "--variants '' names no variant"),
+    (["--out", "DIR", "--variants", "none-sdpa,full-sdpa,none-sdpa"], "--variants names none-sdpa twice"),
+    (["--out", "DIR", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
+    ([], "the following arguments are required: --out; see python -m ac_bench.distributed --help"),
+], ids=["out under a file", "more segments than blocks", "estimated flavor", "no cuda", "no ranks", "no variant",
+        "a variant twice", "unknown device", "no out"])
 def test_the_modules_launcher_refuses_bad_input_in_one_line_before_any_rank(tmp_path, args, says):
     """``python -m ac_bench.distributed --nproc-per-node 2 ...``: the arguments are checked once,
     in the launching process: exactly one line, exit status 2, no rank started, nothing written

@@ -195,8 +195,8 @@ def test_table_content_against_the_fixture(tmp_path, capsys):
 def test_each_rank_of_a_sharded_run_is_its_own_group_timed_by_its_step_seconds(tmp_path, capsys):
     """Records of a torchrun launch (world size 2, ranks 0 and 1, bench/test_distributed.py puts
     them in the JSON) next to the single process's: a table per rank, titled with world size and
-    rank, its step time the record's own ``step_seconds``, its frontier on FLOP overhead (on the
-    CPU those are wall times of ranks sharing the cores); the same variant on two ranks is not a
+    rank, its step time the record's own ``step_seconds``, with no time ratio and its frontier on
+    FLOP overhead (on the CPU those are wall times of ranks sharing the cores); the same variant on two ranks is not a
     duplicate, on one rank twice it is."""
     data = raw()
     small = records(data, "small")
@@ -213,11 +213,11 @@ def test_each_rank_of_a_sharded_run_is_its_own_group_timed_by_its_step_seconds(t
     for rank, seconds in ((0, 0.25), (1, 0.5)):
         rows = {cells[0]: cells[1:] for cells in markdown_rows(text, f"small FSDP2 W=2 rank {rank} on cpu")}
         assert set(rows) == {"none-sdpa", "full-sdpa"}, f"rank {rank}: rows {sorted(rows)}"
-        assert rows["none-sdpa"][0] == f"{seconds * 1e3:.1f}" and rows["full-sdpa"][1] == "2.00", f"rank {rank}: {rows}"
+        assert rows["none-sdpa"][0] == f"{seconds * 1e3:.1f}" and rows["full-sdpa"][1] == "", f"rank {rank}: {rows}"
     # The single process's table is unchanged: every small variant, no sharded row.
     assert {cells[0] for cells in markdown_rows(text, "small on cpu")} == set(small), "small on cpu lost or gained rows"
     # A CPU launch's wall times (ranks sharing the cores) are shown, and the frontier is on FLOPs.
-    assert text.count("Frontier on FLOP overhead (the step times are a CPU launch's wall times") == 2, text
+    assert text.count("Frontier on FLOP overhead (step ms: the median wall time of three steps of a CPU launch") == 2, text
     for rank in (0, 1):
         group = next(g for g in run_groups(load_run(tmp_path / "w2.json")) if g.title.startswith(f"small FSDP2 W=2 rank {rank}"))
         assert group.axis == FLOPS, (rank, group.axis)
@@ -227,6 +227,27 @@ def test_each_rank_of_a_sharded_run_is_its_own_group_timed_by_its_step_seconds(t
     data["measurements"].append(dict(sharded[0]))
     assert main([str(write(tmp_path / "dup.json", data))]) == 2
     assert "two measurement records of small none-sdpa on cpu (rank 0 of 2)" in capsys.readouterr().err
+
+
+def test_a_launchs_records_json_and_rank_files_are_read_as_they_are(tmp_path, capsys):
+    """``python -m ac_bench.distributed`` writes ``OUT/records.json`` (every rank's records, with
+    the launch's world size) and ``OUT/rank{R}.json`` (one rank's list): the report reads both,
+    one table per rank, without a pytest run around the launch; a file of neither shape is one line
+    naming both."""
+    small = records(raw(), "small")
+    ranks = [dict(small[v], world_size=2, rank=rank, global_batch=2 * small[v]["batch"], step_seconds=0.5)
+             for rank in (0, 1) for v in ("none-sdpa", "full-sdpa")]
+    launch = write(tmp_path / "records.json", {"world_size": 2, "flavor": "small", "device_type": "cpu",
+                                               "not_composed": {}, "records": ranks})
+    rank1 = write(tmp_path / "rank1.json", [r for r in ranks if r["rank"] == 1])
+    for path, groups in ((launch, {0, 1}), (rank1, {1})):
+        md = tmp_path / f"{path.stem}.md"
+        assert main([str(path), "--markdown", str(md)]) == 0, capsys.readouterr().err
+        titles = {line for line in md.read_text().splitlines() if line.startswith("## ")}
+        assert titles == {f"## small FSDP2 W=2 rank {r} on cpu" for r in groups}, (path.name, titles)
+    assert main([str(write(tmp_path / "other.json", {"records": ranks}))]) == 2
+    err = capsys.readouterr().err
+    assert "nor a launch's records.json or rank{R}.json (python -m ac_bench.distributed)" in err and err.count("\n") == 1, err
 
 
 def test_table_rows_follow_the_policy_registry():

@@ -8,7 +8,7 @@ torchrun's own launcher (``torch.distributed.run``, standalone rendezvous) in th
 bad input is one line before any rank starts, and a rank that fails is one line after its own
 output, not torchrun's traceback and failure table. Under ``torchrun`` itself (the second form,
 and across machines), any torchrun option passes through (``--nnodes``, ``--node-rank``, ``--rdzv-backend c10d``,
-``--rdzv-endpoint HOST:PORT``; README "Checkpointing under FSDP2"). Per rank, as torchtitan's
+``--rdzv-endpoint HOST:PORT``; docs/distributed.md). Per rank, as torchtitan's
 ``parallelize_llama`` orders it: the model with the policy applied (checkpointing, then compile
 where the policy compiles), then ``fully_shard`` on each block and on the root, AdamW over the
 sharded parameters, and ``ac_bench.record.Training.step``. gloo on the CPU, NCCL on CUDA
@@ -45,6 +45,7 @@ from torch.distributed.fsdp._fully_shard._fsdp_collectives import DefaultAllGath
 from ac_bench.cases import variant_problem
 from ac_bench.models import (
     ATTENTIONS,
+    FLAVORS,
     KINDS,
     POLICIES,
     Flavor,
@@ -262,11 +263,17 @@ def default_variants(flavor: Flavor | None = None) -> tuple[str, ...]:
 
 
 def parse_variants(text: str | None, flavor: Flavor | None = None) -> tuple[str, ...]:
-    """``none-sdpa,full-sdpa`` -> variants (``default_variants(flavor)`` when ``text`` is empty);
-    a policy that does not compose raises DoesNotCompose."""
-    if not text:
+    """``none-sdpa,full-sdpa`` -> variants (``default_variants(flavor)`` when ``text`` is None); a
+    policy that does not compose raises DoesNotCompose, no name or a name given twice ValueError."""
+    if text is None:
         return default_variants(flavor)
     variants = tuple(v.strip() for v in text.split(",") if v.strip())
+    if not variants:
+        raise ValueError(f"--variants {text!r} names no variant; leave it out for every policy that composes "
+                         f"with FSDP2, or list POLICY-ATTENTION names")
+    twice = sorted({v for v in variants if variants.count(v) > 1})
+    if twice:
+        raise ValueError(f"--variants names {', '.join(twice)} twice; each variant is measured once")
     for v in variants:
         check_composes(get_policy(parse_variant(v)[0]))
     return variants
@@ -277,13 +284,11 @@ PROG = "python -m ac_bench.distributed"
 
 
 class _RankParser(argparse.ArgumentParser):
-    """argparse, whose usage errors only local rank 0 prints (``_refuse``): under torchrun every
-    rank parses the same command line."""
+    """argparse, whose usage error is one line (as the report's commands') that only local rank 0
+    prints (``_refuse``): under torchrun every rank parses the same command line."""
 
     def error(self, message: str):
-        if _local_rank() == "0":
-            self.print_usage(sys.stderr)
-        sys.exit(_refuse(message))
+        sys.exit(_refuse(f"{message}; see {PROG} --help"))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -350,13 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         problems.append("--device cuda: torch sees no CUDA device here; leave --device out (gloo on the CPU) or "
                         "run it where a GPU is")
     if flavor.cpu_mode == "estimate" and device_type == "cpu":
+        real = ", ".join(f.name for f in FLAVORS.values() if f.cpu_mode != "estimate")
         problems.append(f"flavor {flavor.name} is estimated on fake tensors on the CPU, which FSDP2's collectives "
-                        f"cannot run on; choose small or tiny")
-    if args.nproc_per_node is not None and args.nproc_per_node < 1:
-        problems.append(f"--nproc-per-node {args.nproc_per_node}: launch at least 1 rank")
+                        f"cannot run on; choose one measured on real tensors: {real}")
     if args.nproc_per_node is not None and "RANK" in os.environ:
-        problems.append("--nproc-per-node under torchrun: torchrun launched the ranks already; give it to torchrun "
-                        "(torchrun --nproc-per-node W -m ac_bench.distributed ...), not to the module")
+        problems.insert(0, "--nproc-per-node under torchrun: torchrun launched the ranks already; give it to torchrun "
+                           "(torchrun --nproc-per-node W -m ac_bench.distributed ...), not to the module")
+    elif args.nproc_per_node is not None and args.nproc_per_node < 1:
+        problems.append(f"--nproc-per-node {args.nproc_per_node}: launch at least 1 rank")
     if problems:
         return _refuse(problems[0])
     if "RANK" not in os.environ:
@@ -403,6 +409,8 @@ def main(argv: list[str] | None = None) -> int:
             write_json_atomic(args.out / RECORDS_FILE, {
                 "world_size": world_size, "flavor": flavor.name, "device_type": device_type,
                 "not_composed": NOT_COMPOSED, "records": merged})
+            print(f"ac_bench.distributed: {len(merged)} records in {args.out / RECORDS_FILE}; a table per rank: "
+                  f"python -m ac_bench.report table {args.out / RECORDS_FILE}", flush=True)
         dist.barrier()
     finally:
         dist.destroy_process_group()

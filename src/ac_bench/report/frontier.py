@@ -166,7 +166,8 @@ def make_group(entries: Sequence[Entry], axis: str | None = None) -> Group:
     for e in sorted(entries, key=lambda e: variant_order(e.record.variant)):
         r = e.record
         none = by_variant.get(variant_id("none", r.attention)) if r.attention in ATTENTIONS else None
-        ratio = e.median_s / none.median_s if none and e.median_s is not None and none.median_s else None
+        ratio = (e.median_s / none.median_s if none and e.median_s is not None and none.median_s
+                 and not shares_cores(e) else None)
         overhead = (flop_overhead(r.flops, none.record.flops)
                     if none and none.record.flops and r.flops is not None else None)
         recompute = (e.backward_s - none.backward_s if none and e.backward_s is not None and none.backward_s is not None

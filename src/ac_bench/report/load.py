@@ -1,4 +1,5 @@
-"""Reading runs: a ``pytest bench/ --benchmark-json FILE`` of this suite becomes its
+"""Reading runs: a ``pytest bench/ --benchmark-json FILE`` of this suite (or a sharded launch's
+``records.json`` or ``rank{R}.json``) becomes its
 ``ac_bench.record.Measurement`` records, each beside the median step time of the benchmark
 that timed its training step, where one did (a benchmark whose ``extra_info`` carries the
 record: ``STEP_TIMING_KEYS``)."""
@@ -119,7 +120,9 @@ def _medians(path: Path, benchmarks: object) -> dict[tuple[str, str, str], tuple
 
 
 def load_run(path: str | Path) -> Run:
-    """Read one ``--benchmark-json`` file of this suite; bad input raises ReportInputError."""
+    """Read one ``--benchmark-json`` file of this suite, or a sharded launch's ``OUT/records.json``
+    or ``OUT/rank{R}.json`` (``ac_bench.distributed``; each rank's records timed by their own
+    ``step_seconds``); bad input raises ReportInputError."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -134,9 +137,14 @@ def load_run(path: str | Path) -> Run:
     except (ValueError, RecursionError) as exc:  # an integer of more than 4300 digits; nesting too deep
         reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
         raise ReportInputError(f"{path}: not a run of this suite ({reason})") from None
+    if isinstance(data, dict) and "records" in data and "measurements" not in data and "world_size" in data:
+        data = {"measurements": data["records"]}  # a launch's OUT/records.json (ac_bench.distributed)
+    elif isinstance(data, list) and data and all(isinstance(r, dict) and "rank" in r for r in data):
+        data = {"measurements": data}  # one rank's OUT/rank{R}.json
     if not isinstance(data, dict) or "measurements" not in data:
-        raise ReportInputError(f"{path}: not written by this suite's `pytest bench/ --benchmark-json`: "
-                               f"no 'measurements' list of records")
+        raise ReportInputError(f"{path}: not written by this suite's `pytest bench/ --benchmark-json` (no "
+                               f"'measurements' list of records), nor a launch's records.json or rank{{R}}.json "
+                               f"(python -m ac_bench.distributed)")
     records = _records(path, data["measurements"])
     medians = _medians(path, data.get("benchmarks"))
     entries = []

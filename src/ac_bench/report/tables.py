@@ -203,7 +203,8 @@ def group_table(group: Group, prefix: str = "") -> Table:
     if group.axis == TIME:
         axis = "median step time"
     elif any(shares_cores(r.entry) for r in group.rows):
-        axis = "FLOP overhead (the step times are a CPU launch's wall times, ranks sharing the cores: shown, not compared)"
+        axis = ("FLOP overhead (step ms: the median wall time of three steps of a CPU launch, the ranks sharing "
+                "the cores: shown, not compared, so no x none)")
     else:
         axis = f"FLOP overhead ({'not every variant is' if timed else 'not'} timed)"
     notes = (f"Frontier on {axis} and peak.", *null_notes([r.entry.record for r in group.rows], MIB_COLUMNS))
