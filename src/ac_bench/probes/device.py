@@ -37,10 +37,11 @@ def processor_name() -> str:
     """The CPU's model name: /proc/cpuinfo's ``model name`` (Linux), else ``platform.processor()``
     or, where that is empty, ``platform.machine()``."""
     try:
-        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
-            key, _, value = line.partition(":")
-            if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
-                return value.strip()
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
+            for line in cpuinfo:
+                key, _, value = line.partition(":")
+                if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
+                    return value.strip()
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
