@@ -288,32 +288,51 @@ def test_distributed_refuses_what_it_cannot_write_or_run_before_measuring(tmp_pa
     assert sorted(p.name for p in Path(paths["DIR"]).iterdir()) == []
 
 
-@pytest.mark.parametrize(("args", "says"), [
-    (["--out", "FILE/out"], "--out FILE/out: cannot write: FILE is a file, not a folder; choose another path"),
-    (["--out", "DIR", "--variants", "sequential_5-sdpa"], "--variants sequential_5-sdpa on flavor 'tiny' (depth 3)"),
-    (["--out", "DIR", "--flavor", "seed"], "flavor seed is estimated on fake tensors on the CPU"),
-    (["--out", "DIR", "--device", "cuda"], "--device cuda: torch sees no CUDA device here"),
-    (["--out", "DIR", "--nproc-per-node", "0"], "--nproc-per-node 0: launch at least 1 rank"),
-    (["--out", "DIR", "--variants", ""], "--variants '' names no variant"),
-    (["--out", "DIR", "--variants", "none-sdpa,full-sdpa,none-sdpa"], "--variants names none-sdpa twice"),
-    (["--out", "DIR", "--device", "tpu"], "argument --device: invalid choice: 'tpu'"),
-    ([], "the following arguments are required: --out; see python -m ac_bench.distributed --help"),
-], ids=["out under a file", "more segments than blocks", "estimated flavor", "no cuda", "no ranks", "no variant",
-        "a variant twice", "unknown device", "no out"])
-def test_the_modules_launcher_refuses_bad_input_in_one_line_before_any_rank(tmp_path, args, says):
+#: (arguments, what the one line says, whether the case runs in a real process; the others call
+#: ``main`` in this one, which refuses before ``launch_here`` would start a rank).
+LAUNCHER_CASES = [
+    (["--out", "FILE/out"], "--out FILE/out: cannot write: FILE is a file, not a folder; choose another path", True),
+    (["--out", "DIR", "--variants", "sequential_5-sdpa"], "--variants sequential_5-sdpa on flavor 'tiny' (depth 3)", False),
+    (["--out", "DIR", "--flavor", "seed"], "flavor seed is estimated on fake tensors on the CPU", False),
+    (["--out", "DIR", "--device", "cuda"], "--device cuda: torch sees no CUDA device here", False),
+    (["--out", "DIR", "--nproc-per-node", "0"], "--nproc-per-node 0: launch at least 1 rank", False),
+    (["--out", "DIR", "--variants", ""], "--variants '' names no variant", False),
+    (["--out", "DIR", "--variants", "none-sdpa,full-sdpa,none-sdpa"], "--variants names none-sdpa twice", False),
+    (["--out", "DIR", "--device", "tpu"], "argument --device: invalid choice: 'tpu'", False),
+    ([], "the following arguments are required: --out; see python -m ac_bench.distributed --help", True),
+]
+
+
+@pytest.mark.parametrize(("args", "says", "real"), LAUNCHER_CASES,
+                         ids=["out under a file", "more segments than blocks", "estimated flavor", "no cuda", "no ranks",
+                              "no variant", "a variant twice", "unknown device", "no out"])
+def test_the_modules_launcher_refuses_bad_input_in_one_line_before_any_rank(tmp_path, monkeypatch, capsys, args, says, real):
     """``python -m ac_bench.distributed --nproc-per-node 2 ...``: the arguments are checked once,
     in the launching process: exactly one line, exit status 2, no rank started, nothing written
     (under torchrun itself, torchrun's traceback and failure table follow our line)."""
     import torch
+
+    import ac_bench.distributed as distributed
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is here: --device cuda is not bad input")
-    from ac_bench.distributed import launch_env
     paths = _paths(tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "ac_bench.distributed", "--nproc-per-node", "2", *_fill(args, paths)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, env=launch_env())
-    assert proc.returncode == 2 and proc.stdout == "", (proc.returncode, proc.stdout, proc.stderr[-3000:])
-    assert proc.stderr.splitlines() == [proc.stderr.strip()] and proc.stderr.startswith(
-        f"python -m ac_bench.distributed: error: {_fill([says], paths)[0]}"), proc.stderr[-3000:]
+    argv = ["--nproc-per-node", "2", *_fill(args, paths)]
+    if real:
+        proc = subprocess.run([sys.executable, "-m", "ac_bench.distributed", *argv], cwd=ROOT, capture_output=True,
+                              text=True, timeout=120, env=distributed.launch_env())
+        status, out, err = proc.returncode, proc.stdout, proc.stderr
+    else:
+        for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setattr(distributed, "launch_here", lambda args: pytest.fail("a rank was launched"))
+        try:
+            status = distributed.main(argv)
+        except SystemExit as exc:
+            status = exc.code
+        out, err = capsys.readouterr()
+    assert status == 2 and out == "", (status, out, err[-3000:])
+    assert err.splitlines() == [err.strip()] and err.startswith(
+        f"python -m ac_bench.distributed: error: {_fill([says], paths)[0]}"), err[-3000:]
     assert sorted(p.name for p in Path(paths["DIR"]).iterdir()) == []
 
 
