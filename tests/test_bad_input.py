@@ -361,13 +361,35 @@ def test_a_rank_that_fails_under_the_modules_launcher_is_one_line_after_its_own_
                           cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     ours = [line for line in proc.stderr.splitlines() if line.startswith("python -m ac_bench.distributed: error: ")]
     assert proc.returncode == 1 and "RuntimeError: this rank fails on purpose" in proc.stderr, proc.stderr[-3000:]
-    assert len(ours) == 1 and " of 2 exited with status 1 (its output, if any, is above)" in ours[0], proc.stderr[-3000:]
+    assert len(ours) == 1 and " of 2 exited with status 1" in ours[0] and ours[0].endswith(
+        "(the ranks' output, if any, is above)"), proc.stderr[-3000:]
     assert proc.stderr.rstrip().endswith(ours[0]) and "ChildFailedError" not in proc.stderr \
         and "Root Cause" not in proc.stderr, proc.stderr[-3000:]
     for rank in (0, 1):
         kept = json.loads((out / f"rank{rank}.json").read_text())
         assert [(r["variant"], r["rank"]) for r in kept] == [("none-sdpa", rank)], kept
     assert not (out / "records.json").exists()
+
+
+@pytest.mark.parametrize(("failures", "says", "status"), [
+    # rank 1 killed; rank 0 then loses its connection in the same second (gloo) and exits 1
+    ({0: (1, 100), 1: (-9, 100)}, "rank 1 of 2 exited with signal 9; then rank 0 with status 1", 1),
+    # rank 1 fails; torchrun stops rank 0 (SIGTERM) in the same second
+    ({0: (-15, 100), 1: (2, 100)}, "rank 1 of 2 exited with status 2; then rank 0 with signal 15", 2),
+    # both fail on their own: the earlier first
+    ({0: (1, 101), 1: (1, 100)}, "rank 1 of 2 exited with status 1; then rank 0 with status 1", 1),
+    ({3: (1, 100)}, "rank 3 of 4 exited with status 1 (the ranks' output", 1),
+], ids=["killed", "stopped by torchrun", "earlier", "one"])
+def test_a_failed_launch_names_the_rank_that_caused_it(failures, says, status):
+    """torchrun's failures carry whole-second timestamps, so ``get_first_failure`` blamed rank 0,
+    whose connection to a killed rank 1 broke in the same second, in 3 of 8 kills: the cause is a
+    signal other than torchrun's SIGTERM first, then the earliest exit, and every failed rank is named."""
+    from types import SimpleNamespace
+
+    from ac_bench.distributed import failure_line
+    world = 4 if 3 in failures else 2
+    line, code = failure_line({r: SimpleNamespace(exitcode=e, timestamp=t) for r, (e, t) in failures.items()}, world)
+    assert line.startswith(says) and code == status, (line, code)
 
 
 #: JSON no reader can take as data: nesting deeper than the parser's recursion, an integer

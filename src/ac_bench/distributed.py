@@ -31,6 +31,7 @@ import dataclasses
 import gc
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -443,12 +444,34 @@ def launch_here(args: argparse.Namespace) -> int:
     try:
         run(config)
     except ChildFailedError as exc:
-        rank, failure = exc.get_first_failure()
-        how = f"status {failure.exitcode}" if failure.exitcode >= 0 else f"signal {-failure.exitcode}"
-        print(f"{PROG}: error: rank {rank} of {args.nproc_per_node} exited with {how} (its output, if any, is above); "
-              f"the other ranks were stopped", file=sys.stderr)
-        return failure.exitcode if failure.exitcode > 0 else 1
+        line, status = failure_line(exc.failures, args.nproc_per_node)
+        print(f"{PROG}: error: {line}", file=sys.stderr)
+        return status
     return 0
+
+
+def failure_line(failures: dict, world_size: int) -> tuple[str, int]:
+    """What failed in a launch, as one line, and the exit status to end with, from torchrun's
+    ``ChildFailedError.failures`` (global rank -> a failure with ``exitcode``, negative for a
+    signal, and ``timestamp``, whole seconds). Every failed rank is named, the cause first: a rank
+    ended by a signal other than SIGTERM (killed, aborted), then by the earliest exit; SIGTERM is
+    what torchrun sends the others once one has failed, and a rank whose peer died fails too (a
+    lost connection), often in the same second, so ``get_first_failure`` can blame the
+    bystander. The status is the cause's (1 where a signal ended it)."""
+    def how(code: int) -> str:
+        return f"status {code}" if code >= 0 else f"signal {-code}"
+
+    def order(item) -> tuple:
+        rank, f = item
+        return (not (f.exitcode < 0 and f.exitcode != -signal.SIGTERM), f.exitcode == -signal.SIGTERM,
+                f.timestamp, rank)
+    ranked = sorted(failures.items(), key=order)
+    (rank, cause), others = ranked[0], ranked[1:]
+    line = f"rank {rank} of {world_size} exited with {how(cause.exitcode)}"
+    if others:
+        line += "; then " + ", ".join(f"rank {r} with {how(f.exitcode)}" for r, f in others)
+    line += " (the ranks' output, if any, is above)"
+    return line, cause.exitcode if cause.exitcode > 0 else 1
 
 
 def load_records(out: Path) -> list[Measurement]:
