@@ -147,7 +147,8 @@ DEFINITIONS: dict[str, str] = {
     **{header: _beyond_none_bullet(header, name) for header, name in BEYOND_NONE_COLUMNS.items()},
     "frontier": "- frontier: no other variant is at least as fast and at least as small (peak) and strictly "
                 "better in one; exact ties on both stay on the frontier. Faster: lower median step time when "
-                "every variant of the table is timed, else lower FLOP overhead.",
+                "every variant of the table is timed (the ranks of a CPU launch, which share the cores, count as "
+                "not timed), else lower FLOP overhead.",
     "kernel": "- kernel: the attention kernel that ran, read from the ops dispatched (`attention_kernel`): "
               "`cpu_flash`, `flash`, `efficient`, `cudnn`, or `math` (plain bmm and softmax: eager attention or "
               f"SDPA's math fallback); `{NULL}` in records that predate it (schema version 2).",
