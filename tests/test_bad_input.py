@@ -337,14 +337,14 @@ def test_the_modules_launcher_refuses_bad_input_in_one_line_before_any_rank(tmp_
 
 
 def test_a_rank_that_fails_under_the_modules_launcher_is_one_line_after_its_own_output(tmp_path):
-    """A rank that raises at its second variant (a --model-spec module wraps the ranks'
-    ``measure_sharded``): the rank's traceback is its own, then one line of ours naming the rank
+    """Rank 1 raises at its second variant (a --model-spec module wraps its ``measure_sharded``):
+    the rank's traceback is its own, then one line of ours naming the rank
     and its status; not torchrun's ``ChildFailedError`` traceback and failure table. The exit
-    status is the rank's, and each rank's file keeps the variant measured before the failure."""
+    status is the rank's, and its file keeps the variant measured before the failure."""
     from ac_bench.distributed import launch_env
     (tmp_path / "rank_fails.py").write_text(
         "import os, sys\n"
-        "if 'RANK' in os.environ:\n"
+        "if os.environ.get('RANK') == '1':\n"
         "    rank_main, calls = sys.modules['__main__'], []\n"
         "    measure = rank_main.measure_sharded\n"
         "    def fails(*args, **kwargs):\n"
@@ -365,9 +365,12 @@ def test_a_rank_that_fails_under_the_modules_launcher_is_one_line_after_its_own_
         "(the ranks' output, if any, is above)"), proc.stderr[-3000:]
     assert proc.stderr.rstrip().endswith(ours[0]) and "ChildFailedError" not in proc.stderr \
         and "Root Cause" not in proc.stderr, proc.stderr[-3000:]
-    for rank in (0, 1):
-        kept = json.loads((out / f"rank{rank}.json").read_text())
-        assert [(r["variant"], r["rank"]) for r in kept] == [("none-sdpa", rank)], kept
+    # Rank 1 wrote its file before it raised. Rank 0 may be stopped (SIGTERM) before it writes
+    # its own, milliseconds after the same variant; where it wrote it, it holds that variant.
+    kept = {rank: json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)
+            if (out / f"rank{rank}.json").exists()}
+    assert 1 in kept and all([(r["variant"], r["rank"]) for r in records] == [("none-sdpa", rank)]
+                             for rank, records in kept.items()), kept
     assert not (out / "records.json").exists()
 
 
