@@ -433,7 +433,7 @@ def rank_arguments(args: argparse.Namespace) -> list[str]:
 def launch_here(args: argparse.Namespace) -> int:
     """``torchrun --standalone --nproc-per-node W -m ac_bench.distributed ...`` through torchrun's
     own launcher (``torch.distributed.run.run``) in this process; returns the exit status: 0,
-    or the first failed rank's (1 where a signal stopped it), after one line naming that rank.
+    or the failing cause's after one line naming every failed rank (``failure_line``).
     ``OMP_NUM_THREADS`` is 1 per rank where unset (what torchrun sets, without its warning)."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
