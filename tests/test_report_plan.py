@@ -19,9 +19,22 @@ def test_plan_command_prints_the_plan_and_writes_plot_and_markdown(tmp_path, cap
     out = capsys.readouterr().out
     assert status == 0, out
     assert out.startswith("plan: tiny eager, budget 0.001 GiB") and "cheaper per byte saved:" in out
+    assert "; measured peak " in out.splitlines()[0], out  # tiny steps real tensors
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     text = markdown.read_text()
     assert "Regenerate: `python -m ac_bench.report plan --flavor tiny --attention eager --budget-gib 0.00075" in text
+
+
+def test_a_peak_traced_on_fake_tensors_is_not_called_measured():
+    """The plan line says ``traced peak`` for a record of fake tensors (``seed`` on the CPU) and
+    ``measured peak`` for real ones (``Measurement.peak_how``)."""
+    import json
+
+    from ac_bench.record import Measurement
+    records = [Measurement.from_dict(r) for r in
+               json.loads((ROOT / "tests" / "data" / "cpu-small-seed.json").read_text())["measurements"]]
+    how = {(r.flavor, r.memory_method, r.peak_how) for r in records}
+    assert how == {("seed", "fake-memtracker", "traced"), ("small", "memtracker", "measured")}, how
 
 
 @pytest.mark.parametrize("args,message", [

@@ -283,7 +283,7 @@ class BlockPlan:
         gap = "proven optimal" if s.gap == 0.0 else f"not proven optimal ({s.solver}'s time limit)"
         host = f", offloaded {p.offloaded_bytes / MIB:.1f} MiB to host memory" if p.offloaded_bytes else ""
         return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB ({self.budget_bytes} B): "
-                f"{self.policy.name}-{self.attention} ({self.policy.describe()}); measured peak "
+                f"{self.policy.name}-{self.attention} ({self.policy.describe()}); {r.peak_how} peak "
                 f"{r.peak_bytes / GIB:.3f} GiB ({r.peak_bytes} B, predicted {p.peak_bytes}, at the {p.peak_at}), kept "
                 f"{r.forward_kept_bytes / MIB:.1f} MiB, recompute {(r.flops - self.none.flops) / 1e9:.2f} GFLOP{host}; "
                 f"{s.solver} {s.seconds:.2f} s, {gap}, {s.variables} variables, {s.rows} rows")

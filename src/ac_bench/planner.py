@@ -87,7 +87,7 @@ class Plan:
         depth = self.flavor.depth
         return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB "
                 f"({self.budget_bytes} B): {c.name}-{self.attention}, checkpointing {c.policy.describe(depth)}; "
-                f"measured peak {r.peak_bytes / GIB:.3f} GiB ({r.peak_bytes} B, predicted {c.predicted_peak_bytes}), "
+                f"{r.peak_how} peak {r.peak_bytes / GIB:.3f} GiB ({r.peak_bytes} B, predicted {c.predicted_peak_bytes}), "
                 f"kept {r.forward_kept_bytes / 2**20:.1f} MiB, recompute {c.recompute_flops / 1e9:.2f} GFLOP "
                 f"({c.recompute_flops / max(1, r.flops - c.recompute_flops):.1%} of the step)")
 

@@ -226,6 +226,12 @@ class Measurement:
         world = f"-w{self.world_size}" if self.world_size > 1 else ""
         return f"{self.flavor}{world}-{self.variant}"
 
+    @property
+    def peak_how(self) -> str:
+        """How the peak was obtained, as a sentence says it: ``measured`` (real tensors) or
+        ``traced`` (fake tensors, ``memory_method`` ``fake-...``: exact bytes, no allocator)."""
+        return "traced" if self.memory_method.startswith("fake") else "measured"
+
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -102,6 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; bad input is one line on stderr and exit status 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and not argv[0].startswith("-") and argv[0] not in COMMANDS:
+        if not Path(argv[0]).exists() and not argv[0].endswith(".json"):  # a mistyped command, not a run
+            near = difflib.get_close_matches(argv[0], COMMANDS, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            print(f"python -m ac_bench.report: error: {argv[0]!r} is neither a command nor a file; {hint}"
+                  f"the commands are {', '.join(COMMANDS)} (python -m ac_bench.report --help)", file=sys.stderr)
+            return 2
         argv.insert(0, "table")
     args = build_parser().parse_args(argv)
     command = {"table": table_command, "sweep": sweep_cli.sweep_command, "plan": plan_cli.plan_command,
