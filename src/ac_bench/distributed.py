@@ -412,10 +412,27 @@ def main(argv: list[str] | None = None) -> int:
                 "not_composed": NOT_COMPOSED, "records": merged})
             print(f"ac_bench.distributed: {len(merged)} records in {args.out / RECORDS_FILE}; a table per rank: "
                   f"python -m ac_bench.report table {args.out / RECORDS_FILE}", flush=True)
+            stale = stale_rank_files(args.out, world_size)
+            if stale:
+                print(f"ac_bench.distributed: note: {', '.join(p.name for p in stale)} in {args.out} "
+                      f"{'are' if len(stale) > 1 else 'is'} from an earlier launch with more ranks, kept as "
+                      f"{'they were' if len(stale) > 1 else 'it was'}; this launch's are rank0.json to "
+                      f"rank{world_size - 1}.json and {RECORDS_FILE}", flush=True)
         dist.barrier()
     finally:
         dist.destroy_process_group()
     return 0
+
+
+def stale_rank_files(out: Path, world_size: int) -> list[Path]:
+    """``rank{R}.json`` files in ``out`` with ``R >= world_size``: left by an earlier launch with
+    more ranks into the same folder (never deleted: they are someone's measurements), in rank order."""
+    found = []
+    for path in Path(out).glob("rank*.json"):
+        number = path.stem[len("rank"):]
+        if number.isdigit() and int(number) >= world_size:
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
 
 
 def rank_arguments(args: argparse.Namespace) -> list[str]:
