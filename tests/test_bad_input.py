@@ -339,6 +339,24 @@ def test_the_modules_launcher_refuses_bad_input_in_one_line_before_any_rank(tmp_
     assert sorted(p.name for p in Path(paths["DIR"]).iterdir()) == []
 
 
+@pytest.mark.parametrize(("args", "flavor"), [
+    (["--model-spec", "examples.my_family:SPEC"], "my-gpt-tiny"),  # it ran the suite's tiny before
+    (["--model-spec", "examples.my_family:SPEC", "--flavor", "tiny"], "tiny"),
+    ([], "tiny"),
+])
+def test_the_launchers_flavor_is_the_model_specs_first_unless_given(tmp_path, monkeypatch, args, flavor):
+    """As ``plan``, ``sweep`` and ``frontier``: with ``--model-spec`` and no ``--flavor``, the
+    first flavor of the first family, which the ranks are given too."""
+    import ac_bench.distributed as distributed
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    launched = []
+    monkeypatch.setattr(distributed, "launch_here", lambda a: launched.append(distributed.rank_arguments(a)) or 0)
+    assert distributed.main(["--nproc-per-node", "2", "--out", str(tmp_path), "--variants", "none-sdpa", *args]) == 0
+    ranks = launched[0]
+    assert ranks[ranks.index("--flavor") + 1] == flavor, ranks
+
+
 def test_a_rank_that_fails_under_the_modules_launcher_is_one_line_after_its_own_output(tmp_path):
     """Rank 1 raises at its second variant (a --model-spec module wraps its ``measure_sharded``):
     the rank's traceback is its own, then one line of ours naming the rank

@@ -299,7 +299,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc-per-node", type=int, default=None, metavar="W",
                    help="launch W ranks on this machine (torchrun's launcher, in this process, standalone "
                         "rendezvous) once the arguments are checked; leave it out under torchrun, which has its own")
-    p.add_argument("--flavor", default="tiny", help="the flavor; every rank steps its batch (default: %(default)s)")
+    p.add_argument("--flavor", default=None,
+                   help="the flavor; every rank steps its batch (default: tiny, or with --model-spec the first "
+                        "flavor of its first family, as plan, sweep and frontier)")
     p.add_argument("--model-spec", action="append", default=[], metavar="package.module:NAME",
                    help="register a model family first (as pytest's --model-spec; repeatable), e.g. "
                         "ac_bench.models.hf:LLAMA with --flavor hf-llama-tiny")
@@ -341,8 +343,12 @@ def _refuse(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        families = []
         for spec in args.model_spec:
-            load_family_spec(spec)
+            loaded = load_family_spec(spec)
+            families += loaded if isinstance(loaded, tuple) else [loaded]
+        if args.flavor is None:  # what the ranks are given too (rank_arguments)
+            args.flavor = families[0].flavors[0].name if families else "tiny"
         flavor = get_flavor(args.flavor)
         variants = parse_variants(args.variants, flavor)
     except ValueError as exc:
