@@ -62,6 +62,8 @@ PYTEST_CASES = [
     (["--flavor", "tiny,tiny"], "--flavor names 'tiny' twice; give each flavor once"),
     (["--baselines-dir", ""], "--baselines-dir got an empty path; give the baselines folder"),
     (["--baselines-dir", "FILE"], "is a file, not a folder; give the folder that holds <device key>/figures.json"),
+    # A mistyped folder skipped every gate test and passed (green) before.
+    (["--baselines-dir", "MISSING"], "missing/out: no such folder; give the folder that holds <device key>/figures.json"),
     (["--benchmark-json", "MISSING/out.json"], "cannot write: the folder"),
     (["--benchmark-json", "DIR"], "is a folder, not a file; give a file name"),
     (["--benchmark-json", "FILE/out.json"], "is a file, not a folder; choose another path"),

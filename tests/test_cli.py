@@ -152,7 +152,7 @@ def test_a_compare_against_another_processors_run_is_refused_in_one_line(tmp_pat
     stored = tmp_path / "intel.json"
     stored.write_text(json.dumps(data))
     result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
-                        "-q", "--baselines-dir", str(tmp_path / "baselines"), f"--benchmark-compare={stored}")
+                        "-q", "--baselines-dir", str(tmp_path), f"--benchmark-compare={stored}")
     assert result.returncode == 4, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if "--benchmark-compare:" in line]
     assert len(lines) == 1 and "CPU timings of different processor models are not comparable" in lines[0], result.stderr
@@ -160,7 +160,7 @@ def test_a_compare_against_another_processors_run_is_refused_in_one_line(tmp_pat
     data["machine_info"]["cpu"]["brand_raw"] = processor_name()
     stored.write_text(json.dumps(data))
     result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
-                        "-q", "--baselines-dir", str(tmp_path / "baselines"), f"--benchmark-compare={stored}")
+                        "-q", "--baselines-dir", str(tmp_path), f"--benchmark-compare={stored}")
     assert result.returncode == 4 and "different clocks are not comparable" in result.stderr, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 

@@ -101,6 +101,7 @@ def test_user_package_named_like_a_repository_folder(tmp_path, package, runner):
     family = f"user-{package}"
     flavor = f"{family}-tiny"
     spec = write_user_package(tmp_path, package, family)
+    (tmp_path / "baselines").mkdir()
     tests = {"test_memory.py": "test_memory_record", "test_gradients.py": "test_gradients_bitwise_equal_to_no_checkpointing"}
     result = run([*pytest_command(runner), *(ROOT / "bench" / m for m in tests), "--rootdir", ROOT,
                   "-c", ROOT / "pyproject.toml", "--model-spec", spec, "--device", "cpu",

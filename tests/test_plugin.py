@@ -23,6 +23,7 @@ def _run(pytester: pytest.Pytester, *args: str, subprocess: bool = False) -> pyt
     a measuring run goes to a subprocess: pytester forgets the modules an in-process run imported,
     and torch's lazily imported operator libraries cannot be registered twice in one process."""
     run = pytester.runpytest_subprocess if subprocess else pytester.runpytest_inprocess
+    (pytester.path / "baselines").mkdir(exist_ok=True)  # a --baselines-dir must exist unless the run writes it
     # -p no:randomly: these runs check the order the plugin gives (make test shuffles this session).
     return run("-p", "ac_bench.plugin", "-p", "no:cacheprovider", "-p", "no:benchmark", "-p", "no:randomly",
                "--device", "cpu", "--baselines-dir", str(pytester.path / "baselines"), *args)

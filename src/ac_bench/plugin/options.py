@@ -62,6 +62,13 @@ def baselines_dir(config: pytest.Config) -> Path:
     if Path(given).is_file():
         raise pytest.UsageError(f"--baselines-dir {given} is a file, not a folder; "
                                 f"give the folder that holds <device key>/figures.json")
+    writes = config.getoption("--update-baselines") or any(
+        getattr(config.option, name, None) for name in ("benchmark_save", "benchmark_autosave"))
+    if not Path(given).exists() and not writes:
+        # A mistyped folder would otherwise skip every gate test ("no baselines") and pass.
+        raise pytest.UsageError(f"--baselines-dir {given}: no such folder; give the folder that holds "
+                                f"<device key>/figures.json (default: {DEFAULT_BASELINES_DIR}/ in pytest's rootdir), "
+                                f"or start one there with --update-baselines")
     return Path(given)
 
 
