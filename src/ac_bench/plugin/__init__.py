@@ -87,6 +87,10 @@ def pytest_configure(config: pytest.Config) -> None:
         config.pluginmanager.register(benchmark.BenchmarkHooks(store), "ac-bench-benchmark-hooks")
     loaded_families(config)  # --model-spec: before any flavor name is read
     selected_flavors(config)  # fail early on a bad --flavor
+    if config.getoption("--device") == "cuda" and not cuda_available():  # not a green run of skips
+        import torch
+        raise pytest.UsageError(f"--device cuda: torch {torch.__version__} sees no CUDA device here; leave --device "
+                                f"out to run on the CPU, or run where a GPU and a CUDA build of torch are")
     check_family_builds(config)  # and on a --model-spec family that cannot build its model
     xdist.use_loadgroup(config)
     if config.getoption("--update-baselines") and xdist.requested(config):
