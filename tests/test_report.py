@@ -451,6 +451,25 @@ def test_unwritable_output_is_one_line_exit_2(tmp_path, capsys):
     assert err.startswith("python -m ac_bench.report table: error: ") and err.count("\n") == 1 and "cannot write" in err
 
 
+def test_a_full_disk_names_the_file_and_keeps_the_earlier_one(tmp_path, monkeypatch, capsys):
+    """The write fails part-way (no space left, an OSError with no file name): one line naming
+    the file (it said ``None: cannot write`` before), and the earlier report stays whole."""
+    import errno
+
+    import ac_bench.outputs
+    report = write(tmp_path / "report.md", "the earlier report\n")
+    real_fsync = ac_bench.outputs.os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(ac_bench.outputs.os, "fsync", full)
+    assert main([str(RUN), "--markdown", str(report)]) == 2
+    monkeypatch.setattr(ac_bench.outputs.os, "fsync", real_fsync)
+    err = capsys.readouterr().err
+    assert err == f"python -m ac_bench.report table: error: {report}: cannot write: No space left on device\n", err
+    assert report.read_text() == "the earlier report\n" and sorted(p.name for p in tmp_path.iterdir()) == ["report.md"]
+
+
 def test_load_run_raises_report_input_error(tmp_path):
     with pytest.raises(ReportInputError, match="no such file"):
         load_run(tmp_path / "nowhere.json")

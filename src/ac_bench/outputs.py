@@ -54,6 +54,8 @@ def file_problem(path: Path, create_folder: bool = False) -> str | None:
         return problem
     if path.exists() and not os.access(path, os.W_OK):
         return f"cannot write: {path} exists and is not writable; choose another path or make it writable"
+    if path.exists() and not path.is_file():  # a device or a pipe: an atomic write would replace it
+        return f"cannot write: {path} is not a regular file; give a file name"
     return None
 
 

@@ -20,10 +20,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def check_output_files(**paths: Path | None) -> None:
     """Each output option's file (``markdown=PATH``), checked before any work: a missing or
-    unwritable folder, or a folder given as the file, is a ReportInputError naming the option."""
+    unwritable folder, a folder given as the file, or a ``plot`` not named ``.png`` is a
+    ReportInputError naming the option."""
     for option, path in paths.items():
         if path is not None:
             problem = file_problem(Path(path))
+            if not problem and option == "plot" and Path(path).suffix.lower() != ".png":
+                problem = "the plot is a PNG; give a file name ending in .png"  # it wrote PNG bytes as x.jpg
             if problem:
                 raise ReportInputError(f"--{option.replace('_', '-')} {path}: {problem}")
 

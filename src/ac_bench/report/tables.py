@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ac_bench.metrics import METRICS
 from ac_bench.models import parse_variant, variant_id
+from ac_bench.outputs import write_text_atomic
 from ac_bench.record import OK, READABLE_VERSIONS
 from ac_bench.report.frontier import (
     BEYOND_NONE,
@@ -70,9 +71,12 @@ def render(title: str, intro: Sequence[str], tables: Sequence[Table], markdown: 
 
 
 def write_text(path: Path, text: str) -> None:
-    """Write a rendered document, creating its folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    """Write a rendered document atomically (``ac_bench.outputs.write_text_atomic``: an earlier
+    file stays whole if the write fails), creating its folder. An OSError names ``path``."""
+    try:
+        write_text_atomic(Path(path), text)
+    except OSError as exc:  # a full disk raises from write() with no file name
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from None
 
 
 def mib(n: int | None) -> str:
