@@ -56,6 +56,11 @@ def one_line_error(capsys, argv: list[str]) -> str:
     (["plan", "--flavor", "tiny", "--budget-gib", "1", "--compile-budgets", "0.5"],
      "--compile-budgets sets the compiler sweep that --plot draws: add --plot, or leave it out"),
     (["plan", "--flavor", "tiny", "--budget-gib", "1e300"], "the budget must be at most 1048576 GiB, got '1e300'"),
+    # 0 bytes once converted, and a world the estimate cannot trace: a traceback and a MemoryError before.
+    (["plan", "--flavor", "tiny", "--budget-gib", "1e-300"], "the budget must be at least one byte (9.31e-10 GiB)"),
+    (["plan", "--model", "llama3-8b", "--world-size", "100000000", "--budget-gib", "80"],
+     "world size 100000000: the estimate takes at most 16384 ranks"),
+    (["scale", "--out", "/tmp", "--world-sizes", "8,16385"], "world size 16385: the estimate takes at most 16384 ranks"),
 ])
 def test_bad_input_is_one_line(capsys, argv, expected):
     assert expected in one_line_error(capsys, argv)
@@ -64,6 +69,7 @@ def test_bad_input_is_one_line(capsys, argv, expected):
 @pytest.mark.parametrize("kwargs,expected", [
     (dict(world_size=0), "world size 0"), (dict(world_size=2.5), "world size 2.5"),
     (dict(world_size=2, mp_param_dtype="fp8"), "mixed-precision param dtype 'fp8'"),
+    (dict(world_size=16385), "world size 16385: the estimate takes at most 16384 ranks"),
 ])
 def test_a_bad_setup_names_the_value(kwargs, expected):
     with pytest.raises(ScaleError, match=expected):

@@ -79,7 +79,7 @@ MAX_GIB = 2 ** 20
 
 
 def gib_type(what: str, zero: bool = False):
-    """An argparse ``type`` for a number of GiB (a float) up to ``MAX_GIB``: above 0, or from 0
+    """An argparse ``type`` for a number of GiB (a float) up to ``MAX_GIB``: at least one byte, or from 0
     where ``zero`` (a host budget of 0 offloads nothing). ``what`` names it in the error, "the
     budget". Raises argparse.ArgumentTypeError, one line."""
     def parse(text: str) -> float:
@@ -96,6 +96,8 @@ def gib_type(what: str, zero: bool = False):
             raise argparse.ArgumentTypeError(f"{what} must be a positive number of GiB{finite}, got {text!r}")
         if value > MAX_GIB:
             raise argparse.ArgumentTypeError(f"{what} must be at most {MAX_GIB} GiB, got {text!r}")
+        if int(value * 2 ** 30) < 1:  # 1e-300 GiB is 0 bytes (a traceback in the planner before)
+            raise argparse.ArgumentTypeError(f"{what} must be at least one byte ({1 / 2 ** 30:.3g} GiB), got {text!r}")
         return value
     return parse
 

@@ -65,6 +65,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _world_size(text: str) -> int:
+    from ac_bench.scale import world_size_problem
+    value = _positive_int(text)
+    problem = world_size_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
 def _offload_cost(text: str) -> int:
     """FLOPs per offloaded byte: a preset, or a whole number from 0 to MAX_OFFLOAD_COST (the
     MILP's objective counts whole FLOPs; a larger cost only says never offload)."""
@@ -98,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     scale.add_argument("--model", choices=list(SCALE_MODELS),
                        help="plan at scale for this model (transformers' LlamaForCausalLM or Qwen3ForCausalLM at the "
                             "published shape); or give --world-size with --model-spec and --flavor for your own family")
-    scale.add_argument("--world-size", type=_positive_int, metavar="W", help="GPUs the model is sharded over (FSDP2)")
+    scale.add_argument("--world-size", type=_world_size, metavar="W", help="GPUs the model is sharded over (FSDP2)")
     scale.add_argument("--mixed-precision", choices=("bf16", "none"), default=None,
                        help="bf16: FSDP2 MixedPrecisionPolicy(param_dtype=bfloat16, reduce_dtype=float32) over float32 "
                             "parameters, torchtitan's default; none: float32 throughout (default bf16)")

@@ -31,6 +31,9 @@ def _sizes(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers, got {text!r}") from None
     if not values or values[0] < 1:
         raise argparse.ArgumentTypeError(f"world sizes must be 1 or more, got {text!r}")
+    from ac_bench.scale import world_size_problem
+    if world_size_problem(values[-1]):
+        raise argparse.ArgumentTypeError(world_size_problem(values[-1]))
     return values
 
 
