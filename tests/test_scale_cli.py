@@ -276,6 +276,7 @@ def test_every_scale_model_has_its_published_parameter_count(name):
 @pytest.mark.parametrize("argv,expected", [
     (["libraries", "--out", "x.md", "--models", "qwen3-1t"], "unknown model 'qwen3-1t'"),
     (["libraries", "--out", "x.md", "--depth", "0"], "--depth 0"),
+    (["libraries", "--out", "x.md", "--models", "llama3-8b", "--depth", "40"], "--depth 40: llama3-8b has 32 layers"),
     (["libraries", "--out", ".", "--depth", "1"], "is a folder"),
     (["libraries", "--out", "x.md", "--budget-gib", "nan"], "positive number of GiB"),
     (["libraries", "--out", "x.md", "--models", ","], "give one or more models, each once"),

@@ -63,6 +63,8 @@ def model_flavor(name: str, depth: int, seq_len: int):
         model = scale.scale_model(name.strip())
     except scale.ScaleError as exc:
         raise ReportInputError(str(exc)) from None
+    if depth > model.depth:  # a llama3-8b-40l is no model anyone trains
+        raise ReportInputError(f"--depth {depth}: {model.name} has {model.depth} layers; give at most {model.depth}")
     return dataclasses.replace(scale.at(model, depth=depth, seq_len=seq_len), dtype="bfloat16",
                                name=f"{model.name}-{depth}l")
 
