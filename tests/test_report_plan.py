@@ -78,3 +78,22 @@ def test_seq_len_reshapes_a_one_gpu_plan_and_the_regenerate_line_repeats_it_exac
     assert int(peak.search(out)[1]) > int(peak.search(at_16)[1]), (out, at_16)
     assert ("--budget-gib 0.00100000001 --device cpu --seq-len 64 --markdown" in markdown.read_text()
             and [number(x) for x in (0.45, 80.0, 0.00321456789)] == ["0.45", "80", "0.00321456789"])
+
+
+def test_a_step_larger_than_this_machine_is_one_line(capsys):
+    """The allocator's error (``plan --flavor small --seq-len 1000000`` asked for 16 TB) is one
+    line saying what to change; any other RuntimeError is still a traceback (a bug)."""
+    from ac_bench.report.load import exit_status
+
+    def alloc():
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate "
+                           "memory: you tried to allocate 16000000000000 bytes. Error code 12")
+    assert exit_status("python -m ac_bench.report plan", alloc) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("python -m ac_bench.report plan: error: out of memory measuring a step ([enforce fail")
+    assert err.count("\n") == 1 and err.rstrip().endswith("or a flavor traced on fake tensors (seed)"), err
+
+    def bug():
+        raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
+    with pytest.raises(RuntimeError, match="shapes"):
+        exit_status("python -m ac_bench.report plan", bug)

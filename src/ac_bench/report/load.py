@@ -173,4 +173,13 @@ def exit_status(name: str, command: Callable[[], None]) -> int:
     except OSError as exc:  # writing --markdown / --plot
         print(f"{name}: error: {exc.filename}: cannot write: {exc.strerror}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as exc:
+        # A step on real tensors larger than this machine (plan --flavor small --seq-len 1000000):
+        # the allocator's own message, on one line, and what to change; anything else is a bug.
+        text = " ".join(str(exc).split())
+        if not isinstance(exc, MemoryError) and "can't allocate memory" not in text and "out of memory" not in text:
+            raise
+        print(f"{name}: error: out of memory measuring a step ({text[:200] or type(exc).__name__}); give a shorter "
+              f"--seq-len or a smaller --batch, or a flavor traced on fake tensors (seed)", file=sys.stderr)
+        return 2
     return 0
