@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from ac_bench.cases import Case, cases, parse_case_id
+from ac_bench.gate.timing_storage import timing_identity
 from ac_bench.models import ATTENTIONS, FLAVORS, POLICIES, VARIANTS, check_attention, get_flavor, get_policy, parse_variant
 from ac_bench.plugin.benchmark import BenchmarkHooks
-from ac_bench.probes.device import processor_key, processor_name
+from ac_bench.probes.device import processor_generation, processor_key, processor_name
 from ac_bench.probes.timing import CPU_TIMING_THREADS
 from ac_bench.record import Measurement
 from tests.helpers import ROOT, run_pytest
@@ -112,29 +113,92 @@ def test_timings_of_different_devices_are_never_compared():
     BenchmarkHooks.pytest_benchmark_compare_machine_info(None, None, info, {"machine_info": info})
 
 
-def _cpu_info(processor: str, timer: str = "ac_bench.probes.timing.cpu_thread_timer", threads: int | None = 1) -> dict:
-    return {"torch": {"device_key": "cpu", "timing_key": f"cpu-{processor_key(processor)}", "processor": processor,
-                      "timer": timer, "timing_threads": threads}}
+ZEN3 = {"family": 25, "model": 17}  # AMD EPYC 9004 ("Genoa")
+ZEN5 = {"family": 26, "model": 2}  # AMD EPYC 9005 ("Turin"): /proc/cpuinfo says "AMD EPYC" for both on cloud VMs
+
+
+def _cpu_info(processor: str, timer: str = "ac_bench.probes.timing.cpu_thread_timer", threads: int | None = 1,
+              generation: dict | None = None) -> dict:
+    generation = ZEN3 if generation is None else generation
+    return {"torch": {"device_key": "cpu", "timing_key": f"cpu-{processor_key(processor, generation)}", "processor": processor,
+                      "processor_generation": generation, "timer": timer, "timing_threads": threads}}
+
+
+def _saved_before_generations(generation: dict | None, timer: str = "bench.timing.cpu_thread_timer") -> dict:
+    """A run saved before the timing key had the generation, as the committed EPYC run: the
+    suite's key without it, the generation only in pytest-benchmark's py-cpuinfo fields (if any)."""
+    return {"machine_info": {"torch": {"device_key": "cpu", "processor": "AMD EPYC", "timing_key": "cpu-amd-epyc",
+                                       "timer": timer, "timing_threads": 1},
+                             "cpu": {"brand_raw": "AMD EPYC", **(generation or {})}}}
+
+
+def test_the_cpu_timing_key_tells_processor_generations_apart():
+    """/proc/cpuinfo's family and model (x86) or implementer and part (ARM) follow the model name."""
+    x86 = {"model name": "AMD EPYC", "cpu family": "25", "model": "17", "stepping": "1"}
+    assert processor_generation(x86) == ZEN3
+    assert processor_key(processor_name(x86), processor_generation(x86)) == "amd-epyc-f25-m17"
+    assert processor_key("AMD EPYC", ZEN5) == "amd-epyc-f26-m2"
+    assert processor_key("Intel(R) Xeon(R) Processor", {"family": 6, "model": 167}) == "intel-xeon-processor-f6-m167"
+    arm = {"processor": "0", "CPU implementer": "0x41", "CPU part": "0xd4f", "CPU variant": "0x0"}
+    assert processor_generation(arm) == {"implementer": 0x41, "part": 0xd4f}
+    assert processor_key("Neoverse-V2", processor_generation(arm)) == "neoverse-v2-i0x41-p0xd4f"
+    assert processor_generation({"model name": "Some CPU"}) == {} and processor_key("Some CPU", {}) == "some-cpu"
+    # This machine's key ends with its own generation, where /proc/cpuinfo has one.
+    here = processor_generation()
+    assert processor_key() == processor_key(processor_name(), here)
 
 
 def test_cpu_timings_of_different_processor_models_or_clocks_are_never_compared():
     here = _cpu_info("AMD EPYC")
     compare = BenchmarkHooks.pytest_benchmark_compare_machine_info
     compare(None, None, here, {"machine_info": _cpu_info("AMD EPYC")})
-    with pytest.raises(pytest.UsageError, match="processor 'Intel.R. Xeon.R. Processor', this run on 'AMD EPYC'"):
+    with pytest.raises(pytest.UsageError, match="processor 'Intel.R. Xeon.R. Processor' .family 25, model 17., this run on 'AMD EPYC'"):
         compare(None, None, here, {"machine_info": _cpu_info("Intel(R) Xeon(R) Processor")})
     with pytest.raises(pytest.UsageError, match="timed with device_synchronized_timer and None timing threads"):
         compare(None, None, here, {"machine_info": _cpu_info("AMD EPYC", "ac_bench.probes.timing.device_synchronized_timer", None)})
     # A run saved before the suite recorded its processor and timer: read from pytest-benchmark's own fields.
-    legacy = {"machine_info": {"torch": {"device_key": "cpu"}, "cpu": {"brand_raw": "AMD EPYC"}},
+    legacy = {"machine_info": {"torch": {"device_key": "cpu"}, "cpu": {"brand_raw": "AMD EPYC", **ZEN3}},
               "benchmarks": [{"options": {"timer": "device_synchronized_timer"}}]}
     with pytest.raises(pytest.UsageError, match="different clocks are not comparable"):
         compare(None, None, here, legacy)
 
 
+def test_two_epyc_generations_with_one_model_name_are_never_compared():
+    """Two "AMD EPYC"s of different families get different keys, and a stored run of one is
+    refused on the other; the same family and model is compared."""
+    compare = BenchmarkHooks.pytest_benchmark_compare_machine_info
+    zen3, zen5 = _cpu_info("AMD EPYC", generation=ZEN3), _cpu_info("AMD EPYC", generation=ZEN5)
+    assert zen3["torch"]["timing_key"] == "cpu-amd-epyc-f25-m17" and zen5["torch"]["timing_key"] == "cpu-amd-epyc-f26-m2"
+    with pytest.raises(pytest.UsageError, match=r"processor 'AMD EPYC' \(family 25, model 17\), this run on 'AMD EPYC' "
+                                                r"\(family 26, model 2\); CPU timings of different processor models"):
+        compare(None, None, zen5, {"machine_info": zen3})
+    with pytest.raises(pytest.UsageError, match="baselines/cpu/timing/amd-epyc-f25-m17"):
+        compare(None, None, zen3, {"machine_info": zen5})
+    compare(None, None, zen5, {"machine_info": _cpu_info("AMD EPYC", generation=dict(ZEN5))})
+
+
+def test_a_run_saved_before_the_key_had_the_generation_is_read_by_its_cpu_family_and_model():
+    """Its own timing_key ("cpu-amd-epyc") is not matched as it stands: the key is derived again
+    from pytest-benchmark's cpu.family and cpu.model; a run without them is refused in one line
+    on a processor that has a generation."""
+    compare = BenchmarkHooks.pytest_benchmark_compare_machine_info
+    assert timing_identity(_saved_before_generations(ZEN3)["machine_info"], [])["timing_key"] == "cpu-amd-epyc-f25-m17"
+    compare(None, None, _cpu_info("AMD EPYC", generation=ZEN3), _saved_before_generations(ZEN3))
+    with pytest.raises(pytest.UsageError, match="processor 'AMD EPYC' .family 25, model 17., this run on 'AMD EPYC' .family 26"):
+        compare(None, None, _cpu_info("AMD EPYC", generation=ZEN5), _saved_before_generations(ZEN3))
+    with pytest.raises(pytest.UsageError) as refused:
+        compare(None, None, _cpu_info("AMD EPYC", generation=ZEN5), _saved_before_generations(None))
+    message = str(refused.value)
+    assert "\n" not in message and "records no processor generation (cpu family and model) for 'AMD EPYC'" in message, message
+    assert "--benchmark-save NAME, into baselines/cpu/timing/amd-epyc-f26-m2" in message, message
+    # Where no generation is known on either side (neither x86 nor ARM), the model name decides, as before.
+    compare(None, None, _cpu_info("AMD EPYC", generation={}), _saved_before_generations(None))
+
+
 def test_committed_cpu_timing_history_is_filed_by_its_processor_model():
-    """Each stored CPU run lies under the folder of the processor that made it (pytest-benchmark's
-    own machine_info.cpu.brand_raw), so --benchmark-compare only ever finds runs of this model;
+    """Each stored CPU run lies under the folder of the processor that made it (its timing key,
+    from pytest-benchmark's own machine_info.cpu: brand_raw, family and model), so
+    --benchmark-compare only ever finds runs of this model and generation;
     the wall-clock runs of the earlier timer lie one folder deeper, where pytest-benchmark's
     storage does not look (kept as history, not compared)."""
     root = ROOT / "baselines" / "cpu" / "timing"
@@ -142,7 +206,8 @@ def test_committed_cpu_timing_history_is_filed_by_its_processor_model():
     assert runs
     for run in runs:
         data = json.loads(run.read_text())
-        assert run.relative_to(root).parts[0] == processor_key(data["machine_info"]["cpu"]["brand_raw"]), run
+        key = timing_identity(data["machine_info"], data["benchmarks"])["timing_key"]
+        assert run.relative_to(root).parts[0] == key.removeprefix("cpu-"), run
         timers = {b["options"]["timer"] for b in data["benchmarks"]}
         assert (run.parent.parent.name == "wall-clock-2-threads") == (timers == {"device_synchronized_timer"}), run
 
@@ -159,11 +224,30 @@ def test_a_compare_against_another_processors_run_is_refused_in_one_line(tmp_pat
     lines = [line for line in result.stderr.splitlines() if "--benchmark-compare:" in line]
     assert len(lines) == 1 and "CPU timings of different processor models are not comparable" in lines[0], result.stderr
     # The same run from this processor's model, but timed in wall time: refused for its clock.
-    data["machine_info"]["cpu"]["brand_raw"] = processor_name()
+    cpu = data["machine_info"]["cpu"]
+    del cpu["family"], cpu["model"]
+    cpu.update(brand_raw=processor_name(), **processor_generation())
     stored.write_text(json.dumps(data))
     result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
                         "-q", "--baselines-dir", str(tmp_path), f"--benchmark-compare={stored}")
     assert result.returncode == 4 and "different clocks are not comparable" in result.stderr, result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_compare_against_another_generation_of_this_processor_is_refused_in_one_line(tmp_path):
+    """The whole command line: the committed thread-time run, as if made by a processor of this
+    machine's model name but another family, is refused in one line, not compared."""
+    data = json.loads(next((ROOT / "baselines" / "cpu" / "timing").glob("amd-*/*/0001_cpu-thread-time.json")).read_text())
+    here = processor_generation()
+    other = {"family": here.get("family", 0) + 1, "model": here.get("model", 0)}
+    data["machine_info"]["torch"].update(processor=processor_name(), processor_generation=other)
+    stored = tmp_path / "other-generation.json"
+    stored.write_text(json.dumps(data))
+    result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
+                        "-q", "--baselines-dir", str(tmp_path / "baselines"), f"--benchmark-compare={stored}")
+    assert result.returncode == 4, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if "--benchmark-compare:" in line]
+    assert len(lines) == 1 and f"(family {other['family']}, model {other['model']}), this run on" in lines[0], result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
 
@@ -193,8 +277,8 @@ def test_nightly_workflow_runs_tox_gpu_with_a_timing_threshold():
 
 
 def test_timing_storage_is_kept_per_device_key(tmp_path):
-    """Saved CPU runs land in <baselines-dir>/cpu/timing/<processor model> by default and in
-    <storage>/cpu-<processor model> when --benchmark-storage is given; autosave keeps working."""
+    """Saved CPU runs land in <baselines-dir>/cpu/timing/<processor key> by default and in
+    <storage>/cpu-<processor key> when --benchmark-storage is given; autosave keeps working."""
     common = ["bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny", "-q",
               "--baselines-dir", str(tmp_path / "baselines")]
     saved = run_pytest(*common, "--benchmark-save", "first")

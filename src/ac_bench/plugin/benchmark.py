@@ -14,7 +14,7 @@ import torch
 from ac_bench.gate.timing_storage import timing_comparison_refusal, timing_storage
 from ac_bench.models import resolve_dtype
 from ac_bench.plugin.options import baselines_dir, selected_device, selected_device_key, selected_flavors, selected_timing_key
-from ac_bench.probes.device import cuda_available, device_name, processor_name
+from ac_bench.probes.device import cuda_available, device_name, processor_generation, processor_name
 from ac_bench.probes.timing import CPU_TIMING_THREADS, clock_description, timer_name
 
 PYTEST_BENCHMARK_DEFAULT_STORAGE = "file://./.benchmarks"
@@ -111,15 +111,16 @@ class BenchmarkHooks:
 
     @staticmethod
     def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict) -> None:
-        """The device, its key, the processor, the timer and its thread count, each flavor's dtype."""
+        """The device, its key, the processor and its generation, the timer and its thread count,
+        each flavor's dtype."""
         machine_info["torch"] = machine_description(config)
 
     @staticmethod
     def pytest_benchmark_compare_machine_info(config: pytest.Config, benchmarksession, machine_info: dict,
                                               compared_benchmark: dict) -> None:
         """Refuse, in one line, to compare timings of different device keys (a GPU against the
-        CPU, or another GPU), of different processor models, or taken with another timer or
-        thread count: each is a different clock, not a regression."""
+        CPU, or another GPU), of different processor models or generations, or taken with another
+        timer or thread count: each is a different clock, not a regression."""
         refusal = timing_comparison_refusal(machine_info, compared_benchmark)
         if refusal:
             raise pytest.UsageError(f"--benchmark-compare: {refusal}")
@@ -141,6 +142,7 @@ def machine_description(config: pytest.Config) -> dict:
         "device_key": selected_device_key(config),
         "device_name": device_name(device) if on_cuda else "cpu",
         "processor": processor_name(),
+        "processor_generation": processor_generation(),
         "timing_key": selected_timing_key(config),
         "timer": str(config.getoption("benchmark_timer")),
         "clock": clock_description(device),

@@ -151,7 +151,8 @@ def selected_device_key(config: pytest.Config) -> str:
 
 
 def selected_timing_key(config: pytest.Config) -> str:
-    """The key of the timing storage: the GPU's device key, or ``cpu-<processor model>``."""
+    """The key of the timing storage: the GPU's device key, or on the CPU
+    ``cpu-<model name>-f<family>-m<model>`` (``processor_key``: ``cpu-amd-epyc-f25-m17``)."""
     device = selected_device(config)
     return timing_key(device) if device == "cpu" or cuda_available() else device
 

@@ -33,32 +33,82 @@ def device_key(device: str | torch.device) -> str:
     return device.type
 
 
-def processor_name() -> str:
-    """The CPU's model name: /proc/cpuinfo's ``model name`` (Linux), else ``platform.processor()``
-    or, where that is empty, ``platform.machine()``."""
+def _cpuinfo_fields() -> dict[str, str]:
+    """/proc/cpuinfo's fields (Linux), each with its first processor's value; {} elsewhere."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as cpuinfo:
             for line in cpuinfo:
                 key, _, value = line.partition(":")
-                if key.strip() in ("model name", "Processor", "cpu model") and value.strip():
-                    return value.strip()
+                if key.strip() and value.strip():
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
+    return fields
+
+
+def processor_name(fields: dict[str, str] | None = None) -> str:
+    """The CPU's model name: /proc/cpuinfo's ``model name`` (Linux), else ``platform.processor()``
+    or, where that is empty, ``platform.machine()``. ``fields``: /proc/cpuinfo's, read if not given."""
+    fields = _cpuinfo_fields() if fields is None else fields
+    for key in ("model name", "Processor", "cpu model"):
+        if fields.get(key):
+            return fields[key]
     return platform.processor() or platform.machine() or "unknown"
 
 
-def processor_key(name: str | None = None) -> str:
-    """A processor model as a folder name: ``AMD EPYC`` -> ``amd-epyc``, ``Intel(R) Xeon(R)
-    Processor`` -> ``intel-xeon-processor`` (trademark signs dropped)."""
-    name = processor_name() if name is None else name
+#: /proc/cpuinfo's numbers that tell generations of one model name apart ("AMD EPYC" is a Zen 3
+#: and a Zen 5 alike), as (field, name recorded, its form in the timing key): x86's family and
+#: model (named as py-cpuinfo names them in pytest-benchmark's ``machine_info["cpu"]``), ARM's
+#: implementer and part (in hex, as /proc/cpuinfo prints them).
+GENERATION_FIELDS = {
+    "x86": (("cpu family", "family", "f{}"), ("model", "model", "m{}")),
+    "arm": (("CPU implementer", "implementer", "i{:#x}"), ("CPU part", "part", "p{:#x}")),
+}
+
+
+def processor_generation(fields: dict[str, str] | None = None) -> dict[str, int]:
+    """This processor's generation: ``{"family": 25, "model": 17}`` on x86, ``{"implementer":
+    65, "part": 3340}`` on ARM, ``{}`` where /proc/cpuinfo has neither (or is absent).
+    ``fields``: /proc/cpuinfo's, read if not given."""
+    fields = _cpuinfo_fields() if fields is None else fields
+    for names in GENERATION_FIELDS.values():
+        try:
+            return {name: int(fields[field], 0) for field, name, _ in names}
+        except (KeyError, ValueError):
+            continue
+    return {}
+
+
+def generation_suffix(generation: dict | None) -> str:
+    """A generation as the end of a timing key: ``f25-m17`` (x86 family 25, model 17),
+    ``i0x41-p0xd0c`` (ARM implementer and part, in hex as /proc/cpuinfo prints them); ``""``
+    for none."""
+    for names in GENERATION_FIELDS.values():
+        if generation and all(isinstance(generation.get(name), int) for _, name, _ in names):
+            return "-".join(template.format(generation[name]) for _, name, template in names)
+    return ""
+
+
+def processor_key(name: str | None = None, generation: dict | None = None) -> str:
+    """A processor as a folder name: its model name's words (trademark signs dropped), then its
+    generation (``generation_suffix``): ``AMD EPYC`` of family 25, model 17 ->
+    ``amd-epyc-f25-m17``; ``Intel(R) Xeon(R) Processor`` of family 6, model 167 ->
+    ``intel-xeon-processor-f6-m167``; the name alone where no generation is known. Without a
+    ``name``, this machine's processor and generation."""
+    if name is None:
+        fields = _cpuinfo_fields()
+        name, generation = processor_name(fields), processor_generation(fields)
     name = re.sub(r"\((r|tm|c)\)", " ", name.lower())
-    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown"
+    words = re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "unknown"
+    suffix = generation_suffix(generation)
+    return f"{words}-{suffix}" if suffix else words
 
 
 def timing_key(device: str | torch.device) -> str:
     """The key that separates timings: a GPU's device key, and on the CPU ``cpu-`` and the
-    processor model (a CPU's timings belong to its model as a GPU's to its GPU; the memory
-    and FLOP figures do not, and stay under the device key ``cpu``)."""
+    processor's model and generation (``processor_key``: a CPU's timings belong to its model as a
+    GPU's to its GPU; the memory and FLOP figures do not, and stay under the device key ``cpu``)."""
     key = device_key(device)
     return f"cpu-{processor_key()}" if key == "cpu" else key
 
