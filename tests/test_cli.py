@@ -278,9 +278,13 @@ def test_nightly_workflow_runs_tox_gpu_with_a_timing_threshold():
 
 def test_timing_storage_is_kept_per_device_key(tmp_path):
     """Saved CPU runs land in <baselines-dir>/cpu/timing/<processor key> by default and in
-    <storage>/cpu-<processor key> when --benchmark-storage is given; autosave keeps working."""
+    <storage>/cpu-<processor key> when --benchmark-storage is given; autosave keeps working. A
+    run that saves nothing (compared or not) leaves no folder behind."""
     common = ["bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny", "-q",
               "--baselines-dir", str(tmp_path / "baselines")]
+    unsaved = run_pytest(*common, "--benchmark-compare")
+    assert unsaved.returncode == 0 and "Can't compare" in unsaved.stdout + unsaved.stderr, unsaved.stdout + unsaved.stderr
+    assert not (tmp_path / "baselines" / "cpu" / "timing").exists(), sorted((tmp_path / "baselines").rglob("*"))
     saved = run_pytest(*common, "--benchmark-save", "first")
     assert saved.returncode == 0, saved.stdout + saved.stderr
     processor = processor_key()
@@ -290,6 +294,18 @@ def test_timing_storage_is_kept_per_device_key(tmp_path):
     own = run_pytest(*common, "--benchmark-storage", f"file://{tmp_path / 'history'}", "--benchmark-autosave")
     assert own.returncode == 0, own.stdout + own.stderr
     assert len(list((tmp_path / "history" / f"cpu-{processor}").glob("*/0001_*.json"))) == 1
+
+
+def test_a_run_in_a_users_folder_makes_no_timing_folder_unless_it_saves(tmp_path):
+    """pytest -p ac_bench.plugin in a user's own folder: pytest-benchmark's storage makes its
+    folder when opened; the plugin removes it again unless a run was saved into it."""
+    (tmp_path / "test_mine.py").write_text("def test_mine(benchmark):\n    benchmark(sum, [1, 2])\n")
+    result = run_pytest("-p", "ac_bench.plugin", "test_mine.py", "-q", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (tmp_path / "baselines").exists() and not (tmp_path / ".benchmarks").exists(), sorted(tmp_path.rglob("*"))
+    result = run_pytest("-p", "ac_bench.plugin", "test_mine.py", "-q", "--benchmark-autosave", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(list((tmp_path / "baselines" / "cpu" / "timing" / processor_key()).glob("*/0001_*.json"))) == 1
 
 
 def test_benchmark_json_carries_every_record(tmp_path):

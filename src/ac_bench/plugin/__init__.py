@@ -145,6 +145,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 @pytest.hookimpl(trylast=True)
 def pytest_sessionstart(session: pytest.Session) -> None:
     benchmark.check_version(session.config)
+    benchmark.remove_empty_storage(session.config)
     note = benchmark.drop_compare_fail_without_history(session.config)
     if note:
         session.config.stash[HISTORY_NOTE_KEY] = note

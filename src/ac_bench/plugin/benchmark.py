@@ -8,6 +8,8 @@ pyproject.toml, tox.ini), and another version that lacks them fails once with on
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -23,6 +25,8 @@ PYTEST_BENCHMARK_DEFAULT_TIMER = "time.perf_counter"
 SESSION_ATTRIBUTES = ("compared_mapping", "compare", "compare_fail", "storage", "save", "autosave", "json",
                       "benchmarks", "get_machine_info", "save_json")
 TESTED_VERSION = "5.3.1"
+#: The folders of the file storage that did not exist before pytest-benchmark made them.
+UNSAVED_FOLDERS_KEY = pytest.StashKey[list]()
 
 
 def active(config: pytest.Config) -> bool:
@@ -63,8 +67,35 @@ def configure_storage_and_timer(config: pytest.Config) -> None:
         option.benchmark_storage = f"file://{storage}"
     else:
         option.benchmark_storage = option.benchmark_storage.rstrip("/") + f"/{key}"
+    config.stash[UNSAVED_FOLDERS_KEY] = missing_folders(option.benchmark_storage)
     if option.benchmark_timer == PYTEST_BENCHMARK_DEFAULT_TIMER:
         option.benchmark_timer = timer_name(selected_device(config))
+
+
+def missing_folders(storage: str) -> list[Path]:
+    """The folders of a ``file://`` storage (or a bare path, which pytest-benchmark reads as one)
+    that do not exist yet, deepest first; ``[]`` for another kind of storage."""
+    if "://" in storage and not storage.startswith("file://"):
+        return []
+    folder = Path(storage.removeprefix("file://")).absolute()
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def remove_empty_storage(config: pytest.Config) -> None:
+    """pytest-benchmark's file storage makes its folder when it is opened (``FileStorage.__init__``,
+    at configure time), whether or not anything will be saved; the folders it made are removed
+    again while empty, after it has read the stored runs. Saving makes them again
+    (``FileStorage.get``), so a timing key's folder exists only once a run was saved into it
+    (--benchmark-save, --benchmark-autosave)."""
+    for folder in config.stash.get(UNSAVED_FOLDERS_KEY, []):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (another process saved meanwhile) or already gone: keep the rest
+            break
 
 
 def drop_compare_fail_without_history(config: pytest.Config) -> str | None:
