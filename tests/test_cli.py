@@ -244,7 +244,7 @@ def test_a_compare_against_another_generation_of_this_processor_is_refused_in_on
     stored = tmp_path / "other-generation.json"
     stored.write_text(json.dumps(data))
     result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
-                        "-q", "--baselines-dir", str(tmp_path / "baselines"), f"--benchmark-compare={stored}")
+                        "-q", "--baselines-dir", str(tmp_path), f"--benchmark-compare={stored}")
     assert result.returncode == 4, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if "--benchmark-compare:" in line]
     assert len(lines) == 1 and f"(family {other['family']}, model {other['model']}), this run on" in lines[0], result.stderr
@@ -282,6 +282,7 @@ def test_timing_storage_is_kept_per_device_key(tmp_path):
     run that saves nothing (compared or not) leaves no folder behind."""
     common = ["bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny", "-q",
               "--baselines-dir", str(tmp_path / "baselines")]
+    (tmp_path / "baselines").mkdir()  # it must exist where nothing is saved into it
     unsaved = run_pytest(*common, "--benchmark-compare")
     assert unsaved.returncode == 0 and "Can't compare" in unsaved.stdout + unsaved.stderr, unsaved.stdout + unsaved.stderr
     assert not (tmp_path / "baselines" / "cpu" / "timing").exists(), sorted((tmp_path / "baselines").rglob("*"))
