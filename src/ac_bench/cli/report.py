@@ -61,17 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
         description=sweep_cli.DESCRIPTION, epilog=sweep_cli.EPILOG))
     plan_cli.add_arguments(sub.add_parser(
         "plan", help="the cheapest checkpointing plan that fits a memory budget, and its plot",
-        description=plan_cli.__doc__))
+        description=plan_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     frontier_cli.add_arguments(sub.add_parser(
         "frontier", help="the MILP planner's per-block plans at a dozen budgets against torch.compile's budget sweep and sac",
-        description=frontier_cli.__doc__))
+        description=frontier_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     scale_cli.add_arguments(sub.add_parser(
         "scale", help="per-rank peak against world size for Llama 3 8B/70B/405B and Qwen3 8B/14B, and which policy "
                       "fits 40/80/141 GiB",
-        description=scale_cli.__doc__))
+        description=scale_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     libraries_cli.add_arguments(sub.add_parser(
         "libraries", help="the suite's policies next to gradient_checkpointing_enable on Llama-3-8B and Qwen3-8B shapes",
-        description=libraries_cli.__doc__))
+        description=libraries_cli.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
