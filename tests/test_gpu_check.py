@@ -72,6 +72,18 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, setup, args, message):
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+def test_a_relative_outdir_is_the_callers_not_the_repositorys(tmp_path):
+    """``scripts/gpu-check relout --summary-only`` run from another folder writes there (it made
+    ``relout/`` in the repository before, since the script runs in the repository)."""
+    (tmp_path / "relout").mkdir()
+    shutil.copy(RECORDED, tmp_path / "relout" / "gpu.json")
+    result = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check"), "relout", "--summary-only"],
+                            capture_output=True, text=True, cwd=tmp_path, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr
+    assert "NVIDIA H200" in (tmp_path / "relout" / "summary.txt").read_text()
+    assert not (ROOT / "relout").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
 def test_without_cuda_it_says_so(tmp_path, capsys):
     assert main([str(tmp_path / "out")]) == 2

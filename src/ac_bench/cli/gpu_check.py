@@ -20,8 +20,8 @@ On a machine with one CUDA GPU and a CUDA torch already installed it runs, in th
 6. ``OUTDIR/summary.txt``: per variant the CUDA measurement against the CPU's fake-tensor
    estimate (the committed ``baselines/cpu/figures.json``), the time/FLOP ratios, the outcome
    of each step.
-It runs in the repository (``--repo``, default the current folder: scripts/gpu-check starts
-there), whose ``bench/`` holds the benchmark. It exits non-zero when any step failed, after
+It runs in the repository (``--repo``, default the current folder: scripts/gpu-check gives its
+own; a relative OUTDIR is read from the folder it is run in), whose ``bench/`` holds the benchmark. It exits non-zero when any step failed, after
 writing the summary. ``--summary-only`` rewrites
 the summary from an existing ``OUTDIR/gpu.json`` (no GPU needed; the self-tests use it).
 """
@@ -144,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--summary-only", action="store_true",
                         help="only rewrite OUTDIR/summary.txt from an existing OUTDIR/gpu.json (no GPU needed)")
     args = parser.parse_args(argv)
-    out: Path = args.outdir
+    out: Path = args.outdir.absolute()  # the steps run in --repo: a relative OUTDIR is the caller's
     try:
         if out.exists() and not out.is_dir():
             raise CheckError(f"{out} exists and is not a folder; give a folder to write into")
