@@ -19,6 +19,7 @@ from ac_bench.scale import (
     extrapolation_depths,
     nothing_fits_line,
     plan_at_scale,
+    plan_lines,
 )
 
 NO_MP = dict(mp_param_dtype=None, mp_reduce_dtype=None)
@@ -89,6 +90,11 @@ def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_w
     assert plan.chosen == "full" and plan.fitting() == ["full"]
     plan.budget_bytes = none
     assert plan.chosen == "none", "with both fitting, the one that recomputes nothing"
+    # The table's unit is the largest its peaks fill (tiny's peaks were all "0.00 GiB" before).
+    unit = "MiB" if none >= 2 ** 20 else "KiB"
+    text = "\n".join(plan_lines(plan))
+    assert f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {none / GIB:g} GiB |" in text, text
+    assert f"| none | {none / 2 ** (20 if unit == 'MiB' else 10):.2f} | yes |" in text, text
     w4 = estimate_rank(tiny, "full-sdpa", ShardedSetup(4, **NO_MP)).peak_bytes
     w8 = estimate_rank(tiny, "full-sdpa", ShardedSetup(8, **NO_MP)).peak_bytes
     assert w8 < w4 < full, (full, w4, w8)

@@ -565,20 +565,24 @@ def describe_setup(model: Flavor, setup: ShardedSetup) -> str:
 
 
 def plan_lines(plan: ScalePlan) -> list[str]:
-    """The plan as printed: the setup, the answer, then one table row per policy. Bytes in GiB,
-    or in MiB for a budget under 1 GiB; FLOPs in TFLOP, or GFLOP where ``none``'s step is under one."""
-    unit, size = ("GiB", GIB) if plan.budget_bytes >= GIB else ("MiB", 2 ** 20)
-    funit, fsize = ("TFLOP", 1e12) if plan.records["none"].flops >= 1e12 else ("GFLOP", 1e9)
-    budget = plan.budget_bytes / size
+    """The plan as printed: the setup, the answer, then one table row per policy. Bytes in the
+    largest of GiB, MiB, KiB and B that the largest peak fills, so a small model's table is not
+    all 0.00 GiB; FLOPs in TFLOP, GFLOP or MFLOP by ``none``'s step;
+    the budget as given, in GiB."""
+    largest = max(r.peak_bytes for r in plan.records.values())
+    unit, size = next(((u, n) for u, n in (("GiB", GIB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)) if largest >= n), ("B", 1))
+    none_flops = plan.records["none"].flops
+    funit, fsize = next(((u, n) for u, n in (("TFLOP", 1e12), ("GFLOP", 1e9)) if none_flops >= n), ("MFLOP", 1e6))
+    budget_text = f"{plan.budget_bytes / GIB:g} GiB"
     lines = [describe_setup(plan.model, plan.setup), ""]
     chosen = plan.chosen
     if chosen is not None:
         r = plan.records[chosen]
-        lines.append(f"plan: {chosen} fits {budget:g} {unit} per GPU: per-rank peak {r.peak_bytes / size:.2f} {unit}, "
+        lines.append(f"plan: {chosen} fits {budget_text} per GPU: per-rank peak {r.peak_bytes / size:.2f} {unit}, "
                      f"margin {(plan.budget_bytes - r.peak_bytes) / size:.2f} {unit}, recomputes "
                      f"{plan.recompute_flops(chosen) / fsize:.1f} {funit} per step and rank "
                      f"({plan.recompute_flops(chosen) / plan.records['none'].flops:+.1%} over none)")
-    lines += ["", f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {budget:g} {unit} | margin {unit} | "
+    lines += ["", f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {budget_text} | margin {unit} | "
               f"recompute {funit} | resident {unit} | kept at end of forward {unit} |",
               "| --- | ---: | :---: | ---: | ---: | ---: | ---: |"]
     for name, r in sorted(plan.records.items(), key=lambda kv: kv[1].peak_bytes):
