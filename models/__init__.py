@@ -3,7 +3,15 @@ user's own), their flavors, and the checkpointing policies."""
 
 import ac_bench.models.ac as ac
 from ac_bench.models.ac import *  # noqa: F403  (the policies: ac.__all__, listed once there)
-from ac_bench.models.families import FAMILIES, Family, build_model, family_of, load_family_spec, register_family
+from ac_bench.models.families import (
+    FAMILIES,
+    Family,
+    build_model,
+    family_of,
+    load_family_spec,
+    register_family,
+    user_family_failure,
+)
 from ac_bench.models.transformer import (
     ATTENTIONS,
     FLAVORS,
@@ -35,6 +43,7 @@ __all__ = [
     "family_of",
     "get_flavor",
     "load_family_spec",
+    "user_family_failure",
     "loss_fn",
     "register_family",
     "resolve_dtype",

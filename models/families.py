@@ -233,4 +233,27 @@ def load_family_spec(spec: str) -> Family | tuple[Family, ...]:
         registered = tuple(register_family(family) for family in families)
     except ValueError as exc:
         raise ValueError(f"--model-spec {spec!r}: {exc}") from None
+    if getattr(module, "__file__", None) and not module_name.startswith(("ac_bench.", "models.")):
+        USER_SPEC_FILES[os.path.realpath(module.__file__)] = spec
     return registered if isinstance(found, tuple) else registered[0]
+
+
+#: The files of the user's ``--model-spec`` modules loaded in this process (not the suite's own
+#: ``ac_bench.models.hf``/``titan``), each with its spec: ``user_family_failure`` reads them.
+USER_SPEC_FILES: dict[str, str] = {}
+
+
+def user_family_failure(exc: BaseException) -> str | None:
+    """One line for an exception raised in a user's ``--model-spec`` module (a forward whose
+    shapes do not agree, say), naming the spec, the line of the family's code and the error;
+    None where no frame of the traceback is in such a module (the suite's own bug: a traceback)."""
+    import traceback
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if os.path.realpath(f.filename) in USER_SPEC_FILES]
+    if not frames:
+        return None
+    frame = frames[-1]
+    text = " ".join(str(exc).split())
+    text = text if len(text) <= 300 else text[:300] + "..."
+    return (f"--model-spec {USER_SPEC_FILES[os.path.realpath(frame.filename)]!r}: the family's code raised "
+            f"{type(exc).__name__} at {os.path.basename(frame.filename)}:{frame.lineno} ({frame.line}): {text}; "
+            f"fix the family (docs/extending.md, \"A model family\")")

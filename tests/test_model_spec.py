@@ -217,3 +217,19 @@ def test_plan_at_scale_takes_a_model_spec(registries_restored, capsys, tmp_path)
     assert out.startswith(f"{FLAVOR} (3 layers, hidden 64, 4 heads), FSDP2 over 8 ranks"), out
     assert "\nplan: " in out and "| none |" in out and "| full |" in out, out
     assert f"--model-spec {SPEC} --flavor {FLAVOR} --world-size 8 --budget-gib 0.002" in markdown.read_text()
+
+
+def test_a_family_whose_forward_raises_is_one_line_naming_its_line(tmp_path):
+    """``plan --model-spec`` of a family that builds but whose forward cannot run (5 heads of a
+    width of 64: the view does not fit): one line naming the spec, the family's file and line,
+    and the error (a 90-line traceback before)."""
+    source = (ROOT / "examples" / "my_family.py").read_text()
+    (tmp_path / "bad_forward.py").write_text(source.replace("n_heads=4", "n_heads=5"))
+    result = subprocess.run([sys.executable, "-m", "ac_bench.report", "plan", "--model-spec", "bad_forward:SPEC",
+                             "--budget-gib", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert lines[0].startswith("python -m ac_bench.report plan: error: --model-spec 'bad_forward:SPEC': the family's "
+                               "code raised RuntimeError at bad_forward.py:25 (q, k, v = self.qkv(x).view("), lines[0]
+    assert "shape '[1, 128, 3, 5, 12]' is invalid" in lines[0] and lines[0].endswith('"A model family")'), lines[0]

@@ -163,8 +163,10 @@ def load_run(path: str | Path) -> Run:
 
 
 def exit_status(name: str, command: Callable[[], None]) -> int:
-    """Run a command; unusable input or an unwritable output file is one line on stderr,
-    ``{name}: error: ...``, and exit status 2 (no traceback)."""
+    """Run a command; unusable input, an unwritable output file, a step larger than this
+    machine's memory, or an exception raised in a user's ``--model-spec`` module is one line on
+    stderr, ``{name}: error: ...``, and exit status 2 (no traceback). Any other exception is the
+    suite's bug and keeps its traceback."""
     try:
         command()
     except ReportInputError as exc:
@@ -173,13 +175,20 @@ def exit_status(name: str, command: Callable[[], None]) -> int:
     except OSError as exc:  # writing --markdown / --plot
         print(f"{name}: error: {exc.filename}: cannot write: {exc.strerror}", file=sys.stderr)
         return 2
-    except (MemoryError, RuntimeError) as exc:
+    except Exception as exc:
         # A step on real tensors larger than this machine (plan --flavor small --seq-len 1000000):
-        # the allocator's own message, on one line, and what to change; anything else is a bug.
+        # the allocator's own message, on one line, and what to change.
         text = " ".join(str(exc).split())
-        if not isinstance(exc, MemoryError) and "can't allocate memory" not in text and "out of memory" not in text:
+        if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and (
+                "can't allocate memory" in text or "out of memory" in text)):
+            print(f"{name}: error: out of memory measuring a step ({text[:200] or type(exc).__name__}); give a "
+                  f"shorter --seq-len or a smaller --batch, or a flavor traced on fake tensors (seed)", file=sys.stderr)
+            return 2
+        # Raised in a user's --model-spec module: theirs to fix, in one line. Anything else is a bug.
+        from ac_bench.models import user_family_failure
+        line = user_family_failure(exc)
+        if line is None:
             raise
-        print(f"{name}: error: out of memory measuring a step ({text[:200] or type(exc).__name__}); give a shorter "
-              f"--seq-len or a smaller --batch, or a flavor traced on fake tensors (seed)", file=sys.stderr)
+        print(f"{name}: error: {line}", file=sys.stderr)
         return 2
     return 0
