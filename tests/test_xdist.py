@@ -76,3 +76,17 @@ def test_n_auto_counts_gpus_on_cuda(monkeypatch, device, visible, workers):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
     config = type("Config", (), {"getoption": lambda self, name: {"--device": device}[name]})()
     assert xdist.auto_num_workers(config) == workers, f"--device {device}, GPUs {visible!r}"
+
+
+def test_a_shared_launch_is_one_work_unit_by_module_or_by_function():
+    """``ac_bench_shared_launch_modules``: a module's tests, or one function's parameters, form one
+    unit (each worker that ran one of the 4-rank tests launched its own 4 ranks before); a case's
+    tests form one unit across modules; anything else is left to the scheduler."""
+    from ac_bench.cases import xdist_scope
+    shared = ("bench/test_distributed.py", "bench/test_scale.py::test_w4")
+    assert xdist_scope("bench/test_distributed.py::test_x[cpu-tiny-w2-full-sdpa]", shared) == "bench/test_distributed.py"
+    assert {xdist_scope(f"bench/test_scale.py::test_w4[cpu-tiny-w4-{v}]", shared)
+            for v in ("none-eager", "full-sdpa")} == {"bench/test_scale.py::test_w4"}
+    assert xdist_scope("bench/test_scale.py::test_other[cpu-small-full-sdpa]", shared) == "cpu-small-full-sdpa"
+    assert xdist_scope("bench/test_memory.py::test_record[cpu-small-full-sdpa]", shared) == "cpu-small-full-sdpa"
+    assert xdist_scope("tests/test_cli.py::test_plain", shared) is None

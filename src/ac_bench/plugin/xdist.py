@@ -46,7 +46,8 @@ def auto_num_workers(config: pytest.Config) -> int | None:
 def add_ini(parser: pytest.Parser) -> None:
     """``SHARED_LAUNCH_INI``: read on the controller, which collects no tests."""
     parser.addini(SHARED_LAUNCH_INI, type="linelist", default=[],
-                  help="test modules (paths relative to the rootdir) whose tests pytest-xdist runs on one worker")
+                  help="test modules (paths relative to the rootdir), or path::function, whose tests pytest-xdist "
+                       "runs on one worker")
 
 
 def make_scheduler(config: pytest.Config, log):
