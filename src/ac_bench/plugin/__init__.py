@@ -55,6 +55,7 @@ GATE_KEY = pytest.StashKey[BaselineGate]()
 WRITTEN_KEY = pytest.StashKey[list]()
 SDPA_BACKEND_KEY = pytest.StashKey[contextlib.ExitStack]()
 HISTORY_NOTE_KEY = pytest.StashKey[str]()
+COMPARED_NOTHING_KEY = pytest.StashKey[str]()
 
 MARKERS = (
     "real_tensors: needs real compute; not run for flavors that are only estimated on this device (seed on the CPU)",
@@ -228,12 +229,22 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
         store = config.stash[STORE_KEY]
         if not xdist.hand_to_controller(config, store.local_json(), store.time_ratios):
             benchmark.write_json_without_timings(config, store.as_json())
+    nothing = benchmark.compared_nothing(config) if benchmark.active(config) else None
+    if nothing:
+        config.stash[COMPARED_NOTHING_KEY] = nothing
+        bs = getattr(config, "_benchmarksession", None)
+        if bs is not None and bs.compare_fail:  # a gate that checked no figure fails, it does not pass
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
     return (yield)
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     if HISTORY_NOTE_KEY in config.stash:
         terminalreporter.write_line(config.stash[HISTORY_NOTE_KEY], yellow=True)
+    if COMPARED_NOTHING_KEY in config.stash:
+        failed = bool(getattr(getattr(config, "_benchmarksession", None), "compare_fail", None))
+        terminalreporter.write_line(f"{'ERROR' if failed else 'note'}: {config.stash[COMPARED_NOTHING_KEY]}",
+                                    red=failed, yellow=not failed)
     if GATE_KEY in config.stash:
         for line in config.stash[GATE_KEY].repairs:
             terminalreporter.write_line(f"baselines repaired: {line}")

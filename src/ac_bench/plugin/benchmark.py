@@ -116,6 +116,25 @@ def drop_compare_fail_without_history(config: pytest.Config) -> str | None:
     return None
 
 
+def compared_nothing(config: pytest.Config) -> str | None:
+    """Why the timing comparison compared nothing, or None: ``--benchmark-compare`` loaded a
+    stored run (by default the newest) that holds none of the benchmarks this run timed, say a
+    run of other tests or another flavor, so ``--benchmark-compare-fail`` would pass with no
+    figure checked. Read after the benchmarks ran (``pytest_sessionfinish``)."""
+    bs = _session(config)
+    if bs is None or not bs.compared_mapping:
+        return None
+    ran = [b.fullname for b in bs.benchmarks if b]
+    stored = {name for mapping in bs.compared_mapping.values() for name in mapping}
+    if not ran or any(name in stored for name in ran):
+        return None
+    paths = ", ".join(str(Path(p).name) for p in bs.compared_mapping)
+    return (f"--benchmark-compare: the stored run {paths} holds none of the {len(ran)} benchmark"
+            f"{'s' * (len(ran) > 1)} this run timed (e.g. {ran[0].rsplit('/', 1)[-1]}), so nothing was compared"
+            f"{' and --benchmark-compare-fail checked nothing' if bs.compare_fail else ''}; compare against a run "
+            f"of these tests (--benchmark-compare=NNNN, its number in {bs.storage}), or save one (--benchmark-save NAME)")
+
+
 def write_json_without_timings(config: pytest.Config, records: list[dict]) -> None:
     """pytest-benchmark writes no --benchmark-json when no benchmark ran (only estimated
     flavors, --benchmark-skip, or xdist, which disables benchmarks); the measurements still
