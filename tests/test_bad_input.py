@@ -130,6 +130,7 @@ REPORT_CASES = [
     (["table", "RUN", "--plot", "FILE/pareto.png"], "is a file, not a folder"),
     (["table", "RUN", "--plot", ""], "is a folder, not a file"),
     (["table", "RUN", "--plot", "DIR/pareto.jpg"], "the plot is a PNG; give a file name ending in .png"),
+    (["table", "RUN", "--markdown", "-"], "--markdown -: give a file name (the tables are printed on stdout already)"),
     (["table", "RUN", "--markdown", "/dev/full"], "/dev/full is not a regular file; give a file name"),
     # A mistyped command is not read as a run to table (it said "plna: no such file" before).
     (["plna", "--flavor", "seed"], "'plna' is neither a command nor a file; did you mean 'plan'?"),

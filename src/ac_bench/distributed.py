@@ -422,8 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             if stale:
                 print(f"ac_bench.distributed: note: {', '.join(p.name for p in stale)} in {args.out} "
                       f"{'are' if len(stale) > 1 else 'is'} from an earlier launch with more ranks, kept as "
-                      f"{'they were' if len(stale) > 1 else 'it was'}; this launch's are rank0.json to "
-                      f"rank{world_size - 1}.json and {RECORDS_FILE}", flush=True)
+                      f"{'they were' if len(stale) > 1 else 'it was'}; this launch's are "
+                      f"{'rank0.json' if world_size == 1 else f'rank0.json to rank{world_size - 1}.json'} and "
+                      f"{RECORDS_FILE}", flush=True)
         dist.barrier()
     finally:
         dist.destroy_process_group()

@@ -560,7 +560,7 @@ def describe_setup(model: Flavor, setup: ShardedSetup) -> str:
     description = family_of(model).description
     return (f"{model.name} ({description + '; ' if description else ''}{model.depth} layers, hidden {model.d_model}, "
             f"{model.n_heads} heads{f', {model.n_kv_heads} KV heads' if model.n_kv_heads else ''}), FSDP2 over {setup.world_size} "
-            f"ranks, per-rank batch {model.batch}, sequence {model.seq_len}, {mp}, reshard_after_forward "
+            f"rank{'s' * (setup.world_size > 1)}, per-rank batch {model.batch}, sequence {model.seq_len}, {mp}, reshard_after_forward "
             f"{setup.reshard_after_forward}, AdamW")
 
 

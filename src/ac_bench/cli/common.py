@@ -25,6 +25,8 @@ def check_output_files(**paths: Path | None) -> None:
     for option, path in paths.items():
         if path is not None:
             problem = file_problem(Path(path))
+            if str(path) == "-":  # not stdout: it wrote a file named "-"
+                problem = "give a file name (the tables are printed on stdout already)"
             if not problem and option == "plot" and Path(path).suffix.lower() != ".png":
                 problem = "the plot is a PNG; give a file name ending in .png"  # it wrote PNG bytes as x.jpg
             if problem:
