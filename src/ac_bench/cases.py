@@ -152,7 +152,7 @@ def _one_line(exc: BaseException, limit: int = 300) -> str:
 def xdist_scope(nodeid: str, shared_modules: tuple[str, ...] = ()) -> str | None:
     """The pytest-xdist work unit of a test: the module, for a module in ``shared_modules``
     (whose tests share one expensive launch), or the function, for ``path::function`` there (its
-    parameters share one, as the 4-rank launch of ``bench/test_scale.py``); the case id
+    parameters share one, a launch of several ranks); the case id
     (``cpu-small-full-sdpa``) for a test parametrized by a case, so that every module's tests of
     one variant run on one worker, which measures it once; None otherwise (the scheduler's default)."""
     path, _, rest = nodeid.partition("::")
