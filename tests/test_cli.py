@@ -212,14 +212,19 @@ def test_committed_cpu_timing_history_is_filed_by_its_processor_model():
         assert (run.parent.parent.name == "wall-clock-2-threads") == (timers == {"device_synchronized_timer"}), run
 
 
+def _compare_against(stored, baselines) -> subprocess.CompletedProcess:
+    """tiny's none-sdpa step timed and compared against the stored run ``stored``."""
+    return run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
+                      "-q", "--baselines-dir", str(baselines), f"--benchmark-compare={stored}")
+
+
 def test_a_compare_against_another_processors_run_is_refused_in_one_line(tmp_path):
     """The whole command line: --benchmark-compare against a stored run of another processor
     model stops with one line saying so, no traceback."""
     data = json.loads(next((ROOT / "baselines" / "cpu" / "timing").glob("intel-*/**/0*.json")).read_text())
     stored = tmp_path / "intel.json"
     stored.write_text(json.dumps(data))
-    result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
-                        "-q", "--baselines-dir", str(tmp_path), f"--benchmark-compare={stored}")
+    result = _compare_against(stored, tmp_path)
     assert result.returncode == 4, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if "--benchmark-compare:" in line]
     assert len(lines) == 1 and "CPU timings of different processor models are not comparable" in lines[0], result.stderr
@@ -228,8 +233,7 @@ def test_a_compare_against_another_processors_run_is_refused_in_one_line(tmp_pat
     del cpu["family"], cpu["model"]
     cpu.update(brand_raw=processor_name(), **processor_generation())
     stored.write_text(json.dumps(data))
-    result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
-                        "-q", "--baselines-dir", str(tmp_path), f"--benchmark-compare={stored}")
+    result = _compare_against(stored, tmp_path)
     assert result.returncode == 4 and "different clocks are not comparable" in result.stderr, result.stderr
     assert "Traceback" not in result.stdout + result.stderr
 
@@ -243,8 +247,7 @@ def test_a_compare_against_another_generation_of_this_processor_is_refused_in_on
     data["machine_info"]["torch"].update(processor=processor_name(), processor_generation=other)
     stored = tmp_path / "other-generation.json"
     stored.write_text(json.dumps(data))
-    result = run_pytest("bench/test_speed.py", "-k", "training_step and none-sdpa", "--device", "cpu", "--flavor", "tiny",
-                        "-q", "--baselines-dir", str(tmp_path), f"--benchmark-compare={stored}")
+    result = _compare_against(stored, tmp_path)
     assert result.returncode == 4, result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if "--benchmark-compare:" in line]
     assert len(lines) == 1 and f"(family {other['family']}, model {other['model']}), this run on" in lines[0], result.stderr

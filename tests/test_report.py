@@ -356,6 +356,20 @@ def _after(data: dict) -> tuple[dict, dict[tuple[str, str], tuple[tuple[float, f
     return after, expected
 
 
+def test_runs_that_share_no_variant_say_nothing_could_move(tmp_path, capsys):
+    """small's records against seed's (an empty "moved" table and no word about it before)."""
+    def only(flavor):
+        data = raw()
+        data["measurements"] = [r for r in data["measurements"] if r["flavor"] == flavor]
+        data["benchmarks"] = [b for b in data["benchmarks"] if b.get("extra_info", {}).get("flavor") == flavor]
+        return write(tmp_path / f"{flavor}.json", data)
+    assert main([str(only("small")), str(only("seed"))]) == 0
+    out = capsys.readouterr().out
+    assert "The runs share no variant of one flavor and device, so nothing could move" in out, out[-2000:]
+    assert main([str(RUN), str(RUN.with_name(RUN.name))]) == 2  # the same file twice is refused, as before
+    capsys.readouterr()
+
+
 def test_before_after_plot_connects_moved_points(tmp_path, capsys):
     after, expected = _after(raw())
     after_path = write(tmp_path / "after.json", after)

@@ -230,9 +230,13 @@ def moves_table(runs: Sequence[Run]) -> Table:
                   f"{_speed_text(m.start[1], axes[(m.flavor, m.device_key)])} -> "
                   f"{_speed_text(m.end[1], axes[(m.flavor, m.device_key)])}")
                  for m in run_moves(runs))
+    def keys(run: Run) -> set[tuple]:
+        return {(e.record.flavor, e.record.device_key, e.record.variant) for e in run.entries}
+    shared = any(keys(a) & keys(b) for a, b in zip(runs, runs[1:]))
+    notes = ("Speed as plotted: median step time where both runs are timed, else FLOP overhead.",) if shared else (
+        "The runs share no variant of one flavor and device, so nothing could move: compare runs of the same tests.",)
     return Table("Moved between runs", ("group", "variant", "peak MiB", "time or FLOP overhead"), rows,
-                 notes=("Speed as plotted: median step time where both runs are timed, else FLOP overhead.",),
-                 left=2)
+                 notes=notes, left=2)
 
 
 def report_text(runs: Sequence[Run], markdown: bool) -> str:
