@@ -421,7 +421,8 @@ def launch_differences(estimated: Measurement, launched: Measurement) -> list[st
     ``ac_bench.distributed.PEAK_METRICS``, which the real rank may exceed by FSDP's transient
     buffers of one block (``ac_bench.analytic.fsdp_unsharded_peak_bytes``, bytes) and not
     undercut; the breakdown at the peak, whose categories other than FSDP's transient ones
-    (``ac_bench.probes.memory.FSDP_TRANSIENT``) and ``temporaries`` must be equal (temporaries
+    (``ac_bench.probes.memory.FSDP_TRANSIENT``) and ``temporaries`` may differ by at most that
+    bound in all (gloo's timing can move the launch's peak to a neighbouring moment; temporaries
     within the same bound: the peak moves with them; ``fsdp_unit_bytes`` is the bound); and ``backward_ops``, which the launch
     may exceed by one op per layer and one for the root (gloo's reduce-scatter dispatches an op
     on the calling thread that the fake process group does not: 3 more at ``tiny``, 3 layers,
@@ -458,7 +459,12 @@ def launch_differences(estimated: Measurement, launched: Measurement) -> list[st
     steady = {k: v for k, v in (launched.breakdown or {}).items() if k not in FSDP_TRANSIENT}
     steady_est = {k: v for k, v in (estimated.breakdown or {}).items() if k not in FSDP_TRANSIENT}
     over = steady.pop("temporaries", 0) - steady_est.pop("temporaries", 0)
-    if steady != steady_est or not 0 <= over <= bound:
+    # gloo's timing can put the launch's peak at a neighbouring moment (its FSDP buffers freed a
+    # little later), where one activation more or less is alive: tiny-w2-every_3-eager's rank 1
+    # once had 4,096 B more activations at its peak (2026-11-30, one clean-clone run in three).
+    # Categories may then differ, by at most one block's FSDP buffers in all.
+    shifted = sum(abs(steady.get(k, 0) - steady_est.get(k, 0)) for k in {*steady, *steady_est})
+    if shifted > bound or not 0 <= over <= bound:
         problems.append(f"{where}: the breakdown at the peak, FSDP's transient buffers left out, launched {steady}, "
                         f"estimated {steady_est}")
     return problems
