@@ -9,6 +9,7 @@ from ac_bench.models.families import (
     build_model,
     family_of,
     load_family_spec,
+    load_family_specs,
     register_family,
     user_family_failure,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "family_of",
     "get_flavor",
     "load_family_spec",
+    "load_family_specs",
     "user_family_failure",
     "loss_fn",
     "register_family",

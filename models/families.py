@@ -238,6 +238,17 @@ def load_family_spec(spec: str) -> Family | tuple[Family, ...]:
     return registered if isinstance(found, tuple) else registered[0]
 
 
+def load_family_specs(specs) -> list[tuple[str, Family]]:
+    """Each family the ``--model-spec`` values ``specs`` name, registered, with the spec that
+    loaded it, in order (a tuple such as ``ac_bench.models.hf:ALL`` gives one pair per family).
+    A ValueError (one line, from ``load_family_spec``) for the first spec that does not load."""
+    pairs = []
+    for spec in specs:
+        loaded = load_family_spec(spec)
+        pairs += [(spec, family) for family in (loaded if isinstance(loaded, tuple) else (loaded,))]
+    return pairs
+
+
 #: The files of the user's ``--model-spec`` modules loaded in this process (not the suite's own
 #: ``ac_bench.models.hf``/``titan``), each with its spec: ``user_family_failure`` reads them.
 USER_SPEC_FILES: dict[str, str] = {}

@@ -53,7 +53,7 @@ from ac_bench.models import (
     Policy,
     get_flavor,
     get_policy,
-    load_family_spec,
+    load_family_specs,
     parse_variant,
     resolve_dtype,
     variant_id,
@@ -343,10 +343,7 @@ def _refuse(message: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        families = []
-        for spec in args.model_spec:
-            loaded = load_family_spec(spec)
-            families += loaded if isinstance(loaded, tuple) else [loaded]
+        families = [family for _, family in load_family_specs(args.model_spec)]
         if args.flavor is None:  # what the ranks are given too (rank_arguments)
             args.flavor = families[0].flavors[0].name if families else "tiny"
         flavor = get_flavor(args.flavor)

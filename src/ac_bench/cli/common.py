@@ -54,14 +54,10 @@ def chosen_flavor(args: argparse.Namespace):
     device). Raises ReportInputError (one line) for a spec that does not load, an unknown flavor
     name, or a family whose model does not build or has no ``blocks``."""
     from ac_bench.cases import build_problem
-    from ac_bench.models import family_of, get_flavor, load_family_spec
-    families, specs = [], {}  # the loaded families, in order; the spec that loaded each
+    from ac_bench.models import family_of, get_flavor, load_family_specs
     try:
-        for spec in args.model_spec:
-            loaded = load_family_spec(spec)
-            for family in loaded if isinstance(loaded, tuple) else (loaded,):
-                families.append(family)
-                specs[family.name] = spec
+        loaded = load_family_specs(args.model_spec)  # in order, each with the spec that loaded it
+        families, specs = [family for _, family in loaded], {family.name: spec for spec, family in loaded}
         name = args.flavor if args.flavor is not None else (families[0].flavors[0].name if families
                                                             else args.flavor_default)
         flavor = get_flavor(name)

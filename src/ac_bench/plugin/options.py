@@ -9,7 +9,7 @@ import pytest
 
 from ac_bench.cases import DEFAULT_FLAVORS, DEVICES, build_problem, parse_flavor_list
 from ac_bench.gate.baselines import DEFAULT_BASELINES_DIR
-from ac_bench.models import FLAVORS, family_of, load_family_spec
+from ac_bench.models import FLAVORS, family_of, load_family_specs
 from ac_bench.outputs import file_problem, folder_problem
 from ac_bench.probes.attention import SDPA_BACKENDS
 from ac_bench.probes.device import cuda_available, device_key, timing_key
@@ -93,14 +93,10 @@ def accept_options(config: pytest.Config) -> tuple[str, ...]:
 def loaded_families(config: pytest.Config) -> list:
     """The families named by --model-spec, registered (once per process); a bad spec is a
     one-line usage error."""
-    families = []
-    for spec in config.getoption("--model-spec"):
-        try:
-            loaded = load_family_spec(spec)
-            families.extend(loaded if isinstance(loaded, tuple) else (loaded,))
-        except ValueError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    return families
+    try:
+        return [family for _, family in load_family_specs(config.getoption("--model-spec"))]
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def check_family_builds(config: pytest.Config) -> None:
