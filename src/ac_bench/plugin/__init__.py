@@ -232,8 +232,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
     nothing = benchmark.compared_nothing(config) if benchmark.active(config) else None
     if nothing:
         config.stash[COMPARED_NOTHING_KEY] = nothing
-        bs = getattr(config, "_benchmarksession", None)
-        if bs is not None and bs.compare_fail:  # a gate that checked no figure fails, it does not pass
+        if benchmark.compare_fails(config):  # a gate that checked no figure fails, it does not pass
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
     return (yield)
 
@@ -242,7 +241,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     if HISTORY_NOTE_KEY in config.stash:
         terminalreporter.write_line(config.stash[HISTORY_NOTE_KEY], yellow=True)
     if COMPARED_NOTHING_KEY in config.stash:
-        failed = bool(getattr(getattr(config, "_benchmarksession", None), "compare_fail", None))
+        failed = benchmark.compare_fails(config)
         terminalreporter.write_line(f"{'ERROR' if failed else 'note'}: {config.stash[COMPARED_NOTHING_KEY]}",
                                     red=failed, yellow=not failed)
     if GATE_KEY in config.stash:

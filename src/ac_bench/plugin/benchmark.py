@@ -116,6 +116,12 @@ def drop_compare_fail_without_history(config: pytest.Config) -> str | None:
     return None
 
 
+def compare_fails(config: pytest.Config) -> bool:
+    """Whether --benchmark-compare-fail is in force (a threshold pytest-benchmark will check)."""
+    bs = _session(config)
+    return bool(bs is not None and bs.compare_fail)
+
+
 def compared_nothing(config: pytest.Config) -> str | None:
     """Why the timing comparison compared nothing, or None: ``--benchmark-compare`` loaded a
     stored run (by default the newest) that holds none of the benchmarks this run timed, say a
