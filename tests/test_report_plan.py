@@ -20,6 +20,13 @@ def test_plan_command_prints_the_plan_and_writes_plot_and_markdown(tmp_path, cap
     assert status == 0, out
     assert out.startswith("plan: tiny eager, budget 0.001 GiB") and "cheaper per byte saved:" in out
     assert "; measured peak " in out.splitlines()[0], out  # tiny steps real tensors
+    # Each table in the units its largest figure fills: tiny's peaks are under 1 MiB, its
+    # sublayers recompute under 1 MFLOP (every row read "0.001" GiB and "0.000" GFLOP before).
+    assert "| sublayer | KiB saved | kFLOP recomputed | kFLOP per KiB saved |" in out, out
+    assert "| plan | checkpointed | predicted peak KiB | kept KiB | recompute " in out, out
+    chosen = re.search(r": (plan_a\d+_m\d+)-eager, .*predicted (\d+)\)", out.splitlines()[0])
+    row = next(line for line in out.splitlines() if line.startswith(f"| {chosen[1]} | "))
+    assert f" | {int(chosen[2]) / 1024:.3f} | " in row, (row, chosen[2])
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     text = markdown.read_text()
     assert "Regenerate: `python -m ac_bench.report plan --flavor tiny --attention eager --budget-gib 0.00075" in text
@@ -97,3 +104,18 @@ def test_a_step_larger_than_this_machine_is_one_line(capsys):
         raise RuntimeError("mat1 and mat2 shapes cannot be multiplied")
     with pytest.raises(RuntimeError, match="shapes"):
         exit_status("python -m ac_bench.report plan", bug)
+
+
+@pytest.mark.parametrize("figure,unit", [(0, "B"), (1023, "B"), (1024, "KiB"), (2 ** 20 - 1, "KiB"), (2 ** 20, "MiB"),
+                                         (2 ** 30 - 1, "MiB"), (2 ** 30, "GiB"), (2 ** 50, "GiB")])
+def test_a_table_of_bytes_is_in_the_largest_unit_its_largest_figure_fills(figure, unit):
+    from ac_bench.outputs import byte_unit
+    name, size = byte_unit(figure)
+    assert name == unit and size == {"B": 1, "KiB": 1024, "MiB": 2 ** 20, "GiB": 2 ** 30}[unit], (figure, name, size)
+
+
+@pytest.mark.parametrize("figure,unit", [(0, "FLOP"), (999, "FLOP"), (1000, "kFLOP"), (262144, "kFLOP"),
+                                         (1e6, "MFLOP"), (1e9, "GFLOP"), (989.6e12, "TFLOP"), (1e18, "TFLOP")])
+def test_a_table_of_flops_is_in_the_largest_decimal_unit_its_largest_figure_fills(figure, unit):
+    from ac_bench.outputs import flop_unit
+    assert flop_unit(figure)[0] == unit, (figure, flop_unit(figure))

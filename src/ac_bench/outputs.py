@@ -133,3 +133,19 @@ def gib_at_least(nbytes: int, decimals: int) -> str:
     ``8.204``, not ``8.203``, which is 8807904182 B once given back as ``--budget-gib``)."""
     scale = 10 ** decimals
     return f"{math.ceil(nbytes * scale / 2 ** 30) / scale:.{decimals}f}"
+
+
+def byte_unit(largest: int | float) -> tuple[str, int]:
+    """The unit a table of byte figures is printed in: the largest of GiB, MiB and KiB that its
+    ``largest`` figure (bytes) fills at least once, else B; as ``(name, bytes per unit)``. A
+    small model's table is then not all ``0.000 GiB`` (``tiny``'s peaks are 0.7 MiB)."""
+    return next(((name, size) for name, size in (("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10))
+                 if largest >= size), ("B", 1))
+
+
+def flop_unit(largest: int | float) -> tuple[str, float]:
+    """The unit a table of FLOP figures is printed in: the largest of TFLOP, GFLOP, MFLOP and
+    kFLOP (decimal, as FLOPs are counted) that ``largest`` fills at least once, else FLOP; as
+    ``(name, FLOPs per unit)``."""
+    return next(((name, size) for name, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3))
+                 if largest >= size), ("FLOP", 1.0))

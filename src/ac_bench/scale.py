@@ -46,7 +46,7 @@ from ac_bench.distributed import build_sharded_training, check_composes
 from ac_bench.metrics import METRICS
 from ac_bench.models import Flavor, Policy, get_policy, parse_variant, resolve_dtype
 from ac_bench.models.families import family_of
-from ac_bench.outputs import gib_at_least
+from ac_bench.outputs import byte_unit, flop_unit, gib_at_least
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
 from ac_bench.record import Measurement, describe_optimizer, measure_step, shape_fields
 
@@ -572,13 +572,11 @@ def describe_setup(model: Flavor, setup: ShardedSetup) -> str:
 
 def plan_lines(plan: ScalePlan) -> list[str]:
     """The plan as printed: the setup, the answer, then one table row per policy. Bytes in the
-    largest of GiB, MiB, KiB and B that the largest peak fills, so a small model's table is not
-    all 0.00 GiB; FLOPs in TFLOP, GFLOP or MFLOP by ``none``'s step;
+    unit the largest peak fills (``ac_bench.outputs.byte_unit``), so a small model's table is not
+    all 0.00 GiB; FLOPs in the unit ``none``'s step fills (``flop_unit``);
     the budget as given, in GiB."""
-    largest = max(r.peak_bytes for r in plan.records.values())
-    unit, size = next(((u, n) for u, n in (("GiB", GIB), ("MiB", 2 ** 20), ("KiB", 2 ** 10)) if largest >= n), ("B", 1))
-    none_flops = plan.records["none"].flops
-    funit, fsize = next(((u, n) for u, n in (("TFLOP", 1e12), ("GFLOP", 1e9)) if none_flops >= n), ("MFLOP", 1e6))
+    unit, size = byte_unit(max(r.peak_bytes for r in plan.records.values()))
+    funit, fsize = flop_unit(plan.records["none"].flops)
     budget_text = f"{plan.budget_bytes / GIB:g} GiB"
     lines = [describe_setup(plan.model, plan.setup), ""]
     chosen = plan.chosen

@@ -24,6 +24,7 @@ from matplotlib.figure import Figure
 
 from ac_bench.cli.common import add_flavor_arguments, check_device, check_output_files, chosen_flavor, flavor_options, gib_type, number, solver_prefix
 from ac_bench.models import ATTENTIONS, POLICIES, budget_name
+from ac_bench.outputs import byte_unit, flop_unit
 from ac_bench.planner import GIB, InfeasibleBudget, Planner
 from ac_bench.record import Measurement, measure_variant
 from ac_bench.report.load import ReportInputError
@@ -241,22 +242,29 @@ def plan_command(args: argparse.Namespace) -> None:
     except InfeasibleBudget as exc:
         raise ReportInputError(str(exc)) from None
     none = planner.measure("plan_a0_m0")
+    economics = planner.sublayer_economics()
+    # Each table in the units its largest figure fills (a tiny model's were all 0.000 GiB).
+    bunit, bsize = byte_unit(max(e["bytes_saved"] for e in economics.values()))
+    funit, fsize = flop_unit(max(e["recompute_flops"] for e in economics.values()))
     lines = [*_shape_line(args, flavor), f"plan: {plan.summary()}", "",
              f"per sublayer of one block ({args.attention}): bytes saved by checkpointing it, FLOPs recomputed",
-             "| sublayer | MiB saved | GFLOP recomputed | GFLOP per MiB saved |", "| --- | ---: | ---: | ---: |"]
-    economics = planner.sublayer_economics()
+             f"| sublayer | {bunit} saved | {funit} recomputed | {funit} per {bunit} saved |", "| --- | ---: | ---: | ---: |"]
     for sublayer, e in economics.items():
-        lines.append(f"| {sublayer} | {e['bytes_saved'] / MIB:.2f} | {e['recompute_flops'] / 1e9:.3f} | "
-                     f"{e['flops_per_mib'] / 1e9:.4f} |")
+        per = e["recompute_flops"] / fsize / (e["bytes_saved"] / bsize) if e["bytes_saved"] else math.inf
+        lines.append(f"| {sublayer} | {e['bytes_saved'] / bsize:.2f} | {e['recompute_flops'] / fsize:.3f} | {per:.4f} |")
     better = min(economics, key=lambda s: economics[s]["flops_per_mib"])
+    fitting = [c for c in plan.candidates if c.predicted_peak_bytes <= budget][:5]
+    punit, psize = byte_unit(max((c.predicted_peak_bytes for c in fitting), default=0))
+    kunit, ksize = byte_unit(max((c.kept_bytes for c in fitting), default=0))
+    runit, rsize = flop_unit(max((c.recompute_flops for c in fitting), default=0))
     lines += ["", f"cheaper per byte saved: {better}", "",
               "plans predicted to fit, cheapest first (peaks predicted from the analytic model, or from the measured "
               "regions for a family without one; the chosen one measured):",
-              "| plan | checkpointed | predicted peak GiB | kept MiB | recompute GFLOP |", "| --- | --- | ---: | ---: | ---: |"]
-    fitting = [c for c in plan.candidates if c.predicted_peak_bytes <= budget][:5]
+              f"| plan | checkpointed | predicted peak {punit} | kept {kunit} | recompute {runit} |",
+              "| --- | --- | ---: | ---: | ---: |"]
     for c in fitting:
-        lines.append(f"| {c.name} | {c.policy.describe(flavor.depth)} | {c.predicted_peak_bytes / GIB:.3f} | "
-                     f"{c.kept_bytes / MIB:.1f} | {c.recompute_flops / 1e9:.2f} |")
+        lines.append(f"| {c.name} | {c.policy.describe(flavor.depth)} | {c.predicted_peak_bytes / psize:.3f} | "
+                     f"{c.kept_bytes / ksize:.1f} | {c.recompute_flops / rsize:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text, end="")
     if args.markdown:
