@@ -362,6 +362,31 @@ def test_the_launchers_flavor_is_the_model_specs_first_unless_given(tmp_path, mo
     assert ranks[ranks.index("--flavor") + 1] == flavor, ranks
 
 
+@pytest.mark.parametrize(("ranks", "device", "cores", "note"), [
+    (2, "cpu", 2, None), (1, "cpu", 1, None), (64, "cuda", 2, None),
+    (3, "cpu", 2, "3 ranks on 2 CPU cores: they share them, so each step takes about 2 times as long"),
+    (64, "cpu", 2, "64 ranks on 2 CPU cores: they share them, so each step takes about 32 times as long"),
+    (4, "cpu", 1, "4 ranks on 1 CPU core: they share them"),
+])
+def test_more_ranks_than_cores_is_a_note_before_the_launch_not_silence(ranks, device, cores, note):
+    from ac_bench.distributed import oversubscription_note
+    said = oversubscription_note(ranks, device, cores)
+    assert (said is None) if note is None else (said or "").startswith(note), said
+
+
+def test_the_launcher_prints_the_oversubscription_note_before_starting_the_ranks(tmp_path, monkeypatch, capsys):
+    import ac_bench.distributed as distributed
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(distributed, "usable_cores", lambda: 2)
+    launched = []
+    monkeypatch.setattr(distributed, "launch_here", lambda a: launched.append(capsys.readouterr().err) or 0)
+    assert distributed.main(["--nproc-per-node", "8", "--out", str(tmp_path), "--variants", "none-sdpa"]) == 0
+    assert launched == ["ac_bench.distributed: note: 8 ranks on 2 CPU cores: they share them, so each step takes "
+                        "about 4 times as long as with a core each and nothing is printed until the first variant is "
+                        "measured; the figures are the same\n"], launched
+
+
 def test_a_rank_that_fails_under_the_modules_launcher_is_one_line_after_its_own_output(tmp_path):
     """Rank 1 raises at its second variant (a --model-spec module wraps its ``measure_sharded``):
     the rank's traceback is its own, then one line of ours naming the rank

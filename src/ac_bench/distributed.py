@@ -27,6 +27,7 @@ with the single-process run of the global batch and across policies.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import gc
 import json
@@ -371,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         return _refuse(problems[0])
     if "RANK" not in os.environ:
         if args.nproc_per_node is not None:
+            note = oversubscription_note(args.nproc_per_node, device_type, usable_cores())
+            if note:
+                print(f"ac_bench.distributed: note: {note}", file=sys.stderr, flush=True)
             return launch_here(args)
         return _refuse("launch the ranks: python -m ac_bench.distributed --nproc-per-node 2 --out DIR, or under "
                        "torchrun (torchrun --nproc-per-node 2 -m ac_bench.distributed --out DIR)")
@@ -426,6 +430,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dist.destroy_process_group()
     return 0
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def oversubscription_note(ranks: int, device_type: str, cores: int) -> str | None:
+    """The note for a CPU launch of more ranks than ``cores``: they share the cores, so it runs
+    for about ``ranks / cores`` times as long per step and prints nothing meanwhile (64 ranks on
+    2 cores were minutes of silence); memory, FLOPs and the records are the same. None where each
+    rank has a core, or on CUDA (a rank per GPU)."""
+    if device_type != "cpu" or ranks <= cores:
+        return None
+    return (f"{ranks} ranks on {cores} CPU core{'s' * (cores > 1)}: they share them, so each step takes about "
+            f"{ranks / cores:.0f} times as long as with a core each and nothing is printed until the first variant "
+            f"is measured; the figures are the same")
 
 
 def stale_rank_files(out: Path, world_size: int) -> list[Path]:
