@@ -52,6 +52,23 @@ class RecomputeReLU(Policy):
         return model
 
 
+def test_a_profilers_record_function_scope_is_no_op_of_backward():
+    """``record_function`` dispatches ``profiler._record_function_enter_new`` and
+    ``_record_function_exit``: markers in a trace, no work. FSDP2 brackets its collectives with
+    them and torch 2.15.0 dispatches fewer than 2.13.0; counted, every sharded record's
+    ``backward_ops`` moved with the upgrade. The op inside the scope still counts."""
+    a, b = torch.ones(4, 8), torch.ones(4, 8)
+    counter = BackwardOpCounter()
+    with counter:
+        counter.mark("forward")
+        with torch.profiler.record_function("FSDP::post_backward_reduce"):
+            torch.add(a, b)
+        with torch.profiler.record_function("empty scope"):
+            pass
+        counter.mark("backward")
+    assert (counter.ops, counter.nonmatmul_bytes) == (1, 3 * 128), (counter.ops, counter.nonmatmul_bytes)
+
+
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
 def test_a_recomputed_elementwise_op_adds_exactly_what_it_reads_and_writes(attention):
     """``tiny``, each block's ReLU recomputed: FLOPs equal to ``none``'s (a ReLU has no FLOP

@@ -370,6 +370,24 @@ def test_runs_that_share_no_variant_say_nothing_could_move(tmp_path, capsys):
     capsys.readouterr()
 
 
+def test_runs_that_share_variants_and_moved_nothing_say_so(tmp_path, capsys):
+    """The same records twice (two torch versions that agree: docs/torch-2.13.0-vs-2.15.0.md):
+    the "moved" table is empty, and a note says why rather than leaving an empty table."""
+    data = raw()
+    data["measurements"] = [r for r in data["measurements"] if r["flavor"] == "small"]
+    data["benchmarks"] = [b for b in data["benchmarks"] if b.get("extra_info", {}).get("flavor") == "small"]
+    before, after = write(tmp_path / "before.json", data), write(tmp_path / "after.json", data)
+    assert main([str(before), str(after)]) == 0
+    out = capsys.readouterr().out
+    n = len(data["measurements"])
+    assert f"Nothing moved: each of the {n} variants the runs share has the same peak and speed in both." in out, \
+        out[-2000:]
+    moved = copy.deepcopy(data)
+    records(moved, "small")["full-sdpa"]["peak_bytes"] //= 2
+    assert main([str(before), str(write(tmp_path / "moved.json", moved))]) == 0
+    assert "Nothing moved" not in capsys.readouterr().out
+
+
 def test_before_after_plot_connects_moved_points(tmp_path, capsys):
     after, expected = _after(raw())
     after_path = write(tmp_path / "after.json", after)

@@ -70,8 +70,8 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
            column="offloaded MiB"),
     Metric("flops", "FLOP", 0.005, "matmul FLOPs of forward+backward, recomputation included"),
     Metric("backward_ops", "op", 0.0,
-           "aten ops that compute or copy (views left out) dispatched during backward, recomputation "
-           "included: the elementwise, normalisation and copy ops a policy recomputes, which FLOPs do not "
+           "aten ops that compute or copy (views and profiler markers left out) dispatched during backward, "
+           "recomputation included: the elementwise, normalisation and copy ops a policy recomputes, which FLOPs do not "
            "count", column="bwd ops", beyond_none=True),
     Metric("backward_nonmatmul_bytes", "B", 0.0,
            "bytes read and written during backward, recomputation included, by the ops backward_ops counts "

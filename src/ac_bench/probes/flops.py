@@ -198,6 +198,16 @@ def tensor_bytes(tree) -> int:
     return sum(t.nbytes for t in tree_leaves(tree) if isinstance(t, torch.Tensor))
 
 
+def is_profiler_marker(func: torch._ops.OpOverload) -> bool:
+    """A ``profiler`` op: ``record_function``'s enter and exit markers, which open and close a
+    scope in a trace and do no work on any tensor. FSDP2 brackets its hooks and collectives with
+    them, and how many it dispatches changes between torch versions: at ``tiny`` over 2 ranks,
+    torch 2.15.0 dispatches 20 ``profiler._record_function_exit`` in backward where 2.13.0
+    dispatched 23, the ops that compute being the same (2026-12-01); counting them would report
+    a change of torch's tracing as one of the step's work."""
+    return func.namespace == "profiler"
+
+
 class BackwardOpCounter(TorchDispatchMode):
     """Counts the aten ops dispatched during backward (between ``Training.step``'s ``forward``
     and ``backward`` marks: pass ``mark`` to the step) that compute or copy, recomputation
@@ -211,7 +221,8 @@ class BackwardOpCounter(TorchDispatchMode):
     against 1.0) costs no FLOP more, but dispatches more ops in backward, each a kernel that
     reads and writes memory (pytorch #149258); the bytes say how much, as a count of ops cannot
     (a recomputed softmax over heads x seq x seq probabilities against a LayerNorm of one token
-    row). Views are left out because they cost neither:
+    row). Views and the profiler's ``record_function`` markers (``is_profiler_marker``) are left
+    out because they cost neither:
     unpacking a saved tensor through ``saved_tensors_hooks`` adds a ``detach`` per tensor (50
     for ``offload-sdpa`` at ``tiny``, where on the CPU nothing moves), which would count as
     work; so are metadata queries (``is_metadata_query``), which only fake tensors dispatch.
@@ -247,7 +258,7 @@ class BackwardOpCounter(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         counted = self.counting and isinstance(func, torch._ops.OpOverload) and not is_view_op(func) \
-            and not is_metadata_query(func)
+            and not is_metadata_query(func) and not is_profiler_marker(func)
         # The arguments' sizes before the op (an in-place resize changes them).
         read = tensor_bytes((args, kwargs)) if counted and not has_flop_formula(func) else None
         out = func(*args, **kwargs)

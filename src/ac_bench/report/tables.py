@@ -232,9 +232,11 @@ def moves_table(runs: Sequence[Run]) -> Table:
                  for m in run_moves(runs))
     def keys(run: Run) -> set[tuple]:
         return {(e.record.flavor, e.record.device_key, e.record.variant) for e in run.entries}
-    shared = any(keys(a) & keys(b) for a, b in zip(runs, runs[1:]))
+    shared = max((len(keys(a) & keys(b)) for a, b in zip(runs, runs[1:])), default=0)
     notes = ("Speed as plotted: median step time where both runs are timed, else FLOP overhead.",) if shared else (
         "The runs share no variant of one flavor and device, so nothing could move: compare runs of the same tests.",)
+    if shared and not rows:  # an empty table read as "not compared"
+        notes += (f"Nothing moved: each of the {shared} variants the runs share has the same peak and speed in both.",)
     return Table("Moved between runs", ("group", "variant", "peak MiB", "time or FLOP overhead"), rows,
                  notes=notes, left=2)
 
