@@ -103,9 +103,13 @@ class CausalLMStep(nn.Module):
     def blocks(self) -> nn.ModuleList:
         return self.lm.get_submodule(self._layers_name)
 
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        """transformers' ``PreTrainedModel.gradient_checkpointing_enable``, on the model."""
-        self.lm.gradient_checkpointing_enable(**kwargs)
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """transformers' own switch, on the model: ``activation_checkpointing_enable`` where this
+        transformers has it (5.24, which deprecates the old name with a FutureWarning per call),
+        else ``gradient_checkpointing_enable`` (5.18); ``kwargs`` (``every_n_layers``) as they are."""
+        from ac_bench.models.ac.native import native_switch
+        switch, keyword = native_switch(self.lm)
+        switch(**{keyword: gradient_checkpointing_kwargs}, **kwargs)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The model's forward with ``labels=input_ids`` (a training step, no KV cache); its loss.

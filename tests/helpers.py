@@ -87,6 +87,23 @@ def run_pytest_cases(cases: list[list[str]], timeout: float = 600) -> list[dict]
     return json.loads(proc.stdout.splitlines()[-1])
 
 
+#: The library's family modules that register their families when first imported.
+FAMILY_MODULES = ("ac_bench.models.hf", "ac_bench.models.titan")
+
+
+def forget_module(name: str) -> None:
+    """Undo the import of module ``name`` (whose families a test takes out of the registries
+    again), so that the next import runs it, and registers them, anew: out of ``sys.modules``
+    and off its parent package. The parent keeps a submodule as an attribute, and ``from
+    ac_bench.models import hf`` takes that attribute without importing: left there, a later
+    import found the module but not its families (``ac_bench.scale``: "transformers lacks
+    LlamaForCausalLM", in whichever tests ran after ``tests/test_hf.py`` in one process)."""
+    sys.modules.pop(name, None)
+    parent, _, child = name.rpartition(".")
+    if parent in sys.modules and getattr(sys.modules[parent], child, None) is not None:
+        delattr(sys.modules[parent], child)
+
+
 def imported_for_the_module(name: str) -> Iterator[ModuleType]:
     """A module-scoped fixture's body: the family module ``name`` (``ac_bench.models.hf``, ``...titan``),
     imported for one test module only: its families and flavors leave the registries afterwards,
@@ -98,7 +115,7 @@ def imported_for_the_module(name: str) -> Iterator[ModuleType]:
     imported = name in sys.modules
     yield importlib.import_module(name)
     if not imported:
-        sys.modules.pop(name, None)
+        forget_module(name)
         for registry, before in zip((families.FAMILIES, FLAVORS), saved):
             registry.clear()
             registry.update(before)

@@ -4,7 +4,6 @@ checks skip with the reason, and a bad spec is one line."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
 import subprocess
@@ -13,7 +12,7 @@ import sys
 import pytest
 
 from ac_bench.models import FAMILIES, FLAVORS, VARIANTS, load_family_spec
-from tests.helpers import ROOT, run_pytest
+from tests.helpers import FAMILY_MODULES, ROOT, forget_module, run_pytest
 
 SPEC = "examples.my_family:SPEC"
 FLAVOR = "my-gpt-tiny"
@@ -68,13 +67,14 @@ def test_bad_spec_option_is_a_usage_error():
 def registries_restored():
     """The family and flavor registries as they were after the test: a family registered here
     would otherwise be among the valid names that later tests of this process print."""
-    # The library's transformers families register when ac_bench.models.hf is first imported,
-    # which may be inside the test: dropped afterwards, they stayed missing while the module
-    # stayed imported, and a later plan at scale said transformers lacked LlamaForCausalLM.
-    with contextlib.suppress(ImportError):
-        import ac_bench.models.hf  # noqa: F401
     families, flavors = dict(FAMILIES), dict(FLAVORS)
+    imported = [name for name in FAMILY_MODULES if name in sys.modules]
     yield
+    # A family module first imported in the test is forgotten with its families, not kept
+    # without them (tests.helpers.forget_module).
+    for name in FAMILY_MODULES:
+        if name not in imported:
+            forget_module(name)
     FAMILIES.clear()
     FAMILIES.update(families)
     FLAVORS.clear()

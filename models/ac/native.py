@@ -1,9 +1,11 @@
 """The model's own checkpointing switch, measured as it is: transformers'
-``gradient_checkpointing_enable``, or an adapter's method of that name that applies its library's
-own (``ac_bench.models.titan``: torchtitan's ``FullAC``)."""
+``activation_checkpointing_enable`` (5.24; ``gradient_checkpointing_enable`` before), or an
+adapter's method of that name that applies its library's own (``ac_bench.models.titan``:
+torchtitan's ``FullAC``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -35,10 +37,27 @@ class NativeAC(Policy):
     fsdp2_incompatibility: ClassVar[str | None] = None
 
     def apply(self, model: nn.Module) -> nn.Module:
-        """Call the model's own switch; a ValueError if it has none."""
-        switch = getattr(model, "gradient_checkpointing_enable", None)
-        if not callable(switch):
+        """Call the model's own switch (``native_switch``); a ValueError if it has none."""
+        found = native_switch(model)
+        if found is None:
             raise ValueError(f"policy {self.name!r}: {type(model).__name__} has no checkpointing switch of its own "
                              f"(transformers' gradient_checkpointing_enable); 'native' runs on transformers and torchtitan models only")
-        switch(gradient_checkpointing_kwargs=dict(NATIVE_KWARGS))
+        switch, keyword = found
+        switch(**{keyword: dict(NATIVE_KWARGS)})
         return model
+
+
+def native_switch(model: nn.Module) -> tuple[Callable[..., None], str] | None:
+    """The model's own checkpointing switch and the name of its keyword for ``torch.utils.checkpoint``'s
+    arguments, or None: transformers 5.24's ``activation_checkpointing_enable(activation_checkpointing_kwargs=...)``
+    where the model has it (5.24 deprecates ``gradient_checkpointing_enable`` as its alias, to be
+    removed in v6, and warns with a FutureWarning on each call), else
+    ``gradient_checkpointing_enable(gradient_checkpointing_kwargs=...)`` (transformers 5.18, the
+    torchtitan adapter). A subclass that overrides the old name is still reached through the new
+    one: transformers' ``activation_checkpointing_enable`` calls an override of it."""
+    for name, keyword in (("activation_checkpointing_enable", "activation_checkpointing_kwargs"),
+                          ("gradient_checkpointing_enable", "gradient_checkpointing_kwargs")):
+        switch = getattr(model, name, None)
+        if callable(switch):
+            return switch, keyword
+    return None
