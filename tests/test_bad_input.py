@@ -364,7 +364,8 @@ def test_the_launchers_flavor_is_the_model_specs_first_unless_given(tmp_path, mo
 
 @pytest.mark.parametrize(("ranks", "device", "cores", "note"), [
     (2, "cpu", 2, None), (1, "cpu", 1, None), (64, "cuda", 2, None),
-    (3, "cpu", 2, "3 ranks on 2 CPU cores: they share them, so each step takes about 2 times as long"),
+    (3, "cpu", 2, "3 ranks on 2 CPU cores: they share them, so each step takes about 1.5 times as long"),
+    (9, "cpu", 8, "9 ranks on 8 CPU cores: they share them, so each step takes about 1.12 times as long"),
     (64, "cpu", 2, "64 ranks on 2 CPU cores: they share them, so each step takes about 32 times as long"),
     (4, "cpu", 1, "4 ranks on 1 CPU core: they share them"),
 ])
@@ -383,8 +384,8 @@ def test_the_launcher_prints_the_oversubscription_note_before_starting_the_ranks
     monkeypatch.setattr(distributed, "launch_here", lambda a: launched.append(capsys.readouterr().err) or 0)
     assert distributed.main(["--nproc-per-node", "8", "--out", str(tmp_path), "--variants", "none-sdpa"]) == 0
     assert launched == ["ac_bench.distributed: note: 8 ranks on 2 CPU cores: they share them, so each step takes "
-                        "about 4 times as long as with a core each and nothing is printed until the first variant is "
-                        "measured; the figures are the same\n"], launched
+                        "about 4 times as long as with a core each, and the first variant's line comes that much later; "
+                        "the figures are the same\n"], launched
 
 
 def test_a_rank_that_fails_under_the_modules_launcher_is_one_line_after_its_own_output(tmp_path):

@@ -237,7 +237,29 @@ def test_the_depths_move_deeper_while_they_are_not_affine(monkeypatch):
     assert record.resident_bytes == affine(base.resident_bytes, 32), record.resident_bytes
     monkeypatch.setattr(scale, "estimate_rank", fake(kink_until=99))
     with pytest.raises(scale.NotAffine, match=r"resident_bytes .* at depths 5, 6, 7"):
-        scale.estimate(scale.at(get_flavor("tiny"), depth=32), "none-sdpa", ShardedSetup(2, **NO_MP))
+        scale.extrapolate(tuple(fake(99)(scale.at(get_flavor("tiny"), depth=d), "none-sdpa", None) for d in (5, 6, 7)),
+                          32)
+    # Past MAX_SHIFTS moves, every layer is traced (it raised NotAffine before).
+    traced = scale.estimate(scale.at(get_flavor("tiny"), depth=32), "none-sdpa", ShardedSetup(2, **NO_MP))
+    assert traced.depth == 32 and traced.sharding["extrapolated_from_depths"] is None, traced.sharding
+
+
+def test_a_peak_that_deeper_models_outgrow_is_traced_at_every_layer_not_extrapolated():
+    """Llama-3-8B over 64 ranks at sequence 1024: ``none``'s peak grows 13.6 MB a layer at depths
+    2 to 6 and 205.7 MB from 7 on (then the end of the forward, every layer kept, is the top).
+    Extrapolated from 2, 3, 4 it said 7.68 GiB at 32 layers, under what the forward keeps (6.65
+    GiB over 1.87 resident); the trace of all 32 says 12.23. ``estimate`` now refuses that line
+    and, with no affine window in reach, traces every layer: it equals the full trace."""
+    pytest.importorskip("transformers", reason="Llama 3 is transformers' LlamaForCausalLM: pip install -e '.[hf]'")
+    from ac_bench.scale import at, estimate, scale_model
+    flavor = at(scale_model("llama3-8b"), seq_len=1024)
+    setup = ShardedSetup(64)
+    record = estimate(flavor, "none-sdpa", setup)
+    traced = estimate_rank(flavor, "none-sdpa", setup)
+    assert record.activation_peak_bytes >= record.forward_kept_bytes, record
+    assert (record.peak_bytes, record.activation_peak_bytes) == (traced.peak_bytes, traced.activation_peak_bytes), (
+        record.peak_bytes, traced.peak_bytes)
+    assert record.peak_bytes > 12 * GIB, record.peak_bytes / GIB
 
 
 def test_the_fake_world_leaves_the_process_as_it_found_it():

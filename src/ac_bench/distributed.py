@@ -442,13 +442,14 @@ def usable_cores() -> int:
 def oversubscription_note(ranks: int, device_type: str, cores: int) -> str | None:
     """The note for a CPU launch of more ranks than ``cores``: they share the cores, so it runs
     for about ``ranks / cores`` times as long per step and prints nothing meanwhile (64 ranks on
-    2 cores were minutes of silence); memory, FLOPs and the records are the same. None where each
+    2 cores were minutes of silence; the ratio to 3 significant digits: 9 ranks on 8 cores is 1.12, not 1);
+    memory, FLOPs and the records are the same. None where each
     rank has a core, or on CUDA (a rank per GPU)."""
     if device_type != "cpu" or ranks <= cores:
         return None
     return (f"{ranks} ranks on {cores} CPU core{'s' * (cores > 1)}: they share them, so each step takes about "
-            f"{ranks / cores:.0f} times as long as with a core each and nothing is printed until the first variant "
-            f"is measured; the figures are the same")
+            f"{ranks / cores:.3g} times as long as with a core each, and the first variant's line comes that much "
+            f"later; the figures are the same")
 
 
 def stale_rank_files(out: Path, world_size: int) -> list[Path]:
