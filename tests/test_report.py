@@ -382,6 +382,7 @@ def test_runs_that_share_variants_and_moved_nothing_say_so(tmp_path, capsys):
     n = len(data["measurements"])
     assert f"Nothing moved: each of the {n} variants the runs share has the same peak and speed in both." in out, \
         out[-2000:]
+    assert out.rstrip().endswith("the same peak and speed in both."), "an empty table header after the note: " + out[-500:]
     moved = copy.deepcopy(data)
     records(moved, "small")["full-sdpa"]["peak_bytes"] //= 2
     assert main([str(before), str(write(tmp_path / "moved.json", moved))]) == 0

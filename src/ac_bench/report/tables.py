@@ -51,6 +51,8 @@ class Table:
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     def text(self) -> str:
+        if not self.rows and self.notes:  # the notes say why there is no row: no empty header under them
+            return "\n".join([self.title, *self.notes])
         widths = [max(len(c) for c in column) for column in zip(self.header, *self.rows)]
         lines = [self.title, *self.notes, self._aligned(self.header, widths),
                  self._aligned(["-" * w for w in widths], widths)]
@@ -59,6 +61,8 @@ class Table:
     def markdown(self) -> str:
         rule = ["---" if i < self.left else "--:" for i in range(len(self.header))]
         lines = [f"## {self.title}", ""] + ([*self.notes, ""] if self.notes else [])
+        if not self.rows and self.notes:
+            return "\n".join(lines[:-1])
         lines += ["| " + " | ".join(cells) + " |" for cells in (self.header, rule, *self.rows)]
         return "\n".join(lines)
 
