@@ -249,8 +249,8 @@ def plan_command(args: argparse.Namespace) -> None:
     lines = [*_shape_line(args, flavor), f"plan: {plan.summary()}", "",
              f"per sublayer of one block ({args.attention}): bytes saved by checkpointing it, FLOPs recomputed",
              f"| sublayer | {bunit} saved | {funit} recomputed | {funit} per {bunit} saved |", "| --- | ---: | ---: | ---: |"]
-    for sublayer, e in economics.items():
-        per = e["recompute_flops"] / fsize / (e["bytes_saved"] / bsize) if e["bytes_saved"] else math.inf
+    for sublayer, e in economics.items():  # the planner's FLOPs per MiB saved, in the table's units
+        per = e["flops_per_mib"] / fsize * bsize / MIB
         lines.append(f"| {sublayer} | {e['bytes_saved'] / bsize:.2f} | {e['recompute_flops'] / fsize:.3f} | {per:.4f} |")
     better = min(economics, key=lambda s: economics[s]["flops_per_mib"])
     fitting = [c for c in plan.candidates if c.predicted_peak_bytes <= budget][:5]
