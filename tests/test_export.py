@@ -99,3 +99,37 @@ def test_the_transformers_export_measures_as_the_plan(plan):
     assert {f: getattr(exported, f) for f in figures} == {f: getattr(ours, f) for f in figures}, (
         f"{plan} exported to transformers ({transformers(BlockPlanAC.of(get_policy(plan).blocks)).config}) measures "
         f"differently from the plan")
+
+
+@dataclass(frozen=True)
+class TransformersOffloadAC(Policy):
+    """transformers' own ``gradient_checkpointing_enable(offload=True)``."""
+
+    kind: ClassVar[str] = "transformers_offload"
+
+    def apply(self, model):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False}, offload=True)
+        return model
+
+
+def test_an_offloading_plan_is_not_exported_as_transformers_offload_which_still_recomputes(monkeypatch):
+    note = {e.framework: e.note for e in export_all(get_policy("blocks_lo2"))}["transformers"]
+    assert note.startswith("does not fit: ") and "(offload=True) recomputes" in note, note
+    pytest.importorskip("transformers", reason="the transformers families need transformers: pip install 'ac-bench[hf]'")
+    from ac_bench.models import load_family_spec
+    from ac_bench.record import measure_variant
+    import transformers.modeling_utils
+    from torch.autograd.graph import save_on_cpu
+    # transformers' offload=True asks for pinned host memory even where there is no accelerator
+    # (5.18, 5.24: "pin_memory=True requires a CUDA or other accelerator backend" on this CPU);
+    # pinned or not moves nothing on the CPU and changes nothing of what is recomputed.
+    monkeypatch.setattr(transformers.modeling_utils, "save_on_cpu",
+                        lambda pin_memory, device_type: save_on_cpu(pin_memory=False, device_type=device_type))
+    flavor = load_family_spec("ac_bench.models.hf:LLAMA").flavors[0]
+    ours = {p: measure_variant(flavor, f"{p}-sdpa", "cpu") for p in ("blocks_lo2", "blocks_lf2", "none")}
+    theirs = measure_variant(flavor, "blocks_lf2-sdpa", "cpu", policy=TransformersOffloadAC("transformers_offload"))
+    assert ours["blocks_lo2"].flops == ours["none"].flops < ours["blocks_lf2"].flops, (
+        "the offloading plan was expected to recompute nothing, whole layers to recompute", ours)
+    assert theirs.flops == ours["blocks_lf2"].flops, (
+        f"transformers' offload=True recomputed {theirs.flops - ours['none'].flops} FLOPs, whole layers "
+        f"{ours['blocks_lf2'].flops - ours['none'].flops}: the export's note no longer describes it")

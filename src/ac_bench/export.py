@@ -13,7 +13,12 @@ it fits their vocabulary, and why not where it does not.
   ``core_attn``, ``mlp``, ``layernorm``, ...).
 - transformers: ``model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=...,
   every_n_layers=N)`` (5.x: the kwargs go to ``torch.utils.checkpoint.checkpoint`` around every
-  N-th decoder layer from layer 0; ``context_fn`` there makes it selective).
+  N-th decoder layer from layer 0; ``context_fn`` there makes it selective). 5.24 renames it
+  ``activation_checkpointing_enable(activation_checkpointing_kwargs=..., every_n_layers=N)`` and
+  keeps the old name as a deprecated alias (a FutureWarning each call; removed in v6); 5.18 has
+  only the old name, so the export writes that and its note names the new one. Its
+  ``offload=True`` (5.18 and 5.24) wraps each of those checkpoints in ``save_on_cpu``: the layer
+  is still recomputed, and what the checkpoint keeps (the layer's inputs) goes to host memory.
 
 Each framework applies one setting to every layer (or every N-th, or the first N), whole
 layers only (Megatron's modules aside), so a plan that mixes choices across blocks, or
@@ -110,7 +115,8 @@ def transformers(policy: BlockPlanAC) -> Export:
                 kwargs = {"use_reentrant": False} | context[code]
                 where = "every decoder layer" if n == 1 else f"one decoder layer in every {n}, from layer 0"
                 return Export(name, {"gradient_checkpointing_kwargs": kwargs, "every_n_layers": n},
-                              f"model.gradient_checkpointing_enable(**config): {where}"
+                              f"model.gradient_checkpointing_enable(**config): {where} (transformers 5.24 and "
+                              f"newer: activation_checkpointing_enable, the kwargs as activation_checkpointing_kwargs)"
                               + ("; context_fn is Python, not data: pass the object named" if code != "lf" else ""))
     why = _mixed(blocks) if len(set(blocks)) > 1 else f"every layer is {blocks[0]}: attention and MLP apart"
     return Export(name, None, f"does not fit: transformers checkpoints whole decoder layers (every N-th from layer 0) "
@@ -123,7 +129,9 @@ OFFLOAD_NOT_EXPORTED = {
     "Megatron-LM": "Megatron's layer offload (cpu_offloading, cpu_offloading_num_layers; Transformer Engine's "
                    "get_cpu_offload_context) copies asynchronously, overlapped with compute, which is not what this "
                    "plan measured and costed (save_on_cpu: synchronous copies); apply the plan with ac_bench's policy",
-    "transformers": "gradient_checkpointing_enable has no offload; wrap the layers with "
+    "transformers": "gradient_checkpointing_enable(offload=True) recomputes every checkpointed layer and offloads "
+                    "only the checkpoint's inputs, while this plan's offloaded regions recompute nothing and offload "
+                    "every tensor they save; wrap those regions with "
                     "torch.distributed.algorithms._checkpoint.checkpoint_wrapper.offload_wrapper (save_on_cpu, pinned)",
 }
 
