@@ -116,10 +116,11 @@ def test_an_offloading_plan_is_not_exported_as_transformers_offload_which_still_
     note = {e.framework: e.note for e in export_all(get_policy("blocks_lo2"))}["transformers"]
     assert note.startswith("does not fit: ") and "(offload=True) recomputes" in note, note
     pytest.importorskip("transformers", reason="the transformers families need transformers: pip install 'ac-bench[hf]'")
-    from ac_bench.models import load_family_spec
-    from ac_bench.record import measure_variant
     import transformers.modeling_utils
     from torch.autograd.graph import save_on_cpu
+
+    from ac_bench.models import load_family_spec
+    from ac_bench.record import measure_variant
     # transformers' offload=True asks for pinned host memory even where there is no accelerator
     # (5.18, 5.24: "pin_memory=True requires a CUDA or other accelerator backend" on this CPU);
     # pinned or not moves nothing on the CPU and changes nothing of what is recomputed.

@@ -8,6 +8,7 @@ import dataclasses
 
 import pytest
 
+from ac_bench import scale
 from ac_bench.cli.report import main as report_main
 from ac_bench.models import get_flavor
 from ac_bench.outputs import gib_at_least
@@ -77,11 +78,13 @@ def test_a_bad_setup_names_the_value(kwargs, expected):
         ShardedSetup(**kwargs)
 
 
-def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_world_size():
+def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_world_size(monkeypatch):
     """At tiny over 2 ranks (no mixed precision): with a budget between ``full``'s and ``none``'s
     peak the plan is ``full`` (the only one that fits, more FLOPs than none); with a budget under
     every peak at 2 ranks that the lowest policy meets at 8 ranks, the line names the smallest
-    feasible memory at 2 and world size 4 or 8 (whichever is the first that fits, measured here)."""
+    feasible memory at 2 and world size 4 or 8 (whichever is the first that fits, measured here);
+    a budget under the lowest peak even at the largest world size is estimated there alone, once,
+    and the line gives that peak (it doubled through every world size before: 1m50s at 8B)."""
     tiny = get_flavor("tiny")
     plan = plan_at_scale(tiny, ShardedSetup(2, **NO_MP), 0, policies=("none", "full"))
     none, full = plan.records["none"].peak_bytes, plan.records["full"].peak_bytes
@@ -103,8 +106,17 @@ def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_w
     assert line == (f"nothing fits {w8 / GIB:g} GiB per GPU for tiny at world size 2: the smallest feasible is "
                     f"{gib_at_least(full, 2)} GiB (full), or full at world size 8 ({w8 / GIB:.2f} GiB per rank)"), line
     plan.budget_bytes = w8 - 1
+    estimated, real_estimate = [], scale.estimate
+    monkeypatch.setattr(scale, "estimate", lambda *args: estimated.append(args[2].world_size) or real_estimate(*args))
     assert nothing_fits_line(plan, max_world_size=8).endswith(
-        "no world size up to 8 fits: lower the sequence length or the per-rank batch")
+        f"; even at world size 8 full needs {gib_at_least(w8, 2)} GiB per rank: lower the sequence length or the "
+        f"per-rank batch"), nothing_fits_line(plan, max_world_size=8)
+    assert estimated == [8], f"a budget nothing fits at the largest world size was estimated at {estimated}, not there alone"
+    estimated.clear()
+    assert nothing_fits_line(plan, max_world_size=2).endswith(": the smallest feasible is "
+                                                              f"{gib_at_least(full, 2)} GiB (full); lower the sequence "
+                                                              f"length or the per-rank batch")
+    assert estimated == [], "no larger world size to try, yet one was estimated"
 
 
 def test_a_sequential_policy_is_traced_whole_and_of_policies_that_recompute_nothing_none_is_chosen():

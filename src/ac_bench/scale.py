@@ -547,31 +547,47 @@ def plan_at_scale(model: Flavor, setup: ShardedSetup, budget_bytes: int, attenti
 
 
 def smallest_world_size(plan: ScalePlan, max_world_size: int = 4096) -> tuple[int, Measurement] | None:
-    """The smallest world size (doubling from the plan's) at which the plan's lowest-peak policy
-    fits the budget, with its record; None if none up to ``max_world_size`` does."""
+    """Where the plan's lowest-peak policy fits the budget at a larger world size: the smallest
+    (doubling from the plan's) and its record. ``max_world_size`` is estimated first, so a budget
+    that does not fit even there costs one estimate rather than one per doubling (about 12 s each
+    at 8B): then ``(max_world_size, record)`` with its peak above the budget. None where the
+    plan's world size is already over half ``max_world_size``."""
     policy = plan.lowest()
+
+    def at_world(world: int) -> Measurement:
+        return estimate(plan.model, f"{policy}-{plan.attention}", dataclasses.replace(plan.setup, world_size=world),
+                        plan.full_depth)
+
+    if plan.setup.world_size * 2 > max_world_size:
+        return None
+    largest = at_world(max_world_size)
+    if largest.peak_bytes > plan.budget_bytes:
+        return max_world_size, largest
     world = plan.setup.world_size * 2
-    while world <= max_world_size:
-        record = estimate(plan.model, f"{policy}-{plan.attention}", dataclasses.replace(plan.setup, world_size=world),
-                          plan.full_depth)
+    while world < max_world_size:
+        record = at_world(world)
         if record.peak_bytes <= plan.budget_bytes:
             return world, record
         world *= 2
-    return None
+    return max_world_size, largest
 
 
 def nothing_fits_line(plan: ScalePlan, max_world_size: int = 4096) -> str:
     """The one line for a budget no policy fits: the smallest feasible memory per GPU at this
-    world size, and the smallest world size (doubling) at which the lowest-peak policy fits."""
+    world size, and the smallest world size (doubling, up to ``max_world_size``) at which the
+    lowest-peak policy fits, or its peak at ``max_world_size`` where even that is over the budget."""
     lowest = plan.lowest()
     peak = plan.records[lowest].peak_bytes
     line = (f"nothing fits {plan.budget_bytes / GIB:g} GiB per GPU for {plan.model.name} at world size "
             f"{plan.setup.world_size}: the smallest feasible is {gib_at_least(peak, 2)} GiB ({lowest})")
     found = smallest_world_size(plan, max_world_size)
-    if found:
-        world, record = found
+    if found is None:
+        return line + "; lower the sequence length or the per-rank batch"
+    world, record = found
+    if record.peak_bytes <= plan.budget_bytes:
         return line + f", or {lowest} at world size {world} ({record.peak_bytes / GIB:.2f} GiB per rank)"
-    return line + (f"; no world size up to {max_world_size} fits: lower the sequence length or the per-rank batch")
+    return line + (f"; even at world size {world} {lowest} needs {gib_at_least(record.peak_bytes, 2)} GiB per rank: "
+                   f"lower the sequence length or the per-rank batch")
 
 
 def describe_setup(model: Flavor, setup: ShardedSetup) -> str:
