@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import contextlib
 import importlib
 import json
 import os
@@ -104,21 +105,32 @@ def forget_module(name: str) -> None:
         delattr(sys.modules[parent], child)
 
 
-def imported_for_the_module(name: str) -> Iterator[ModuleType]:
-    """A module-scoped fixture's body: the family module ``name`` (``ac_bench.models.hf``, ``...titan``),
-    imported for one test module only: its families and flavors leave the registries afterwards,
-    so that later tests (and the valid names they print) see the registries as a process that
-    never imported it does."""
+@contextlib.contextmanager
+def registries_kept(modules: tuple[str, ...] = FAMILY_MODULES) -> Iterator[None]:
+    """Within it, families and flavors may be registered and the family modules ``modules``
+    imported; afterwards the family and flavor registries are as they were, and each of
+    ``modules`` that was not imported before is forgotten (``forget_module``), so that later
+    tests (and the valid names they print) see what a process that never imported it sees."""
     from ac_bench.models import FLAVORS, families
 
     saved = dict(families.FAMILIES), dict(FLAVORS)
-    imported = name in sys.modules
-    yield importlib.import_module(name)
-    if not imported:
-        forget_module(name)
+    imported = {name for name in modules if name in sys.modules}
+    try:
+        yield
+    finally:
+        for name in modules:
+            if name not in imported:
+                forget_module(name)
         for registry, before in zip((families.FAMILIES, FLAVORS), saved):
             registry.clear()
             registry.update(before)
+
+
+def imported_for_the_module(name: str) -> Iterator[ModuleType]:
+    """A module-scoped fixture's body: the family module ``name`` (``ac_bench.models.hf``, ``...titan``),
+    imported for one test module only (``registries_kept``)."""
+    with registries_kept((name,)):
+        yield importlib.import_module(name)
 
 
 def assert_spec_fails_in_one_line_without(monkeypatch, dependency: str, module: str) -> None:

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from ac_bench.models import FAMILIES, FLAVORS, VARIANTS, load_family_spec
-from tests.helpers import FAMILY_MODULES, ROOT, forget_module, run_pytest
+from tests.helpers import ROOT, registries_kept, run_pytest
 
 SPEC = "examples.my_family:SPEC"
 FLAVOR = "my-gpt-tiny"
@@ -65,20 +65,11 @@ def test_bad_spec_option_is_a_usage_error():
 
 @pytest.fixture
 def registries_restored():
-    """The family and flavor registries as they were after the test: a family registered here
-    would otherwise be among the valid names that later tests of this process print."""
-    families, flavors = dict(FAMILIES), dict(FLAVORS)
-    imported = [name for name in FAMILY_MODULES if name in sys.modules]
-    yield
-    # A family module first imported in the test is forgotten with its families, not kept
-    # without them (tests.helpers.forget_module).
-    for name in FAMILY_MODULES:
-        if name not in imported:
-            forget_module(name)
-    FAMILIES.clear()
-    FAMILIES.update(families)
-    FLAVORS.clear()
-    FLAVORS.update(flavors)
+    """After the test, the family and flavor registries as they were before it (``tests.helpers.registries_kept``):
+    a family registered here would otherwise be among the valid names that later tests of this
+    process print."""
+    with registries_kept():
+        yield
 
 
 def test_loading_registers_the_family_and_its_flavors_once(registries_restored):
@@ -145,8 +136,8 @@ def test_a_build_that_fails_only_on_the_meta_device_is_no_refusal(monkeypatch):
 
 
 def _planned_peaks(text: str) -> tuple[int, int]:
-    """(measured, predicted) bytes from a plan line: ``measured peak 0.004 GiB (4148632 B, predicted 4148632``."""
-    found = re.search(r"measured peak [\d.]+ GiB \((\d+) B, predicted (\d+)", text)
+    """(measured, predicted) bytes from a plan line: ``measured peak 3.96 MiB (4148632 B, predicted 4148632``."""
+    found = re.search(r"measured peak [\d.]+ [KMG]iB \((\d+) B, predicted (\d+)", text)
     assert found, text
     return int(found[1]), int(found[2])
 
