@@ -27,6 +27,9 @@ def test_plan_command_prints_the_plan_and_writes_plot_and_markdown(tmp_path, cap
     chosen = re.search(r": (plan_a\d+_m\d+)-eager, .*predicted (\d+)\)", out.splitlines()[0])
     row = next(line for line in out.splitlines() if line.startswith(f"| {chosen[1]} | "))
     assert f" | {int(chosen[2]) / 1024:.3f} | " in row, (row, chosen[2])
+    # and the line above them too (it read "measured peak 0.001 GiB", "kept 0.1 MiB", "0.00 GFLOP").
+    assert f"measured peak {int(chosen[2]) / 1024:.2f} KiB ({chosen[2]} B, " in out.splitlines()[0], out
+    assert re.search(r", kept [\d.]+ KiB, recompute [\d.]+ k?FLOP ", out.splitlines()[0]), out
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
     text = markdown.read_text()
     assert "Regenerate: `python -m ac_bench.report plan --flavor tiny --attention eager --budget-gib 0.00075" in text
@@ -81,7 +84,7 @@ def test_seq_len_reshapes_a_one_gpu_plan_and_the_regenerate_line_repeats_it_exac
     assert out.startswith("tiny at sequence 64, batch 2 (--seq-len, --batch)\nplan: tiny sdpa"), out
     assert main(["plan", "--flavor", "tiny", "--budget-gib", "0.00100000001"]) == 0
     at_16 = capsys.readouterr().out
-    peak = re.compile(r"measured peak [\d.]+ GiB \((\d+) B")
+    peak = re.compile(r"measured peak [\d.]+ [KMG]iB \((\d+) B")
     assert int(peak.search(out)[1]) > int(peak.search(at_16)[1]), (out, at_16)
     assert ("--budget-gib 0.00100000001 --device cpu --seq-len 64 --markdown" in markdown.read_text()
             and [number(x) for x in (0.45, 80.0, 0.00321456789)] == ["0.45", "80", "0.00321456789"])
@@ -119,3 +122,16 @@ def test_a_table_of_bytes_is_in_the_largest_unit_its_largest_figure_fills(figure
 def test_a_table_of_flops_is_in_the_largest_decimal_unit_its_largest_figure_fills(figure, unit):
     from ac_bench.outputs import flop_unit
     assert flop_unit(figure)[0] == unit, (figure, flop_unit(figure))
+
+
+@pytest.mark.parametrize("value,text", [(0, "0 B"), (512, "512 B"), (766480, "748.52 KiB"), (788026948, "751.52 MiB"),
+                                        (2 ** 30, "1.00 GiB")])
+def test_a_single_byte_figure_is_written_in_the_unit_it_fills(value, text):
+    from ac_bench.outputs import bytes_text
+    assert bytes_text(value) == text
+
+
+@pytest.mark.parametrize("value,text", [(0, "0 FLOP"), (262144, "262.14 kFLOP"), (34.36e9, "34.36 GFLOP")])
+def test_a_single_flop_figure_is_written_in_the_unit_it_fills(value, text):
+    from ac_bench.outputs import flops_text
+    assert flops_text(value) == text

@@ -131,6 +131,7 @@ def test_a_sequential_policy_is_traced_whole_and_of_policies_that_recompute_noth
     assert depths["sequential"] is None and depths["none"] and depths["sac"], depths
     assert plan.recompute_flops("sac") == 0 and plan.records["sac"].backward_ops > plan.records["none"].backward_ops
     assert plan.chosen == "none", plan.fitting()
+    assert plan_lines(plan)[2].startswith("plan: none (no checkpointing) fits 1 GiB per GPU: "), plan_lines(plan)
     assert f"; sequential traced at all {deep.depth} layers;" in plan_lines(plan)[-1], plan_lines(plan)[-1]
 
 

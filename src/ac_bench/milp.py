@@ -45,7 +45,7 @@ from functools import reduce
 from ac_bench.blockplan import Prediction, RegionFigures, measure_figures, regions
 from ac_bench.models import BlockPlanAC, Flavor
 from ac_bench.models.ac.offload import simulated_host
-from ac_bench.outputs import gib_at_least
+from ac_bench.outputs import bytes_text, flops_text, gib_at_least
 from ac_bench.record import Measurement, measure_variant
 
 GIB, MIB = 2 ** 30, 2 ** 20
@@ -281,11 +281,11 @@ class BlockPlan:
     def summary(self) -> str:
         s, r, p = self.solution, self.record, self.solution.prediction
         gap = "proven optimal" if s.gap == 0.0 else f"not proven optimal ({s.solver}'s time limit)"
-        host = f", offloaded {p.offloaded_bytes / MIB:.1f} MiB to host memory" if p.offloaded_bytes else ""
+        host = f", offloaded {bytes_text(p.offloaded_bytes)} to host memory" if p.offloaded_bytes else ""
         return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB ({self.budget_bytes} B): "
                 f"{self.policy.name}-{self.attention} ({self.policy.describe()}); {r.peak_how} peak "
-                f"{r.peak_bytes / GIB:.3f} GiB ({r.peak_bytes} B, predicted {p.peak_bytes}, at the {p.peak_at}), kept "
-                f"{r.forward_kept_bytes / MIB:.1f} MiB, recompute {(r.flops - self.none.flops) / 1e9:.2f} GFLOP{host}; "
+                f"{bytes_text(r.peak_bytes)} ({r.peak_bytes} B, predicted {p.peak_bytes}, at the {p.peak_at}), kept "
+                f"{bytes_text(r.forward_kept_bytes)}, recompute {flops_text(r.flops - self.none.flops)}{host}; "
                 f"{s.solver} {s.seconds:.2f} s, {gap}, {s.variables} variables, {s.rows} rows")
 
 

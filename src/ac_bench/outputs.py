@@ -149,3 +149,17 @@ def flop_unit(largest: int | float) -> tuple[str, float]:
     ``(name, FLOPs per unit)``."""
     return next(((name, size) for name, size in (("TFLOP", 1e12), ("GFLOP", 1e9), ("MFLOP", 1e6), ("kFLOP", 1e3))
                  if largest >= size), ("FLOP", 1.0))
+
+
+def bytes_text(nbytes: int | float, decimals: int = 2) -> str:
+    """``nbytes`` in the unit it fills (``byte_unit``), with ``decimals`` decimals: ``748.52 KiB``,
+    ``751.52 MiB``, ``27.58 GiB``; B figures are whole (``512 B``)."""
+    unit, size = byte_unit(nbytes)
+    return f"{nbytes:.0f} B" if size == 1 else f"{nbytes / size:.{decimals}f} {unit}"
+
+
+def flops_text(flops: int | float, decimals: int = 2) -> str:
+    """``flops`` in the unit it fills (``flop_unit``), with ``decimals`` decimals: ``262.14 kFLOP``;
+    0 is ``0 FLOP``."""
+    unit, size = flop_unit(flops)
+    return f"{flops:.0f} FLOP" if size == 1 else f"{flops / size:.{decimals}f} {unit}"

@@ -44,7 +44,7 @@ import torch
 
 from ac_bench import analytic
 from ac_bench.models import Flavor, PlanAC, resolve_dtype
-from ac_bench.outputs import gib_at_least
+from ac_bench.outputs import bytes_text, flops_text, gib_at_least
 from ac_bench.record import Measurement, measure_variant
 from ac_bench.regions import RegionProfile, region_profile
 
@@ -87,8 +87,8 @@ class Plan:
         depth = self.flavor.depth
         return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB "
                 f"({self.budget_bytes} B): {c.name}-{self.attention}, checkpointing {c.policy.describe(depth)}; "
-                f"{r.peak_how} peak {r.peak_bytes / GIB:.3f} GiB ({r.peak_bytes} B, predicted {c.predicted_peak_bytes}), "
-                f"kept {r.forward_kept_bytes / 2**20:.1f} MiB, recompute {c.recompute_flops / 1e9:.2f} GFLOP "
+                f"{r.peak_how} peak {bytes_text(r.peak_bytes)} ({r.peak_bytes} B, predicted {c.predicted_peak_bytes}), "
+                f"kept {bytes_text(r.forward_kept_bytes)}, recompute {flops_text(c.recompute_flops)} "
                 f"({c.recompute_flops / max(1, r.flops - c.recompute_flops):.1%} of the step)")
 
 

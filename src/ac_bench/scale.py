@@ -613,7 +613,8 @@ def plan_lines(plan: ScalePlan) -> list[str]:
     chosen = plan.chosen
     if chosen is not None:
         r = plan.records[chosen]
-        lines.append(f"plan: {chosen} fits {budget_text} per GPU: per-rank peak {r.peak_bytes / size:.2f} {unit}, "
+        # "plan: none fits" reads as "nothing fits" (a fresh user's check, 2026-12-01).
+        lines.append(f"plan: {'none (no checkpointing)' if chosen == 'none' else chosen} fits {budget_text} per GPU: per-rank peak {r.peak_bytes / size:.2f} {unit}, "
                      f"margin {(plan.budget_bytes - r.peak_bytes) / size:.2f} {unit}, recomputes "
                      f"{plan.recompute_flops(chosen) / fsize:.1f} {funit} per step and rank "
                      f"({plan.recompute_flops(chosen) / plan.records['none'].flops:+.1%} over none)")
