@@ -5,6 +5,7 @@ measures the bytes and FLOPs of the plan itself."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -124,8 +125,17 @@ def test_an_offloading_plan_is_not_exported_as_transformers_offload_which_still_
     # transformers' offload=True asks for pinned host memory even where there is no accelerator
     # (5.18, 5.24: "pin_memory=True requires a CUDA or other accelerator backend" on this CPU);
     # pinned or not moves nothing on the CPU and changes nothing of what is recomputed.
-    monkeypatch.setattr(transformers.modeling_utils, "save_on_cpu",
-                        lambda pin_memory, device_type: save_on_cpu(pin_memory=False, device_type=device_type))
+    packed = []
+
+    class Unpinned(save_on_cpu):
+        """What transformers' offload=True packs, counted, unpinned."""
+
+        def __init__(self, pin_memory, device_type):
+            super().__init__(pin_memory=False, device_type=device_type)
+            inner = self.pack_hook
+            self.pack_hook = lambda t: packed.append(t.numel() * t.element_size()) or inner(t)
+
+    monkeypatch.setattr(transformers.modeling_utils, "save_on_cpu", Unpinned)
     flavor = load_family_spec("ac_bench.models.hf:LLAMA").flavors[0]
     ours = {p: measure_variant(flavor, f"{p}-sdpa", "cpu") for p in ("blocks_lo2", "blocks_lf2", "none")}
     theirs = measure_variant(flavor, "blocks_lf2-sdpa", "cpu", policy=TransformersOffloadAC("transformers_offload"))
@@ -134,3 +144,13 @@ def test_an_offloading_plan_is_not_exported_as_transformers_offload_which_still_
     assert theirs.flops == ours["blocks_lf2"].flops, (
         f"transformers' offload=True recomputed {theirs.flops - ours['none'].flops} FLOPs, whole layers "
         f"{ours['blocks_lf2'].flops - ours['none'].flops}: the export's note no longer describes it")
+    # And it offloads what whole_layers_offload offloads: one forward of theirs, against our
+    # record's (fake tensors, the simulated host, which counts what save_on_cpu copies).
+    from ac_bench.models import build_model, family_of
+    from ac_bench.models.ac.offload import simulated_host
+    model = TransformersOffloadAC("transformers_offload").apply(build_model(flavor, "sdpa"))
+    packed.clear()
+    model(family_of(flavor).input_for(flavor, "cpu", next(model.parameters()).dtype))
+    with simulated_host():
+        mine = measure_variant(dataclasses.replace(flavor, cpu_mode="estimate"), "whole_layers_offload-sdpa", "cpu")
+    assert len(packed) == flavor.depth and sum(packed) == mine.offloaded_bytes > 0, (packed, mine.offloaded_bytes)

@@ -1,4 +1,5 @@
-"""The libraries' own semantics as policies (``LIBRARY_POLICIES``: ``whole_layers``, ``native``),
+"""The libraries' own semantics as policies (``LIBRARY_POLICIES``: ``whole_layers``,
+``whole_layers_offload``, ``native``),
 and how a family declares which policies it runs, on the suite's own models (no transformers
 needed; tests/test_hf.py runs them on the transformers families)."""
 
@@ -24,9 +25,9 @@ FLAVOR = get_flavor("tiny")  # depth 3
 
 
 def test_library_policies_are_named_apart_from_ours():
-    assert set(LIBRARY_POLICIES) == {"whole_layers", "native"}
+    assert set(LIBRARY_POLICIES) == {"whole_layers", "whole_layers_offload", "native"}
     assert not set(LIBRARY_POLICIES) & set(POLICIES)
-    for name in ("whole_layers", "native", "whole_layers_every_3"):
+    for name in ("whole_layers", "whole_layers_offload", "native", "whole_layers_every_3"):
         assert get_policy(name).name == name and variant_id(name, "sdpa") == f"{name}-sdpa"
 
 
@@ -49,10 +50,23 @@ def test_whole_layers_wraps_whole_blocks_layer_0_included(name, layers):
     assert list(model.state_dict()) == list(build_model(FLAVOR, "sdpa").state_dict())
 
 
-def test_whole_layers_trains_like_no_checkpointing():
-    reference, model, x = twin_models(FLAVOR, "sdpa", "whole_layers", "cpu", dropout=0.1)
+@pytest.mark.parametrize("name", ["whole_layers", "whole_layers_offload"])
+def test_whole_layers_trains_like_no_checkpointing(name):
+    reference, model, x = twin_models(FLAVOR, "sdpa", name, "cpu", dropout=0.1)
     problems = mismatches(run_step(reference, x, rng_seed=3), run_step(model, x, rng_seed=3))
     assert not problems, "\n".join(problems)
+
+
+def test_whole_layers_offload_runs_each_checkpointed_layer_under_save_on_cpu():
+    """transformers' ``offload=True`` order: ``save_on_cpu`` around the layer's checkpoint, so
+    what the checkpoint saves (the layer's input) goes to the host; state-dict keys kept."""
+    from ac_bench.models.ac.offload import HostOffloadWrapper
+    model = apply_policy(build_model(FLAVOR, "sdpa"), "whole_layers_offload")
+    assert all(isinstance(b, HostOffloadWrapper) and isinstance(b._checkpoint_wrapped_module, CheckpointWrapper)
+               for b in model.blocks), [type(b).__name__ for b in model.blocks]
+    assert list(model.state_dict()) == list(build_model(FLAVOR, "sdpa").state_dict())
+    assert get_policy("whole_layers_offload").hidden_from_saved_tensors_hooks is not None
+    assert get_policy("whole_layers").hidden_from_saved_tensors_hooks is None
 
 
 def test_whole_layers_keeps_less_than_full_here():

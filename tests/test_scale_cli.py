@@ -16,6 +16,7 @@ from ac_bench.scale import (
     GIB,
     ScaleError,
     ShardedSetup,
+    at,
     estimate_rank,
     extrapolation_depths,
     nothing_fits_line,
@@ -50,8 +51,8 @@ def one_line_error(capsys, argv: list[str]) -> str:
     # An option this kind of plan would ignore is refused, not silently dropped.
     (["plan", "--flavor", "tiny", "--world-size", "8", "--budget-gib", "1", "--space", "blocks"],
      "--space blocks has no effect at scale (--world-size)"),
-    (["plan", "--flavor", "tiny", "--world-size", "8", "--budget-gib", "1", "--offload-cost", "h200"],
-     "--offload-cost has no effect at scale"),
+    (["plan", "--flavor", "tiny", "--world-size", "8", "--budget-gib", "1", "--offload-cost", "h200", "--host-gib", "1"],
+     "--host-gib is for --space blocks on one GPU; at scale the table gives each policy's host memory per rank"),
     (["plan", "--flavor", "tiny", "--budget-gib", "1", "--mixed-precision", "none"],
      "--mixed-precision is for planning at scale: add --world-size, or leave it out"),
     (["plan", "--flavor", "tiny", "--budget-gib", "1", "--full-depth"], "--full-depth is for planning at scale"),
@@ -362,3 +363,38 @@ def test_the_breakdown_at_a_launchs_peak_may_shift_by_one_blocks_fsdp_buffers_no
     assert launch_differences(estimated, launched(bound)) == []
     problems = launch_differences(estimated, launched(bound + 1))
     assert len(problems) == 1 and "the breakdown at the peak" in problems[0], problems
+
+
+def test_whole_layers_offload_sends_each_layers_input_to_the_host_and_is_chosen_only_where_it_alone_fits(capsys):
+    """``whole_layers_offload`` (transformers' ``offload=True``: each layer checkpointed whole,
+    what the checkpoint saves, the layer's input, in host memory) recomputes what ``whole_layers``
+    recomputes and offloads each layer's input: at ``tiny`` over 2 ranks, float32, ``depth``
+    hidden states, of which the first is the step's input, which the caller holds, so the forward
+    keeps ``depth - 1`` fewer on the device. ``--offload-cost`` prices each offloaded byte: with
+    both fitting, ``whole_layers`` (same FLOPs, nothing offloaded) is the plan; with only the
+    offloading one fitting, it is, and the line says how much host memory it takes."""
+    tiny = at(get_flavor("tiny"), seq_len=512)
+    hidden = tiny.batch * tiny.seq_len * tiny.d_model * 4
+    plan = plan_at_scale(tiny, ShardedSetup(2, **NO_MP), 0, policies=("none", "whole_layers", "whole_layers_offload"),
+                         offload_cost=30919)
+    whole, offloaded = plan.records["whole_layers"], plan.records["whole_layers_offload"]
+    assert (whole.offloaded_bytes, offloaded.offloaded_bytes) == (0, tiny.depth * hidden), (whole, offloaded)
+    assert offloaded.flops == whole.flops, "offloading recomputed other FLOPs than whole layers"
+    assert whole.forward_kept_bytes - offloaded.forward_kept_bytes == (tiny.depth - 1) * hidden, (
+        whole.forward_kept_bytes, offloaded.forward_kept_bytes, hidden)
+    assert offloaded.peak_bytes < whole.peak_bytes < plan.records["none"].peak_bytes, plan.records
+    assert plan.cost("whole_layers_offload") == plan.cost("whole_layers") + 30919 * tiny.depth * hidden
+    plan.budget_bytes = whole.peak_bytes
+    assert plan.fitting() == ["whole_layers", "whole_layers_offload"], plan.fitting()
+    plan.budget_bytes = offloaded.peak_bytes
+    assert plan.chosen == "whole_layers_offload", plan.fitting()
+    line = plan_lines(plan)[2]
+    assert line.startswith("plan: whole_layers_offload fits ") and line.endswith(
+        f", offloads {tiny.depth * hidden / 2 ** 10:.2f} KiB per rank to host memory (priced 30919 FLOPs a byte: "
+        f"{30919 * tiny.depth * hidden / 1e9:.2f} GFLOP)"), line
+    assert "| offloaded to host " in plan_lines(plan)[4], plan_lines(plan)[4]
+    # The command: the column and the pricing note, and --offload-cost in the Regenerate line.
+    assert report_main(["plan", "--flavor", "tiny", "--world-size", "2", "--budget-gib", "1", "--seq-len", "512",
+                        "--mixed-precision", "none", "--offload-cost", "h200"]) == 0
+    out = capsys.readouterr().out
+    assert "| whole_layers_offload | " in out and "Offloading is priced at 30919 FLOPs per byte" in out, out

@@ -10,6 +10,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 
 from ac_bench.models.ac.base import Policy, parse_count
+from ac_bench.models.ac.offload import HostOffloadWrapper, OffloadAC
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,18 @@ class LayerAC(Policy):
     back. torchtitan's ``FullAC`` passes ``early_stop=False``: the layer's whole forward is
     recomputed, the ops after its last save too. No registered name turns it off; the torchtitan
     family's ``native`` is checked against it (``Family.native_no_early_stop``).
+
+    ``offload``: each checkpointed layer also runs under ``HostOffloadWrapper`` (``save_on_cpu``,
+    pinned on a GPU), so what its checkpoint keeps (the layer's inputs) waits in host memory and
+    the layer is still recomputed: ``whole_layers_offload``, transformers'
+    ``gradient_checkpointing_enable(offload=True)`` (5.18 and 5.24: ``save_on_cpu(pin_memory=True)``
+    around each layer's ``checkpoint``; ``modeling_utils.py``). ``offloaded_bytes`` is what it
+    moves (0 on the CPU, where nothing moves; counted on fake tensors under ``simulated_host``).
     """
 
     layer_step: int = 1
     early_stop: bool = True
+    offload: bool = False
 
     kind: ClassVar[str] = "layer"
     #: Not modelled: a whole layer's region keeps its input only, which the "regions" composition
@@ -59,4 +68,11 @@ class LayerAC(Policy):
         for i in range(0, len(model.blocks), self.layer_step):
             model.blocks[i] = checkpoint_wrapper(model.blocks[i], checkpoint_impl=CheckpointImpl.NO_REENTRANT,
                                                  preserve_rng_state=self.preserve_rng_state, early_stop=self.early_stop)
+            if self.offload:
+                model.blocks[i] = HostOffloadWrapper(model.blocks[i])
         return model
+
+    @property
+    def hidden_from_saved_tensors_hooks(self) -> str | None:
+        """Offloaded layers: ``save_on_cpu``'s hooks are the innermost pair, which alone apply."""
+        return OffloadAC.hidden_from_saved_tensors_hooks if self.offload else None

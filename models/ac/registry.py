@@ -34,11 +34,13 @@ POLICIES: dict[str, Policy] = {p.name: p for p in (
 
 #: The libraries' own checkpointing semantics, named apart from ours: ``whole_layers`` (every
 #: layer whole, layer 0 included: transformers' ``gradient_checkpointing_enable()``, torchtitan's
-#: ``FullAC``; ours, ``full``, wraps the sublayers of blocks 1…) and ``native`` (the model's own
-#: switch, measured as it is). Run on the families that list them (``Family.extra_policies``),
+#: ``FullAC``; ours, ``full``, wraps the sublayers of blocks 1…), ``whole_layers_offload`` (the
+#: same, each layer's input in host memory: transformers' ``offload=True``) and ``native`` (the
+#: model's own switch, measured as it is). Run on the families that list them (``Family.extra_policies``),
 #: not in the default run; valid wherever a policy is named.
 LIBRARY_POLICIES: dict[str, Policy] = {p.name: p for p in (
     LayerAC("whole_layers"),
+    LayerAC("whole_layers_offload", offload=True),
     NativeAC("native"),
 )}
 

@@ -45,8 +45,9 @@ import torch.distributed as dist
 from ac_bench.distributed import build_sharded_training, check_composes
 from ac_bench.metrics import METRICS
 from ac_bench.models import Flavor, Policy, get_policy, parse_variant, resolve_dtype
+from ac_bench.models.ac.offload import simulated_host
 from ac_bench.models.families import family_of
-from ac_bench.outputs import byte_unit, flop_unit, gib_at_least
+from ac_bench.outputs import byte_unit, bytes_text, flop_unit, flops_text, gib_at_least
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
 from ac_bench.record import Measurement, describe_optimizer, measure_step, shape_fields
 
@@ -187,13 +188,15 @@ def estimate_rank(flavor: Flavor, variant: str, setup: ShardedSetup) -> Measurem
     """Rank 0's figures for one step of ``variant`` at ``flavor`` under FSDP2 over
     ``setup.world_size`` ranks, every layer traced (see the module). Units as the record's:
     bytes, FLOPs (this rank's: its batch), ops. Raises ``ac_bench.distributed.DoesNotCompose``
-    for a policy not run under FSDP2, ScaleError where a process group is already up."""
+    for a policy not run under FSDP2, ScaleError where a process group is already up. A layer
+    that offloads (``whole_layers_offload``, a per-block plan's ``o``/``lo``) sends what it saves
+    to a simulated host (``simulated_host``): off the device, counted in ``offloaded_bytes``."""
     policy = check_composes(get_policy(parse_variant(variant)[0]))
     reason = family_of(flavor).exclusion(policy)
     if reason:
         raise ScaleError(reason)
     device = torch.device("cpu")
-    with fake_world(setup.world_size) as mesh, torch._subclasses.fake_tensor.FakeTensorMode():
+    with fake_world(setup.world_size) as mesh, torch._subclasses.fake_tensor.FakeTensorMode(), simulated_host():
         training = build_sharded_training(flavor, variant, device, setup.world_size, 0, **setup.fsdp_kwargs(mesh))
         figures = measure_step(training, _probe, saved_counter_factory=ShardedSavedTensorCounter)
         optimizer = describe_optimizer(training.optimizer)
@@ -361,15 +364,21 @@ def scale_model(name: str) -> Flavor:
     return SCALE_MODELS[name]
 
 
-def scale_policies(flavor: Flavor) -> tuple[str, ...]:
+#: The policy the plan at scale adds where offloading is priced (``--offload-cost``): whole
+#: layers recomputed, their inputs in host memory (transformers' ``offload=True``).
+OFFLOADING_POLICY = "whole_layers_offload"
+
+
+def scale_policies(flavor: Flavor, offload: bool = False) -> tuple[str, ...]:
     """The policies estimated for ``flavor`` under FSDP2: every policy of the registry and of
     the family's ``extra_policies`` that composes with FSDP2 and that the family runs, less
-    ``offload`` (on the CPU the host memory it offloads to is the memory measured) and the
-    compile budgets (not run under FSDP2)."""
+    ``offload`` (its ``save_on_cpu`` hooks wrap the whole forward, so on the CPU the host memory
+    it offloads to is the memory measured) and the compile budgets (not run under FSDP2); with
+    ``offload``, also ``OFFLOADING_POLICY`` where the family runs it."""
     from ac_bench.distributed import NOT_COMPOSED
     from ac_bench.models import POLICIES
     family = family_of(flavor)
-    names = [*POLICIES, *family.extra_policies]
+    names = [*POLICIES, *family.extra_policies, *[OFFLOADING_POLICY] * offload]
     out = []
     for name in dict.fromkeys(names):
         policy = get_policy(name)
@@ -504,19 +513,27 @@ class ScalePlan:
     attention: str
     records: dict[str, Measurement]
     full_depth: bool = False
+    #: FLOPs per offloaded byte (``--offload-cost``), or None: nothing offloads.
+    offload_cost: int | None = None
 
     def recompute_flops(self, policy: str) -> int:
         """FLOPs per step and rank that ``policy`` adds to ``none``'s (its recomputation)."""
         return self.records[policy].flops - self.records["none"].flops
 
+    def cost(self, policy: str) -> int:
+        """What the plan minimises, in FLOPs per step and rank: the recomputed FLOPs, plus
+        ``offload_cost`` for each byte the policy offloads to host memory (copied out in forward
+        and back in backward over the host link: ``ac_bench.blockplan.offload_cost``)."""
+        return self.recompute_flops(policy) + (self.offload_cost or 0) * (self.records[policy].offloaded_bytes or 0)
+
     def fitting(self, budget_bytes: int | None = None) -> list[str]:
         """Policies whose per-rank peak is at most ``budget_bytes`` (default: the plan's budget),
-        cheapest first: fewest recomputed FLOPs, then fewest ops in backward (a selective policy
-        that saves every matmul still recomputes its elementwise ops, which FLOPs do not count),
-        then the lowest peak."""
+        cheapest first: the lowest ``cost`` (the recomputed FLOPs, offloading priced in), then
+        fewest ops in backward (a selective policy that saves every matmul still recomputes its
+        elementwise ops, which FLOPs do not count), then the lowest peak."""
         budget = self.budget_bytes if budget_bytes is None else budget_bytes
         fit = [p for p, r in self.records.items() if r.peak_bytes <= budget]
-        return sorted(fit, key=lambda p: (self.recompute_flops(p), self.records[p].backward_ops or 0,
+        return sorted(fit, key=lambda p: (self.cost(p), self.records[p].backward_ops or 0,
                                           self.records[p].peak_bytes))
 
     def cheapest(self, budget_bytes: int | None = None) -> str | None:
@@ -535,15 +552,17 @@ class ScalePlan:
 
 
 def plan_at_scale(model: Flavor, setup: ShardedSetup, budget_bytes: int, attention: str = "sdpa",
-                  policies: tuple[str, ...] | None = None, full_depth: bool = False) -> ScalePlan:
+                  policies: tuple[str, ...] | None = None, full_depth: bool = False,
+                  offload_cost: int | None = None) -> ScalePlan:
     """Estimate every policy (``scale_policies``, or ``policies``) at ``model`` under ``setup``
     (``estimate``: a few seconds each; ``full_depth`` traces every layer) and return the plan
-    for ``budget_bytes`` per GPU."""
-    names = policies or scale_policies(model)
+    for ``budget_bytes`` per GPU. ``offload_cost`` (FLOPs per offloaded byte) adds
+    ``OFFLOADING_POLICY`` to ``scale_policies`` and prices what it offloads."""
+    names = policies or scale_policies(model, offload=offload_cost is not None)
     if "none" not in names:
         names = ("none", *names)
     records = {p: estimate(model, f"{p}-{attention}", setup, full_depth) for p in names}
-    return ScalePlan(model, setup, budget_bytes, attention, records, full_depth)
+    return ScalePlan(model, setup, budget_bytes, attention, records, full_depth, offload_cost)
 
 
 def smallest_world_size(plan: ScalePlan, max_world_size: int = 4096) -> tuple[int, Measurement] | None:
@@ -614,17 +633,24 @@ def plan_lines(plan: ScalePlan) -> list[str]:
     if chosen is not None:
         r = plan.records[chosen]
         # "plan: none fits" reads as "nothing fits" (a fresh user's check, 2026-12-01).
-        lines.append(f"plan: {'none (no checkpointing)' if chosen == 'none' else chosen} fits {budget_text} per GPU: per-rank peak {r.peak_bytes / size:.2f} {unit}, "
+        label = "none (no checkpointing)" if chosen == "none" else chosen
+        lines.append(f"plan: {label} fits {budget_text} per GPU: per-rank peak {r.peak_bytes / size:.2f} {unit}, "
                      f"margin {(plan.budget_bytes - r.peak_bytes) / size:.2f} {unit}, recomputes "
                      f"{plan.recompute_flops(chosen) / fsize:.1f} {funit} per step and rank "
-                     f"({plan.recompute_flops(chosen) / plan.records['none'].flops:+.1%} over none)")
+                     f"({plan.recompute_flops(chosen) / plan.records['none'].flops:+.1%} over none)"
+                     + (f", offloads {bytes_text(r.offloaded_bytes)} per rank to host memory (priced "
+                        f"{plan.offload_cost} FLOPs a byte: {flops_text(plan.cost(chosen) - plan.recompute_flops(chosen))})"
+                        if r.offloaded_bytes else ""))
+    offloads = plan.offload_cost is not None
     lines += ["", f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {budget_text} | margin {unit} | "
-              f"recompute {funit} | resident {unit} | kept at end of forward {unit} |",
-              "| --- | ---: | :---: | ---: | ---: | ---: | ---: |"]
+              f"recompute {funit} | resident {unit} | kept at end of forward {unit} |"
+              + (f" offloaded to host {unit} |" if offloads else ""),
+              "| --- | ---: | :---: | ---: | ---: | ---: | ---: |" + " ---: |" * offloads]
     for name, r in sorted(plan.records.items(), key=lambda kv: kv[1].peak_bytes):
         lines.append(f"| {name} | {r.peak_bytes / size:.2f} | {'yes' if r.peak_bytes <= plan.budget_bytes else 'no'} | "
                      f"{(plan.budget_bytes - r.peak_bytes) / size:+.2f} | {plan.recompute_flops(name) / fsize:.1f} | "
-                     f"{r.resident_bytes / size:.2f} | {r.forward_kept_bytes / size:.2f} |")
+                     f"{r.resident_bytes / size:.2f} | {r.forward_kept_bytes / size:.2f} |"
+                     + (f" {(r.offloaded_bytes or 0) / size:.2f} |" if offloads else ""))
     depths = {name: r.sharding.get("extrapolated_from_depths") for name, r in plan.records.items()}
     some = next((d for d in depths.values() if d), None)
     whole = [name for name, d in depths.items() if not d]
@@ -633,5 +659,9 @@ def plan_lines(plan: ScalePlan) -> list[str]:
            if some else f"all {plan.model.depth} layers traced")
     lines += ["", f"Estimated for rank 0 on the fake process group and fake tensors (FSDPMemTracker), {how}; "
               f"peaks as the suite measures them: every tensor's storage, no allocator rounding or fragmentation, no "
-              f"CUDA/NCCL context or workspace."]
+              f"CUDA/NCCL context or workspace."
+              + (f" Offloading is priced at {plan.offload_cost} FLOPs per byte (--offload-cost); what a policy offloads "
+                 f"leaves the device when saved and comes back for backward (a simulated host: save_on_cpu's pinned "
+                 f"copies, counted, not made), and every GPU of a node needs that much host memory."
+                 if offloads else "")]
     return lines

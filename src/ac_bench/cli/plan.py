@@ -122,8 +122,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "none / full / selective per sublayer or the whole layer, solved as a MILP (needs PuLP: "
                              "pip install 'ac-bench[milp]'; default %(default)s)")
     parser.add_argument("--offload-cost", type=_offload_cost, metavar="FLOPS_PER_BYTE|h100|h200|a100",
-                        help="--space blocks: add offloaded sublayers and layers (o, lo: save_on_cpu) to the space, each byte it "
-                             "offloads costing this many FLOPs of recompute (rounded to whole FLOPs; 2 x FLOP/s / "
+                        help="--space blocks: add offloaded sublayers and layers (o, lo: save_on_cpu) to the space; at "
+                             "scale: add whole_layers_offload (transformers' offload=True); each byte offloaded "
+                             "costing this many FLOPs of recompute (rounded to whole FLOPs; 2 x FLOP/s / "
                              "host-link B/s; the presets "
                              "use datasheet rates: h200 30919). On the CPU its figures come from fake tensors and a "
                              "simulated host")
@@ -166,7 +167,7 @@ def scale_plan_command(args: argparse.Namespace) -> None:
         mp = {} if args.mixed_precision in (None, "bf16") else {"mp_param_dtype": None, "mp_reduce_dtype": None}
         setup = scale.ShardedSetup(args.world_size, reshard_after_forward=not args.no_reshard_after_forward, **mp)
         plan = scale.plan_at_scale(model, setup, int(args.budget_gib * GIB), args.attention,
-                                   full_depth=args.full_depth)
+                                   full_depth=args.full_depth, offload_cost=args.offload_cost)
         if plan.chosen is None:
             raise ReportInputError(scale.nothing_fits_line(plan))
     except scale.ScaleError as exc:
@@ -179,6 +180,7 @@ def scale_plan_command(args: argparse.Namespace) -> None:
                    f"--seq-len {model.seq_len}", f"--batch {model.batch}", f"--attention {args.attention}",
                    f"--mixed-precision {args.mixed_precision or 'bf16'}"]
         options += ["--no-reshard-after-forward"] * args.no_reshard_after_forward + ["--full-depth"] * args.full_depth
+        options += [f"--offload-cost {args.offload_cost}"] * (args.offload_cost is not None)
         command = f"python -m ac_bench.report plan {' '.join(options)} --markdown {args.markdown}"
         write_text(args.markdown, f"# Checkpointing plan at scale: {model.name}, {args.world_size} GPUs of "
                                   f"{args.budget_gib:g} GiB\n\nRegenerate: `{command}`\n\n{text}")
@@ -188,8 +190,10 @@ def _refuse_unused(args: argparse.Namespace, at_scale: bool) -> None:
     """An option that this kind of plan would ignore is one line, not silently dropped."""
     if at_scale:
         why = "has no effect at scale (--world-size), which estimates each whole-model policy for one FSDP2 rank"
-        unused = [("--space blocks", args.space == "blocks", why), ("--offload-cost", args.offload_cost is not None, why),
-                  ("--host-gib", args.host_gib is not None, why), ("--device cuda", args.device == "cuda", why),
+        unused = [("--space blocks", args.space == "blocks", why),
+                  ("--host-gib", args.host_gib is not None,
+                   "is for --space blocks on one GPU; at scale the table gives each policy's host memory per rank"),
+                  ("--device cuda", args.device == "cuda", why),
                   ("--compile-budgets", args.compile_budgets is not None, why)]
     else:
         why = "is for planning at scale: add --world-size, or leave it out"
