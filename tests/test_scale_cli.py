@@ -189,7 +189,7 @@ def test_the_device_comparison_script_agrees_with_itself_on_the_cpu(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| none") or
             line.startswith("| full")]
-    assert len(rows) == 12, out.read_text()
+    assert len(rows) == 14, out.read_text()
     moved = [r for r in rows if r[4] != "+0"]
     assert moved == [], moved
 
