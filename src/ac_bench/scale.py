@@ -568,8 +568,8 @@ def plan_at_scale(model: Flavor, setup: ShardedSetup, budget_bytes: int, attenti
 def smallest_world_size(plan: ScalePlan, max_world_size: int = 4096) -> tuple[int, Measurement] | None:
     """Where the plan's lowest-peak policy fits the budget at a larger world size: the smallest
     (doubling from the plan's) and its record. ``max_world_size`` is estimated first, so a budget
-    that does not fit even there costs one estimate rather than one per doubling (about 12 s each
-    at 8B): then ``(max_world_size, record)`` with its peak above the budget. None where the
+    that does not fit even there costs one estimate rather than one per doubling (at Llama-3-8B
+    from 16 to 4,096 ranks, 49 s in all): then ``(max_world_size, record)`` with its peak above the budget. None where the
     plan's world size is already over half ``max_world_size``."""
     policy = plan.lowest()
 
