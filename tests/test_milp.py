@@ -221,7 +221,7 @@ def test_a_solver_that_cannot_be_had_is_one_line(monkeypatch, value, says):
 @pytest.mark.parametrize("argv,says", [
     (["frontier", "--points", "1"], "--points needs at least 2 budgets, got 1"),
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "0.0001"],
-     "no per-block plan fits 0.000 GiB (107374 B) for tiny with sdpa attention: the smallest feasible budget is"),
+     "no per-block plan fits 0.0001 GiB (107374 B) for tiny with sdpa attention: the smallest feasible budget is"),
     (["plan", "--space", "blocks", "--flavor", "tiny", "--budget-gib", "1", "--plot", "x.png"],
      "--plot draws the plan_aA_mM planner's picture"),
 ])

@@ -18,7 +18,7 @@ def test_plan_command_prints_the_plan_and_writes_plot_and_markdown(tmp_path, cap
                    "--plot", str(plot), "--markdown", str(markdown), "--compile-budgets", "1.0,0.0"])
     out = capsys.readouterr().out
     assert status == 0, out
-    assert out.startswith("plan: tiny eager, budget 0.001 GiB") and "cheaper per byte saved:" in out
+    assert out.startswith("plan: tiny eager, budget 0.00075 GiB (805306 B)") and "cheaper per byte saved:" in out
     assert "; measured peak " in out.splitlines()[0], out  # tiny steps real tensors
     # Each table in the units its largest figure fills: tiny's peaks are under 1 MiB, its
     # sublayers recompute under 1 MFLOP (every row read "0.001" GiB and "0.000" GFLOP before).

@@ -118,6 +118,8 @@ def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_w
                                                               f"{gib_at_least(full, 2)} GiB (full); lower the sequence "
                                                               f"length or the per-rank batch")
     assert estimated == [], "no larger world size to try, yet one was estimated"
+    plan.model = at(tiny, batch=1)  # a batch of one cannot be lowered
+    assert nothing_fits_line(plan, max_world_size=2).endswith(" GiB (full); lower the sequence length")
 
 
 def test_a_sequential_policy_is_traced_whole_and_of_policies_that_recompute_nothing_none_is_chosen():
@@ -373,8 +375,13 @@ def test_whole_layers_offload_sends_each_layers_input_to_the_host_and_is_chosen_
     keeps ``depth - 1`` fewer on the device. ``--offload-cost`` prices each offloaded byte: with
     both fitting, ``whole_layers`` (same FLOPs, nothing offloaded) is the plan; with only the
     offloading one fitting, it is, and the line says how much host memory it takes."""
+    from ac_bench.scale import scale_policies
     tiny = at(get_flavor("tiny"), seq_len=512)
     hidden = tiny.batch * tiny.seq_len * tiny.d_model * 4
+    # Priced offloading brings whole_layers with it, also where the family does not list it
+    # (tiny's does not: the plan offered the offloading one alone, a fresh user's check).
+    assert "whole_layers" not in scale_policies(tiny), scale_policies(tiny)
+    assert scale_policies(tiny, offload=True)[-2:] == ("whole_layers", "whole_layers_offload"), scale_policies(tiny, True)
     plan = plan_at_scale(tiny, ShardedSetup(2, **NO_MP), 0, policies=("none", "whole_layers", "whole_layers_offload"),
                          offload_cost=30919)
     whole, offloaded = plan.records["whole_layers"], plan.records["whole_layers_offload"]

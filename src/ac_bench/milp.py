@@ -45,7 +45,7 @@ from functools import reduce
 from ac_bench.blockplan import Prediction, RegionFigures, measure_figures, regions
 from ac_bench.models import BlockPlanAC, Flavor
 from ac_bench.models.ac.offload import simulated_host
-from ac_bench.outputs import bytes_text, flops_text, gib_at_least
+from ac_bench.outputs import bytes_text, flops_text, gib_at_least, gib_text
 from ac_bench.record import Measurement, measure_variant
 
 GIB, MIB = 2 ** 30, 2 ** 20
@@ -255,8 +255,8 @@ def _nothing_fits(figures: RegionFigures, budget_bytes: int, host_budget_bytes: 
             with contextlib.suppress(NothingFits, RuntimeError):
                 cheapest = solve(figures, p.peak_bytes, host_budget_bytes=host_budget_bytes, _name_cheapest=False)
                 blocks, p = cheapest.blocks, cheapest.prediction
-        host = "" if host_budget_bytes is None else f" offloading at most {host_budget_bytes / GIB:.3f} GiB"
-        return NothingFits(f"no per-block plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B){host} for "
+        host = "" if host_budget_bytes is None else f" offloading at most {gib_text(host_budget_bytes)} GiB"
+        return NothingFits(f"no per-block plan fits {gib_text(budget_bytes)} GiB ({budget_bytes} B){host} for "
                            f"{figures.flavor} with {figures.attention} attention: the smallest feasible budget is "
                            f"{gib_at_least(p.peak_bytes, 3)} GiB ({p.peak_bytes} B, {BlockPlanAC.of(blocks).name})")
     return error
@@ -282,7 +282,7 @@ class BlockPlan:
         s, r, p = self.solution, self.record, self.solution.prediction
         gap = "proven optimal" if s.gap == 0.0 else f"not proven optimal ({s.solver}'s time limit)"
         host = f", offloaded {bytes_text(p.offloaded_bytes)} to host memory" if p.offloaded_bytes else ""
-        return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB ({self.budget_bytes} B): "
+        return (f"{self.flavor.name} {self.attention}, budget {gib_text(self.budget_bytes)} GiB ({self.budget_bytes} B): "
                 f"{self.policy.name}-{self.attention} ({self.policy.describe()}); {r.peak_how} peak "
                 f"{bytes_text(r.peak_bytes)} ({r.peak_bytes} B, predicted {p.peak_bytes}, at the {p.peak_at}), kept "
                 f"{bytes_text(r.forward_kept_bytes)}, recompute {flops_text(r.flops - self.none.flops)}{host}; "

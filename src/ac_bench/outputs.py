@@ -128,11 +128,21 @@ def _termination_raises() -> Iterator[None]:
 
 
 def gib_at_least(nbytes: int, decimals: int) -> str:
-    """``nbytes`` in GiB with ``decimals`` decimals, rounded up: a budget printed to be pasted
+    """``nbytes`` in GiB with ``decimals`` decimals (more below 1 GiB, for 3 significant digits),
+    rounded up: a budget printed to be pasted
     back (the smallest feasible) must not come out below what it names (8808366224 B is
     ``8.204``, not ``8.203``, which is 8807904182 B once given back as ``--budget-gib``)."""
+    gib = nbytes / 2 ** 30
+    if 0 < gib < 1:  # at least 3 significant digits: 766480 B is 0.000714, not 0.001 (the budget beside it)
+        decimals = max(decimals, 2 - math.floor(math.log10(gib)))
     scale = 10 ** decimals
     return f"{math.ceil(nbytes * scale / 2 ** 30) / scale:.{decimals}f}"
+
+
+def gib_text(nbytes: int) -> str:
+    """A budget in GiB to 4 significant digits, as a user gives it (``--budget-gib 0.00072``:
+    ``0.00072``; 1 GiB: ``1``), not ``0.001``."""
+    return f"{nbytes / 2 ** 30:.4g}"
 
 
 def byte_unit(largest: int | float) -> tuple[str, int]:

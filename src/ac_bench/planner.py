@@ -44,7 +44,7 @@ import torch
 
 from ac_bench import analytic
 from ac_bench.models import Flavor, PlanAC, resolve_dtype
-from ac_bench.outputs import bytes_text, flops_text, gib_at_least
+from ac_bench.outputs import bytes_text, flops_text, gib_at_least, gib_text
 from ac_bench.record import Measurement, measure_variant
 from ac_bench.regions import RegionProfile, region_profile
 
@@ -85,7 +85,7 @@ class Plan:
     def summary(self) -> str:
         c, r = self.chosen, self.record
         depth = self.flavor.depth
-        return (f"{self.flavor.name} {self.attention}, budget {self.budget_bytes / GIB:.3f} GiB "
+        return (f"{self.flavor.name} {self.attention}, budget {gib_text(self.budget_bytes)} GiB "
                 f"({self.budget_bytes} B): {c.name}-{self.attention}, checkpointing {c.policy.describe(depth)}; "
                 f"{r.peak_how} peak {bytes_text(r.peak_bytes)} ({r.peak_bytes} B, predicted {c.predicted_peak_bytes}), "
                 f"kept {bytes_text(r.forward_kept_bytes)}, recompute {flops_text(c.recompute_flops)} "
@@ -209,6 +209,6 @@ class Planner:
         smallest = min(measured_floor, key=lambda c: (self.measure(c.policy).peak_bytes, c.recompute_flops))
         measured = self.measure(smallest.policy).peak_bytes
         raise InfeasibleBudget(
-            f"no checkpointing plan fits {budget_bytes / GIB:.3f} GiB ({budget_bytes} B) for {self.flavor.name} "
+            f"no checkpointing plan fits {gib_text(budget_bytes)} GiB ({budget_bytes} B) for {self.flavor.name} "
             f"with {self.attention} attention: the smallest feasible budget is {gib_at_least(measured, 3)} GiB "
             f"({measured} B, {smallest.name}: checkpointing {smallest.policy.describe(self.depth)})")

@@ -374,11 +374,13 @@ def scale_policies(flavor: Flavor, offload: bool = False) -> tuple[str, ...]:
     the family's ``extra_policies`` that composes with FSDP2 and that the family runs, less
     ``offload`` (its ``save_on_cpu`` hooks wrap the whole forward, so on the CPU the host memory
     it offloads to is the memory measured) and the compile budgets (not run under FSDP2); with
-    ``offload``, also ``OFFLOADING_POLICY`` where the family runs it."""
+    ``offload``, also ``OFFLOADING_POLICY`` and ``whole_layers``, which recomputes the same and
+    offloads nothing (a family that does not list ``whole_layers`` would otherwise have only the
+    offloading one), where the family runs them."""
     from ac_bench.distributed import NOT_COMPOSED
     from ac_bench.models import POLICIES
     family = family_of(flavor)
-    names = [*POLICIES, *family.extra_policies, *[OFFLOADING_POLICY] * offload]
+    names = [*POLICIES, *family.extra_policies, *["whole_layers", OFFLOADING_POLICY] * offload]
     out = []
     for name in dict.fromkeys(names):
         policy = get_policy(name)
@@ -504,8 +506,9 @@ class NothingFits(ScaleError):
 @dataclasses.dataclass
 class ScalePlan:
     """Every policy's estimated rank at one model, setup and per-GPU memory (``budget_bytes``),
-    and the cheapest that fits: the fewest recomputed FLOPs (``flops`` over ``none``'s; ties:
-    the lower peak). ``records``: policy name -> record, the order of ``scale_policies``."""
+    and the cheapest that fits (``fitting``: the fewest recomputed FLOPs, offloading priced in;
+    ties: fewer ops in backward, then the lower peak). ``records``: policy name -> record, the
+    order of ``scale_policies``."""
 
     model: Flavor
     setup: ShardedSetup
@@ -596,17 +599,19 @@ def nothing_fits_line(plan: ScalePlan, max_world_size: int = 4096) -> str:
     world size, and the smallest world size (doubling, up to ``max_world_size``) at which the
     lowest-peak policy fits, or its peak at ``max_world_size`` where even that is over the budget."""
     lowest = plan.lowest()
-    peak = plan.records[lowest].peak_bytes
+    peak, host = plan.records[lowest].peak_bytes, plan.records[lowest].offloaded_bytes
     line = (f"nothing fits {plan.budget_bytes / GIB:g} GiB per GPU for {plan.model.name} at world size "
-            f"{plan.setup.world_size}: the smallest feasible is {gib_at_least(peak, 2)} GiB ({lowest})")
+            f"{plan.setup.world_size}: the smallest feasible is {gib_at_least(peak, 2)} GiB ({lowest}"
+            + (f", with {bytes_text(host)} per rank in host memory)" if host else ")"))
+    lower = "lower the sequence length" + (" or the per-rank batch" if plan.model.batch > 1 else "")
     found = smallest_world_size(plan, max_world_size)
     if found is None:
-        return line + "; lower the sequence length or the per-rank batch"
+        return line + f"; {lower}"
     world, record = found
     if record.peak_bytes <= plan.budget_bytes:
         return line + f", or {lowest} at world size {world} ({record.peak_bytes / GIB:.2f} GiB per rank)"
     return line + (f"; even at world size {world} {lowest} needs {gib_at_least(record.peak_bytes, 2)} GiB per rank: "
-                   f"lower the sequence length or the per-rank batch")
+                   f"{lower}")
 
 
 def describe_setup(model: Flavor, setup: ShardedSetup) -> str:
@@ -635,20 +640,22 @@ def plan_lines(plan: ScalePlan) -> list[str]:
         # "plan: none fits" reads as "nothing fits" (a fresh user's check, 2026-12-01).
         label = "none (no checkpointing)" if chosen == "none" else chosen
         lines.append(f"plan: {label} fits {budget_text} per GPU: per-rank peak {r.peak_bytes / size:.2f} {unit}, "
-                     f"margin {(plan.budget_bytes - r.peak_bytes) / size:.2f} {unit}, recomputes "
+                     f"margin {bytes_text(plan.budget_bytes - r.peak_bytes)}, recomputes "
                      f"{plan.recompute_flops(chosen) / fsize:.1f} {funit} per step and rank "
                      f"({plan.recompute_flops(chosen) / plan.records['none'].flops:+.1%} over none)"
                      + (f", offloads {bytes_text(r.offloaded_bytes)} per rank to host memory (priced "
                         f"{plan.offload_cost} FLOPs a byte: {flops_text(plan.cost(chosen) - plan.recompute_flops(chosen))})"
                         if r.offloaded_bytes else ""))
     offloads = plan.offload_cost is not None
-    lines += ["", f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {budget_text} | margin {unit} | "
+    # The margin in its own unit: a small model's peaks are KiB, a 1 GiB budget's margins are not.
+    munit, msize = byte_unit(max(abs(plan.budget_bytes - r.peak_bytes) for r in plan.records.values()))
+    lines += ["", f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {budget_text} | margin {munit} | "
               f"recompute {funit} | resident {unit} | kept at end of forward {unit} |"
               + (f" offloaded to host {unit} |" if offloads else ""),
               "| --- | ---: | :---: | ---: | ---: | ---: | ---: |" + " ---: |" * offloads]
     for name, r in sorted(plan.records.items(), key=lambda kv: kv[1].peak_bytes):
         lines.append(f"| {name} | {r.peak_bytes / size:.2f} | {'yes' if r.peak_bytes <= plan.budget_bytes else 'no'} | "
-                     f"{(plan.budget_bytes - r.peak_bytes) / size:+.2f} | {plan.recompute_flops(name) / fsize:.1f} | "
+                     f"{(plan.budget_bytes - r.peak_bytes) / msize:+.2f} | {plan.recompute_flops(name) / fsize:.1f} | "
                      f"{r.resident_bytes / size:.2f} | {r.forward_kept_bytes / size:.2f} |"
                      + (f" {(r.offloaded_bytes or 0) / size:.2f} |" if offloads else ""))
     depths = {name: r.sharding.get("extrapolated_from_depths") for name, r in plan.records.items()}

@@ -121,13 +121,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="prefix: plan_aA_mM, whole sublayers of the first blocks, enumerated; blocks: per block "
                              "none / full / selective per sublayer or the whole layer, solved as a MILP (needs PuLP: "
                              "pip install 'ac-bench[milp]'; default %(default)s)")
+    from ac_bench.blockplan import OFFLOAD_PRESETS, offload_cost
+    presets = ", ".join(f"{name} {offload_cost(*rates)}" for name, rates in OFFLOAD_PRESETS.items())
     parser.add_argument("--offload-cost", type=_offload_cost, metavar="FLOPS_PER_BYTE|h100|h200|a100",
                         help="--space blocks: add offloaded sublayers and layers (o, lo: save_on_cpu) to the space; at "
-                             "scale: add whole_layers_offload (transformers' offload=True); each byte offloaded "
-                             "costing this many FLOPs of recompute (rounded to whole FLOPs; 2 x FLOP/s / "
-                             "host-link B/s; the presets "
-                             "use datasheet rates: h200 30919). On the CPU its figures come from fake tensors and a "
-                             "simulated host")
+                             "scale: add whole_layers_offload (transformers' offload=True) and whole_layers; each "
+                             f"byte offloaded costing this many FLOPs of recompute: a whole number from 0 to "
+                             f"{MAX_OFFLOAD_COST:.0e}, or a preset, 2 x FLOP/s / host-link B/s at datasheet rates "
+                             f"rounded to whole FLOPs ({presets}). On the CPU its figures come from fake tensors and "
+                             f"a simulated host")
     parser.add_argument("--host-gib", type=_host_gib, metavar="GIB",
                         help="--space blocks with --offload-cost: offload at most this much host memory (0: none)")
     parser.add_argument("--budget-gib", type=_gib, required=True, metavar="GIB",
@@ -350,7 +352,7 @@ def block_plan_command(args: argparse.Namespace) -> None:
              "what it adds to the bytes kept for backward in this plan (its output included, less its input "
              "where it does not keep it, which is freed after it), and what it recomputes; the plan's kept total "
              "leaves out the model's output and adds what follows the last block",
-             "| block | choice | kept MiB | recompute GFLOP | offloaded MiB |", "| ---: | --- | ---: | ---: | ---: |"]
+             ]
     blocks = plan.policy.blocks
     # What each block's forward adds, with the input a block does not keep (handed_on, from
     # block 1 on: block 0's is the model's) taken off its own row, not off the next one's, where
@@ -361,10 +363,16 @@ def block_plan_command(args: argparse.Namespace) -> None:
         freed = fig.handed_on.get(blocks[i], 0)
         kept[i] -= freed
         kept[i + 1] += freed
-    for i, choice in enumerate(blocks):
-        f = fig.of(i, choice)
-        lines.append(f"| {i} | {choice} | {kept[i] / MIB:.2f} | {f.recompute_flops / 1e9:.3f} | {f.offloaded / MIB:.2f} |")
-    lines.append(f"| after the blocks | | {kept[-1] / MIB:+.2f} | | |")
+    # Each column in the unit its largest figure fills (tiny's rows read 0.05 MiB, 0.000 GFLOP).
+    figures = [fig.of(i, choice) for i, choice in enumerate(blocks)]
+    kunit, ksize = byte_unit(max(abs(k) for k in kept))
+    funit, fsize = flop_unit(max(f.recompute_flops for f in figures))
+    ounit, osize = byte_unit(max(f.offloaded for f in figures))
+    lines += [f"| block | choice | kept {kunit} | recompute {funit} | offloaded {ounit} |", "| ---: | --- | ---: | ---: | ---: |"]
+    for i, (choice, f) in enumerate(zip(blocks, figures)):
+        lines.append(f"| {i} | {choice} | {kept[i] / ksize:.2f} | {f.recompute_flops / fsize:.3f} | {f.offloaded / osize:.2f} |")
+    after = round(kept[-1] / ksize, 2)  # not "-0.00"
+    lines.append(f"| after the blocks | | {f'{after:+.2f}' if after else '0.00'} | | |")
     if fig.offload_flops_per_byte is not None:
         where = ("fake tensors and a simulated host (the CPU has no host of its own to offload to)"
                  if args.device == "cpu" else "the device")
