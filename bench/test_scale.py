@@ -149,10 +149,12 @@ def test_a_figure_that_is_not_affine_in_depth_is_not_extrapolated():
 
 def scale_policy_ids():
     from ac_bench.models import POLICIES
-    names = [p for p in (*POLICIES, "whole_layers", "native")
+    from ac_bench.scale import OFFLOADING_POLICY
+    names = [p for p in (*POLICIES, "whole_layers", "native", OFFLOADING_POLICY)
              if get_policy(p).kind not in ("offload", "compile_budget", "sequential")]
-    # The default run gates two (~4 s each); --slow (make test) full and sac too; the rest deep.
-    fast, slow = ("none", "whole_layers"), ("full", "sac")
+    # The default run gates two (~4 s each); --slow (make test) full, sac and the libraries'
+    # offloading too; the rest deep.
+    fast, slow = ("none", "whole_layers"), ("full", "sac", OFFLOADING_POLICY)
     return [pytest.param(p, id=f"cpu-llama3-8b-w64-{p}-sdpa",
                          marks=() if p in fast else [pytest.mark.slow] if p in slow else [pytest.mark.slow, pytest.mark.deep])
             for p in names]
@@ -163,9 +165,11 @@ def test_llama3_8b_at_world_size_64_matches_baseline(llama3_8b, policy, baseline
     """Llama-3-8B (32 layers, transformers' model and loss, sequence 8192, per-rank batch 1,
     float32 parameters with bfloat16 compute and float32 reduction) on rank 0 of 64, extrapolated
     from three depths, against ``llama3-8b-w64-{variant}`` in the baselines: a PyTorch or
-    transformers upgrade that changes FSDP2's or a policy's per-rank memory fails here."""
+    transformers upgrade that changes FSDP2's or a policy's per-rank memory fails here.
+    ``whole_layers_offload`` is estimated with the simulated host (``offloaded_bytes``: each
+    layer's input, 32 x 8192 x 4096 x 2 B = 2 GiB per rank, gated like every figure)."""
     from ac_bench.scale import scale_policies
-    if policy not in scale_policies(llama3_8b):
+    if policy not in scale_policies(llama3_8b, offload=True):
         pytest.skip(f"{policy} is not estimated for {llama3_8b.family}")
     record = estimate(llama3_8b, f"{policy}-sdpa", ShardedSetup(64))
     assert record.depth == 32 and record.sharding["extrapolated_from_depths"], record.sharding
