@@ -307,9 +307,40 @@ def test_a_run_in_a_users_folder_makes_no_timing_folder_unless_it_saves(tmp_path
     result = run_pytest("-p", "ac_bench.plugin", "test_mine.py", "-q", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (tmp_path / "baselines").exists() and not (tmp_path / ".benchmarks").exists(), sorted(tmp_path.rglob("*"))
+    result = run_pytest("-p", "ac_bench.plugin", "--help", cwd=tmp_path)  # no session: removed at unconfigure
+    assert result.returncode == 0 and "--update-baselines" in result.stdout, result.stdout + result.stderr
+    assert not (tmp_path / "baselines").exists(), sorted(tmp_path.rglob("*"))
     result = run_pytest("-p", "ac_bench.plugin", "test_mine.py", "-q", "--benchmark-autosave", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert len(list((tmp_path / "baselines" / "cpu" / "timing" / processor_key()).glob("*/0001_*.json"))) == 1
+
+
+def test_a_users_own_gate_prints_the_command_that_makes_its_baselines(tmp_path):
+    """``pytest -p ac_bench.plugin`` on a user's own gating test (docs/extending.md): the
+    skip names a command that, pasted as printed, writes the baselines (with ``-p
+    ac_bench.plugin`` and the user's test file, not the suite's ``bench/``), after which the
+    gate passes."""
+    import shlex
+    import sys
+    (tmp_path / "tests_mine").mkdir()
+    (tmp_path / "tests_mine" / "test_gate.py").write_text(
+        "from ac_bench.plugin.session import gate_record\n\n\n"
+        "def test_my_figures(case, measurements, baseline_gate, update_baselines):\n"
+        "    gate_record(measurements.get(case), baseline_gate, update_baselines)\n")
+    run = ("-p", "ac_bench.plugin", "tests_mine/test_gate.py", "--flavor", "tiny", "--device", "cpu",
+           "-k", "tiny-none-sdpa", "-rs", "--benchmark-disable")
+    skipped = run_pytest(*run, cwd=tmp_path)
+    assert skipped.returncode == 0 and "1 skipped" in skipped.stdout, skipped.stdout + skipped.stderr
+    command = skipped.stdout.split("create them with `", 1)[1].split("`", 1)[0]
+    assert command == "pytest -p ac_bench.plugin tests_mine/test_gate.py --device cpu --flavor tiny --update-baselines", \
+        command
+    words = shlex.split(command)
+    # As printed, less the other 19 variants of tiny it would measure too (-k).
+    made = subprocess.run([sys.executable, "-m", *words, "-p", "no:cacheprovider", "-k", "tiny-none-sdpa"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0 and (tmp_path / "baselines" / "cpu" / "figures.json").exists(), made.stdout + made.stderr
+    passed = run_pytest(*run, cwd=tmp_path)
+    assert passed.returncode == 0 and "1 passed" in passed.stdout, passed.stdout + passed.stderr
 
 
 def test_benchmark_json_carries_every_record(tmp_path):

@@ -168,8 +168,9 @@ DEFAULT_BASELINES_DIR = Path("baselines")
 def accept_command(record: Measurement, directory: Path | None = None, suite: str = "bench/",
                    options: tuple[str, ...] = (), default_directory: Path = DEFAULT_BASELINES_DIR) -> str:
     """The command that accepts ``record``'s figures, with every option that selects what ran
-    and where the baselines live, so that it works when pasted as is: ``suite`` is the path of
-    the benchmark's folder as the user's shell sees it, ``options`` the run's options that a
+    and where the baselines live, so that it works when pasted as is: ``suite`` is what pytest
+    is given to run, as the user types it, shell-quoted (``ac_bench.plugin.options.suite_path``:
+    ``bench/``, or ``-p ac_bench.plugin`` and a user's test paths), ``options`` the run's options that a
     flavor name depends on (``--model-spec SPEC``, ``--sdpa-backend NAME``); ``--baselines-dir``
     is left out where ``directory`` is ``default_directory``, the run's default."""
     device = record.device.split(":")[0]
@@ -181,7 +182,7 @@ def accept_command(record: Measurement, directory: Path | None = None, suite: st
     # whatever --flavor says, and --flavor with its name would be refused.
     from ac_bench.models import FLAVORS
     flavor = f" --flavor {record.flavor}" if record.flavor in FLAVORS else ""
-    return (f"pytest {shlex.quote(suite) if suite != 'bench/' else suite} --device {device}{flavor}"
+    return (f"pytest {suite} --device {device}{flavor}"
             f"{extra}{where} --update-baselines -k {record.case_id}")
 
 

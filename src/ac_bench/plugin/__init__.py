@@ -139,6 +139,7 @@ def force_sdpa_backend(config: pytest.Config) -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    benchmark.remove_empty_storage(config)  # pytest --help has no session to remove them at
     if SDPA_BACKEND_KEY in config.stash:
         config.stash[SDPA_BACKEND_KEY].close()
 

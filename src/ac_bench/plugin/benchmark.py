@@ -90,8 +90,11 @@ def remove_empty_storage(config: pytest.Config) -> None:
     at configure time), whether or not anything will be saved; the folders it made are removed
     again while empty, after it has read the stored runs. Saving makes them again
     (``FileStorage.get``), so a timing key's folder exists only once a run was saved into it
-    (--benchmark-save, --benchmark-autosave)."""
-    for folder in config.stash.get(UNSAVED_FOLDERS_KEY, []):
+    (--benchmark-save, --benchmark-autosave). Called when the session starts and again when
+    pytest unconfigures, for a run that has no session (``--help``, a usage error); each
+    folder is tried once."""
+    folders, config.stash[UNSAVED_FOLDERS_KEY] = config.stash.get(UNSAVED_FOLDERS_KEY, []), []
+    for folder in folders:
         try:
             folder.rmdir()
         except OSError:  # not empty (another process saved meanwhile) or already gone: keep the rest

@@ -3,6 +3,7 @@ validated once at configure time: a bad value is one ``pytest.UsageError`` line.
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,15 @@ def baselines_dir(config: pytest.Config) -> Path:
 
 
 def suite_path(config: pytest.Config) -> str:
-    """The benchmark's folder as the user's shell sees it: ``bench/`` from the rootdir, else its
-    absolute path (for the printed accept command)."""
+    """What the printed accept command runs, as the user types it (shell-quoted): ``bench/``
+    from the suite's rootdir, else that folder's absolute path; in a user's own project (the
+    plugin loaded with ``-p ac_bench.plugin``, no ``bench/`` beside it), ``-p ac_bench.plugin``
+    and the test paths this run was given (none where pytest found them itself)."""
     folder = config.rootpath / "bench"
-    return "bench/" if Path.cwd().resolve() == config.rootpath.resolve() else str(folder)
+    if "ac_bench.plugin" in (config.option.plugins or []) and not folder.is_dir():
+        given = config.args if config.args_source == pytest.Config.ArgsSource.ARGS else []
+        return " ".join(["-p ac_bench.plugin", *(shlex.quote(a) for a in given)])
+    return "bench/" if Path.cwd().resolve() == config.rootpath.resolve() else shlex.quote(str(folder))
 
 
 def accept_options(config: pytest.Config) -> tuple[str, ...]:
