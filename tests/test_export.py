@@ -154,3 +154,13 @@ def test_an_offloading_plan_is_not_exported_as_transformers_offload_which_still_
     with simulated_host():
         mine = measure_variant(dataclasses.replace(flavor, cpu_mode="estimate"), "whole_layers_offload-sdpa", "cpu")
     assert len(packed) == flavor.depth and sum(packed) == mine.offloaded_bytes > 0, (packed, mine.offloaded_bytes)
+
+
+def test_the_export_shown_in_the_planners_docs_is_what_it_prints():
+    """``docs/planner.md``'s ``blocks_lf12`` example is ``export_lines``' output, line for line
+    (it had gone stale: no header, no list marks, no transformers 5.24 name)."""
+    from ac_bench.export import export_lines
+    from tests.helpers import ROOT
+    doc = (ROOT / "docs" / "planner.md").read_text()
+    shown = doc.split("```\nexported (blocks_lf12):\n", 1)[1].split("\n```", 1)[0].splitlines()
+    assert ["exported (blocks_lf12):", *shown] == export_lines(get_policy("blocks_lf12"))
