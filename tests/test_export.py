@@ -164,3 +164,11 @@ def test_the_export_shown_in_the_planners_docs_is_what_it_prints():
     doc = (ROOT / "docs" / "planner.md").read_text()
     shown = doc.split("```\nexported (blocks_lf12):\n", 1)[1].split("\n```", 1)[0].splitlines()
     assert ["exported (blocks_lf12):", *shown] == export_lines(get_policy("blocks_lf12"))
+
+
+def test_a_policy_that_is_no_per_block_plan_is_refused_by_name():
+    """``export_lines(get_policy("every_3"))`` raised AttributeError ('RegionAC' object has no
+    attribute 'blocks'); it is a TypeError that names the policy and what is exported."""
+    from ac_bench.export import export_lines
+    with pytest.raises(TypeError, match=r"^every_other: only per-block plans \(blocks_\.\.\."):
+        export_lines(get_policy("every_other"))

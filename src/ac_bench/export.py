@@ -138,7 +138,11 @@ OFFLOAD_NOT_EXPORTED = {
 
 def export_all(policy: BlockPlanAC) -> list[Export]:
     """The plan for torchtitan, Megatron-LM and transformers (none of them where it offloads a
-    region: ``OFFLOAD_NOT_EXPORTED`` says why)."""
+    region: ``OFFLOAD_NOT_EXPORTED`` says why). Raises TypeError for a policy that is not a
+    per-block plan (``every_3``, ``sac``: name it as a ``blocks_...`` plan to export it)."""
+    if not isinstance(policy, BlockPlanAC):
+        raise TypeError(f"{policy.name}: only per-block plans (blocks_..., what plan --space blocks chooses) are "
+                        f"exported; write it as one, e.g. blocks_lf12 for every block whole")
     if any(c in OFFLOAD_CHOICES for c in policy.blocks):
         return [Export(name, None, f"does not fit: the plan offloads to host memory (o, lo); {why}")
                 for name, why in OFFLOAD_NOT_EXPORTED.items()]
