@@ -176,7 +176,7 @@ SWEEP_CASES = [
 ANALYTIC_CASES = [
     (["--flavor", "huge"], "unknown flavor 'huge'; valid names"),
     (["--flavor", ""], "unknown flavor ''; valid names"),
-    (["--device-type", "tpu"], "argument --device-type: invalid choice: 'tpu'"),
+    (["--device-type", "tpu"], "argument --device/--device-type: invalid choice: 'tpu'"),
     (["--bogus"], "unrecognized arguments: --bogus"),
 ]
 

@@ -418,3 +418,23 @@ def test_a_storage_outside_the_current_folder_compares_without_an_internal_error
     result = run_pytest("bench/test_speed.py", "--collect-only", "-q", "--flavor", "small", "--device", "cpu",
                         "--benchmark-storage", f"file://{stored_tiny_run / 'history'}", "--benchmark-compare")
     assert "INTERNALERROR" not in result.stdout + result.stderr, (result.stdout + result.stderr)[-2000:]
+
+
+@pytest.mark.parametrize("command", [("ac_bench.analytic", "--flavor", "seed"),
+                                     ("ac_bench.report", "plan", "--flavor", "tiny", "--budget-gib", "1")])
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly(command):
+    """``python -m ac_bench.analytic | head -2``: the reader gone, the command ends with 141
+    (SIGPIPE's status in the shell) and says nothing; it printed "error: None: cannot write:
+    Broken pipe", or Python's "Exception ignored" at exit (status 120)."""
+    import os
+    import sys
+
+    from tests.helpers import _child_env
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the command writes its first line
+    try:
+        proc = subprocess.run([sys.executable, "-m", *command], stdout=write, stderr=subprocess.PIPE, text=True,
+                              cwd=ROOT, env=_child_env(), timeout=300)
+    finally:
+        os.close(write)
+    assert (proc.returncode, proc.stderr) == (141, ""), (proc.returncode, proc.stderr[-2000:])

@@ -1,5 +1,5 @@
 """The analytic model's command line: ``python -m ac_bench.analytic [--model-spec S] [--flavor NAME]
-[--device-type cuda|cpu]`` explains where a flavor's activation memory goes."""
+[--device cuda|cpu]`` explains where a flavor's activation memory goes."""
 
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ from ac_bench.report.load import ReportInputError, exit_status
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ac_bench.analytic [--flavor NAME] [--device-type cuda|cpu]``: ``explain``'s answer.
+    """``python -m ac_bench.analytic [--flavor NAME] [--device cuda|cpu]``: ``explain``'s answer.
     A bad option, or a flavor whose family declares no analytic model, is one line on stderr and
     exit status 2."""
     parser = ArgumentParser(prog="python -m ac_bench.analytic", description=explain.__doc__)
     add_flavor_arguments(parser)
-    parser.add_argument("--device-type", default="cuda", choices=["cuda", "cpu"],
-                        help="LayerNorm keeps fp32 statistics on CUDA, input-dtype ones on the CPU")
+    parser.add_argument("--device", "--device-type", dest="device_type", default="cuda", choices=["cuda", "cpu"],
+                        help="the device the model is for, whatever machine runs this (default %(default)s): "
+                             "LayerNorm keeps fp32 statistics on CUDA, input-dtype ones on the CPU; --device-type is "
+                             "the older spelling")
     args = parser.parse_args(argv)
 
     def command() -> None:

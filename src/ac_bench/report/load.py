@@ -7,6 +7,7 @@ record: ``STEP_TIMING_KEYS``)."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,9 +167,16 @@ def exit_status(name: str, command: Callable[[], None]) -> int:
     """Run a command; unusable input, an unwritable output file, a step larger than this
     machine's memory, or an exception raised in a user's ``--model-spec`` module is one line on
     stderr, ``{name}: error: ...``, and exit status 2 (no traceback). Any other exception is the
-    suite's bug and keeps its traceback."""
+    suite's bug and keeps its traceback. A reader that closed the pipe early (``| head``) ends
+    the command quietly with 141, the shell's status for SIGPIPE, as a C tool's would."""
     try:
         command()
+        sys.stdout.flush()  # a closed pipe shows here, not as "Exception ignored" at exit
+    except BrokenPipeError:
+        # What is still buffered cannot be written either: stdout onto /dev/null, so the
+        # interpreter's own flush at exit is quiet too (Python's docs, "Note on SIGPIPE").
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except ReportInputError as exc:
         print(f"{name}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
