@@ -158,7 +158,11 @@ def test_exact_time_and_memory_tie_keeps_both_on_the_frontier():
 
 
 def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / MIB:,.1f}"
+    """The table's MiB: one decimal from 100 MiB, 3 significant digits below (from 1e-4 MiB)."""
+    if value is None:
+        return "-"
+    v = value / MIB
+    return f"{v:,.1f}" if v == 0 or abs(v) >= 100 else f"{v:#.3g}"
 
 
 def test_table_content_against_the_fixture(tmp_path, capsys):
@@ -288,7 +292,7 @@ def test_the_report_shows_the_ops_of_backward():
     table = tables.group_table(group)
     ops, nonmatmul = (table.header.index(METRICS[m].column) for m in ("backward_ops", "backward_nonmatmul_bytes"))
     assert {row[0]: (row[ops], row[nonmatmul]) for row in table.rows} == {
-        "none-sdpa": ("94 (+0)", "10.0 (+0.0)"), "sac-sdpa": ("106 (+12)", "12.5 (+2.5)"), "full-eager": ("112", "3.0"),
+        "none-sdpa": ("94 (+0)", "10.0 (+0.0)"), "sac-sdpa": ("106 (+12)", "12.5 (+2.50)"), "full-eager": ("112", "3.00"),
         "full-sdpa": ("-", "-")}
     text = tables.report_text([load_run(RUN)], markdown=True)
     assert METRICS["backward_ops"].meaning in text and METRICS["backward_nonmatmul_bytes"].meaning in text
@@ -653,7 +657,7 @@ def test_cuda_out_of_memory_is_a_recorded_result():
     fit = longest_fitting(points, 1000)
     assert fit.point is points[0] and not fit.open_ended
     table = tables.sweep_table(points, "fake")
-    assert [row[2] for row in table.rows] == ["0.0", "OOM", "OOM"]
+    assert [row[2] for row in table.rows] == ["0.0000954", "OOM", "OOM"]  # 100 B: 3 significant digits
 
     def broken(flavor, variant, device):
         raise RuntimeError("not an out-of-memory error")

@@ -7,6 +7,7 @@ a metric that is null for a policy shows as ``-``, its note beside the table.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,8 +85,15 @@ def write_text(path: Path, text: str) -> None:
 
 
 def mib(n: int | None) -> str:
-    """Bytes as MiB with a thousands separator; ``-`` for a null figure."""
-    return NULL if n is None else f"{n / MIB:,.1f}"
+    """Bytes as MiB with a thousands separator, to one decimal, and to 3 significant digits
+    below 100 MiB (``0.748``, ``5.30``: a small flavor's table read 0.7 in every row); the unit
+    stays MiB, so that tables of different runs compare at a glance. ``-`` for a null figure."""
+    if n is None:
+        return NULL
+    value = n / MIB
+    if value == 0 or abs(value) >= 100:
+        return f"{value:,.1f}"
+    return f"{value:,.{max(1, 2 - math.floor(math.log10(abs(value))))}f}"
 
 
 def pct(x: float | None) -> str:
@@ -127,7 +135,9 @@ def beyond_none_cell(name: str, value: int | None, extra: int | None) -> str:
     text = mib(value) if in_mib else f"{value:,}"
     if extra is None:
         return text
-    return f"{text} ({extra / MIB:+,.1f})" if in_mib else f"{text} ({extra:+,})"
+    if not in_mib:
+        return f"{text} ({extra:+,})"
+    return f"{text} ({'' if extra < 0 else '+'}{mib(extra)})"
 
 
 def _beyond_none_bullet(header: str, name: str) -> str:
@@ -162,6 +172,9 @@ DEFINITIONS: dict[str, str] = {
               f"SDPA's math fallback); `{NULL}` in records that predate it (schema version 2).",
     "estimate": f"- estimate: memory method `{ESTIMATE_METHOD}`, the step traced on fake tensors: exact bytes "
                 "and FLOPs as PyTorch allocates them on the CPU, no compute, no timing.",
+    "figures": f"- figures: `measured` where the step ran; `estimate` where it was traced on fake tensors (memory "
+               f"method `{ESTIMATE_METHOD}`: exact bytes and FLOPs as PyTorch allocates them on the CPU, no compute, "
+               f"no timing); otherwise the step's outcome (`out-of-memory`, `non-finite-loss`).",
 }
 
 
@@ -250,7 +263,7 @@ def report_text(runs: Sequence[Run], markdown: bool) -> str:
     labels = run_labels(runs)
     sources = [f"`{label}` (torch {', '.join(run.torch_versions)})" for label, run in zip(labels, runs)]
     intro = [("Input: " if len(runs) == 1 else "Runs, in order: ") + "; ".join(sources) + ".",
-             definitions("time", *MIB_COLUMNS, "flops", *BEYOND_NONE_COLUMNS, "frontier", "estimate", "kernel")]
+             definitions("time", *MIB_COLUMNS, "flops", *BEYOND_NONE_COLUMNS, "frontier", "figures", "kernel")]
     tables = [group_table(g, prefix=f"{label}: " if len(runs) > 1 else "")
               for label, run in zip(labels, runs) for g in run_groups(run)]
     if len(runs) > 1:
