@@ -85,12 +85,23 @@ class ExportedTransformersAC(Policy):
         return model
 
 
-@pytest.mark.parametrize("plan", ["blocks_lf2", "blocks_lf.nn"])
-def test_the_transformers_export_measures_as_the_plan(plan):
+@pytest.fixture
+def hf_llama():
+    """transformers' Llama family's first flavor (``hf-llama-tiny``), registered for one test
+    only (``tests.helpers.registries_kept``): left registered, every later test in the process
+    listed the hf-* flavors among the valid names (``tests/test_model_spec.py`` failed on that)."""
     pytest.importorskip("transformers", reason="the transformers families need transformers: pip install 'ac-bench[hf]'")
     from ac_bench.models import load_family_spec
+    from tests.helpers import registries_kept
+    with registries_kept(("ac_bench.models.hf",)):
+        yield load_family_spec("ac_bench.models.hf:LLAMA").flavors[0]
+
+
+@pytest.mark.parametrize("plan", ["blocks_lf2", "blocks_lf.nn"])
+def test_the_transformers_export_measures_as_the_plan(plan, hf_llama):
+    pytest.importorskip("transformers", reason="the transformers families need transformers: pip install 'ac-bench[hf]'")
     from ac_bench.record import measure_variant
-    flavor = load_family_spec("ac_bench.models.hf:LLAMA").flavors[0]
+    flavor = hf_llama
     assert flavor.depth == 2, f"{flavor.name} has {flavor.depth} layers; the plans here are written for 2"
     ours = measure_variant(flavor, f"{plan}-sdpa", "cpu")
     none = measure_variant(flavor, "none-sdpa", "cpu")
@@ -113,14 +124,13 @@ class TransformersOffloadAC(Policy):
         return model
 
 
-def test_an_offloading_plan_is_not_exported_as_transformers_offload_which_still_recomputes(monkeypatch):
+def test_an_offloading_plan_is_not_exported_as_transformers_offload_which_still_recomputes(monkeypatch, hf_llama):
     note = {e.framework: e.note for e in export_all(get_policy("blocks_lo2"))}["transformers"]
     assert note.startswith("does not fit: ") and "(offload=True) recomputes" in note, note
     pytest.importorskip("transformers", reason="the transformers families need transformers: pip install 'ac-bench[hf]'")
     import transformers.modeling_utils
     from torch.autograd.graph import save_on_cpu
 
-    from ac_bench.models import load_family_spec
     from ac_bench.record import measure_variant
     # transformers' offload=True asks for pinned host memory even where there is no accelerator
     # (5.18, 5.24: "pin_memory=True requires a CUDA or other accelerator backend" on this CPU);
@@ -136,7 +146,7 @@ def test_an_offloading_plan_is_not_exported_as_transformers_offload_which_still_
             self.pack_hook = lambda t: packed.append(t.numel() * t.element_size()) or inner(t)
 
     monkeypatch.setattr(transformers.modeling_utils, "save_on_cpu", Unpinned)
-    flavor = load_family_spec("ac_bench.models.hf:LLAMA").flavors[0]
+    flavor = hf_llama
     ours = {p: measure_variant(flavor, f"{p}-sdpa", "cpu") for p in ("blocks_lo2", "blocks_lf2", "none")}
     theirs = measure_variant(flavor, "blocks_lf2-sdpa", "cpu", policy=TransformersOffloadAC("transformers_offload"))
     assert ours["blocks_lo2"].flops == ours["none"].flops < ours["blocks_lf2"].flops, (
