@@ -118,6 +118,21 @@ def test_without_the_option_an_empty_history_still_fails():
     assert Session.compare_fail == ["median:10%"]
 
 
+def test_an_empty_history_under_compare_fail_is_refused_before_anything_runs(tmp_path):
+    """--benchmark-compare-fail against a storage with no earlier run, without
+    --allow-empty-history: one usage error naming the flag, before any benchmark runs
+    (pytest-benchmark ran them all, then ended in "requires valid --benchmark-compare" and a
+    traceback)."""
+    result = run_pytest("bench/test_speed.py", "--flavor", "tiny", "--device", "cpu", "-k", "training_step and none-sdpa",
+                        "--benchmark-storage", f"file://{tmp_path}", "--benchmark-compare",
+                        "--benchmark-compare-fail=median:10%")
+    out = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, out
+    errors = [line for line in out.splitlines() if line.startswith("ERROR:")]
+    assert len(errors) == 1 and "--allow-empty-history" in errors[0] and "no earlier run in" in errors[0], out
+    assert "passed" not in out and "Traceback" not in out, out
+
+
 # --- what the gate checks cannot be weakened silently ----------------------------------------
 
 

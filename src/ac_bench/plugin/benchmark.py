@@ -119,6 +119,20 @@ def drop_compare_fail_without_history(config: pytest.Config) -> str | None:
     return None
 
 
+def empty_history_refusal(config: pytest.Config) -> str | None:
+    """The usage error for ``--benchmark-compare-fail`` with no earlier run to compare with (and
+    no ``--allow-empty-history``), said when the session starts: pytest-benchmark raises it
+    only after every benchmark has run ("requires valid --benchmark-compare", in a traceback).
+    None where there is something to compare, or on an xdist worker (the controller says it)."""
+    bs = _session(config)
+    if (bs is None or hasattr(config, "workerinput") or config.getoption("--allow-empty-history")
+            or bs.compared_mapping or not (bs.compare and bs.compare_fail)):
+        return None
+    return (f"--benchmark-compare-fail: no earlier run in {bs.storage} for device key "
+            f"{selected_device_key(config)!r} to compare with; save one first (--benchmark-save NAME or "
+            f"--benchmark-autosave), or add --allow-empty-history to run without the threshold until there is one")
+
+
 def compare_fails(config: pytest.Config) -> bool:
     """Whether --benchmark-compare-fail is in force (a threshold pytest-benchmark will check)."""
     bs = _session(config)
