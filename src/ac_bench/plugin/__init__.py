@@ -56,6 +56,7 @@ WRITTEN_KEY = pytest.StashKey[list]()
 SDPA_BACKEND_KEY = pytest.StashKey[contextlib.ExitStack]()
 HISTORY_NOTE_KEY = pytest.StashKey[str]()
 COMPARED_NOTHING_KEY = pytest.StashKey[str]()
+COMPARED_PARTLY_KEY = pytest.StashKey[str]()
 
 MARKERS = (
     "real_tensors: needs real compute; not run for flavors that are only estimated on this device (seed on the CPU)",
@@ -233,6 +234,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
         store = config.stash[STORE_KEY]
         if not xdist.hand_to_controller(config, store.local_json(), store.time_ratios):
             benchmark.write_json_without_timings(config, store.as_json())
+    partly = benchmark.compared_partly(config) if benchmark.active(config) else None
+    if partly:
+        config.stash[COMPARED_PARTLY_KEY] = partly
     nothing = benchmark.compared_nothing(config) if benchmark.active(config) else None
     if nothing:
         config.stash[COMPARED_NOTHING_KEY] = nothing
@@ -248,6 +252,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         failed = benchmark.compare_fails(config)
         terminalreporter.write_line(f"{'ERROR' if failed else 'note'}: {config.stash[COMPARED_NOTHING_KEY]}",
                                     red=failed, yellow=not failed)
+    if COMPARED_PARTLY_KEY in config.stash:
+        terminalreporter.write_line(f"note: {config.stash[COMPARED_PARTLY_KEY]}", yellow=True)
     if GATE_KEY in config.stash:
         for line in config.stash[GATE_KEY].repairs:
             terminalreporter.write_line(f"baselines repaired: {line}")

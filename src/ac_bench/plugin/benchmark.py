@@ -158,6 +158,28 @@ def compared_nothing(config: pytest.Config) -> str | None:
             f"of these tests (--benchmark-compare=NNNN, its number in {bs.storage}), or save one (--benchmark-save NAME)")
 
 
+def compared_partly(config: pytest.Config) -> str | None:
+    """The note for a comparison that left some of this run's benchmarks out: the stored run
+    holds some of them but not these (a variant or flavor added since), so
+    ``--benchmark-compare-fail`` checked only the others. None where every benchmark had its
+    counterpart, or none had (``compared_nothing``)."""
+    bs = _session(config)
+    if bs is None or not bs.compared_mapping:
+        return None
+    ran = [b.fullname for b in bs.benchmarks if b]
+    stored = {name for mapping in bs.compared_mapping.values() for name in mapping}
+    missing = [name for name in ran if name not in stored]
+    if not missing or len(missing) == len(ran):
+        return None
+    paths = ", ".join(str(Path(p).name) for p in bs.compared_mapping)
+    shown = ", ".join(name.rsplit("/", 1)[-1] for name in missing[:3]) + (", ..." if len(missing) > 3 else "")
+    unchecked = " (nor checked by --benchmark-compare-fail)" if bs.compare_fail else ""
+    return (f"--benchmark-compare: {len(missing)} of the {len(ran)} benchmarks this run timed "
+            f"{'is' if len(missing) == 1 else 'are'} not in the stored "
+            f"run {paths}, so {'it was' if len(missing) == 1 else 'they were'} not compared{unchecked}"
+            f": {shown}; save a run of these tests (--benchmark-save NAME) to compare them next time")
+
+
 def write_json_without_timings(config: pytest.Config, records: list[dict]) -> None:
     """pytest-benchmark writes no --benchmark-json when no benchmark ran (only estimated
     flavors, --benchmark-skip, or xdist, which disables benchmarks); the measurements still
