@@ -170,6 +170,24 @@ def test_missing_baselines_skip_with_instructions(tmp_path):
     assert "--update-baselines" in result.stdout
 
 
+def test_a_file_that_lost_an_entry_fails_it_and_one_emptied_fails_every_variant(tmp_path):
+    """A device with no file yet skips (above); a file that exists but lacks a variant's entry
+    (a bad merge, an edit, entries emptied) fails that variant with the command that adds it:
+    it used to skip, and the run passed having compared nothing (a fresh user's check)."""
+    (tmp_path / "cpu").mkdir()
+    committed = json.loads((ROOT / "baselines" / "cpu" / "figures.json").read_text())
+    lost = dict(committed, entries={k: v for k, v in committed["entries"].items() if k != "tiny-full-sdpa"})
+    (tmp_path / "cpu" / "figures.json").write_text(json.dumps(lost))
+    run = ("bench/test_baselines.py", "--device", "cpu", "--flavor", "tiny", "--baselines-dir", str(tmp_path), "-q",
+           "-k", "test_figures_match_baseline and (tiny-full-sdpa or tiny-none-sdpa)")
+    result = run_pytest(*run)
+    assert result.returncode == 1 and "1 failed, 1 passed" in result.stdout, result.stdout
+    assert (f"tiny-full-sdpa has no entry in {tmp_path / 'cpu' / 'figures.json'}, so nothing was compared: add it "
+            f"with `") in result.stdout, result.stdout
+    (tmp_path / "cpu" / "figures.json").write_text(json.dumps(dict(committed, entries={})))
+    assert "2 failed" in run_pytest(*run).stdout
+
+
 def test_every_registry_metric_is_gated(record):
     """The gate compares what ac_bench/metrics.py declares, not a list of its own (a record with
     a predicted peak, as a per-block plan's: moving the prediction or the peak it predicts also
@@ -416,8 +434,9 @@ def test_the_accept_command_for_a_users_family_works_when_pasted_from_anywhere(t
     common = (str(ROOT / "bench" / "test_baselines.py"), "--model-spec", "examples.my_family:SPEC",
               "--baselines-dir", "baselines", "-rs")
     assert run(*common, "--update-baselines", "-k", "my-gpt-tiny-none-eager").returncode == 0
-    first = run(*common, "-k", "my-gpt-tiny-none-sdpa")
-    assert first.returncode == 0 and "1 skipped" in first.stdout, first.stdout + first.stderr
+    first = run(*common, "-k", "my-gpt-tiny-none-sdpa")  # the file exists, the entry does not: a failure
+    assert first.returncode == 1 and "1 failed" in first.stdout, first.stdout + first.stderr
+    assert "has no entry in " in first.stdout and ", so nothing was compared: add it with `" in first.stdout, first.stdout
     command = re.search(r"add it with `(pytest [^`]+)`", first.stdout).group(1)
     assert command == (f"pytest {ROOT / 'bench'} --device cpu --flavor my-gpt-tiny --model-spec examples.my_family:SPEC "
                        f"--baselines-dir baselines --update-baselines -k my-gpt-tiny-none-sdpa"), command
