@@ -171,9 +171,11 @@ def test_missing_baselines_skip_with_instructions(tmp_path):
 
 
 def test_a_file_that_lost_an_entry_fails_it_and_one_emptied_fails_every_variant(tmp_path):
-    """A device with no file yet skips (above); a file that exists but lacks a variant's entry
-    (a bad merge, an edit, entries emptied) fails that variant with the command that adds it:
-    it used to skip, and the run passed having compared nothing (a fresh user's check)."""
+    """A device with no file yet skips (above), and so does a flavor the file has no entry of
+    (a family of one's own: ``tests/test_model_spec.py``); a file that holds the flavor's other
+    entries but not this variant's (a bad merge, an edit), or no entry at all, fails the
+    variant with the command that adds it: it used to skip, and the run passed having compared
+    nothing (a fresh user's check)."""
     (tmp_path / "cpu").mkdir()
     committed = json.loads((ROOT / "baselines" / "cpu" / "figures.json").read_text())
     lost = dict(committed, entries={k: v for k, v in committed["entries"].items() if k != "tiny-full-sdpa"})
@@ -186,6 +188,11 @@ def test_a_file_that_lost_an_entry_fails_it_and_one_emptied_fails_every_variant(
             f"with `") in result.stdout, result.stdout
     (tmp_path / "cpu" / "figures.json").write_text(json.dumps(dict(committed, entries={})))
     assert "2 failed" in run_pytest(*run).stdout
+    no_tiny = dict(committed, entries={k: v for k, v in committed["entries"].items() if not k.startswith("tiny-")})
+    (tmp_path / "cpu" / "figures.json").write_text(json.dumps(no_tiny))
+    skipped = run_pytest(*run, "-rs")
+    assert skipped.returncode == 0 and "2 skipped" in skipped.stdout, skipped.stdout
+    assert "no baselines for flavor tiny in " in skipped.stdout, skipped.stdout
 
 
 def test_every_registry_metric_is_gated(record):

@@ -92,9 +92,11 @@ class MeasurementStore:
 def gate_record(record: Measurement, gate: BaselineGate, update: bool,
                 rule: Callable[..., list[str]] = compare) -> None:
     """``record`` staged (``update``: --update-baselines) or against its entry in this device's
-    baselines file: skipped with the command that creates a missing file (a device without
-    baselines yet); failed with the command that adds a missing entry to an existing file (an
-    entry lost to a merge or an edit must not pass green), or with one line per metric that moved. ``rule(record, entry, tolerances, fix)`` returns those lines:
+    baselines file: skipped with the command that creates them where the file does not exist
+    (a device without baselines yet) or holds no entry of the record's flavor (a family of your
+    own); failed with the command that adds a missing entry where the file holds others of the
+    flavor, or no entry at all (an entry lost to a merge or an edit must not pass green), or
+    with one line per metric that moved. ``rule(record, entry, tolerances, fix)`` returns those lines:
     the registry's tolerances (``compare``), or a caller's own (the sharded peaks' bound)."""
     if update:
         gate.stage(record)
@@ -108,6 +110,9 @@ def gate_record(record: Measurement, gate: BaselineGate, update: bool,
         pytest.skip(f"no baselines for device key {record.device_key!r} ({path} does not exist): create them "
                     f"with `{gate.accept_command(record).rsplit(' -k ', 1)[0]}` and commit the file")
     entry = baseline.entries.get(record.case_id)
+    if entry is None and baseline.entries and not any(k.startswith(f"{record.flavor}-") for k in baseline.entries):
+        pytest.skip(f"no baselines for flavor {record.flavor} in {path}: create them with "
+                    f"`{gate.accept_command(record).rsplit(' -k ', 1)[0]}` and commit the file")
     if entry is None:  # a file that lost an entry (a bad merge, an edit) must not pass green
         pytest.fail(f"{record.case_id} has no entry in {path}, so nothing was compared: add it with "
                     f"`{gate.accept_command(record)}`, or restore the file if the entry was lost", pytrace=False)
