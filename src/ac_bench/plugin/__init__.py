@@ -57,6 +57,7 @@ SDPA_BACKEND_KEY = pytest.StashKey[contextlib.ExitStack]()
 HISTORY_NOTE_KEY = pytest.StashKey[str]()
 COMPARED_NOTHING_KEY = pytest.StashKey[str]()
 COMPARED_PARTLY_KEY = pytest.StashKey[str]()
+LOOSE_TOLERANCES_KEY = pytest.StashKey[list]()
 
 MARKERS = (
     "real_tensors: needs real compute; not run for flavors that are only estimated on this device (seed on the CPU)",
@@ -118,6 +119,9 @@ def open_baselines(config: pytest.Config) -> BaselineGate:
         raise pytest.UsageError(
             f"{existing.path}: no tolerance for {', '.join(existing.missing_tolerances())}, so the gate cannot "
             f"compare them; rerun with --update-baselines, which adds the default tolerance and the figures")
+    if existing:  # loosened by hand: not refused (a user may mean it), never silent
+        config.stash[LOOSE_TOLERANCES_KEY] = [line for line in existing.looser_tolerances()
+                                              if ": no tolerance for " not in line]
     return gate
 
 
@@ -252,6 +256,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         failed = benchmark.compare_fails(config)
         terminalreporter.write_line(f"{'ERROR' if failed else 'note'}: {config.stash[COMPARED_NOTHING_KEY]}",
                                     red=failed, yellow=not failed)
+    for line in config.stash.get(LOOSE_TOLERANCES_KEY, []):
+        terminalreporter.write_line(f"warning: {line}: the gate lets a move of that size pass (the registry's "
+                                    f"tolerances: ac_bench/metrics.py)", yellow=True)
     if COMPARED_PARTLY_KEY in config.stash:
         terminalreporter.write_line(f"note: {config.stash[COMPARED_PARTLY_KEY]}", yellow=True)
     if GATE_KEY in config.stash:
