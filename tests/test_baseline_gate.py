@@ -393,7 +393,8 @@ def test_a_broken_baselines_file_fails_the_run_once_and_is_never_rewritten(broke
     output = result["stdout"] + result["stderr"]
     assert result["code"] == 4, f"{mode}, {message}: exit {result['code']}, not a usage error:\n{output[-3000:]}"
     stderr = result["stderr"]
-    assert message in stderr and str(path) in stderr and "git checkout" in stderr, f"{mode}: {stderr}"
+    # A temporary folder is in no git repository: restored from one's copy, not by git checkout.
+    assert message in stderr and str(path) in stderr and "is in no git repository" in stderr, f"{mode}: {stderr}"
     assert stderr.count(str(path)) <= 2 and "Traceback" not in stderr, f"{mode}: more than one message: {stderr}"
     assert "collected" not in result["stdout"], f"{mode}, {message}: tests were collected: {result['stdout'][-2000:]}"
     assert path.read_bytes() == before, f"{mode}, {message}: {path} was rewritten"
@@ -566,3 +567,16 @@ def test_an_update_never_overwrites_a_file_that_became_unreadable_meanwhile(tmp_
     with pytest.raises(BaselineError, match="baselines schema_version 99 was written by a newer ac-bench"):
         gate.write_staged()
     assert path.read_bytes() == before
+
+
+def test_the_restore_advice_names_git_only_inside_a_git_work_tree(tmp_path):
+    """The committed files: ``git checkout -- PATH``; a ``--baselines-dir`` outside any
+    repository: one's own copy (every broken-file message said ``git checkout`` there too)."""
+    from ac_bench.gate.baselines import restore_advice
+    committed = ROOT / "baselines" / "cpu" / "figures.json"
+    if (ROOT / ".git").exists():  # a clone (an exported tree has no repository to restore from)
+        assert restore_advice(committed) == f"restore the file with `git checkout -- {committed}`"
+    else:
+        assert restore_advice(committed).endswith("is in no git repository)"), restore_advice(committed)
+    outside = tmp_path / "cpu" / "figures.json"
+    assert restore_advice(outside, "it") == f"restore it from your copy ({outside} is in no git repository)"

@@ -89,17 +89,30 @@ def schema_problems(tolerances: dict, entries: dict) -> list[str]:
     return problems
 
 
+SUITE_FILE = "this suite's file"
+
+
+def restore_advice(path: Path, what: str = "the file") -> str:
+    """How to get ``path`` back: ``git checkout`` where it lies in a git work tree (a ``.git``
+    in it or a folder above), else from the user's own copy (a ``--baselines-dir`` outside
+    any repository, where ``git checkout`` would only fail)."""
+    folder = Path(path).absolute().parent
+    in_git = any((d / ".git").exists() for d in (folder, *folder.parents))
+    return (f"restore {what} with `git checkout -- {path}`" if in_git
+            else f"restore {what} from your copy ({path} is in no git repository)")
+
+
 def version_problem(path: Path, version: object) -> str | None:
     """Why a file's ``schema_version`` cannot be read (None if it can): not a positive integer,
     or newer than ``BASELINES_SCHEMA_VERSION``."""
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        return (f"{path}: schema_version is {shown(version)}, not a positive integer; restore the file with "
-                f"`git checkout -- {path}`, or delete the field (a file without one is read as version "
+        return (f"{path}: schema_version is {shown(version)}, not a positive integer; {restore_advice(path)}, "
+                f"or delete the field (a file without one is read as version "
                 f"{BASELINES_SCHEMA_VERSION})")
     if version > BASELINES_SCHEMA_VERSION:
         return (f"{path}: baselines schema_version {shown(version)} was written by a newer ac-bench; this suite "
                 f"reads versions up to {BASELINES_SCHEMA_VERSION}: update ac-bench to the version that wrote it, "
-                f"or restore this suite's file with `git checkout -- {path}`")
+                f"or {restore_advice(path, SUITE_FILE)}")
     return None
 
 
@@ -124,19 +137,19 @@ class BaselineFile:
             data = json.loads(path.read_text())
         except (OSError, ValueError, RecursionError) as exc:
             reason = "nested too deeply" if isinstance(exc, RecursionError) else " ".join(str(exc).split())[:200]
-            raise BaselineError(f"{path}: not a readable baselines file ({reason}); restore it with "
-                                f"`git checkout -- {path}` or delete it and rerun with --update-baselines") from None
+            raise BaselineError(f"{path}: not a readable baselines file ({reason}); {restore_advice(path, 'it')} "
+                                f"or delete it and rerun with --update-baselines") from None
         if not isinstance(data, dict) or not isinstance(data.get("entries"), dict) \
                 or not isinstance(data.get("tolerances"), dict):
-            raise BaselineError(f"{path}: expected a JSON object with 'tolerances' and 'entries'; restore it "
-                                f"with `git checkout -- {path}` or delete it and rerun with --update-baselines")
+            raise BaselineError(f"{path}: expected a JSON object with 'tolerances' and 'entries'; "
+                                f"{restore_advice(path, 'it')} or delete it and rerun with --update-baselines")
         problem = version_problem(path, data.get("schema_version", BASELINES_SCHEMA_VERSION))
         if problem:
             raise BaselineError(problem)
         problems = schema_problems(data["tolerances"], data["entries"])
         if problems:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-            raise BaselineError(f"{path}: {problems[0]}{more}; restore the file with `git checkout -- {path}`, "
+            raise BaselineError(f"{path}: {problems[0]}{more}; {restore_advice(path)}, "
                                 f"or delete the entry and rerun with --update-baselines")
         return cls(path, dict(data["tolerances"]), dict(data["entries"]))
 
