@@ -314,3 +314,18 @@ def test_a_plans_record_carries_its_predicted_peak_which_the_gate_holds_it_to():
     (message,) = compare(moved, baseline, DEFAULT_TOLERANCES)
     assert (f"the measured peak_bytes moved away from the prediction (predicted_peak_bytes) with the torch upgrade "
             f"(2.13.0 -> 2.99.0): predicted {r.peak_bytes:,} B, measured {moved.peak_bytes:,} B") in message, message
+
+
+def test_a_flavor_whose_peak_no_plan_lowers_has_no_frontier_and_says_why(capsys):
+    """``frontier --flavor tiny``: the step's peak is the optimizer's, every plan peaks where
+    ``none`` does; one line saying so and what to change, not a table of identical rows (it
+    measured for a minute and printed 12 rows of 0.7 MiB, a fresh user's check)."""
+    needs_pulp()
+    from ac_bench.cli.report import main
+    try:
+        code = main(["frontier", "--flavor", "tiny"])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "" and err.count("\n") == 1, (code, out, err)
+    assert "every per-block plan of tiny (sdpa) peaks at 0.731 MiB, as none does" in err and "--seq-len" in err, err

@@ -84,6 +84,12 @@ def frontier_command(args: argparse.Namespace) -> None:
         raise ReportInputError(str(exc)) from None
     none = measure(f"none-{attention}")
     high = none.peak_bytes
+    if low >= high:  # every budget would get the same plan: no trade to draw
+        raise ReportInputError(
+            f"every per-block plan of {flavor.name} ({attention}) peaks at {high / MIB:.3g} MiB, as none does: the "
+            f"step's peak is not in the forward and backward (the optimizer step's, or the output head's and the "
+            f"loss's), so checkpointing lowers no peak and there is no frontier; use a longer --seq-len or a deeper "
+            f"flavor")
     plans, missed = [], []
     for k in range(args.points):
         budget = low + (high - low) * k // (args.points - 1)
