@@ -170,29 +170,32 @@ def test_missing_baselines_skip_with_instructions(tmp_path):
     assert "--update-baselines" in result.stdout
 
 
-def test_a_file_that_lost_an_entry_fails_it_and_one_emptied_fails_every_variant(tmp_path):
+def test_a_file_that_lost_an_entry_fails_it_and_one_emptied_fails_every_variant(tmp_path, record):
     """A device with no file yet skips (above), and so does a flavor the file has no entry of
     (a family of one's own: ``tests/test_model_spec.py``); a file that holds the flavor's other
     entries but not this variant's (a bad merge, an edit), or no entry at all, fails the
     variant with the command that adds it: it used to skip, and the run passed having compared
-    nothing (a fresh user's check)."""
-    (tmp_path / "cpu").mkdir()
+    nothing (a fresh user's check). In-process: ``gate_record`` against files written here."""
+    from ac_bench.plugin.session import gate_record
     committed = json.loads((ROOT / "baselines" / "cpu" / "figures.json").read_text())
-    lost = dict(committed, entries={k: v for k, v in committed["entries"].items() if k != "tiny-full-sdpa"})
-    (tmp_path / "cpu" / "figures.json").write_text(json.dumps(lost))
-    run = ("bench/test_baselines.py", "--device", "cpu", "--flavor", "tiny", "--baselines-dir", str(tmp_path), "-q",
-           "-k", "test_figures_match_baseline and (tiny-full-sdpa or tiny-none-sdpa)")
-    result = run_pytest(*run)
-    assert result.returncode == 1 and "1 failed, 1 passed" in result.stdout, result.stdout
-    assert (f"tiny-full-sdpa has no entry in {tmp_path / 'cpu' / 'figures.json'}, so nothing was compared: add it "
-            f"with `") in result.stdout, result.stdout
-    (tmp_path / "cpu" / "figures.json").write_text(json.dumps(dict(committed, entries={})))
-    assert "2 failed" in run_pytest(*run).stdout
-    no_tiny = dict(committed, entries={k: v for k, v in committed["entries"].items() if not k.startswith("tiny-")})
-    (tmp_path / "cpu" / "figures.json").write_text(json.dumps(no_tiny))
-    skipped = run_pytest(*run, "-rs")
-    assert skipped.returncode == 0 and "2 skipped" in skipped.stdout, skipped.stdout
-    assert "no baselines for flavor tiny in " in skipped.stdout, skipped.stdout
+    path = tmp_path / "cpu" / "figures.json"
+    path.parent.mkdir()
+
+    def gate_with(entries: dict) -> BaselineGate:
+        path.write_text(json.dumps(dict(committed, entries=entries)))
+        return BaselineGate(tmp_path)
+
+    assert record.case_id in committed["entries"], record.case_id
+    lost = {k: v for k, v in committed["entries"].items() if k != record.case_id}
+    for entries in (lost, {}):
+        with pytest.raises(pytest.fail.Exception) as failed:
+            gate_record(record, gate_with(entries), update=False)
+        assert str(failed.value).startswith(f"{record.case_id} has no entry in {path}, so nothing was compared: add it "
+                                            f"with `pytest bench/ --device cpu --flavor tiny "), str(failed.value)
+    no_tiny = {k: v for k, v in committed["entries"].items() if not k.startswith("tiny-")}
+    with pytest.raises(pytest.skip.Exception, match=f"^no baselines for flavor tiny in {re.escape(str(path))}: create"):
+        gate_record(record, gate_with(no_tiny), update=False)
+    gate_record(record, gate_with(committed["entries"]), update=False)  # and with its entry it passes
 
 
 def test_every_registry_metric_is_gated(record):
