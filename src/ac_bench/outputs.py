@@ -127,6 +127,12 @@ def _termination_raises() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+def significant_decimals(value: float, digits: int = 3) -> int:
+    """The decimals that show ``value`` (non-zero) to ``digits`` significant digits: 0.000714
+    needs 6 for 3, 5.3 needs 2, 530 none (0)."""
+    return max(0, digits - 1 - math.floor(math.log10(abs(value))))
+
+
 def gib_at_least(nbytes: int, decimals: int) -> str:
     """``nbytes`` in GiB with ``decimals`` decimals (more below 1 GiB, for 3 significant digits),
     rounded up: a budget printed to be pasted
@@ -134,7 +140,7 @@ def gib_at_least(nbytes: int, decimals: int) -> str:
     ``8.204``, not ``8.203``, which is 8807904182 B once given back as ``--budget-gib``)."""
     gib = nbytes / 2 ** 30
     if 0 < gib < 1:  # at least 3 significant digits: 766480 B is 0.000714, not 0.001 (the budget beside it)
-        decimals = max(decimals, 2 - math.floor(math.log10(gib)))
+        decimals = max(decimals, significant_decimals(gib))
     scale = 10 ** decimals
     return f"{math.ceil(nbytes * scale / 2 ** 30) / scale:.{decimals}f}"
 

@@ -7,14 +7,13 @@ a metric that is null for a policy shows as ``-``, its note beside the table.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from ac_bench.metrics import METRICS
 from ac_bench.models import parse_variant, variant_id
-from ac_bench.outputs import write_text_atomic
+from ac_bench.outputs import significant_decimals, write_text_atomic
 from ac_bench.record import OK, READABLE_VERSIONS
 from ac_bench.report.frontier import (
     BEYOND_NONE,
@@ -93,7 +92,7 @@ def mib(n: int | None) -> str:
     value = n / MIB
     if value == 0 or abs(value) >= 100:
         return f"{value:,.1f}"
-    return f"{value:,.{max(1, 2 - math.floor(math.log10(abs(value))))}f}"
+    return f"{value:,.{max(1, significant_decimals(value))}f}"
 
 
 def pct(x: float | None) -> str:
