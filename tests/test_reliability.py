@@ -144,8 +144,10 @@ def test_committed_tolerances_are_no_looser_than_declared(path):
 
 
 def looser_tolerances(baselines: BaselineFile) -> list[str]:
-    """``BaselineFile.looser_tolerances``: the plugin warns with these lines in a run."""
-    return baselines.looser_tolerances()
+    """A missing tolerance, and ``BaselineFile.looser_tolerances`` (the plugin warns with those
+    lines in a run)."""
+    missing = [f"{baselines.path}: no tolerance for {m}" for m in baselines.missing_tolerances()]
+    return missing + baselines.looser_tolerances()
 
 
 def test_a_run_against_a_file_with_a_loosened_tolerance_warns_naming_it(tmp_path):
