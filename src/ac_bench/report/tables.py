@@ -155,6 +155,8 @@ def _flops_bullet() -> str:
 
 
 #: The bullets that say what each column means; a document lists those its tables use.
+#: What a figure traced on fake tensors is (the ``estimate`` and ``figures`` bullets).
+_TRACED = "exact bytes and FLOPs as PyTorch allocates them on the CPU, no compute, no timing"
 DEFINITIONS: dict[str, str] = {
     "time": "- step ms: median of the timed training step (zero_grad, forward, backward, AdamW step); x none: that "
             "median over the median of `none` with the same attention; recompute ms: the median backward phase "
@@ -169,11 +171,10 @@ DEFINITIONS: dict[str, str] = {
     "kernel": "- kernel: the attention kernel that ran, read from the ops dispatched (`attention_kernel`): "
               "`cpu_flash`, `flash`, `efficient`, `cudnn`, or `math` (plain bmm and softmax: eager attention or "
               f"SDPA's math fallback); `{NULL}` in records that predate it (schema version 2).",
-    "estimate": f"- estimate: memory method `{ESTIMATE_METHOD}`, the step traced on fake tensors: exact bytes "
-                "and FLOPs as PyTorch allocates them on the CPU, no compute, no timing.",
+    "estimate": f"- estimate: memory method `{ESTIMATE_METHOD}`, the step traced on fake tensors: {_TRACED}.",
     "figures": f"- figures: `measured` where the step ran; `estimate` where it was traced on fake tensors (memory "
-               f"method `{ESTIMATE_METHOD}`: exact bytes and FLOPs as PyTorch allocates them on the CPU, no compute, "
-               f"no timing); otherwise the step's outcome (`out-of-memory`, `non-finite-loss`).",
+               f"method `{ESTIMATE_METHOD}`: {_TRACED}); otherwise the step's outcome (`out-of-memory`, "
+               f"`non-finite-loss`).",
 }
 
 
