@@ -47,7 +47,7 @@ from ac_bench.metrics import METRICS
 from ac_bench.models import Flavor, Policy, get_policy, parse_variant, resolve_dtype
 from ac_bench.models.ac.offload import simulated_host
 from ac_bench.models.families import family_of
-from ac_bench.outputs import byte_unit, bytes_text, flop_unit, flops_text, gib_at_least
+from ac_bench.outputs import byte_unit, bytes_text, flop_unit, flops_text, gib_at_least, gib_text
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
 from ac_bench.record import Measurement, describe_optimizer, measure_step, shape_fields
 
@@ -600,7 +600,7 @@ def nothing_fits_line(plan: ScalePlan, max_world_size: int = 4096) -> str:
     lowest-peak policy fits, or its peak at ``max_world_size`` where even that is over the budget."""
     lowest = plan.lowest()
     peak, host = plan.records[lowest].peak_bytes, plan.records[lowest].offloaded_bytes
-    line = (f"nothing fits {plan.budget_bytes / GIB:g} GiB per GPU for {plan.model.name} at world size "
+    line = (f"nothing fits {gib_text(plan.budget_bytes)} GiB per GPU for {plan.model.name} at world size "
             f"{plan.setup.world_size}: the smallest feasible is {gib_at_least(peak, 2)} GiB ({lowest}"
             + (f", with {bytes_text(host)} per rank in host memory)" if host else ")"))
     lower = "lower the sequence length" + (" or the per-rank batch" if plan.model.batch > 1 else "")
@@ -638,7 +638,7 @@ def plan_lines(plan: ScalePlan) -> list[str]:
     the budget as given, in GiB."""
     unit, size = byte_unit(max(r.peak_bytes for r in plan.records.values()))
     funit, fsize = flop_unit(plan.records["none"].flops)
-    budget_text = f"{plan.budget_bytes / GIB:g} GiB"
+    budget_text = f"{gib_text(plan.budget_bytes)} GiB"
     lines = [describe_setup(plan.model, plan.setup), ""]
     chosen = plan.chosen
     if chosen is not None:

@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 
 from ac_bench.cli.common import add_flavor_arguments, check_device, check_output_files, chosen_flavor, flavor_options, gib_type, number, solver_prefix
 from ac_bench.models import ATTENTIONS, POLICIES, budget_name
-from ac_bench.outputs import byte_unit, flop_unit
+from ac_bench.outputs import byte_unit, flop_unit, gib_text
 from ac_bench.planner import GIB, InfeasibleBudget, Planner
 from ac_bench.record import Measurement, measure_variant
 from ac_bench.report.load import ReportInputError
@@ -318,7 +318,7 @@ def plan_figure(planner: Planner, plan, none: Measurement, fixed: dict[str, Meas
     chosen = plan.record
     ax.plot(chosen.forward_kept_bytes / MIB, _recompute(chosen, none) / 1e9, marker="*", markersize=16,
             color="gold", markeredgecolor="black", linestyle="",
-            label=f"chosen for {plan.budget_bytes / GIB:g} GiB: {plan.chosen.name}")
+            label=f"chosen for {gib_text(plan.budget_bytes)} GiB: {plan.chosen.name}")
     ax.set_xlabel("kept for backward at the end of the forward (MiB)")
     ax.set_ylabel("recomputed FLOPs per step (GFLOP)")
     ax.set_title(f"{planner.flavor.name}, {planner.attention}: memory kept against recompute "
