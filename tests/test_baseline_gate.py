@@ -198,6 +198,27 @@ def test_a_file_that_lost_an_entry_fails_it_and_one_emptied_fails_every_variant(
     gate_record(record, gate_with(committed["entries"]), update=False)  # and with its entry it passes
 
 
+def test_a_flavor_whose_name_prefixes_anothers_does_not_own_its_entries(tmp_path, record, monkeypatch):
+    """The entries of ``tiny-wide`` (a registered flavor whose name starts with ``tiny-``) are not
+    ``tiny``'s: a file holding only them has no entry of ``tiny``, so ``tiny`` skips with the
+    command that creates its entries, as for any flavor the file has none of. Counting by the
+    prefix ``tiny-`` alone failed it as a lost entry (session 15's note)."""
+    from ac_bench.models import FLAVORS
+    from ac_bench.plugin.session import gate_record, holds_flavor
+    committed = json.loads((ROOT / "baselines" / "cpu" / "figures.json").read_text())
+    wide = {f"tiny-wide-{k[len('tiny-'):]}": v for k, v in committed["entries"].items() if k.startswith("tiny-")}
+    path = tmp_path / "cpu" / "figures.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(dict(committed, entries=wide)))
+    assert holds_flavor(wide, "tiny"), "without tiny-wide registered, its entries count as tiny's (strict)"
+    with pytest.raises(pytest.fail.Exception, match="has no entry in"):
+        gate_record(record, BaselineGate(tmp_path), update=False)
+    monkeypatch.setitem(FLAVORS, "tiny-wide", dataclasses.replace(FLAVORS["tiny"], name="tiny-wide"))
+    assert not holds_flavor(wide, "tiny") and holds_flavor(wide, "tiny-wide")
+    with pytest.raises(pytest.skip.Exception, match=f"^no baselines for flavor tiny in {re.escape(str(path))}: create"):
+        gate_record(record, BaselineGate(tmp_path), update=False)
+
+
 def test_every_registry_metric_is_gated(record):
     """The gate compares what ac_bench/metrics.py declares, not a list of its own (a record with
     a predicted peak, as a per-block plan's: moving the prediction or the peak it predicts also

@@ -89,6 +89,16 @@ class MeasurementStore:
         self.time_ratios[key] = {"time_ratio": time_ratio, "flop_ratio": flop_ratio}
 
 
+def holds_flavor(keys, flavor: str) -> bool:
+    """Whether any baseline key (``{flavor}-{variant}``, ``{flavor}-w{W}-{variant}``) is
+    ``flavor``'s: it starts with ``flavor-`` and not with a longer registered flavor's name
+    (``llama3-8b-4l-...`` is ``llama3-8b-4l``'s, not ``llama3-8b``'s). A flavor registered in
+    another run only still counts as this one's, which errs on failing, not skipping."""
+    from ac_bench.models import FLAVORS
+    longer = [f"{name}-" for name in FLAVORS if name.startswith(f"{flavor}-")]
+    return any(k.startswith(f"{flavor}-") and not k.startswith(tuple(longer)) for k in keys)
+
+
 def gate_record(record: Measurement, gate: BaselineGate, update: bool,
                 rule: Callable[..., list[str]] = compare) -> None:
     """``record`` staged (``update``: --update-baselines) or against its entry in this device's
@@ -110,7 +120,7 @@ def gate_record(record: Measurement, gate: BaselineGate, update: bool,
         pytest.skip(f"no baselines for device key {record.device_key!r} ({path} does not exist): create them "
                     f"with `{gate.accept_command(record).rsplit(' -k ', 1)[0]}` and commit the file")
     entry = baseline.entries.get(record.case_id)
-    if entry is None and baseline.entries and not any(k.startswith(f"{record.flavor}-") for k in baseline.entries):
+    if entry is None and baseline.entries and not holds_flavor(baseline.entries, record.flavor):
         pytest.skip(f"no baselines for flavor {record.flavor} in {path}: create them with "
                     f"`{gate.accept_command(record).rsplit(' -k ', 1)[0]}` and commit the file")
     if entry is None:  # a file that lost an entry (a bad merge, an edit) must not pass green
