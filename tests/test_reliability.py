@@ -94,8 +94,9 @@ def test_nightly_workflow_first_night_passes_and_the_next_ones_gate(tmp_path):
     assert len(list(cache.glob("cpu*/*/0002_*.json"))) == 1
 
     third = night(lambda h: _scale_stored_medians(h, 0.1))  # night 2 ten times as fast: a regression
-    assert third.returncode != 0
-    assert "Performance has regressed" in third.stdout + third.stderr
+    assert third.returncode == 1, third.stdout + third.stderr
+    assert "Performance has regressed" in third.stdout + third.stderr and "Traceback" not in third.stdout + third.stderr
+    assert "slower than --benchmark-compare-fail allows" in third.stdout.rstrip().splitlines()[-1], third.stdout
     assert not list(cache.glob("cpu*/*/0003_*.json"))  # a failing night is not the next reference
 
 

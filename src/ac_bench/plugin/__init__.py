@@ -158,6 +158,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     note = benchmark.drop_compare_fail_without_history(session.config)
     if note:
         session.config.stash[HISTORY_NOTE_KEY] = note
+    benchmark.regressions_without_traceback(session.config)
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -245,7 +246,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int):
         config.stash[COMPARED_NOTHING_KEY] = nothing
         if benchmark.compare_fails(config):  # a gate that checked no figure fails, it does not pass
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    return (yield)
+    result = yield
+    regressed = benchmark.regressed(config) if benchmark.active(config) else []  # compared in pytest-benchmark's
+    if regressed:  # sessionfinish, shown in its terminal summary; the verdict is the last line
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: {len(regressed)} benchmark{'s' * (len(regressed) > 1)} slower than "
+                                f"--benchmark-compare-fail allows ({', '.join(regressed)}; 'Performance has regressed' "
+                                f"above): the run fails", red=True)
+    return result
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:

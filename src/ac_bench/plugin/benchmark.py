@@ -23,7 +23,7 @@ PYTEST_BENCHMARK_DEFAULT_STORAGE = "file://./.benchmarks"
 PYTEST_BENCHMARK_DEFAULT_TIMER = "time.perf_counter"
 #: What this adapter reads of pytest-benchmark's session object.
 SESSION_ATTRIBUTES = ("compared_mapping", "compare", "compare_fail", "storage", "save", "autosave", "json",
-                      "benchmarks", "get_machine_info", "save_json")
+                      "benchmarks", "get_machine_info", "save_json", "check_regressions", "performance_regressions")
 TESTED_VERSION = "5.3.1"
 #: The folders of the file storage that did not exist before pytest-benchmark made them.
 UNSAVED_FOLDERS_KEY = pytest.StashKey[list]()
@@ -131,6 +131,35 @@ def empty_history_refusal(config: pytest.Config) -> str | None:
     return (f"--benchmark-compare-fail: no earlier run in {bs.storage} for device key "
             f"{selected_device_key(config)!r} to compare with; save one first (--benchmark-save NAME or "
             f"--benchmark-autosave), or add --allow-empty-history to run without the threshold until there is one")
+
+
+def regressions_without_traceback(config: pytest.Config) -> None:
+    """Keep pytest-benchmark's list of regressions, without the traceback after it.
+    pytest-benchmark 5.3.1 logs the benchmarks that ``--benchmark-compare-fail`` failed
+    ("Performance has regressed: ... Field 'median' has failed PercentageRegressionCheck: 13.1 >
+    10.0"), then raises ``PerformanceRegression`` out of its terminal summary: pytest prints
+    some 60 lines of its own frames, and the rest of the summary (the short test summary, the
+    counts) is lost. The session's ``check_regressions`` now logs them and returns; the plugin
+    fails the run itself (``regressed``)."""
+    from pytest_benchmark.session import PerformanceRegression
+    bs = _session(config)
+    if bs is None:
+        return
+    check = bs.check_regressions
+
+    def logged_not_raised() -> None:
+        try:
+            check()
+        except PerformanceRegression:
+            pass  # bs.performance_regressions holds them; regressed() reads them
+    bs.check_regressions = logged_not_raised
+
+
+def regressed(config: pytest.Config) -> list[str]:
+    """The benchmarks ``--benchmark-compare-fail`` failed, by name (``test_training_step[cpu-small-full-sdpa]``),
+    once pytest-benchmark has compared (from its ``pytest_sessionfinish`` on); empty otherwise."""
+    bs = _session(config)
+    return [str(name) for name, _ in (bs.performance_regressions if bs is not None else [])]
 
 
 def compare_fails(config: pytest.Config) -> bool:
