@@ -604,3 +604,15 @@ def test_the_restore_advice_names_git_only_inside_a_git_work_tree(tmp_path):
         assert restore_advice(committed).endswith("is in no git repository)"), restore_advice(committed)
     outside = tmp_path / "cpu" / "figures.json"
     assert restore_advice(outside, "it") == f"restore it from your copy ({outside} is in no git repository)"
+
+
+def test_an_update_that_stages_nothing_says_so(tmp_path):
+    """``--update-baselines -k tiny-sac-sdpa`` without ``--flavor tiny`` selects no gated test
+    (tiny is not a default flavor): it passed and wrote nothing, silently, and the user took the
+    change as accepted (a fresh user's check, 2026-12-01). Now the run says it wrote nothing, and why."""
+    result = run_pytest("bench/", "--device", "cpu", "--update-baselines", "-k", "tiny-sac-sdpa", "-q",
+                        "--baselines-dir", str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ("warning: --update-baselines wrote nothing: no gated test ran in this selection (flavors small, seed, "
+            "llama3-8b-4l; a -k naming another flavor's variant needs --flavor NAME too)") in result.stdout, result.stdout
+    assert not list(tmp_path.rglob("figures.json"))

@@ -411,6 +411,61 @@ def test_a_compare_fail_against_a_run_of_other_tests_fails_saying_nothing_was_co
     assert "--benchmark-compare-fail checked nothing" in lines[0], lines[0]
 
 
+def test_a_comparison_that_cannot_be_made_as_asked_is_one_line_before_anything_runs(stored_tiny_run, tmp_path):
+    """What pytest-benchmark 5.3.1 does with each, and what the suite says instead (a fresh
+    user's check, 2026-12-01): a newest stored run cut off (skipped with a warning, the run before
+    it compared instead: a green gate against a stale reference); a statistic missing (a KeyError
+    traceback); a run number that matches nothing (a warning, nothing compared; under
+    --benchmark-compare-fail "no earlier run"); --benchmark-compare-fail without
+    --benchmark-compare (a traceback after every benchmark ran); a path that does not exist (an
+    INTERNALERROR). In-process against a real storage, then two launches for the wiring."""
+    import json
+    import shutil
+    from types import SimpleNamespace
+
+    from pytest_benchmark.logger import Logger
+    from pytest_benchmark.storage.file import FileStorage
+
+    from ac_bench.plugin import benchmark
+    history = tmp_path / "history"
+    shutil.copytree(stored_tiny_run / "history", history)
+    (stored,) = history.glob("*/*/0001_tiny.json")
+    good = stored.read_text()
+    second = stored.with_name("0002_later.json")
+    second.write_text(good)
+
+    def refusal(compare, compare_fail=()):
+        storage = FileStorage(stored.parent.parent, logger=Logger(0), default_machine_id=stored.parent.name)
+        session = SimpleNamespace(compare=compare, compare_fail=list(compare_fail), storage=storage)
+        return benchmark.compare_refusal(SimpleNamespace(_benchmarksession=session))
+
+    assert refusal(True) is None and refusal("0001") is None and refusal([]) is None
+    second.write_text(good[:500])
+    said = refusal(True)
+    assert said.startswith(f"--benchmark-compare: {second} is not a readable stored run (JSONDecodeError: ") and said.endswith(
+        "so pytest-benchmark would compare with the run before it; restore it from your copy "
+        f"({second} is in no git repository), or delete it"), said
+    assert refusal("0001") is None, "an older run that is whole compares"
+    data = json.loads(good)
+    del data["benchmarks"][0]["stats"]["median"]
+    second.write_text(json.dumps(data))
+    assert "0002_later.json lacks median in the stats of " in refusal(True)
+    assert refusal("0099", ["median:10%"]) == (
+        f"--benchmark-compare=0099: no stored run matches it in {stored.parent.parent} (the newest: 0001_tiny, "
+        f"0002_later); give one's number (NNNN), a file, or --benchmark-compare alone for the newest")
+    assert refusal([], ["median:10%"]).startswith("--benchmark-compare-fail needs --benchmark-compare: ")
+    for compare, says in ((str(tmp_path / "no" / "such.json"), "no such file; give an existing file"),
+                          ("0099", "no stored run matches it")):
+        result = run_pytest(str(ROOT / "bench" / "test_speed.py"), "--rootdir", str(ROOT), "-c",
+                            str(ROOT / "pyproject.toml"), "--flavor", "tiny", "--device", "cpu", "-k",
+                            "training_step and none-sdpa", "-q", "--benchmark-storage", "file://history",
+                            f"--benchmark-compare={compare}", cwd=stored_tiny_run)
+        out = result.stdout + result.stderr
+        errors = [line for line in out.splitlines() if line.startswith("ERROR:")]
+        assert result.returncode == pytest.ExitCode.USAGE_ERROR and len(errors) == 1 and says in errors[0], out
+        assert "Traceback" not in out and "INTERNALERROR" not in out and "passed" not in out, out
+
+
 @pytest.mark.xfail(strict=True, reason="pytest-benchmark 5.3.1: a --benchmark-storage outside the current folder "
                                        "crashes the 'machine_info is different' warning (FileStorage.location's "
                                        "relative_to); upstream ionelmc/pytest-benchmark#217, open")

@@ -152,7 +152,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     benchmark.check_version(session.config)
     benchmark.remove_empty_storage(session.config)
-    refusal = benchmark.empty_history_refusal(session.config)
+    refusal = benchmark.compare_refusal(session.config) or benchmark.empty_history_refusal(session.config)
     if refusal:  # before anything is measured, not after
         raise pytest.UsageError(refusal)
     note = benchmark.drop_compare_fail_without_history(session.config)
@@ -275,6 +275,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             terminalreporter.write_line(f"baselines repaired: {line}")
     for path in config.stash.get(WRITTEN_KEY, []):
         terminalreporter.write_line(f"baselines written: {path}")
+    if WRITTEN_KEY in config.stash and not config.stash[WRITTEN_KEY]:  # --update-baselines, and no gate ran
+        flavors = ", ".join(f.name for f in selected_flavors(config))
+        terminalreporter.write_line(
+            f"warning: --update-baselines wrote nothing: no gated test ran in this selection (flavors {flavors}; "
+            f"a -k naming another flavor's variant needs --flavor NAME too)", yellow=True)
     ratios = config.stash[STORE_KEY].time_ratios if STORE_KEY in config.stash else {}
     if ratios:
         terminalreporter.section("recompute cost: time(policy)/time(none) against FLOPs(policy)/FLOPs(none)")

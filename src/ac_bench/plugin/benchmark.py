@@ -8,11 +8,13 @@ pyproject.toml, tox.ini), and another version that lacks them fails once with on
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from ac_bench.gate.baselines import restore_advice
 from ac_bench.gate.timing_storage import timing_comparison_refusal, timing_storage
 from ac_bench.models import resolve_dtype
 from ac_bench.plugin.options import baselines_dir, selected_device, selected_device_key, selected_flavors, selected_timing_key
@@ -70,6 +72,12 @@ def configure_storage_and_timer(config: pytest.Config) -> None:
     config.stash[UNSAVED_FOLDERS_KEY] = missing_folders(option.benchmark_storage)
     if option.benchmark_timer == PYTEST_BENCHMARK_DEFAULT_TIMER:
         option.benchmark_timer = timer_name(selected_device(config))
+    compare = getattr(option, "benchmark_compare", None)
+    if isinstance(compare, str) and len(Path(compare).parts) > 2 and not Path(compare).is_file():
+        # pytest-benchmark's own loading raises a ValueError here: an INTERNALERROR
+        raise pytest.UsageError(f"--benchmark-compare={compare}: no such file; give an existing file, a stored run's "
+                                f"number (NNNN) in {option.benchmark_storage.removeprefix('file://')}, or "
+                                f"--benchmark-compare alone for the newest")
 
 
 def missing_folders(storage: str) -> list[Path]:
@@ -116,6 +124,72 @@ def drop_compare_fail_without_history(config: pytest.Config) -> str | None:
                 f"so the timings were not compared (--benchmark-compare-fail skipped, --allow-empty-history); "
                 f"{'this run was saved and is' if bs.save or bs.autosave else 'save a run (--benchmark-autosave) to make it'} "
                 f"the reference of the next one")
+    return None
+
+
+#: The stats of a stored benchmark that pytest-benchmark's table and thresholds read
+#: (``pytest_benchmark.stats.Stats.fields`` but ``ops``, which it fills in for old runs).
+STORED_STATS = ("min", "max", "mean", "stddev", "rounds", "median", "iqr", "q1", "q3", "iqr_outliers",
+                "stddev_outliers", "outliers", "ld15iqr", "hd15iqr", "total")
+
+
+def stored_run_problem(path: Path) -> str | None:
+    """What makes a stored run unusable for a comparison (not JSON, no list of benchmarks, a
+    benchmark without its name or one of ``STORED_STATS``), or None. pytest-benchmark 5.3.1
+    skips a file it cannot parse with a warning (and compares against an older run: the newest
+    but one) and fails with a KeyError traceback on a missing statistic."""
+    try:
+        data = json.loads(path.read_text(encoding="utf8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return f"is not a readable stored run ({type(exc).__name__}: {exc})"
+    benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
+    if not isinstance(benchmarks, list):
+        return "holds no list of benchmarks"
+    for bench in benchmarks:
+        name = bench.get("fullname") if isinstance(bench, dict) else None
+        stats = bench.get("stats") if isinstance(bench, dict) else None
+        if not isinstance(name, str) or not isinstance(stats, dict):
+            return "holds a benchmark without its fullname or stats"
+        missing = [field for field in STORED_STATS if field not in stats]
+        if missing:
+            return f"lacks {', '.join(missing)} in the stats of {name}"
+    return None
+
+
+def compare_refusal(config: pytest.Config) -> str | None:
+    """The usage error for a timing comparison that cannot be made as asked, said when the
+    session starts, or None: ``--benchmark-compare-fail`` without ``--benchmark-compare``
+    (pytest-benchmark says so in a traceback after every benchmark ran); ``--benchmark-compare=N``
+    that matches no stored run (pytest-benchmark warns and compares nothing); a run to compare
+    with that is unreadable or incomplete (``stored_run_problem``). Checked in a file storage
+    only, and by the controller only under xdist."""
+    bs = _session(config)
+    if bs is None or hasattr(config, "workerinput"):
+        return None
+    if bs.compare_fail and not bs.compare:
+        return ("--benchmark-compare-fail needs --benchmark-compare: alone it compares with the newest stored run "
+                "for this device key, --benchmark-compare=NNNN with run NNNN")
+    query = getattr(bs.storage, "query", None)
+    if not bs.compare or query is None:
+        return None
+    stored = query("[0-9][0-9][0-9][0-9]_")
+    if bs.compare is True:
+        compared = stored[-1:]
+    else:
+        try:
+            compared = query(bs.compare)
+        except ValueError:
+            compared = []
+        if not compared:
+            names = ", ".join(p.name.removesuffix(".json") for p in stored[-5:]) or "none yet"
+            return (f"--benchmark-compare={bs.compare}: no stored run matches it in {bs.storage} (the newest: "
+                    f"{names}); give one's number (NNNN), a file, or --benchmark-compare alone for the newest")
+    for path in compared:
+        problem = stored_run_problem(path)
+        if problem:
+            fate = ("pytest-benchmark would compare with the run before it" if bs.compare is True and "readable" in problem
+                    else "it cannot be compared with")
+            return f"--benchmark-compare: {path} {problem}, so {fate}; {restore_advice(path, 'it')}, or delete it"
     return None
 
 
