@@ -384,13 +384,68 @@ def test_runs_that_share_variants_and_moved_nothing_say_so(tmp_path, capsys):
     assert main([str(before), str(after)]) == 0
     out = capsys.readouterr().out
     n = len(data["measurements"])
-    assert f"Nothing moved: each of the {n} variants the runs share has the same peak and speed in both." in out, \
-        out[-2000:]
-    assert out.rstrip().endswith("the same peak and speed in both."), "an empty table header after the note: " + out[-500:]
+    assert (f"Nothing moved: each of the {n} variants the runs share has the same figures (peak, speed, and every "
+            f"gated figure) in both.") in out, out[-2000:]
+    assert out.rstrip().endswith("in both."), "an empty table header after the note: " + out[-500:]
     moved = copy.deepcopy(data)
     records(moved, "small")["full-sdpa"]["peak_bytes"] //= 2
     assert main([str(before), str(write(tmp_path / "moved.json", moved))]) == 0
     assert "Nothing moved" not in capsys.readouterr().out
+
+
+def test_moves_table_names_every_gated_figure_that_moved(tmp_path, capsys):
+    """A save list that keeps one more activation where the peak does not reach it (a user's
+    ``sac`` at tiny: the gate failed on forward_kept_bytes +25.55% and backward_ops 106 -> 104,
+    the peak and speed the same): the report names each figure that moved, before and after,
+    not "Nothing moved". A figure null on one side (saved_bytes) is not compared."""
+    data = raw()
+    data["measurements"] = [r for r in data["measurements"] if r["flavor"] == "small"]
+    data["benchmarks"] = [b for b in data["benchmarks"] if b.get("extra_info", {}).get("flavor") == "small"]
+    records(data, "small")["sac-sdpa"]["backward_ops"] = 106
+    after = copy.deepcopy(data)
+    sac, full = records(after, "small")["sac-sdpa"], records(after, "small")["full-eager"]
+    assert sac["forward_kept_bytes"] == 43155456 and sac["peak_bytes"] == 64486088  # 41.2 MiB kept, 61.5 MiB peak
+    sac["forward_kept_bytes"] = 54181888  # +25.55%: 51.7 MiB
+    sac["backward_ops"] = 104
+    old_act = full["activation_peak_bytes"]
+    full["activation_peak_bytes"] += 4096  # the same in MiB to 3 digits: written in bytes
+    assert tables.mib(old_act) == tables.mib(old_act + 4096)
+    records(after, "small")["full-sdpa"]["saved_bytes"] = None  # null: not a move
+    before_path, after_path = write(tmp_path / "before.json", data), write(tmp_path / "after.json", after)
+    md = tmp_path / "report.md"
+    assert main([str(before_path), str(after_path), "--markdown", str(md)]) == 0
+    out = capsys.readouterr().out
+    assert "Nothing moved" not in out, out[-2000:]
+    assert "forward_kept_bytes 41.2 -> 51.7 MiB (+25.6%); backward_ops 106 -> 104 (-1.9%)" in out, out[-2000:]
+    rows = {r[1]: r for r in markdown_rows(md.read_text(), "Moved between runs") if r[0] != "group"}
+    ms = medians(data, "small")["sac-sdpa"] * 1e3
+    assert rows["sac-sdpa"] == ["small on cpu", "sac-sdpa", "61.5 -> 61.5", f"{ms:.1f} ms -> {ms:.1f} ms",
+                                "forward_kept_bytes 41.2 -> 51.7 MiB (+25.6%); backward_ops 106 -> 104 (-1.9%)"]
+    assert rows["full-eager"][4] == f"activation_peak_bytes {old_act:,} -> {old_act + 4096:,} B (+0.0%)"
+    assert rows.keys() == {"sac-sdpa", "full-eager"}, rows.keys()
+
+    # The same records twice: nothing moved, and the note says what was compared.
+    same = write(tmp_path / "same.json", data)
+    assert main([str(before_path), str(same)]) == 0
+    out = capsys.readouterr().out
+    assert ("Nothing moved: each of the 20 variants the runs share has the same figures (peak, speed, and every "
+            "gated figure) in both.") in out, out[-2000:]
+
+
+def test_moved_figures_compares_every_gated_metric_exactly():
+    """Every metric of the registry is compared, any change counts, None on either side is skipped."""
+    record = Measurement.from_dict(raw()["measurements"][0])
+    for name in METRICS:
+        value = getattr(record, name)
+        base = dataclasses.replace(record, **{name: 1000 if value is None else value})
+        moved = dataclasses.replace(base, **{name: getattr(base, name) + 1})
+        assert tables.moved_figures(base, moved) == [(name, getattr(base, name), getattr(base, name) + 1)], name
+        assert tables.moved_figures(base, base) == []
+        if METRICS[name].nullable:
+            assert tables.moved_figures(base, dataclasses.replace(base, **{name: None})) == [], name
+    assert tables.figure_change("flops", 7_766_016, 7_798_784) == "flops 7.77 MFLOP -> 7.80 MFLOP (+0.4%)"
+    assert tables.figure_change("flops", 7_766_016, 7_766_017) == "flops 7,766,016 -> 7,766,017 FLOP (+0.0%)"
+    assert tables.figure_change("offloaded_bytes", 0, 2 ** 20) == "offloaded_bytes 0.0 -> 1.00 MiB"
 
 
 def test_before_after_plot_connects_moved_points(tmp_path, capsys):
@@ -405,6 +460,8 @@ def test_before_after_plot_connects_moved_points(tmp_path, capsys):
     assert moves.keys() == expected.keys()
     for key, (start, end) in expected.items():
         assert moves[key] == (pytest.approx(start), pytest.approx(end))
+    listed = {(r[0], r[1]) for r in tables.moves_table(runs).rows}
+    assert {(f"{m.flavor} on {m.device_key}", m.variant) for m in run_moves(runs)} <= listed  # every arrow a row
     segments = arrow_segments(report_figure(runs))
     assert sorted(segments) == sorted(moves.values())
     assert arrow_segments(report_figure(runs[:1])) == []

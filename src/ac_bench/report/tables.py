@@ -13,18 +13,18 @@ from pathlib import Path
 
 from ac_bench.metrics import METRICS
 from ac_bench.models import parse_variant, variant_id
-from ac_bench.outputs import significant_decimals, write_text_atomic
-from ac_bench.record import OK, READABLE_VERSIONS
+from ac_bench.outputs import flops_text, significant_decimals, write_text_atomic
+from ac_bench.record import OK, READABLE_VERSIONS, Measurement
 from ac_bench.report.frontier import (
     BEYOND_NONE,
     MIB,
     TIME,
     Group,
     flop_overhead,
+    group_order,
     joint_axes,
     pareto_front,
     run_groups,
-    run_moves,
     shares_cores,
     variant_order,
 )
@@ -38,16 +38,21 @@ NULL = "-"
 
 @dataclass(frozen=True)
 class Table:
-    """A titled table of formatted cells; the first ``left`` columns are names, the rest figures."""
+    """A titled table of formatted cells; the first ``left`` columns are names, the last
+    ``trailing_text`` columns text (both aligned left), the rest figures (aligned right)."""
 
     title: str
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
     notes: tuple[str, ...] = ()
     left: int = 1
+    trailing_text: int = 0
+
+    def _is_text(self, column: int) -> bool:
+        return column < self.left or column >= len(self.header) - self.trailing_text
 
     def _aligned(self, cells: Sequence[str], widths: Sequence[int]) -> str:
-        return "  ".join(c.ljust(w) if i < self.left else c.rjust(w)
+        return "  ".join(c.ljust(w) if self._is_text(i) else c.rjust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     def text(self) -> str:
@@ -59,7 +64,7 @@ class Table:
         return "\n".join(lines + [self._aligned(r, widths) for r in self.rows])
 
     def markdown(self) -> str:
-        rule = ["---" if i < self.left else "--:" for i in range(len(self.header))]
+        rule = ["---" if self._is_text(i) else "--:" for i in range(len(self.header))]
         lines = [f"## {self.title}", ""] + ([*self.notes, ""] if self.notes else [])
         if not self.rows and self.notes:
             return "\n".join(lines[:-1])
@@ -235,27 +240,92 @@ def group_table(group: Group, prefix: str = "") -> Table:
                  rows, notes=notes)
 
 
+def moved_figures(before: Measurement, after: Measurement) -> list[tuple[str, int, int]]:
+    """Every figure the baseline gate compares (``ac_bench.metrics.METRICS``, in registry order)
+    that differs at all between two records of one variant, as ``(name, before, after)``: they
+    are exact (bytes, FLOPs, op counts), so any change counts; a figure that is None in either
+    record (not measured, not predicted, out of memory) is not compared."""
+    moved = []
+    for name in METRICS:
+        old, new = getattr(before, name), getattr(after, name)
+        if old is not None and new is not None and old != new:
+            moved.append((name, old, new))
+    return moved
+
+
+def figure_change(name: str, before: int, after: int) -> str:
+    """``forward_kept_bytes 0.122 -> 0.154 MiB (+25.5%)``, ``backward_ops 106 -> 104 (-1.9%)``,
+    ``flops 7.77 MFLOP -> 7.80 MFLOP (+0.4%)``: one figure of ``moved_figures`` in the report's
+    units (bytes in MiB as ``mib`` writes them, FLOPs in the unit they fill, counts whole). Where
+    the rounded figures read the same, both are written exactly (``25,632.3`` MiB either side of a
+    1 KiB change: ``26,877,345,792 -> 26,877,346,816 B``); no percentage from 0."""
+    unit = METRICS[name].unit
+    if unit == "B":
+        old, new, suffix = mib(before), mib(after), " MiB"
+    elif unit == "FLOP":
+        old, new, suffix = flops_text(before), flops_text(after), ""
+    else:
+        old, new, suffix = f"{before:,}", f"{after:,}", ""
+    if old == new:
+        old, new, suffix = f"{before:,}", f"{after:,}", "" if unit == "op" else f" {unit}"
+    change = f" ({pct(after / before - 1)})" if before else ""
+    return f"{name} {old} -> {new}{suffix}{change}"
+
+
 def _speed_text(value: float, axis: str) -> str:
     return f"{value:.1f} ms" if axis == TIME else f"{value:+.1f}%"
 
 
+def _speed_cell(speed: float | None, axis: str) -> str:
+    """A row's speed (``Row.speed``) as plotted, or ``-`` where it has none."""
+    return NULL if speed is None else _speed_text(speed * (1e3 if axis == TIME else 100), axis)
+
+
 def moves_table(runs: Sequence[Run]) -> Table:
-    """The points that moved between consecutive runs, as the plot's arrows show them."""
+    """What moved between consecutive runs, a row per variant both runs of a pair measured (same
+    group: flavor, or a sharded run's rank, and device key): its peak and speed as the plot's
+    arrows show them, and every other figure the baseline gate compares that changed
+    (``moved_figures``). A variant is listed where its plotted point moved (``run_moves``: timing
+    judged as the plot does) or any of those figures changed, even with the same peak and speed."""
     axes = joint_axes(runs)
-    rows = tuple((f"{m.flavor} on {m.device_key}", m.variant,
-                  f"{m.start[0]:,.1f} -> {m.end[0]:,.1f}",
-                  f"{_speed_text(m.start[1], axes[(m.flavor, m.device_key)])} -> "
-                  f"{_speed_text(m.end[1], axes[(m.flavor, m.device_key)])}")
-                 for m in run_moves(runs))
+    groups = [{g.key: g for g in run_groups(run, axes)} for run in runs]
+    found = []
+    for pair, (before, after) in enumerate(zip(groups, groups[1:])):
+        for key in before.keys() & after.keys():
+            axis, old = axes[key], {r.variant: r for r in before[key].rows}
+            for row in after[key].rows:
+                start_row = old.get(row.variant)
+                if start_row is None:
+                    continue
+                start, end = start_row.plot_point(axis), row.plot_point(axis)
+                arrow = start is not None and end is not None and start != end
+                first, second = start_row.entry.record, row.entry.record
+                figures = moved_figures(first, second)
+                if not arrow and not figures:
+                    continue
+                peak = (mib(first.peak_bytes), mib(second.peak_bytes))
+                # The peak column shows peak_bytes; listed again only where its MiB read the same.
+                others = [f for f in figures if f[0] != "peak_bytes" or peak[0] == peak[1]]
+                cells = (f"{key[0]} on {key[1]}", row.variant, f"{peak[0]} -> {peak[1]}",
+                         f"{_speed_cell(start_row.speed(axis), axis)} -> {_speed_cell(row.speed(axis), axis)}",
+                         "; ".join(figure_change(*f) for f in others))
+                found.append(((*group_order(key), variant_order(row.variant), pair), cells))
+    rows = tuple(cells for _, cells in sorted(found, key=lambda f: f[0]))
+
     def keys(run: Run) -> set[tuple]:
         return {(e.record.flavor, e.record.device_key, e.record.variant) for e in run.entries}
     shared = max((len(keys(a) & keys(b)) for a, b in zip(runs, runs[1:])), default=0)
-    notes = ("Speed as plotted: median step time where both runs are timed, else FLOP overhead.",) if shared else (
+    notes = ("Speed as plotted: median step time where both runs are timed, else FLOP overhead. Other figures "
+             f"that moved: those the baseline gate compares ({', '.join(METRICS)}), listed where they differ at "
+             "all; bytes in MiB (exact bytes where the MiB read the same), FLOPs in the unit they fill, ops as "
+             "counts. A variant is listed where its peak or speed moved, or any of those figures.",) if shared else (
         "The runs share no variant of one flavor and device, so nothing could move: compare runs of the same tests.",)
     if shared and not rows:  # an empty table read as "not compared"
-        notes += (f"Nothing moved: each of the {shared} variants the runs share has the same peak and speed in both.",)
-    return Table("Moved between runs", ("group", "variant", "peak MiB", "time or FLOP overhead"), rows,
-                 notes=notes, left=2)
+        notes += (f"Nothing moved: each of the {shared} variants the runs share has the same figures (peak, speed, "
+                  f"and every gated figure) in both.",)
+    return Table("Moved between runs",
+                 ("group", "variant", "peak MiB", "time or FLOP overhead", "other figures that moved"), rows,
+                 notes=notes, left=2, trailing_text=1)
 
 
 def report_text(runs: Sequence[Run], markdown: bool) -> str:
