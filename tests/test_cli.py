@@ -161,6 +161,11 @@ def test_cpu_timings_of_different_processor_models_or_clocks_are_never_compared(
               "benchmarks": [{"options": {"timer": "device_synchronized_timer"}}]}
     with pytest.raises(pytest.UsageError, match="different clocks are not comparable"):
         compare(None, None, here, legacy)
+    # A run not saved by this suite (no machine_info.torch): said as such, not "device key None".
+    foreign = {"machine_info": {"cpu": {"brand_raw": "AMD EPYC", **ZEN3}}, "benchmarks": []}
+    with pytest.raises(pytest.UsageError, match=r"records no device key \(machine_info.torch, written by this suite's "
+                                                r"plugin\), so it was not saved by this suite or was edited"):
+        compare(None, None, here, foreign)
 
 
 def test_two_epyc_generations_with_one_model_name_are_never_compared():

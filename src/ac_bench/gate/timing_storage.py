@@ -56,6 +56,10 @@ def timing_comparison_refusal(machine_info: dict, compared_benchmark: dict) -> s
     """Why a stored run's timings cannot be compared with this run's, or None if they can."""
     saved = timing_identity(compared_benchmark.get("machine_info", {}) or {}, compared_benchmark.get("benchmarks", []))
     current = timing_identity(machine_info, [])
+    if saved["device_key"] is None:
+        return ("the stored run records no device key (machine_info.torch, written by this suite's plugin), so it "
+                "was not saved by this suite or was edited; save a run here (--benchmark-save NAME) and compare "
+                "against that.")
     if saved["device_key"] != current["device_key"]:
         return (f"the stored run was measured on device key {saved['device_key']!r}, this run is on "
                 f"{current['device_key']!r}; timings of different devices are not comparable. Point "
