@@ -32,8 +32,11 @@ SLOW_PLAN_BUDGETS: dict[str, tuple[tuple[str, str], ...]] = {
     "seed": (("eager", "1.5GiB"), ("sdpa", "0.5GiB")),
     "small": (("eager", "300MiB"), ("sdpa", "60MiB")),
 }
-#: Gradients of a plan are checked at this sequence length on the CPU (as in test_gradients).
-CPU_GRADIENT_SEQ_LEN = 256
+#: Gradients of a plan are checked at this sequence length on the CPU. Short: ``seed`` is
+#: bfloat16, whose backward matmuls run at about 1 GFLOP/s on an AVX2 CPU without native
+#: bfloat16 (torch 2.13.0: one step 30 s at 256, 8 s at 64). Recomputation's replay does not
+#: depend on the length, and the check still compares every gradient bitwise.
+CPU_GRADIENT_SEQ_LEN = 64
 #: On CUDA the allocator's rounding and workspaces move the peak from the prediction.
 CUDA_PREDICTION_TOLERANCE = 0.03
 
