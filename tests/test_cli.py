@@ -455,6 +455,15 @@ def test_a_comparison_that_cannot_be_made_as_asked_is_one_line_before_anything_r
     del data["benchmarks"][0]["stats"]["median"]
     second.write_text(json.dumps(data))
     assert "0002_later.json lacks median in the stats of " in refusal(True)
+    for bad in (None, "fast", float("nan"), -1, True, 0):  # a traceback, a silent pass, or an infinite slowdown
+        data["benchmarks"][0]["stats"]["median"] = bad
+        second.write_text(json.dumps(data))
+        assert f"0002_later.json holds median = {bad!r} in the stats of " in refusal(True), bad
+    not_a_run = tmp_path / "figures.json"
+    not_a_run.write_text("{}")
+    assert refusal(str(not_a_run)) == (f"--benchmark-compare={not_a_run}: {not_a_run} is not a stored run "
+                                       f"(NNNN_name.json); give a run's number in {stored.parent.parent}, or a "
+                                       f"file saved with --benchmark-save")
     assert refusal("0099", ["median:10%"]) == (
         f"--benchmark-compare=0099: no stored run matches it in {stored.parent.parent} (the newest: 0001_tiny, "
         f"0002_later); give one's number (NNNN), a file, or --benchmark-compare alone for the newest")

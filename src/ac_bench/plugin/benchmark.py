@@ -9,6 +9,7 @@ pyproject.toml, tox.ini), and another version that lacks them fails once with on
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -153,6 +154,15 @@ def stored_run_problem(path: Path) -> str | None:
         missing = [field for field in STORED_STATS if field not in stats]
         if missing:
             return f"lacks {', '.join(missing)} in the stats of {name}"
+        for field in STORED_STATS:
+            value = stats[field]
+            if field == "outliers":  # "2;0": pytest-benchmark's text
+                continue
+            positive = field in ("min", "max", "mean", "median")
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or value < 0 or (value == 0 and positive):
+                return (f"holds {field} = {value!r} in the stats of {name}, not a "
+                        f"{'positive' if positive else 'non-negative'} number")
     return None
 
 
@@ -185,6 +195,9 @@ def compare_refusal(config: pytest.Config) -> str | None:
             return (f"--benchmark-compare={bs.compare}: no stored run matches it in {bs.storage} (the newest: "
                     f"{names}); give one's number (NNNN), a file, or --benchmark-compare alone for the newest")
     for path in compared:
+        if not path.name[:4].isdigit():  # not a stored run: never advise restoring or deleting it
+            return (f"--benchmark-compare={bs.compare}: {path} is not a stored run (NNNN_name.json); give a run's "
+                    f"number in {bs.storage}, or a file saved with --benchmark-save")
         problem = stored_run_problem(path)
         if problem:
             fate = ("pytest-benchmark would compare with the run before it" if bs.compare is True and "readable" in problem
