@@ -11,7 +11,7 @@ import pytest
 from ac_bench import scale
 from ac_bench.cli.report import main as report_main
 from ac_bench.models import get_flavor
-from ac_bench.outputs import gib_at_least
+from ac_bench.outputs import gib_at_least, gib_text
 from ac_bench.scale import (
     GIB,
     ScaleError,
@@ -97,7 +97,7 @@ def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_w
     # The table's unit is the largest its peaks fill (tiny's peaks were all "0.00 GiB" before).
     unit = "MiB" if none >= 2 ** 20 else "KiB"
     text = "\n".join(plan_lines(plan))
-    assert f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {none / GIB:g} GiB |" in text, text
+    assert f"| policy | per-rank peak {unit} (the smallest GPU it fits) | fits {gib_text(none)} GiB |" in text, text
     assert f"| none | {none / 2 ** (20 if unit == 'MiB' else 10):.2f} | yes |" in text, text
     # A margin under the H200's excess over the estimate is called thin, with what that excess would need.
     assert plan_lines(plan)[2].endswith(
@@ -112,7 +112,7 @@ def test_the_plan_is_the_cheapest_policy_that_fits_and_nothing_fitting_names_a_w
     assert w8 < w4 < full, (full, w4, w8)
     plan.budget_bytes = w8
     line = nothing_fits_line(plan, max_world_size=8)
-    assert line == (f"nothing fits {w8 / GIB:g} GiB per GPU for tiny at world size 2: the smallest feasible is "
+    assert line == (f"nothing fits {gib_text(w8)} GiB per GPU for tiny at world size 2: the smallest feasible is "
                     f"{gib_at_least(full, 2)} GiB (full), or full at world size 8 ({w8 / GIB:.2f} GiB per rank)"), line
     plan.budget_bytes = w8 - 1
     estimated, real_estimate = [], scale.estimate
