@@ -128,17 +128,15 @@ def drop_compare_fail_without_history(config: pytest.Config) -> str | None:
     return None
 
 
-#: The stats of a stored benchmark that pytest-benchmark's table and thresholds read
-#: (``pytest_benchmark.stats.Stats.fields`` but ``ops``, which it fills in for old runs).
-STORED_STATS = ("min", "max", "mean", "stddev", "rounds", "median", "iqr", "q1", "q3", "iqr_outliers",
-                "stddev_outliers", "outliers", "ld15iqr", "hd15iqr", "total")
-
-
 def stored_run_problem(path: Path) -> str | None:
     """What makes a stored run unusable for a comparison (not JSON, no list of benchmarks, a
-    benchmark without its name or one of ``STORED_STATS``), or None. pytest-benchmark 5.3.1
-    skips a file it cannot parse with a warning (and compares against an older run: the newest
-    but one) and fails with a KeyError traceback on a missing statistic."""
+    benchmark without its name, or a statistic its table and thresholds read missing or not a
+    number: ``pytest_benchmark.stats.Stats.fields`` but ``ops``, which it fills in for old runs),
+    or None. pytest-benchmark 5.3.1 skips a file it cannot parse with a warning (and compares
+    against an older run: the newest but one) and fails with a traceback on a missing or
+    non-numeric statistic."""
+    from pytest_benchmark.stats import Stats
+    stored_stats = [field for field in Stats.fields if field != "ops"]
     try:
         data = json.loads(path.read_text(encoding="utf8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -151,10 +149,10 @@ def stored_run_problem(path: Path) -> str | None:
         stats = bench.get("stats") if isinstance(bench, dict) else None
         if not isinstance(name, str) or not isinstance(stats, dict):
             return "holds a benchmark without its fullname or stats"
-        missing = [field for field in STORED_STATS if field not in stats]
+        missing = [field for field in stored_stats if field not in stats]
         if missing:
             return f"lacks {', '.join(missing)} in the stats of {name}"
-        for field in STORED_STATS:
+        for field in stored_stats:
             value = stats[field]
             if field == "outliers":  # "2;0": pytest-benchmark's text
                 continue
