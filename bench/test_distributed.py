@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from ac_bench.analytic import (
+    CHANGE_WITH_THE_POLICY,
     Shape,
     fsdp_unsharded_peak_bytes,
     kept_bytes,
@@ -199,9 +200,8 @@ def test_per_rank_memory_and_flops_match_the_analytic_model(sharded_run, variant
         pytest.skip(reason)
     shape = per_rank_shape(record)
     def exact(name: str, measured: int, model: int) -> None:
-        assert measured == model, (f"{FLAVOR.name} {variant} rank 0: {name} measured {measured:,}, the per-rank model says {model:,}. The model "
-                                   f"(ac_bench.analytic) counts by hand what each policy saves: a policy or model whose "
-                                   f"saved tensors changed on purpose needs it changed too; --update-baselines does not")
+        assert measured == model, (f"{FLAVOR.name} {variant} rank 0: {name} measured {measured:,}, the per-rank model "
+                                   f"says {model:,}. {CHANGE_WITH_THE_POLICY}")
 
     exact("resident_bytes", record.resident_bytes, sharded_resident_bytes(shape, WORLD_SIZE))
     shard = sharded_parameter_bytes(shape, WORLD_SIZE)

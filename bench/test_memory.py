@@ -111,9 +111,7 @@ def test_kept_bytes_match_analytic_model(case, measurements):
         if measured is not None:
             assert measured == pytest.approx(predicted, rel=ANALYTIC_TOLERANCE, abs=slack), (
                 f"{case.id}: {metric} measured {measured:,} B, analytic model {predicted:,} B "
-                f"({measured - predicted:+,} B). The model counts by hand what each policy saves, op by op "
-                f"(ac_bench.analytic.kept_bytes): a policy or model whose saved tensors changed on purpose needs "
-                f"the model changed with it; --update-baselines does not")
+                f"({measured - predicted:+,} B). {analytic.CHANGE_WITH_THE_POLICY}")
 
 
 def _records(measurements, device: str, flavor, policies=EAGER_CHAIN) -> dict:

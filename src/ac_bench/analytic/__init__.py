@@ -176,6 +176,13 @@ class FamilyCounts:
         return shape.seq_len * rest / scores
 
 
+#: What a check against this model says when a measurement leaves it: the model is counted by
+#: hand, so accepting new baselines does not change it.
+CHANGE_WITH_THE_POLICY = ("The model counts by hand what each policy saves, op by op (ac_bench.analytic): a policy "
+                          "or model whose saved tensors changed on purpose needs the model changed with it; "
+                          "--update-baselines does not")
+
+
 #: The analytic models of the suite's own families, by family name (``module:attribute``,
 #: imported when first needed); a user's family gives its own as ``Family.analytic``.
 BUILTIN_MODELS: dict[str, str] = {
