@@ -9,6 +9,7 @@ import os
 import re
 import shlex
 import stat
+import subprocess
 
 import pytest
 
@@ -297,6 +298,21 @@ def test_null_against_a_figure_fails_and_null_against_null_passes(record):
     assert compare(unmeasurable, _entry(unmeasurable), DEFAULT_TOLERANCES) == []
 
 
+def test_several_moved_figures_print_the_accept_command_once(record):
+    """A changed policy moves several figures of one variant: one line each, and the command that
+    accepts them once, last, ready to paste (it was printed at the end of every line)."""
+    from ac_bench.plugin.session import one_command
+    fix = BaselineGate("unused").accept_command(record)
+    entry = _entry(record, flops=record.flops * 2, saved_bytes=record.saved_bytes * 2)
+    problems = compare(record, entry, DEFAULT_TOLERANCES, fix=fix)
+    assert len(problems) == 2 and all(line.endswith(f"accept it with: {fix}") for line in problems), problems
+    lines = one_command(problems, fix).splitlines()
+    assert [line.split(":", 2)[1].split()[0] for line in lines[:2]] == ["flops", "saved_bytes"], lines
+    assert all(line.endswith("accept it with the command below") for line in lines[:2]), lines
+    assert lines[2] == f"    {fix}" and sum(fix in line for line in lines) == 1, lines
+    assert one_command(problems[:1], fix) == problems[0], "one figure: its line, as before"
+
+
 def test_update_adds_a_new_metrics_tolerance_and_keeps_existing_ones(tmp_path, record):
     path = baseline_path(tmp_path, record.device_key)
     old = {k: v for k, v in DEFAULT_TOLERANCES.items() if k != "offloaded_bytes"}
@@ -535,7 +551,6 @@ def test_writers_at_the_same_time_never_lose_an_entry(tmp_path, record):
     ``BaselineGate.write_staged`` into one file: every entry of every writer is there at the end
     (without the lock and the merge with the file on disk, a writer's read-modify-write drops
     what another wrote in between)."""
-    import subprocess
     import sys
     import time
     writers, writes = 3, 30
@@ -593,9 +608,10 @@ def test_an_update_never_overwrites_a_file_that_became_unreadable_meanwhile(tmp_
     assert path.read_bytes() == before
 
 
-def test_the_restore_advice_names_git_only_inside_a_git_work_tree(tmp_path):
+def test_the_restore_advice_names_git_only_for_a_file_git_tracks(tmp_path):
     """The committed files: ``git checkout -- PATH``; a ``--baselines-dir`` outside any
-    repository: one's own copy (every broken-file message said ``git checkout`` there too)."""
+    repository, or a file git does not track in a work tree (a stored run the user saved): one's
+    own copy (every broken-file message said ``git checkout`` there too)."""
     from ac_bench.gate.baselines import restore_advice
     committed = ROOT / "baselines" / "cpu" / "figures.json"
     if (ROOT / ".git").exists():  # a clone (an exported tree has no repository to restore from)
@@ -604,6 +620,19 @@ def test_the_restore_advice_names_git_only_inside_a_git_work_tree(tmp_path):
         assert restore_advice(committed).endswith("is in no git repository)"), restore_advice(committed)
     outside = tmp_path / "cpu" / "figures.json"
     assert restore_advice(outside, "it") == f"restore it from your copy ({outside} is in no git repository)"
+    import shutil
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed: the tracked-file advice cannot be checked")
+    repo = tmp_path / "repo"
+    (repo / ".benchmarks").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    tracked, saved = repo / "figures.json", repo / ".benchmarks" / "0001_mine.json"
+    tracked.write_text("{}")
+    saved.write_text("{}")
+    subprocess.run(["git", "add", "figures.json"], cwd=repo, check=True)
+    assert restore_advice(tracked) == f"restore the file with `git checkout -- {tracked}`"
+    assert restore_advice(saved, "it") == f"restore it from your copy ({saved} is not tracked by git)", (
+        "a run the user saved is in no commit: git checkout would only fail")
 
 
 def test_an_update_that_stages_nothing_says_so(tmp_path):

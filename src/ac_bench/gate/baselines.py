@@ -93,13 +93,35 @@ SUITE_FILE = "this suite's file"
 
 
 def restore_advice(path: Path, what: str = "the file") -> str:
-    """How to get ``path`` back: ``git checkout`` where it lies in a git work tree (a ``.git``
-    in it or a folder above), else from the user's own copy (a ``--baselines-dir`` outside
-    any repository, where ``git checkout`` would only fail)."""
+    """How to get ``path`` back: ``git checkout`` where git tracks it, else from the user's own
+    copy: a ``--baselines-dir`` outside any repository, or a file git does not track (a run
+    saved into ``.benchmarks/``), where ``git checkout`` would only fail. A work tree is a
+    ``.git`` in the file's folder or one above; where git itself is not installed, the file is
+    taken to be tracked."""
     folder = Path(path).absolute().parent
-    in_git = any((d / ".git").exists() for d in (folder, *folder.parents))
-    return (f"restore {what} with `git checkout -- {path}`" if in_git
-            else f"restore {what} from your copy ({path} is in no git repository)")
+    if not any((d / ".git").exists() for d in (folder, *folder.parents)):
+        return f"restore {what} from your copy ({path} is in no git repository)"
+    if not _tracked_by_git(Path(path).absolute()):
+        return f"restore {what} from your copy ({path} is not tracked by git)"
+    return f"restore {what} with `git checkout -- {path}`"
+
+
+def _tracked_by_git(path: Path) -> bool:
+    """Whether git tracks ``path`` (``git ls-files --error-unmatch``); True where git cannot
+    tell (not installed, the repository unreadable), so the advice stays ``git checkout``."""
+    import shutil
+    import subprocess
+    git = shutil.which("git")
+    if git is None:
+        return True
+    try:
+        found = subprocess.run([git, "ls-files", "--error-unmatch", "--", path.name], cwd=path.parent,
+                               capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return True
+    if found.returncode == 0:
+        return True
+    return "did not match any file" not in found.stderr  # another failure (not a repository we can read): unknown
 
 
 def version_problem(path: Path, version: object) -> str | None:

@@ -126,6 +126,17 @@ def gate_record(record: Measurement, gate: BaselineGate, update: bool,
     if entry is None:  # a file that lost an entry (a bad merge, an edit) must not pass green
         pytest.fail(f"{record.case_id} has no entry in {path}, so nothing was compared: add it with "
                     f"`{gate.accept_command(record)}`, or restore the file if the entry was lost", pytrace=False)
-    problems = rule(record, entry, baseline.tolerances, fix=gate.accept_command(record))
+    fix = gate.accept_command(record)
+    problems = rule(record, entry, baseline.tolerances, fix=fix)
     if problems:
-        pytest.fail("\n".join(problems), pytrace=False)
+        pytest.fail(one_command(problems, fix), pytrace=False)
+
+
+def one_command(problems: list[str], fix: str) -> str:
+    """The gate's message: one line per figure that moved, and the command that accepts them
+    printed once, after them, where several lines end with it (a changed policy moves five
+    figures of a variant, and the same command was printed five times)."""
+    if len(problems) < 2 or not all(line.endswith(f": {fix}") for line in problems):
+        return "\n".join(problems)
+    return "\n".join([*(line.removesuffix(f": {fix}") + " the command below" for line in problems),
+                      f"    {fix}"])
