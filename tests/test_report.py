@@ -421,7 +421,9 @@ def test_moves_table_names_every_gated_figure_that_moved(tmp_path, capsys):
     ms = medians(data, "small")["sac-sdpa"] * 1e3
     assert rows["sac-sdpa"] == ["small on cpu", "sac-sdpa", "61.5 -> 61.5", f"{ms:.1f} ms -> {ms:.1f} ms",
                                 "forward_kept_bytes 41.2 -> 51.7 MiB (+25.6%); backward_ops 106 -> 104 (-1.9%)"]
-    assert rows["full-eager"][4] == f"activation_peak_bytes {old_act:,} -> {old_act + 4096:,} B (+0.0%)"
+    assert rows["full-eager"][4] == (f"activation_peak_bytes {old_act:,} -> {old_act + 4096:,} B (+0.0%) "
+                                     f"[within the gate's tolerance]"), "4 KiB of 2%: a move the gate passes"
+    assert "within the gate's tolerance" not in rows["sac-sdpa"][4]
     assert rows.keys() == {"sac-sdpa", "full-eager"}, rows.keys()
 
     # The same records twice: nothing moved, and the note says what was compared.
@@ -430,6 +432,27 @@ def test_moves_table_names_every_gated_figure_that_moved(tmp_path, capsys):
     out = capsys.readouterr().out
     assert ("Nothing moved: each of the 20 variants the runs share has the same figures (peak, speed, and every "
             "gated figure) in both.") in out, out[-2000:]
+
+
+def test_within_gate_asks_the_gates_own_rule():
+    """A move the report marks as within the gate's tolerance is one the gate passes: the
+    registry's tolerance for a single-process record (2% of a peak, 0.5% of FLOPs), one
+    block's FSDP buffers for a peak of a real sharded launch's rank, and the registry's tolerance
+    for every other figure of that rank."""
+    from ac_bench.analytic import Shape, fsdp_unsharded_peak_bytes
+    record = Measurement.from_dict(raw()["measurements"][0])
+    peak = record.activation_peak_bytes
+    assert tables.within_gate(record, "activation_peak_bytes", int(peak * 1.019))
+    assert not tables.within_gate(record, "activation_peak_bytes", int(peak * 1.021))
+    assert tables.within_gate(record, "flops", int(record.flops * 1.004))
+    assert not tables.within_gate(record, "flops", int(record.flops * 1.006)), "0.5% for FLOPs"
+    launched = dataclasses.replace(record, world_size=2, rank=0, global_batch=record.batch * 2)
+    block = fsdp_unsharded_peak_bytes(Shape.of_record(launched), 2)
+    over = record.peak_bytes + block + 1  # 0.55% of seed's peak: within 2% alone, beyond a launch's bound
+    assert tables.within_gate(record, "peak_bytes", over)
+    assert tables.within_gate(launched, "peak_bytes", launched.peak_bytes + block)
+    assert not tables.within_gate(launched, "peak_bytes", over)
+    assert not tables.within_gate(launched, "forward_kept_bytes", int(launched.forward_kept_bytes * 1.02))
 
 
 def test_moved_figures_compares_every_gated_metric_exactly():

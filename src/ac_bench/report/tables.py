@@ -8,7 +8,7 @@ a metric that is null for a policy shows as ``-``, its note beside the table.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ac_bench.metrics import METRICS
@@ -34,6 +34,8 @@ from ac_bench.sweep import BudgetFit, SweepPoint
 GIB = 2 ** 30
 ESTIMATE_LABEL = "estimate: fake tensors, no compute, not timed"
 NULL = "-"
+#: Marks a figure in "Moved between runs" whose move the baseline gate would pass (``within_gate``).
+WITHIN_GATE = "[within the gate's tolerance]"
 
 
 @dataclass(frozen=True)
@@ -253,6 +255,20 @@ def moved_figures(before: Measurement, after: Measurement) -> list[tuple[str, in
     return moved
 
 
+def within_gate(before: Measurement, name: str, new: int) -> bool:
+    """Whether the baseline gate would pass ``before``'s figure ``name`` moving to ``new`` alone:
+    the gate's own rule on ``before``'s entry at the registry's declared tolerances
+    (``ac_bench.gate.baselines.compare``; ``ac_bench.distributed.compare_sharded`` for a rank of a
+    real sharded launch, whose peaks may move by one block's FSDP buffers between launches)."""
+    from ac_bench.gate.baselines import compare, entry_of
+    from ac_bench.metrics import declared_tolerances
+    rule = compare
+    if before.world_size > 1 and before.sharding is None:
+        from ac_bench.distributed import compare_sharded as rule
+    moved = replace(before, **{name: new})
+    return not rule(moved, entry_of(before), declared_tolerances(before.memory_method), fix="-")
+
+
 def figure_change(name: str, before: int, after: int) -> str:
     """``forward_kept_bytes 0.122 -> 0.154 MiB (+25.5%)``, ``backward_ops 106 -> 104 (-1.9%)``,
     ``flops 7.77 MFLOP -> 7.80 MFLOP (+0.4%)``: one figure of ``moved_figures`` in the report's
@@ -304,11 +320,14 @@ def moves_table(runs: Sequence[Run]) -> Table:
                 if not arrow and not figures:
                     continue
                 peak = (mib(first.peak_bytes), mib(second.peak_bytes))
-                # The peak column shows peak_bytes; listed again only where its MiB read the same.
-                others = [f for f in figures if f[0] != "peak_bytes" or peak[0] == peak[1]]
+                within = {name for name, _, new in figures if within_gate(first, name, new)}
+                # The peak column shows peak_bytes; listed again where its MiB read the same, or
+                # to say that the gate would pass its move.
+                others = [f for f in figures if f[0] != "peak_bytes" or peak[0] == peak[1] or f[0] in within]
                 cells = (f"{key[0]} on {key[1]}", row.variant, f"{peak[0]} -> {peak[1]}",
                          f"{_speed_cell(start_row.speed(axis), axis)} -> {_speed_cell(row.speed(axis), axis)}",
-                         "; ".join(figure_change(*f) for f in others))
+                         "; ".join(figure_change(*f) + (f" {WITHIN_GATE}" if f[0] in within else "")
+                                   for f in others))
                 found.append(((*group_order(key), variant_order(row.variant), pair), cells))
     rows = tuple(cells for _, cells in sorted(found, key=lambda f: f[0]))
 
@@ -318,7 +337,9 @@ def moves_table(runs: Sequence[Run]) -> Table:
     notes = ("Speed as plotted: median step time where both runs are timed, else FLOP overhead. Other figures "
              f"that moved: those the baseline gate compares ({', '.join(METRICS)}), listed where they differ at "
              "all; bytes in MiB (exact bytes where the MiB read the same), FLOPs in the unit they fill, ops as "
-             "counts. A variant is listed where its peak or speed moved, or any of those figures.",) if shared else (
+             f"counts; {WITHIN_GATE}: a move the baseline gate lets pass (within the registry's tolerance, or a "
+             "sharded launch's peak within one block's FSDP buffers). A variant is listed where its peak or speed "
+             "moved, or any of those figures.",) if shared else (
         "The runs share no variant of one flavor and device, so nothing could move: compare runs of the same tests.",)
     if shared and not rows:  # an empty table read as "not compared"
         notes += (f"Nothing moved: each of the {shared} variants the runs share has the same figures (peak, speed, "
