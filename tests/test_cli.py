@@ -225,9 +225,12 @@ def _compare_against(stored, baselines) -> subprocess.CompletedProcess:
 
 def test_a_compare_against_another_processors_run_is_refused_in_one_line(tmp_path):
     """The whole command line: --benchmark-compare against a stored run of another processor
-    model stops with one line saying so, no traceback."""
+    model (a made-up one, so that the test holds on every machine) stops with one line saying
+    so, no traceback."""
     data = json.loads(next((ROOT / "baselines" / "cpu" / "timing").glob("intel-*/**/0*.json")).read_text())
-    stored = tmp_path / "intel.json"
+    # A processor no machine has (the committed Intel run's own is this one on some CI machines).
+    data["machine_info"]["cpu"].update(brand_raw="Example Processor 9999", family=99, model=99)
+    stored = tmp_path / "other.json"
     stored.write_text(json.dumps(data))
     result = _compare_against(stored, tmp_path)
     assert result.returncode == 4, result.stdout + result.stderr
@@ -402,18 +405,29 @@ def stored_tiny_run(tmp_path_factory):
 
 
 def test_a_compare_fail_against_a_run_of_other_tests_fails_saying_nothing_was_compared(stored_tiny_run):
-    """The newest stored run holds none of this run's benchmarks (tiny's, this run small's):
-    pytest-benchmark compared nothing and --benchmark-compare-fail passed; now the run fails with
-    one line saying so and how to compare."""
-    result = run_pytest(str(ROOT / "bench" / "test_speed.py"), "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
-                        "--flavor", "small", "--device", "cpu", "-k", "training_step and none-sdpa", "-q",
-                        "-W", "ignore::pytest_benchmark.logger.PytestBenchmarkWarning",
-                        "--benchmark-storage", "file://history", "--benchmark-compare",
-                        "--benchmark-compare-fail=mean:5%", cwd=stored_tiny_run)
+    """The newest stored run holds none of this run's benchmarks (tiny's none-sdpa, this run
+    tiny's mlp-sdpa): pytest-benchmark compared nothing and --benchmark-compare-fail passed; now
+    the run fails with one line saying so and how to compare. A run of another flavor is refused
+    before anything runs (its flavors are in the stored machine_info): one usage error that names
+    both flavors."""
+    common = (str(ROOT / "bench" / "test_speed.py"), "--rootdir", str(ROOT), "-c", str(ROOT / "pyproject.toml"),
+              "--device", "cpu", "-q", "-W", "ignore::pytest_benchmark.logger.PytestBenchmarkWarning",
+              "--benchmark-storage", "file://history", "--benchmark-compare", "--benchmark-compare-fail=mean:5%")
+    result = run_pytest(*common, "--flavor", "tiny", "-k", "training_step and mlp-sdpa", cwd=stored_tiny_run)
     assert result.returncode == 1, result.stdout + result.stderr
     lines = [line for line in result.stdout.splitlines() if line.startswith("ERROR: --benchmark-compare:")]
     assert len(lines) == 1 and "0001_tiny.json holds none of the 1 benchmark this run timed" in lines[0], result.stdout
     assert "--benchmark-compare-fail checked nothing" in lines[0], lines[0]
+    other = run_pytest(*common, "--flavor", "small", "-k", "training_step and none-sdpa", cwd=stored_tiny_run)
+    out = other.stdout + other.stderr
+    errors = [line for line in out.splitlines() if line.startswith("ERROR:")]
+    assert other.returncode == pytest.ExitCode.USAGE_ERROR and len(errors) == 1, out
+    assert errors[0].startswith(
+        "ERROR: --benchmark-compare-fail: the stored run 0001_tiny.json was timed at flavor tiny and this run times "
+        f"small, so no benchmark could be compared; no stored run in {stored_tiny_run / 'history'}/cpu-"), errors
+    assert errors[0].endswith(
+        " has it: run without --benchmark-compare-fail once and save it (--benchmark-save NAME)"), errors
+    assert "passed" not in out and "Traceback" not in out, out
 
 
 def test_a_comparison_that_cannot_be_made_as_asked_is_one_line_before_anything_runs(stored_tiny_run, tmp_path):
@@ -468,6 +482,28 @@ def test_a_comparison_that_cannot_be_made_as_asked_is_one_line_before_anything_r
         f"--benchmark-compare=0099: no stored run matches it in {stored.parent.parent} (the newest: 0001_tiny, "
         f"0002_later); give one's number (NNNN), a file, or --benchmark-compare alone for the newest")
     assert refusal([], ["median:10%"]).startswith("--benchmark-compare-fail needs --benchmark-compare: ")
+    second.write_text(good)
+
+    def flavor_refusal(compare, flavors):
+        storage = FileStorage(stored.parent.parent, logger=Logger(0), default_machine_id=stored.parent.name)
+        session = SimpleNamespace(compare=compare, compare_fail=["median:10%"], storage=storage)
+        return benchmark.other_flavor_refusal(SimpleNamespace(_benchmarksession=session), set(flavors))
+
+    assert flavor_refusal(True, {"tiny", "small"}) is None and flavor_refusal("0001", {"tiny"}) is None
+    assert flavor_refusal(True, {"small"}).startswith(
+        "--benchmark-compare-fail: the stored run 0002_later.json was timed at flavor tiny and this run times small")
+    small = json.loads(good)
+    small["machine_info"]["torch"]["dtypes"] = {"small": "float32"}
+    stored.with_name("0003_small.json").write_text(json.dumps(small))
+    stored.with_name("0004_tiny_again.json").write_text(good)
+    assert flavor_refusal(True, {"small"}).endswith(
+        "compare with the newest run that has it (--benchmark-compare=0003: 0003_small)")
+    assert flavor_refusal("0003", {"small"}) is None
+    del small["machine_info"]["torch"]
+    stored.with_name("0005_no_plugin.json").write_text(json.dumps(small))
+    assert flavor_refusal(True, {"small"}) is None, "a run saved without the plugin does not say its flavors"
+    for later in ("0003_small.json", "0004_tiny_again.json", "0005_no_plugin.json"):
+        stored.with_name(later).unlink()
     for compare, says in ((str(tmp_path / "no" / "such.json"), "no such file; give an existing file"),
                           ("0099", "no stored run matches it")):
         result = run_pytest(str(ROOT / "bench" / "test_speed.py"), "--rootdir", str(ROOT), "-c",

@@ -152,7 +152,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_sessionstart(session: pytest.Session) -> None:
     benchmark.check_version(session.config)
     benchmark.remove_empty_storage(session.config)
-    refusal = benchmark.compare_refusal(session.config) or benchmark.empty_history_refusal(session.config)
+    refusal = (benchmark.compare_refusal(session.config) or benchmark.empty_history_refusal(session.config)
+               or benchmark.other_flavor_refusal(session.config))
     if refusal:  # before anything is measured, not after
         raise pytest.UsageError(refusal)
     note = benchmark.drop_compare_fail_without_history(session.config)

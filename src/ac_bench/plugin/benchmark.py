@@ -128,30 +128,35 @@ def drop_compare_fail_without_history(config: pytest.Config) -> str | None:
     return None
 
 
-def stored_run_problem(path: Path) -> str | None:
-    """What makes a stored run unusable for a comparison (not JSON, no list of benchmarks, a
-    benchmark without its name, or a statistic its table and thresholds read missing or not a
-    number: ``pytest_benchmark.stats.Stats.fields`` but ``ops``, which it fills in for old runs),
-    or None. pytest-benchmark 5.3.1 skips a file it cannot parse with a warning (and compares
-    against an older run: the newest but one) and fails with a traceback on a missing or
-    non-numeric statistic."""
+#: ``stored_run_problem``'s kinds: a file pytest-benchmark cannot parse (it skips it, with a
+#: warning, and compares with the run before it), and one it parses but cannot compare with.
+UNREADABLE, INCOMPLETE = "unreadable", "incomplete"
+
+
+def stored_run_problem(path: Path) -> tuple[str, str] | None:
+    """What makes a stored run unusable for a comparison, as (kind, text): ``UNREADABLE`` (not
+    JSON), ``INCOMPLETE`` (no list of benchmarks, a benchmark without its name, or a statistic
+    its table and thresholds read missing or not a number: ``pytest_benchmark.stats.Stats.fields``
+    but ``ops``, which it fills in for old runs); None for a usable run. pytest-benchmark 5.3.1
+    skips a file it cannot parse with a warning (and compares against an older run: the newest
+    but one) and fails with a traceback on a missing or non-numeric statistic."""
     from pytest_benchmark.stats import Stats
     stored_stats = [field for field in Stats.fields if field != "ops"]
     try:
         data = json.loads(path.read_text(encoding="utf8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
-        return f"is not a readable stored run ({type(exc).__name__}: {exc})"
+        return UNREADABLE, f"is not a readable stored run ({type(exc).__name__}: {exc})"
     benchmarks = data.get("benchmarks") if isinstance(data, dict) else None
     if not isinstance(benchmarks, list):
-        return "holds no list of benchmarks"
+        return INCOMPLETE, "holds no list of benchmarks"
     for bench in benchmarks:
         name = bench.get("fullname") if isinstance(bench, dict) else None
         stats = bench.get("stats") if isinstance(bench, dict) else None
         if not isinstance(name, str) or not isinstance(stats, dict):
-            return "holds a benchmark without its fullname or stats"
+            return INCOMPLETE, "holds a benchmark without its fullname or stats"
         missing = [field for field in stored_stats if field not in stats]
         if missing:
-            return f"lacks {', '.join(missing)} in the stats of {name}"
+            return INCOMPLETE, f"lacks {', '.join(missing)} in the stats of {name}"
         for field in stored_stats:
             value = stats[field]
             if field == "outliers":  # "2;0": pytest-benchmark's text
@@ -159,8 +164,8 @@ def stored_run_problem(path: Path) -> str | None:
             positive = field in ("min", "max", "mean", "median")
             number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not number or value < 0 or (value == 0 and positive):
-                return (f"holds {field} = {value!r} in the stats of {name}, not a "
-                        f"{'positive' if positive else 'non-negative'} number")
+                return INCOMPLETE, (f"holds {field} = {value!r} in the stats of {name}, not a "
+                                    f"{'positive' if positive else 'non-negative'} number")
     return None
 
 
@@ -180,14 +185,8 @@ def compare_refusal(config: pytest.Config) -> str | None:
     query = getattr(bs.storage, "query", None)
     if not bs.compare or query is None:
         return None
-    stored = query("[0-9][0-9][0-9][0-9]_")
-    if bs.compare is True:
-        compared = stored[-1:]
-    else:
-        try:
-            compared = query(bs.compare)
-        except ValueError:
-            compared = []
+    stored, compared = _stored_and_compared(bs)
+    if bs.compare is not True:
         if not compared:
             names = ", ".join(p.name.removesuffix(".json") for p in stored[-5:]) or "none yet"
             return (f"--benchmark-compare={bs.compare}: no stored run matches it in {bs.storage} (the newest: "
@@ -198,10 +197,63 @@ def compare_refusal(config: pytest.Config) -> str | None:
                     f"number in {bs.storage}, or a file saved with --benchmark-save")
         problem = stored_run_problem(path)
         if problem:
-            fate = ("pytest-benchmark would compare with the run before it" if bs.compare is True and "readable" in problem
+            kind, text = problem
+            fate = ("pytest-benchmark would compare with the run before it" if bs.compare is True and kind == UNREADABLE
                     else "it cannot be compared with")
-            return f"--benchmark-compare: {path} {problem}, so {fate}; {restore_advice(path, 'it')}, or delete it"
+            return f"--benchmark-compare: {path} {text}, so {fate}; {restore_advice(path, 'it')}, or delete it"
     return None
+
+
+def _stored_and_compared(bs) -> tuple[list[Path], list[Path]]:
+    """The stored runs of a file storage, oldest first, and those ``--benchmark-compare`` names
+    (the newest where it is given alone; none where its value matches nothing)."""
+    stored = bs.storage.query("[0-9][0-9][0-9][0-9]_")
+    if bs.compare is True:
+        return stored, stored[-1:]
+    try:
+        return stored, bs.storage.query(bs.compare)
+    except ValueError:
+        return stored, []
+
+
+def stored_flavors(path: Path) -> set[str] | None:
+    """The flavors a stored run was timed at (``machine_info.torch.dtypes``'s keys, which this
+    plugin writes: ``machine_description``), or None where the file does not say (a run saved
+    without this plugin, or unreadable: ``stored_run_problem`` says so)."""
+    try:
+        dtypes = json.loads(path.read_text(encoding="utf8"))["machine_info"]["torch"]["dtypes"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+    return set(dtypes) if isinstance(dtypes, dict) else None
+
+
+def other_flavor_refusal(config: pytest.Config, flavors: set[str] | None = None) -> str | None:
+    """Under ``--benchmark-compare-fail``, the usage error for a stored run timed at none of this
+    run's ``flavors`` (default: ``--flavor``'s), said when the session starts: none of its
+    benchmarks can match (a benchmark's name holds its flavor), so the run would end with
+    ``compared_nothing`` only after every benchmark ran, minutes later. The file storage is shared
+    by every flavor of a timing key, so the newest run is often another flavor's; the line names
+    the newest that is not. None where the flavors overlap, or a file does not say (an older run)."""
+    bs = _session(config)
+    if bs is None or hasattr(config, "workerinput") or not (bs.compare and bs.compare_fail):
+        return None
+    if getattr(bs.storage, "query", None) is None:
+        return None
+    flavors = flavors if flavors is not None else {f.name for f in selected_flavors(config)}
+    stored, compared = _stored_and_compared(bs)
+    known = [(path, stored_flavors(path)) for path in compared]
+    if not known or any(theirs is None or theirs & flavors for _, theirs in known):
+        return None
+    path, theirs = known[-1]
+    ours = ", ".join(sorted(flavors))
+    match = next((p for p in reversed(stored[-50:]) if (stored_flavors(p) or set()) & flavors), None)
+    instead = (f"compare with the newest run that has {'it' if len(flavors) == 1 else 'them'} "
+               f"(--benchmark-compare={match.name[:4]}: {match.name.removesuffix('.json')})" if match
+               else f"no stored run in {bs.storage} has {'it' if len(flavors) == 1 else 'them'}: run without "
+                    f"--benchmark-compare-fail once and save it (--benchmark-save NAME)")
+    return (f"--benchmark-compare-fail: the stored run {path.name} was timed at flavor "
+            f"{', '.join(sorted(theirs)) or 'none'} and this run times {ours}, so no benchmark could be compared; "
+            f"{instead}")
 
 
 def empty_history_refusal(config: pytest.Config) -> str | None:
