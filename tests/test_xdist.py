@@ -1,5 +1,6 @@
-"""pytest-xdist: each worker binds its own GPU (the mapping, tested on the CPU), one variant's
-tests stay on one worker, and ``-n 2`` gives the serial run's deterministic figures."""
+"""pytest-xdist: each worker binds its own GPU (the mapping, tested on the CPU) and takes its
+share of the CPU cores, one variant's tests stay on one worker, and ``-n 2`` gives the serial
+run's deterministic figures."""
 
 from __future__ import annotations
 
@@ -8,8 +9,14 @@ import re
 from collections import defaultdict
 
 import pytest
+import torch
 
-from ac_bench.probes.device import bind_xdist_worker_gpu, xdist_worker_gpu, xdist_worker_index
+from ac_bench.probes.device import (
+    bind_xdist_worker_gpu,
+    share_cores_among_xdist_workers,
+    xdist_worker_gpu,
+    xdist_worker_index,
+)
 from tests.helpers import run_pytest, tox_gpu_phases
 
 
@@ -29,6 +36,29 @@ def test_binding_restricts_cuda_visible_devices_to_the_workers_gpu():
     assert bind_xdist_worker_gpu(env) is None and env["CUDA_VISIBLE_DEVICES"] == ""
     env = {"CUDA_VISIBLE_DEVICES": "4,5"}  # not a worker: unchanged
     assert bind_xdist_worker_gpu(env) is None and env == {"CUDA_VISIBLE_DEVICES": "4,5"}
+
+
+@pytest.fixture
+def restore_threads():
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(("cores", "workers", "threads"), [(2, 2, 1), (16, 4, 4), (16, 3, 5), (2, 4, 1)])
+def test_each_worker_takes_its_share_of_the_cores(restore_threads, cores, workers, threads):
+    env = {"PYTEST_XDIST_WORKER": "gw0", "PYTEST_XDIST_WORKER_COUNT": str(workers)}
+    assert share_cores_among_xdist_workers(env, cores=cores) == threads
+    assert env["OMP_NUM_THREADS"] == str(threads) and torch.get_num_threads() == threads
+
+
+def test_the_users_thread_count_and_a_run_without_workers_are_left_alone(restore_threads):
+    torch.set_num_threads(2)
+    for env in ({"PYTEST_XDIST_WORKER": "gw1", "PYTEST_XDIST_WORKER_COUNT": "2", "OMP_NUM_THREADS": "2"},
+                {"PYTEST_XDIST_WORKER_COUNT": "2"}, {}):
+        before = dict(env)
+        assert share_cores_among_xdist_workers(env, cores=2) is None
+        assert env == before and torch.get_num_threads() == 2
 
 
 #: A cheap selection: four tiny variants through the memory, FLOP and baseline modules.

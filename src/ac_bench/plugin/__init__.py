@@ -20,9 +20,11 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 # Under pytest-xdist each worker binds its own GPU (CUDA_VISIBLE_DEVICES), before anything
 # initialises CUDA; on a CPU machine nothing changes. Importing torch does not initialise CUDA.
-from ac_bench.probes.device import bind_xdist_worker_gpu  # noqa: E402
+# Each worker also takes its share of the cores (torch threads and OMP_NUM_THREADS).
+from ac_bench.probes.device import bind_xdist_worker_gpu, share_cores_among_xdist_workers  # noqa: E402
 
 try:
+    share_cores_among_xdist_workers()
     bind_xdist_worker_gpu()
     _ENVIRONMENT_PROBLEM = None
 except ValueError as _exc:  # a malformed PYTEST_XDIST_WORKER: one line at configure time, not a traceback here

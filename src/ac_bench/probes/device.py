@@ -294,6 +294,35 @@ def bind_xdist_worker_gpu(environ: dict | None = None) -> str | None:
     return gpu
 
 
+def share_cores_among_xdist_workers(environ: dict | None = None, cores: int | None = None) -> int | None:
+    """Under pytest-xdist, give this worker its share of the CPU cores: ``cores // workers``
+    intra-op threads (at least 1), set in torch (``torch.set_num_threads``) and in
+    ``OMP_NUM_THREADS``, so that what the worker launches (a ``pytest`` or ``torchrun`` child)
+    inherits it (``ac_bench.plugin`` calls it at import). Returns the thread count, or None
+    outside xdist or where the user set ``OMP_NUM_THREADS`` (their choice is kept).
+
+    Why: each process's OpenMP pool defaults to one thread per core, so ``-n 2`` on 2 cores ran
+    4 threads, and OpenMP's spinning workers made the fifty gradient checks of ``--slow`` take
+    252 s instead of 9 s, and CI's first phase 16m55s instead of 10m45s (Intel Xeon VM, 2 cores,
+    torch 2.13.0, 2026-12-02). Timed steps are not
+    affected: they run with ``CPU_TIMING_THREADS`` (``probes.timing.timing_threads``), and memory,
+    FLOPs and gradients do not depend on the thread count.
+    ``cores``: default the cores this process may run on (``os.sched_getaffinity``)."""
+    import os
+    environ = os.environ if environ is None else environ
+    if xdist_worker_index(environ.get("PYTEST_XDIST_WORKER")) is None or environ.get("OMP_NUM_THREADS"):
+        return None
+    workers = environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if not workers.isdigit() or int(workers) < 1:
+        return None
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cores // int(workers))
+    environ["OMP_NUM_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+    return threads
+
+
 def visible_gpus(environ: dict | None = None) -> list[str]:
     """The GPUs this process may use, without initialising CUDA: the entries of
     CUDA_VISIBLE_DEVICES where it is set, else one index per GPU that ``nvidia-smi -L`` lists."""
