@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -79,6 +81,22 @@ def configure_storage_and_timer(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--benchmark-compare={compare}: no such file; give an existing file, a stored run's "
                                 f"number (NNNN) in {option.benchmark_storage.removeprefix('file://')}, or "
                                 f"--benchmark-compare alone for the newest")
+    if isinstance(compare, str) and "://" not in option.benchmark_storage.removeprefix("file://"):
+        quiet_the_warning_compare_refusal_replaces(config, compare)
+
+
+def quiet_the_warning_compare_refusal_replaces(config: pytest.Config, compare: str) -> None:
+    """pytest-benchmark warns at configure time that ``--benchmark-compare=NNNN`` matches no
+    stored run (two lines of ``warnings`` output with its source line) and runs on; in a file
+    storage ``compare_refusal`` says it in one usage error when the session starts, so that one
+    warning, for this value, is ignored until the run ends. Any other warning is kept."""
+    from pytest_benchmark.logger import PytestBenchmarkWarning
+    catcher = warnings.catch_warnings()
+    catcher.__enter__()
+    warnings.filterwarnings("ignore", category=PytestBenchmarkWarning,
+                            message=re.escape("Can't compare. No benchmark files in ") + ".*"
+                            + re.escape(f" match {compare!r}.") + "$")
+    config.add_cleanup(lambda: catcher.__exit__(None, None, None))
 
 
 def missing_folders(storage: str) -> list[Path]:

@@ -303,7 +303,7 @@ def share_cores_among_xdist_workers(environ: dict | None = None, cores: int | No
 
     Why: each process's OpenMP pool defaults to one thread per core, so ``-n 2`` on 2 cores ran
     4 threads, and OpenMP's spinning workers made the fifty gradient checks of ``--slow`` take
-    252 s instead of 9 s, and CI's first phase 16m55s instead of 10m45s (Intel Xeon VM, 2 cores,
+    252 s instead of 9 s, and CI's first phase 16m55s instead of 10m33s (Intel Xeon VM, 2 cores,
     torch 2.13.0, 2026-12-02). Timed steps are not
     affected: they run with ``CPU_TIMING_THREADS`` (``probes.timing.timing_threads``), and memory,
     FLOPs and gradients do not depend on the thread count.
