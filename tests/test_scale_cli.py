@@ -165,6 +165,24 @@ def test_an_estimate_refuses_to_run_beside_a_process_group():
         dist.destroy_process_group()
 
 
+@pytest.mark.parametrize(("version", "refused"), [("2.11.0+cu130", True), ("2.10.1", True), ("2.12.1+cu130", False),
+                                                  ("2.13.0+cpu", False), ("2.16.0.dev20270101", False)])
+def test_an_estimate_under_a_torch_whose_estimate_disagrees_with_the_launch_is_refused(version, refused):
+    problem = scale.estimate_torch_problem(version)
+    assert (problem is not None) == refused, problem
+    if refused:
+        assert problem.startswith(f"torch {version}: ") and "install torch>=2.12" in problem and "\n" not in problem
+
+
+def test_the_plan_at_scale_under_too_old_a_torch_is_one_line(monkeypatch, capsys):
+    import torch
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    with pytest.raises(ScaleError, match=r"^torch 2\.11\.0\+cu130: before torch 2\.12 the fake-process-group estimate overstates"):
+        estimate_rank(get_flavor("tiny"), "none-sdpa", ShardedSetup(2, **NO_MP))
+    assert "install torch>=2.12" in one_line_error(
+        capsys, ["plan", "--model", "llama3-8b", "--world-size", "8", "--budget-gib", "80"])
+
+
 @pytest.mark.slow
 @pytest.mark.deep
 def test_plan_for_llama3_8b_prints_the_cheapest_policy(capsys, tmp_path):

@@ -72,6 +72,31 @@ class ScaleError(ValueError):
     """An estimate that cannot be made as asked; the message names the problem and the fix."""
 
 
+#: The oldest torch whose estimate equals the real sharded launch. Under 2.11.0+cu130 (run on
+#: the CPU, 2026-12-02) the gloo launches still agreed with the committed figures, but the fake
+#: process group's estimate put 686,160 B of optimizer state at the peak of ``tiny`` over 2 ranks
+#: where the launch holds 152,592 B (AdamW's state; the difference is seven shards' worth of the
+#: parameters), failing the estimate-equals-launch check at every policy; under 2.12.1 those
+#: checks pass at world sizes 2 and 4 (docs/results.md, "Other torch versions").
+ESTIMATE_OLDEST_TORCH = (2, 12)
+
+
+def estimate_torch_problem(version: str | None = None) -> str | None:
+    """The one line refusing an estimate under a torch older than ``ESTIMATE_OLDEST_TORCH``
+    (``version``: default ``torch.__version__``), or None."""
+    version = str(torch.__version__ if version is None else version)
+    try:
+        release = tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return None  # a build whose version does not parse: not refused on a guess
+    if release >= ESTIMATE_OLDEST_TORCH:
+        return None
+    oldest = ".".join(map(str, ESTIMATE_OLDEST_TORCH))
+    return (f"torch {version}: before torch {oldest} the fake-process-group estimate overstates the optimizer step's "
+            f"memory (it does not equal the real sharded launch); install torch>={oldest}, or measure a real launch "
+            f"(pytest bench/ -m distributed)")
+
+
 class NotAffine(ScaleError):
     """A figure that is not affine in the number of layers at the depths measured."""
 
@@ -188,9 +213,13 @@ def estimate_rank(flavor: Flavor, variant: str, setup: ShardedSetup) -> Measurem
     """Rank 0's figures for one step of ``variant`` at ``flavor`` under FSDP2 over
     ``setup.world_size`` ranks, every layer traced (see the module). Units as the record's:
     bytes, FLOPs (this rank's: its batch), ops. Raises ``ac_bench.distributed.DoesNotCompose``
-    for a policy not run under FSDP2, ScaleError where a process group is already up. A layer
+    for a policy not run under FSDP2, ScaleError where a process group is already up or torch is
+    older than ``ESTIMATE_OLDEST_TORCH``. A layer
     that offloads (``whole_layers_offload``, a per-block plan's ``o``/``lo``) sends what it saves
     to a simulated host (``simulated_host``): off the device, counted in ``offloaded_bytes``."""
+    too_old = estimate_torch_problem()
+    if too_old:
+        raise ScaleError(too_old)
     policy = check_composes(get_policy(parse_variant(variant)[0]))
     reason = family_of(flavor).exclusion(policy)
     if reason:
