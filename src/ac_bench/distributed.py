@@ -27,7 +27,6 @@ with the single-process run of the global batch and across policies.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import gc
 import json
@@ -60,7 +59,7 @@ from ac_bench.models import (
     variant_id,
 )
 from ac_bench.outputs import folder_problem, write_text_atomic
-from ac_bench.probes.device import cuda_available, distributed_backend, rank_device
+from ac_bench.probes.device import cuda_available, distributed_backend, rank_device, usable_cores
 from ac_bench.probes.memory import FSDPMemTrackerProbe, ShardedSavedTensorCounter
 from ac_bench.probes.timing import device_synchronized_timer, interleaved_medians
 from ac_bench.record import Measurement, Training, build_training, describe_optimizer, make_optimizer, measure_step, shape_fields
@@ -430,13 +429,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dist.destroy_process_group()
     return 0
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def oversubscription_note(ranks: int, device_type: str, cores: int) -> str | None:

@@ -84,13 +84,13 @@ ESTIMATE_OLDEST_TORCH = (2, 12)
 def estimate_torch_problem(version: str | None = None) -> str | None:
     """The one line refusing an estimate under a torch older than ``ESTIMATE_OLDEST_TORCH``
     (``version``: default ``torch.__version__``), or None."""
+    from torch.torch_version import TorchVersion
     version = str(torch.__version__ if version is None else version)
     try:
-        release = tuple(int(part) for part in version.split("+")[0].split(".")[:2])
-    except ValueError:
+        if TorchVersion(version) >= ESTIMATE_OLDEST_TORCH:
+            return None
+    except (TypeError, ValueError):
         return None  # a build whose version does not parse: not refused on a guess
-    if release >= ESTIMATE_OLDEST_TORCH:
-        return None
     oldest = ".".join(map(str, ESTIMATE_OLDEST_TORCH))
     return (f"torch {version}: before torch {oldest} the fake-process-group estimate overstates the optimizer step's "
             f"memory (it does not equal the real sharded launch); install torch>={oldest}, or measure a real launch "

@@ -81,7 +81,7 @@ def configure_storage_and_timer(config: pytest.Config) -> None:
         raise pytest.UsageError(f"--benchmark-compare={compare}: no such file; give an existing file, a stored run's "
                                 f"number (NNNN) in {option.benchmark_storage.removeprefix('file://')}, or "
                                 f"--benchmark-compare alone for the newest")
-    if isinstance(compare, str) and "://" not in option.benchmark_storage.removeprefix("file://"):
+    if isinstance(compare, str) and is_file_storage(option.benchmark_storage):
         quiet_the_warning_compare_refusal_replaces(config, compare)
 
 
@@ -99,10 +99,16 @@ def quiet_the_warning_compare_refusal_replaces(config: pytest.Config, compare: s
     config.add_cleanup(lambda: catcher.__exit__(None, None, None))
 
 
+def is_file_storage(storage: str) -> bool:
+    """Whether ``--benchmark-storage`` is a ``file://`` storage or a bare path (which
+    pytest-benchmark reads as one), not another kind (``elasticsearch+https://...``)."""
+    return "://" not in storage or storage.startswith("file://")
+
+
 def missing_folders(storage: str) -> list[Path]:
     """The folders of a ``file://`` storage (or a bare path, which pytest-benchmark reads as one)
     that do not exist yet, deepest first; ``[]`` for another kind of storage."""
-    if "://" in storage and not storage.startswith("file://"):
+    if not is_file_storage(storage):
         return []
     folder = Path(storage.removeprefix("file://")).absolute()
     missing = []

@@ -294,6 +294,14 @@ def bind_xdist_worker_gpu(environ: dict | None = None) -> str | None:
     return gpu
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask where the OS has one, else ``os.cpu_count()``)."""
+    import os
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def share_cores_among_xdist_workers(environ: dict | None = None, cores: int | None = None) -> int | None:
     """Under pytest-xdist, give this worker its share of the CPU cores: ``cores // workers``
     intra-op threads (at least 1), set in torch (``torch.set_num_threads``) and in
@@ -307,7 +315,7 @@ def share_cores_among_xdist_workers(environ: dict | None = None, cores: int | No
     torch 2.13.0, 2026-12-02). Timed steps are not
     affected: they run with ``CPU_TIMING_THREADS`` (``probes.timing.timing_threads``), and memory,
     FLOPs and gradients do not depend on the thread count.
-    ``cores``: default the cores this process may run on (``os.sched_getaffinity``)."""
+    ``cores``: default ``usable_cores()``."""
     import os
     environ = os.environ if environ is None else environ
     if xdist_worker_index(environ.get("PYTEST_XDIST_WORKER")) is None or environ.get("OMP_NUM_THREADS"):
@@ -315,9 +323,7 @@ def share_cores_among_xdist_workers(environ: dict | None = None, cores: int | No
     workers = environ.get("PYTEST_XDIST_WORKER_COUNT", "")
     if not workers.isdigit() or int(workers) < 1:
         return None
-    if cores is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = max(1, cores // int(workers))
+    threads = max(1, (usable_cores() if cores is None else cores) // int(workers))
     environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
     return threads
